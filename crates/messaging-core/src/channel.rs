@@ -1,0 +1,120 @@
+//! Delivery channels.
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A delivery channel. Each has one sender service and one send queue.
+///
+/// Adding a channel (R42) adds a variant here, a sender crate, and configuration; the
+/// router and the runtime handle every variant the same way.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Telegram,
+    Discord,
+    Xmpp,
+    Email,
+    Sms,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 5] = [
+        Channel::Telegram,
+        Channel::Discord,
+        Channel::Xmpp,
+        Channel::Email,
+        Channel::Sms,
+    ];
+
+    /// The lowercase name used in JSON, queue names and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Telegram => "telegram",
+            Channel::Discord => "discord",
+            Channel::Xmpp => "xmpp",
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+        }
+    }
+
+    /// The code the legacy `{"sender": ...}` format uses (R41).
+    pub fn legacy_code(self) -> &'static str {
+        match self {
+            Channel::Telegram => "TG",
+            Channel::Discord => "DISCORD",
+            Channel::Xmpp => "XMPP",
+            Channel::Email => "EMAIL",
+            Channel::Sms => "SMS",
+        }
+    }
+
+    /// Parses a legacy sender code. Case-insensitive, because old producers were not consistent.
+    pub fn from_legacy_code(code: &str) -> Result<Channel, UnknownChannel> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| c.legacy_code().eq_ignore_ascii_case(code.trim()))
+            .ok_or_else(|| UnknownChannel(code.to_owned()))
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown channel {0:?}; known channels: telegram, discord, xmpp, email, sms (legacy codes TG, DISCORD, XMPP, EMAIL, SMS)"
+)]
+pub struct UnknownChannel(pub String);
+
+impl FromStr for Channel {
+    type Err = UnknownChannel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownChannel(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_codes_round_trip_for_every_channel() {
+        for channel in Channel::ALL {
+            assert_eq!(
+                Channel::from_legacy_code(channel.legacy_code()),
+                Ok(channel)
+            );
+        }
+        assert_eq!(Channel::from_legacy_code("tg"), Ok(Channel::Telegram));
+    }
+
+    #[test]
+    fn unknown_legacy_code_names_the_known_ones() {
+        let err = Channel::from_legacy_code("FAX").unwrap_err();
+        assert!(err.to_string().contains("FAX"));
+        assert!(err.to_string().contains("TG"));
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for channel in Channel::ALL {
+            assert_eq!(channel.as_str().parse::<Channel>(), Ok(channel));
+            assert_eq!(
+                serde_json::to_value(channel).unwrap(),
+                serde_json::json!(channel.as_str())
+            );
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! What senders and the router emit on the events exchange.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::address::Address;
+use crate::channel::Channel;
+use crate::failure::Failure;
+use crate::values::{IdempotencyKey, TenantKey, UserId};
+use crate::version::EnvelopeVersion;
+
+/// The result of one attempt to deliver one job. A sender emits one per attempt; the router
+/// turns them into delivery records (R15).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryEvent {
+    pub version: EnvelopeVersion,
+    pub delivery_id: Uuid,
+    pub message_id: Uuid,
+    pub tenant: TenantKey,
+    pub channel: Channel,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub result: AttemptResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    tag = "status",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum AttemptResult {
+    /// The provider accepted the message.
+    Delivered {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider_message_id: Option<String>,
+    },
+    /// It failed for now and will be tried again at `retry_at`.
+    RetryScheduled {
+        failure: Failure,
+        retry_at: DateTime<Utc>,
+    },
+    /// It failed for good: permanent, unhealthy beyond the maximum age, or retried until the
+    /// maximum age.
+    Failed { failure: Failure },
+}
+
+impl AttemptResult {
+    /// The word used in routing keys and metrics.
+    pub fn status(&self) -> &'static str {
+        match self {
+            AttemptResult::Delivered { .. } => "delivered",
+            AttemptResult::RetryScheduled { .. } => "retry_scheduled",
+            AttemptResult::Failed { .. } => "failed",
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        !matches!(self, AttemptResult::RetryScheduled { .. })
+    }
+}
+
+/// A chat bot saw `/start <link-code>` (R5): the chat becomes one of the user's addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContactLinkEvent {
+    pub version: EnvelopeVersion,
+    pub channel: Channel,
+    /// The single-use code the API issued; it names the tenant and the user.
+    pub link_code: String,
+    pub address: Address,
+    /// The name the chat shows (Telegram username, Discord tag), for the user's address list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// What a producer learns when every delivery of its message is final (R4): published on the
+/// events exchange and, when the request set `reply_to`, sent there with its `correlation_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessageOutcome {
+    pub version: EnvelopeVersion,
+    pub message_id: Uuid,
+    pub tenant: TenantKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub completed_at: DateTime<Utc>,
+    pub delivered: u32,
+    pub failed: u32,
+    pub recipients: Vec<RecipientOutcome>,
+}
+
+/// One recipient's result on one channel. A user with no address at all has one entry with no
+/// channel and a permanent `no_address` failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecipientOutcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<Uuid>,
+    pub attempts: u32,
+    pub result: RecipientResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    tag = "status",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum RecipientResult {
+    Delivered { delivered_at: DateTime<Utc> },
+    Failed { failure: Failure },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::FailureClass;
+    use serde_json::json;
+
+    #[test]
+    fn attempt_results_are_tagged_by_status() {
+        let result = AttemptResult::Failed {
+            failure: Failure::permanent("blocked", "the user blocked the bot"),
+        };
+        assert_eq!(
+            serde_json::to_value(&result).unwrap(),
+            json!({"status": "failed", "failure": {"class": "permanent", "code": "blocked", "message": "the user blocked the bot"}})
+        );
+        assert!(result.is_final());
+        let retry: AttemptResult = serde_json::from_value(json!({
+            "status": "retry_scheduled", "retryAt": "2026-01-01T00:00:00Z",
+            "failure": {"class": "temporary", "code": "rate_limited", "message": "429"}
+        }))
+        .unwrap();
+        assert!(!retry.is_final());
+        let AttemptResult::RetryScheduled { failure, .. } = retry else {
+            panic!()
+        };
+        assert_eq!(failure.class, FailureClass::Temporary);
+    }
+}

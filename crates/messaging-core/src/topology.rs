@@ -1,0 +1,132 @@
+//! Names of every exchange, queue and routing key, derived from one prefix.
+//!
+//! The declarations (with their arguments) live in the runtime crate; the names live here so
+//! producers and tools can compute them without the runtime. `docs/topology.md` describes both.
+
+use crate::channel::Channel;
+
+/// All names under one prefix. Tests use a random prefix each, so they never collide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Names {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Topic exchange producers publish to (any routing key).
+    pub fn ingress_exchange(&self) -> String {
+        format!("{}.ingress", self.prefix)
+    }
+
+    /// The router's queue for producer messages, bound to the ingress exchange with `#`.
+    pub fn ingress_queue(&self) -> String {
+        format!("{}.router.ingress", self.prefix)
+    }
+
+    /// Direct exchange for send jobs; the routing key is the channel name.
+    pub fn send_exchange(&self) -> String {
+        format!("{}.send", self.prefix)
+    }
+
+    /// One queue per channel; each sender deployment consumes its own and scales on its length.
+    pub fn send_queue(&self, channel: Channel) -> String {
+        format!("{}.send.{}", self.prefix, channel.as_str())
+    }
+
+    /// Topic exchange for delivery events, contact links and outcomes.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The router's queue for delivery events and contact links.
+    pub fn router_events_queue(&self) -> String {
+        format!("{}.router.events", self.prefix)
+    }
+
+    /// Headers exchange in front of the delay queues; a message's `x-herald-delay` header picks
+    /// the queue, its routing key (the target queue's name) survives the wait.
+    pub fn delay_exchange(&self) -> String {
+        format!("{}.delay", self.prefix)
+    }
+
+    pub fn delay_queue(&self, delay_ms: u64) -> String {
+        format!("{}.delay.{}ms", self.prefix, delay_ms)
+    }
+
+    /// Direct exchange that expired delayed messages return through, routed by target queue name.
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+
+    /// Direct exchange for dead letters, routed by the name of the queue they died in.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    pub fn dead_letter_queue(&self, work_queue: &str) -> String {
+        format!("{work_queue}.dead")
+    }
+
+    /// Every work queue: the ones consumers read and that have delays and dead letters.
+    pub fn work_queues(&self) -> Vec<String> {
+        let mut queues = vec![self.ingress_queue(), self.router_events_queue()];
+        queues.extend(Channel::ALL.iter().map(|c| self.send_queue(*c)));
+        queues
+    }
+}
+
+/// Routing keys on the events exchange.
+pub mod routing {
+    use crate::channel::Channel;
+
+    /// `delivery.<channel>.<status>`, status being `delivered`, `retry_scheduled` or `failed`.
+    pub fn delivery_event(channel: Channel, status: &str) -> String {
+        format!("delivery.{}.{status}", channel.as_str())
+    }
+
+    /// `contact.<channel>`: a chat bot linked a chat to a user (R5).
+    pub fn contact_link(channel: Channel) -> String {
+        format!("contact.{}", channel.as_str())
+    }
+
+    /// `outcome.<tenant>`: a message is complete (R4). Producers bind their own queue to it.
+    pub fn outcome(tenant: &str) -> String {
+        format!("outcome.{tenant}")
+    }
+
+    /// Patterns the router's events queue is bound with.
+    pub const ROUTER_EVENT_BINDINGS: [&str; 2] = ["delivery.#", "contact.#"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_carries_the_prefix() {
+        let names = Names::new("t1234");
+        let all = [
+            names.ingress_exchange(),
+            names.send_exchange(),
+            names.events_exchange(),
+            names.delay_exchange(),
+            names.retry_exchange(),
+            names.dead_letter_exchange(),
+            names.delay_queue(1000),
+        ];
+        for name in all.iter().chain(names.work_queues().iter()) {
+            assert!(name.starts_with("t1234."), "{name}");
+        }
+        assert_eq!(names.send_queue(Channel::Sms), "t1234.send.sms");
+        assert_eq!(names.work_queues().len(), 2 + Channel::ALL.len());
+    }
+}

@@ -1,0 +1,541 @@
+//! The consumer runner: every service's message loop.
+//!
+//! A [`Handler`] decodes a body and returns an [`Outcome`]; the runner does the rest:
+//!
+//! - per-consumer prefetch (quorum queues refuse global QoS) and at most `concurrency`
+//!   messages in work at once;
+//! - the ack only after the handler finished; a retry is republished to a delay queue (with a
+//!   confirm) before the original is acked, a dead letter likewise to the dead-letter queue,
+//!   so no outcome can lose the message;
+//! - bodies that do not decode, are too large, or whose handler panics are dead-lettered
+//!   with the reason in headers; the loop goes on;
+//! - a dropped connection is re-established with backoff and the topology declared again;
+//! - on shutdown: cancel the consumer, let in-flight handlers finish and ack, then close.
+//!   Messages prefetched but not started go back to the queue when the channel closes.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use futures::{FutureExt, StreamExt};
+use lapin::Connection;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::amqp::backoff::Backoff;
+use crate::amqp::connection::Broker;
+use crate::amqp::headers;
+use crate::amqp::publisher::{Message, Publisher};
+use crate::amqp::topology::Topology;
+use crate::amqp::trace::TraceContext;
+use crate::health::Health;
+
+/// Why a message is refused for good. `code` is one stable word for tools and metrics
+/// (`malformed`, `oversized`, `invalid`, `retries_exhausted`, ...); `reason` is for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: String,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a handler decided about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The work is done; ack.
+    Ack,
+    /// Try again after `after` (at least); `reason` travels with the message.
+    Retry { after: Duration, reason: String },
+    /// Never try again; dead-letter with this reason.
+    DeadLetter(Rejection),
+}
+
+/// What the runner knows about a message besides its body.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub queue: Arc<str>,
+    pub message_id: Option<String>,
+    pub routing_key: String,
+    pub redelivered: bool,
+    /// 1 on the first attempt, counting retries through the delay queues.
+    pub attempt: u32,
+    pub first_attempt_at: DateTime<Utc>,
+    /// Why the previous attempt asked for a retry.
+    pub last_error: Option<String>,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+    pub headers: FieldTable,
+    pub trace: TraceContext,
+}
+
+/// A service's message handling. The runner owns everything else.
+pub trait Handler: Send + Sync + 'static {
+    type Message: Send + 'static;
+
+    /// Turns a body into a message. An error dead-letters it with that reason; most
+    /// handlers call [`decode_json`].
+    fn decode(&self, body: &[u8]) -> Result<Self::Message, Rejection>;
+
+    fn handle(&self, message: Self::Message, ctx: &Context)
+    -> impl Future<Output = Outcome> + Send;
+}
+
+/// Decodes a JSON body, naming the field and position of any error.
+pub fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "malformed"
+        } else {
+            "invalid"
+        };
+        Rejection::new(code, e.to_string())
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub queue: String,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    /// Larger bodies are dead-lettered unread (`oversized`).
+    pub max_body_bytes: usize,
+}
+
+impl ConsumerSettings {
+    pub fn from_config(queue: impl Into<String>, config: &crate::config::AmqpConfig) -> Self {
+        ConsumerSettings {
+            queue: queue.into(),
+            prefetch: config.prefetch.max(1),
+            concurrency: config.concurrency.max(1),
+            max_attempts: config.max_attempts.max(1),
+            max_body_bytes: messaging_core::MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+pub struct Consumer<H: Handler> {
+    broker: Broker,
+    topology: Topology,
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+    health: Health,
+}
+
+/// Shared by the tasks working on one connection's messages.
+struct Worker<H: Handler> {
+    handler: Arc<H>,
+    topology: Topology,
+    settings: ConsumerSettings,
+    queue: Arc<str>,
+    republisher: Publisher,
+}
+
+impl<H: Handler> Consumer<H> {
+    pub fn new(
+        broker: Broker,
+        topology: Topology,
+        settings: ConsumerSettings,
+        handler: H,
+        health: Health,
+    ) -> Self {
+        Consumer {
+            broker,
+            topology,
+            settings,
+            handler: Arc::new(handler),
+            health,
+        }
+    }
+
+    fn component(&self) -> String {
+        format!("amqp:consumer:{}", self.settings.queue)
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting whenever the connection drops.
+    /// Returns after in-flight messages are finished and the connection is closed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let queue: Arc<str> = self.settings.queue.as_str().into();
+        let worker = Arc::new(Worker {
+            handler: self.handler.clone(),
+            topology: self.topology.clone(),
+            settings: self.settings.clone(),
+            queue: queue.clone(),
+            republisher: Publisher::new(
+                self.broker.clone(),
+                &format!("{queue}/republish"),
+                Some(self.health.clone()),
+            ),
+        });
+        let component = self.component();
+        self.health.set(&component, false, "connecting");
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            self.broker.config().reconnect_max(),
+        );
+        loop {
+            let health = self.health.clone();
+            let component_ref = component.clone();
+            let Some(connection) = self
+                .broker
+                .connect_until_cancelled(&queue, &shutdown, |e| {
+                    health.set(&component_ref, false, format!("cannot connect: {e}"));
+                })
+                .await
+            else {
+                break;
+            };
+            let started = Instant::now();
+            match self.consume_on(&connection, &worker, &shutdown).await {
+                Ok(()) => tracing::info!(queue = %queue, "consumer stopped"),
+                Err(error) => {
+                    self.health
+                        .set(&component, false, format!("connection lost: {error}"));
+                    tracing::warn!(queue = %queue, %error, "consumer lost its connection");
+                }
+            }
+            let _ = connection.close(200, "consumer stopping".into()).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A connection that lived a while earns a fresh start of the backoff.
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            let wait = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        worker.republisher.close().await;
+        self.health.remove(&component);
+    }
+
+    /// One connection's life: declare, consume, drain. `Ok` means stopped by shutdown; the
+    /// error says why the connection was lost.
+    async fn consume_on(
+        &self,
+        connection: &Connection,
+        worker: &Arc<Worker<H>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        self.consume_on_inner(connection, worker, shutdown)
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    async fn consume_on_inner(
+        &self,
+        connection: &Connection,
+        worker: &Arc<Worker<H>>,
+        shutdown: &CancellationToken,
+    ) -> lapin::Result<Result<(), String>> {
+        let setup = connection.create_channel().await?;
+        self.topology.declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
+
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions { global: false })
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.settings.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let tag = consumer.tag();
+        self.health.set(&self.component(), true, "consuming");
+        tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, concurrency = self.settings.concurrency, "consuming");
+
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut in_flight = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    // Stop deliveries first, then finish what is in hand.
+                    let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+                    break Ok(());
+                }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
+                        let worker = worker.clone();
+                        in_flight.spawn(async move {
+                            worker.process(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(error)) => break Err(error.to_string()),
+                    None => break Err("the broker cancelled the consumer or closed the channel".to_owned()),
+                },
+            }
+        };
+        let draining = in_flight.len();
+        if draining > 0 {
+            tracing::info!(queue = %self.settings.queue, draining, "finishing in-flight messages");
+        }
+        while in_flight.join_next().await.is_some() {}
+        let _ = channel.close(200, "consumer stopping".into()).await;
+        Ok(result)
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    async fn process(&self, delivery: Delivery) {
+        let props = &delivery.properties;
+        let table = props.headers().clone().unwrap_or_default();
+        let trace = headers::get_str(Some(&table), headers::TRACEPARENT)
+            .and_then(|t| TraceContext::parse(&t))
+            .map_or_else(TraceContext::new_root, |parent| parent.child());
+        let attempt = headers::get_u64(Some(&table), headers::ATTEMPT)
+            .map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX).max(1));
+        let first_attempt_at = headers::get_u64(Some(&table), headers::FIRST_ATTEMPT_AT)
+            .and_then(|ms| Utc.timestamp_millis_opt(i64::try_from(ms).ok()?).single())
+            .unwrap_or_else(Utc::now);
+        let ctx = Context {
+            queue: self.queue.clone(),
+            message_id: props.message_id().as_ref().map(|s| s.to_string()),
+            routing_key: delivery.routing_key.to_string(),
+            redelivered: delivery.redelivered,
+            attempt,
+            first_attempt_at,
+            last_error: headers::get_str(Some(&table), headers::LAST_ERROR),
+            reply_to: props.reply_to().as_ref().map(|s| s.to_string()),
+            correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
+            headers: table,
+            trace,
+        };
+        let span = tracing::info_span!(
+            "message",
+            queue = %self.queue,
+            message_id = ctx.message_id.as_deref().unwrap_or(""),
+            trace_id = %trace.trace_id_hex(),
+            attempt,
+            outcome = tracing::field::Empty,
+        );
+        trace
+            .scope(self.process_in_span(delivery, ctx).instrument(span))
+            .await;
+    }
+
+    async fn process_in_span(&self, delivery: Delivery, ctx: Context) {
+        let started = Instant::now();
+        let outcome = self.decide(&delivery, &ctx).await;
+        let label = match &outcome {
+            Decision::Handled(Outcome::Ack) => "ack",
+            Decision::Handled(Outcome::Retry { .. }) => "retry",
+            Decision::Handled(Outcome::DeadLetter(_)) => "dead_letter",
+            Decision::NotYet(_) => "deferred",
+        };
+        tracing::Span::current().record("outcome", label);
+        let settled = match outcome {
+            Decision::Handled(Outcome::Ack) => Ok(()),
+            Decision::Handled(Outcome::Retry { after, reason }) => {
+                if ctx.attempt >= self.settings.max_attempts {
+                    let rejection = Rejection::new(
+                        "retries_exhausted",
+                        format!(
+                            "gave up after {} attempts; last error: {reason}",
+                            ctx.attempt
+                        ),
+                    );
+                    self.dead_letter(&delivery, &ctx, &rejection).await
+                } else {
+                    self.delay(&delivery, &ctx, after, ctx.attempt + 1, Some(&reason))
+                        .await
+                }
+            }
+            Decision::Handled(Outcome::DeadLetter(rejection)) => {
+                self.dead_letter(&delivery, &ctx, &rejection).await
+            }
+            Decision::NotYet(remaining) => {
+                self.delay(
+                    &delivery,
+                    &ctx,
+                    remaining,
+                    ctx.attempt,
+                    ctx.last_error.as_deref(),
+                )
+                .await
+            }
+        };
+        match settled {
+            Ok(()) => {
+                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    // The channel is gone; the broker redelivers and the repeat is dropped
+                    // downstream by its id.
+                    tracing::warn!(%error, "ack failed; the message will be redelivered");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not republish for retry or dead letter; returning the message to the queue");
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await;
+            }
+        }
+        metrics::counter!("herald_messages_total", "queue" => self.queue.to_string(), "outcome" => label).increment(1);
+        metrics::histogram!("herald_message_seconds", "queue" => self.queue.to_string())
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    async fn decide(&self, delivery: &Delivery, ctx: &Context) -> Decision {
+        if let Some(not_before) = headers::get_u64(Some(&ctx.headers), headers::NOT_BEFORE) {
+            let now = headers::now_millis();
+            // A few milliseconds early is TTL granularity, not a reason to wait again.
+            if not_before > now + 10 {
+                return Decision::NotYet(Duration::from_millis(not_before - now));
+            }
+        }
+        if delivery.data.len() > self.settings.max_body_bytes {
+            return Decision::Handled(Outcome::DeadLetter(Rejection::new(
+                "oversized",
+                format!(
+                    "{} bytes, the limit is {} bytes",
+                    delivery.data.len(),
+                    self.settings.max_body_bytes
+                ),
+            )));
+        }
+        let message = match self.handler.decode(&delivery.data) {
+            Ok(message) => message,
+            Err(rejection) => {
+                tracing::warn!(code = %rejection.code, reason = %rejection.reason, "undecodable message");
+                return Decision::Handled(Outcome::DeadLetter(rejection));
+            }
+        };
+        match AssertUnwindSafe(self.handler.handle(message, ctx))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => Decision::Handled(outcome),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(panic = %what, "handler panicked; dead-lettering the message");
+                Decision::Handled(Outcome::DeadLetter(Rejection::new("handler_panic", what)))
+            }
+        }
+    }
+
+    /// Republishes to the delay queue that fits `after`; the broker returns it to this
+    /// queue when it expires.
+    async fn delay(
+        &self,
+        delivery: &Delivery,
+        ctx: &Context,
+        after: Duration,
+        attempt: u32,
+        last_error: Option<&str>,
+    ) -> Result<(), crate::amqp::PublishError> {
+        let level = self.topology.delay_level_for(after);
+        let mut table = ctx.headers.clone();
+        headers::set_u64(&mut table, headers::ATTEMPT, u64::from(attempt));
+        headers::set_u64(
+            &mut table,
+            headers::FIRST_ATTEMPT_AT,
+            u64::try_from(ctx.first_attempt_at.timestamp_millis()).unwrap_or_default(),
+        );
+        headers::set_u64(
+            &mut table,
+            headers::NOT_BEFORE,
+            headers::now_millis() + after.as_millis() as u64,
+        );
+        headers::set_str(
+            &mut table,
+            headers::DELAY,
+            (level.as_millis() as u64).to_string(),
+        );
+        if let Some(error) = last_error {
+            headers::set_str(&mut table, headers::LAST_ERROR, truncate(error, 1024));
+        }
+        let message = Message::new(
+            self.topology.names().delay_exchange(),
+            self.queue.to_string(),
+            &delivery.data,
+        )
+        .with_properties(delivery.properties.clone().with_headers(table));
+        self.republisher.publish(&message).await?;
+        tracing::debug!(
+            attempt,
+            delay_ms = after.as_millis() as u64,
+            level_ms = level.as_millis() as u64,
+            "scheduled a retry"
+        );
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        ctx: &Context,
+        rejection: &Rejection,
+    ) -> Result<(), crate::amqp::PublishError> {
+        let mut table = ctx.headers.clone();
+        headers::set_str(
+            &mut table,
+            headers::REASON,
+            truncate(&rejection.reason, 4096),
+        );
+        headers::set_str(&mut table, headers::REASON_CODE, rejection.code.as_str());
+        headers::set_str(&mut table, headers::SOURCE_QUEUE, self.queue.to_string());
+        headers::set_u64(&mut table, headers::DEAD_AT, headers::now_millis());
+        headers::set_u64(&mut table, headers::ATTEMPT, u64::from(ctx.attempt));
+        let message = Message::new(
+            self.topology.names().dead_letter_exchange(),
+            self.queue.to_string(),
+            &delivery.data,
+        )
+        .with_properties(delivery.properties.clone().with_headers(table));
+        self.republisher.publish(&message).await?;
+        tracing::warn!(code = %rejection.code, reason = %rejection.reason, "dead-lettered");
+        Ok(())
+    }
+}
+
+enum Decision {
+    Handled(Outcome),
+    /// The message came back from a delay level shorter than its wait; wait the rest.
+    NotYet(Duration),
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

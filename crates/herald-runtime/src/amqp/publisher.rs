@@ -1,0 +1,355 @@
+//! Publishing with confirms.
+//!
+//! Every message is persistent and `mandatory`; the broker confirms each one. A message the
+//! broker cannot route comes back as [`PublishError::Unroutable`], never silently dropped.
+//! Confirms are pipelined: [`Publisher::publish_batch`] sends a whole batch before waiting,
+//! and concurrent callers share one channel, so many confirms are in flight at once.
+//!
+//! When the connection drops, the publisher reconnects with backoff and sends again whatever
+//! was not confirmed, until `publish_timeout`. A message may therefore reach the broker twice
+//! (the confirm was lost, not the message); consumers drop repeats by message id.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::{Mutex, RwLock};
+use tokio::time::Instant;
+
+use crate::amqp::backoff::Backoff;
+use crate::amqp::connection::Broker;
+use crate::amqp::headers;
+use crate::amqp::trace::TraceContext;
+use crate::health::Health;
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+}
+
+impl<'a> Message<'a> {
+    /// A JSON message. The publisher adds persistence, a timestamp and the trace context.
+    pub fn new(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        body: &'a [u8],
+    ) -> Self {
+        Message {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            body,
+            properties: BasicProperties::default().with_content_type("application/json".into()),
+        }
+    }
+
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.properties = self
+            .properties
+            .with_message_id(ShortString::from(id.into()));
+        self
+    }
+
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.properties = self
+            .properties
+            .with_correlation_id(ShortString::from(id.into()));
+        self
+    }
+
+    pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
+        self.properties = self
+            .properties
+            .with_reply_to(ShortString::from(queue.into()));
+        self
+    }
+
+    /// The AMQP `type` property: what the body is (`herald.send_job.v1`).
+    pub fn kind(mut self, kind: &str) -> Self {
+        self.properties = self.properties.with_type(kind.into());
+        self
+    }
+
+    pub fn headers(mut self, headers: FieldTable) -> Self {
+        self.properties = self.properties.with_headers(headers);
+        self
+    }
+
+    pub fn with_properties(mut self, properties: BasicProperties) -> Self {
+        self.properties = properties;
+        self
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// No queue is bound for this routing key. Retrying will not help.
+    #[error("unroutable: exchange {exchange:?} routes nothing for key {routing_key:?} ({reply})")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        reply: String,
+    },
+    /// The broker could not be reached, or refused the message, for the whole timeout.
+    #[error("broker unavailable for {waited:?}: {last_error}")]
+    Unavailable {
+        waited: Duration,
+        last_error: String,
+    },
+}
+
+/// A publisher with its own connection. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    role: String,
+    health: Option<Health>,
+    live: RwLock<Option<Arc<Live>>>,
+    /// One reconnect at a time; the others wait and then use its connection.
+    connecting: Mutex<()>,
+    generation: AtomicU64,
+}
+
+struct Live {
+    connection: Connection,
+    channel: Channel,
+    generation: u64,
+}
+
+impl Publisher {
+    /// Connects lazily, on the first publish.
+    pub fn new(broker: Broker, role: &str, health: Option<Health>) -> Self {
+        Publisher {
+            inner: Arc::new(Inner {
+                broker,
+                role: role.to_owned(),
+                health,
+                live: RwLock::new(None),
+                connecting: Mutex::new(()),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn component(&self) -> String {
+        format!("amqp:publisher:{}", self.inner.role)
+    }
+
+    /// Publishes one message and waits for the broker's confirm.
+    pub async fn publish(&self, message: &Message<'_>) -> Result<(), PublishError> {
+        self.publish_batch(std::slice::from_ref(message)).await
+    }
+
+    /// Publishes all messages, then waits for all confirms. Returns once every message is
+    /// confirmed, or with the first unroutable one, or when the timeout passes.
+    pub async fn publish_batch(&self, messages: &[Message<'_>]) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.broker.config().publish_timeout();
+        let mut pending: Vec<usize> = (0..messages.len()).collect();
+        let mut backoff = Backoff::new(
+            Duration::from_millis(50),
+            self.inner.broker.config().reconnect_max(),
+        );
+        let mut last_error = String::new();
+        // Trace context and timestamp are fixed once, so a resend is the same message.
+        let prepared: Vec<BasicProperties> = messages.iter().map(finalize_properties).collect();
+        loop {
+            match self.live().await {
+                Ok(live) => {
+                    let (failed, error) = self.send(&live, messages, &prepared, &pending).await?;
+                    pending = failed;
+                    if pending.is_empty() {
+                        return Ok(());
+                    }
+                    if let Some(error) = error {
+                        last_error = error;
+                        self.discard(live.generation).await;
+                    }
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+            let wait = backoff.next_delay();
+            if Instant::now() + wait > deadline {
+                return Err(PublishError::Unavailable {
+                    waited: started.elapsed(),
+                    last_error,
+                });
+            }
+            tracing::warn!(role = %self.inner.role, pending = pending.len(), error = %last_error, retry_in_ms = wait.as_millis() as u64, "publish failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends the pending messages on one channel and collects their confirms. Returns the
+    /// indices still unconfirmed and the connection error, if one happened.
+    async fn send(
+        &self,
+        live: &Live,
+        messages: &[Message<'_>],
+        prepared: &[BasicProperties],
+        pending: &[usize],
+    ) -> Result<(Vec<usize>, Option<String>), PublishError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let mut confirms = Vec::with_capacity(pending.len());
+        let mut failed = Vec::new();
+        let mut error = None;
+        for &i in pending {
+            if error.is_some() {
+                failed.push(i);
+                continue;
+            }
+            let message = &messages[i];
+            match live
+                .channel
+                .basic_publish(
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
+                    options,
+                    message.body,
+                    prepared[i].clone(),
+                )
+                .await
+            {
+                Ok(confirm) => confirms.push((i, confirm)),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    failed.push(i);
+                }
+            }
+        }
+        let results = join_all(
+            confirms
+                .into_iter()
+                .map(|(i, confirm)| async move { (i, confirm.await) }),
+        )
+        .await;
+        for (i, result) in results {
+            match result {
+                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    return Err(PublishError::Unroutable {
+                        exchange: messages[i].exchange.clone(),
+                        routing_key: messages[i].routing_key.clone(),
+                        reply: returned.reply_text.to_string(),
+                    });
+                }
+                Ok(Confirmation::Nack(_)) => {
+                    // The broker could not take it (a queue at its limit, a node going down).
+                    failed.push(i);
+                    error.get_or_insert_with(|| "the broker refused the message (nack)".into());
+                }
+                Err(e) => {
+                    failed.push(i);
+                    error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        failed.sort_unstable();
+        Ok((failed, error))
+    }
+
+    /// The current channel, connecting when there is none.
+    async fn live(&self) -> lapin::Result<Arc<Live>> {
+        if let Some(live) = self.inner.live.read().await.as_ref()
+            && live.connection.status().connected()
+        {
+            return Ok(live.clone());
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        // Someone else may have reconnected while this task waited.
+        if let Some(live) = self.inner.live.read().await.as_ref()
+            && live.connection.status().connected()
+        {
+            return Ok(live.clone());
+        }
+        let result = async {
+            let connection = self.inner.broker.connect(&self.inner.role).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>((connection, channel))
+        }
+        .await;
+        match result {
+            Ok((connection, channel)) => {
+                let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                let live = Arc::new(Live {
+                    connection,
+                    channel,
+                    generation,
+                });
+                *self.inner.live.write().await = Some(live.clone());
+                if let Some(health) = &self.inner.health {
+                    health.set(&self.component(), true, "connected");
+                }
+                tracing::debug!(role = %self.inner.role, generation, "publisher connected");
+                Ok(live)
+            }
+            Err(error) => {
+                if let Some(health) = &self.inner.health {
+                    health.set(&self.component(), false, format!("cannot connect: {error}"));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Forgets a broken connection, unless a newer one already replaced it.
+    async fn discard(&self, generation: u64) {
+        let mut live = self.inner.live.write().await;
+        if live.as_ref().is_some_and(|l| l.generation == generation) {
+            if let Some(old) = live.take() {
+                let _ = old
+                    .connection
+                    .close(320, "publisher reconnecting".into())
+                    .await;
+            }
+            if let Some(health) = &self.inner.health {
+                health.set(&self.component(), false, "reconnecting");
+            }
+        }
+    }
+
+    /// Closes the connection. Publishing afterwards reconnects.
+    pub async fn close(&self) {
+        if let Some(live) = self.inner.live.write().await.take() {
+            let _ = live.channel.close(200, "shutdown".into()).await;
+            let _ = live.connection.close(200, "shutdown".into()).await;
+        }
+        if let Some(health) = &self.inner.health {
+            health.remove(&self.component());
+        }
+    }
+}
+
+/// Persistent delivery, a timestamp, and the trace context, unless the caller set them.
+fn finalize_properties(message: &Message<'_>) -> BasicProperties {
+    let mut properties = message.properties.clone().with_delivery_mode(2);
+    if properties.timestamp().is_none() {
+        properties = properties.with_timestamp(headers::now_millis() / 1000);
+    }
+    let mut table = properties.headers().clone().unwrap_or_default();
+    if !table.contains_key(headers::TRACEPARENT) {
+        headers::set_str(
+            &mut table,
+            headers::TRACEPARENT,
+            TraceContext::for_outgoing().traceparent(),
+        );
+    }
+    properties.with_headers(table)
+}

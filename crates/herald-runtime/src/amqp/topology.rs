@@ -1,0 +1,328 @@
+//! Every exchange, queue and binding Herald uses, declared in one place. `docs/topology.md`
+//! describes the same; change both together.
+//!
+//! ```text
+//! producers ──► {p}.ingress (topic) ──#──► {p}.router.ingress ──► router
+//! router ─────► {p}.send (direct) ──<channel>──► {p}.send.<channel> ──► sender
+//! senders ────► {p}.events (topic) ──delivery.#, contact.#──► {p}.router.events ──► router
+//! router ─────► {p}.events ──outcome.<tenant>──► producers' own queues
+//!
+//! retry:  consumer ──► {p}.delay (headers, herald-delay=<ms>) ──► {p}.delay.<ms>ms (TTL)
+//!         ──expired──► {p}.retry (direct, routing key = work queue) ──► the work queue
+//! dead:   consumer ──► {p}.dead (direct, routing key = work queue) ──► <work queue>.dead
+//! ```
+//!
+//! Every service declares the whole topology on every (re)connect. Declarations are
+//! idempotent, and declaring everything means no service depends on another having started
+//! first: a job published before any sender ran still finds its queue.
+
+use std::time::Duration;
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+use messaging_core::channel::Channel as DeliveryChannel;
+use messaging_core::topology::{Names, routing};
+
+use crate::amqp::headers;
+use crate::config::{AmqpConfig, QueueType};
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    names: Names,
+    /// Sorted, deduplicated, never empty.
+    delays: Vec<Duration>,
+    queue_type: QueueType,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn from_config(config: &AmqpConfig) -> Self {
+        let mut delays: Vec<Duration> = config
+            .delays_ms
+            .iter()
+            .filter(|ms| **ms > 0)
+            .map(|ms| Duration::from_millis(*ms))
+            .collect();
+        delays.sort();
+        delays.dedup();
+        if delays.is_empty() {
+            delays.push(Duration::from_secs(1));
+        }
+        Topology {
+            names: Names::new(config.prefix.clone()),
+            delays,
+            queue_type: config.queue_type,
+            delivery_limit: config.delivery_limit,
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn delays(&self) -> &[Duration] {
+        &self.delays
+    }
+
+    /// The delay level a retry asking for `wanted` waits in: the smallest at least as long,
+    /// or the largest (the consumer chains the rest through the `herald-not-before` header).
+    pub fn delay_level_for(&self, wanted: Duration) -> Duration {
+        self.delays
+            .iter()
+            .copied()
+            .find(|level| *level >= wanted)
+            .unwrap_or_else(|| *self.delays.last().unwrap_or(&Duration::from_secs(1)))
+    }
+
+    /// Declares everything. Safe to call on every connect.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let n = &self.names;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for (name, kind) in [
+            (n.ingress_exchange(), ExchangeKind::Topic),
+            (n.send_exchange(), ExchangeKind::Direct),
+            (n.events_exchange(), ExchangeKind::Topic),
+            (n.delay_exchange(), ExchangeKind::Headers),
+            (n.retry_exchange(), ExchangeKind::Direct),
+            (n.dead_letter_exchange(), ExchangeKind::Direct),
+        ] {
+            channel
+                .exchange_declare(name.into(), kind, durable, FieldTable::default())
+                .await?;
+        }
+
+        for queue in n.work_queues() {
+            // The dead-letter queue first, so the work queue's dead-letter target exists.
+            let dead = n.dead_letter_queue(&queue);
+            self.declare_queue(channel, &dead, self.dead_queue_args())
+                .await?;
+            self.bind(channel, &dead, &n.dead_letter_exchange(), &queue)
+                .await?;
+
+            self.declare_queue(channel, &queue, self.work_queue_args(&queue))
+                .await?;
+            // Expired delayed messages come back through the retry exchange by queue name.
+            self.bind(channel, &queue, &n.retry_exchange(), &queue)
+                .await?;
+        }
+
+        self.bind(channel, &n.ingress_queue(), &n.ingress_exchange(), "#")
+            .await?;
+        for delivery_channel in DeliveryChannel::ALL {
+            self.bind(
+                channel,
+                &n.send_queue(delivery_channel),
+                &n.send_exchange(),
+                delivery_channel.as_str(),
+            )
+            .await?;
+        }
+        for pattern in routing::ROUTER_EVENT_BINDINGS {
+            self.bind(
+                channel,
+                &n.router_events_queue(),
+                &n.events_exchange(),
+                pattern,
+            )
+            .await?;
+        }
+
+        for delay in &self.delays {
+            let ms = delay.as_millis() as u64;
+            let queue = n.delay_queue(ms);
+            self.declare_queue(channel, &queue, self.delay_queue_args(ms))
+                .await?;
+            let mut match_args = FieldTable::default();
+            match_args.insert("x-match".into(), AMQPValue::LongString("all".into()));
+            headers::set_str(&mut match_args, headers::DELAY, ms.to_string());
+            channel
+                .queue_bind(
+                    queue.into(),
+                    n.delay_exchange().into(),
+                    ShortString::from(""),
+                    QueueBindOptions::default(),
+                    match_args,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every queue and exchange under the prefix. For tests and for tearing down a
+    /// staging prefix; never called by services.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        let n = &self.names;
+        let mut queues = Vec::new();
+        for queue in n.work_queues() {
+            queues.push(n.dead_letter_queue(&queue));
+            queues.push(queue);
+        }
+        queues.extend(
+            self.delays
+                .iter()
+                .map(|d| n.delay_queue(d.as_millis() as u64)),
+        );
+        for queue in queues {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [
+            n.ingress_exchange(),
+            n.send_exchange(),
+            n.events_exchange(),
+            n.delay_exchange(),
+            n.retry_exchange(),
+            n.dead_letter_exchange(),
+        ] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        args: FieldTable,
+    ) -> lapin::Result<()> {
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+            .await
+            .map(drop)
+    }
+
+    async fn bind(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> lapin::Result<()> {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    fn base_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        let kind = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        // Quorum queues replicate through Raft and survive a node loss; classic is the
+        // fallback for brokers that lack them.
+        args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+        args
+    }
+
+    /// Work queues: where consumers read.
+    fn work_queue_args(&self, queue: &str) -> FieldTable {
+        let mut args = self.base_args();
+        // Messages the broker itself dead-letters (over the delivery limit) go to this
+        // queue's own dead-letter queue, like the ones the runtime rejects.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.names.dead_letter_exchange().into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
+        if self.queue_type == QueueType::Quorum {
+            // A message redelivered this often (its consumer died each time it held it) is a
+            // poison message: dead-letter it instead of crash-looping the service.
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
+            );
+            self.at_least_once_dead_lettering(&mut args);
+        }
+        args
+    }
+
+    /// Dead-letter queues: kept until an operator looks. Nothing consumes them.
+    fn dead_queue_args(&self) -> FieldTable {
+        self.base_args()
+    }
+
+    /// Delay queues: no consumers; each message waits `ms` and then returns, through the
+    /// retry exchange, to the work queue named by its routing key.
+    fn delay_queue_args(&self, ms: u64) -> FieldTable {
+        let mut args = self.base_args();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX)),
+        );
+        // No x-dead-letter-routing-key: the message keeps its own, the target queue's name.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.names.retry_exchange().into()),
+        );
+        if self.queue_type == QueueType::Quorum {
+            self.at_least_once_dead_lettering(&mut args);
+        }
+        args
+    }
+
+    /// The default (at-most-once) dead-lettering of quorum queues can drop a message if the
+    /// target is briefly unavailable; at-least-once keeps it until the target confirms.
+    /// RabbitMQ requires `reject-publish` overflow for it.
+    fn at_least_once_dead_lettering(&self, args: &mut FieldTable) {
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(delays: Vec<u64>) -> Topology {
+        Topology::from_config(&AmqpConfig {
+            delays_ms: delays,
+            ..AmqpConfig::default()
+        })
+    }
+
+    #[test]
+    fn retries_wait_in_the_smallest_level_that_is_long_enough() {
+        let t = topology(vec![5_000, 1_000, 30_000, 1_000]);
+        assert_eq!(t.delays().len(), 3);
+        assert_eq!(t.delay_level_for(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            t.delay_level_for(Duration::from_millis(1_500)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            t.delay_level_for(Duration::from_secs(3_600)),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn an_empty_delay_list_still_has_one_level() {
+        assert_eq!(topology(vec![]).delays(), &[Duration::from_secs(1)]);
+    }
+}

@@ -1,0 +1,249 @@
+//! Configuration: documented defaults, then an optional TOML file (`HERALD_CONFIG`), then
+//! `HERALD_*` environment variables, where `__` separates sections:
+//! `HERALD_AMQP__URL` sets `amqp.url`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// A value that must never be printed: passwords, tokens, URLs with credentials.
+/// `Debug` and `Display` show `[redacted]`; only [`Secret::expose`] gives the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Secret)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+/// Loads `T` from the layered sources. `defaults` are per-service defaults for single keys
+/// (`("http.addr", "127.0.0.1:9102")`) that differ from the struct's own.
+pub fn load<T: DeserializeOwned>(defaults: &[(&str, &str)]) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    for (key, value) in defaults {
+        figment = figment.merge(Serialized::default(key, value));
+    }
+    if let Ok(path) = std::env::var("HERALD_CONFIG") {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(Env::prefixed("HERALD_").split("__"))
+        .extract()
+        .map_err(|e| ConfigError(Box::new(e)))
+}
+
+/// Which RabbitMQ queue type work queues get. Quorum is the default and the only one that
+/// survives a node loss; classic is there for brokers without quorum support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+/// `amqp.*`: the broker connection and the runtime's queue settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost`. A secret: it holds the password.
+    pub url: Secret<String>,
+    /// Every exchange and queue name starts with this (`herald.send.email`).
+    pub prefix: String,
+    pub queue_type: QueueType,
+    /// Retry delay levels in milliseconds, one delay queue each. A retry waits in the
+    /// smallest level at least as long as asked, and longer waits chain through the largest.
+    pub delays_ms: Vec<u64>,
+    /// Redeliveries of one message (a consumer died holding it) before the broker
+    /// dead-letters it: what stops a poison message from crash-looping a service.
+    pub delivery_limit: u32,
+    /// Messages the broker hands one consumer before acks.
+    pub prefetch: u16,
+    /// Messages one consumer works on at once.
+    pub concurrency: usize,
+    /// Retries of one message through the delay queues before it is dead-lettered.
+    pub max_attempts: u32,
+    /// How long a publish keeps trying through reconnects before it reports the broker down.
+    pub publish_timeout_ms: u64,
+    /// Upper bound of the reconnect backoff.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            prefix: "herald".into(),
+            queue_type: QueueType::Quorum,
+            delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000],
+            delivery_limit: 20,
+            prefetch: 64,
+            concurrency: 32,
+            max_attempts: 30,
+            publish_timeout_ms: 60_000,
+            reconnect_max_ms: 10_000,
+        }
+    }
+}
+
+impl AmqpConfig {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_ms)
+    }
+
+    /// The URL with its password replaced, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// `http.*`: where the health and metrics endpoints listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9100)),
+        }
+    }
+}
+
+/// `log.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A tracing filter such as `info,herald_runtime=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// What every service reads: the broker, its health endpoint, its logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct BaseConfig {
+    pub amqp: AmqpConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[cfg(test)]
+// figment::Jail's closure returns figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2".to_owned());
+        assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+        let config = AmqpConfig::default();
+        assert!(!format!("{config:?}").contains("guest:guest"));
+    }
+
+    #[test]
+    fn urls_lose_their_password_in_logs() {
+        assert_eq!(
+            redact_url("amqp://herald:s3cret@mq:5672/%2f"),
+            "amqp://herald:***@mq:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://mq:5672"), "amqp://mq:5672");
+    }
+
+    #[test]
+    fn environment_overrides_defaults_with_double_underscore_sections() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_AMQP__PREFIX", "staging");
+            jail.set_env("HERALD_AMQP__DELAYS_MS", "[100, 200]");
+            jail.set_env("HERALD_LOG__FORMAT", "json");
+            let config: BaseConfig = load(&[("http.addr", "127.0.0.1:9200")]).unwrap();
+            assert_eq!(config.amqp.prefix, "staging");
+            assert_eq!(config.amqp.delays_ms, vec![100, 200]);
+            assert_eq!(config.log.format, LogFormat::Json);
+            assert_eq!(config.http.addr.port(), 9200);
+            jail.set_env("HERALD_HTTP__ADDR", "127.0.0.1:9300");
+            let config: BaseConfig = load(&[("http.addr", "127.0.0.1:9200")]).unwrap();
+            assert_eq!(config.http.addr.port(), 9300);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_typo_in_a_section_is_an_error_not_a_silent_default() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_AMQP__PREFETCHH", "5");
+            let err = load::<BaseConfig>(&[]).unwrap_err().to_string();
+            assert!(err.contains("prefetchh"), "{err}");
+            Ok(())
+        });
+    }
+}

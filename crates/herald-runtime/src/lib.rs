@@ -1,0 +1,27 @@
+//! Herald's shared service runtime. Every service binary is a thin `main.rs` over this crate.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed configuration from defaults, an optional TOML file and `HERALD_*`
+//!   environment variables; [`config::Secret`] keeps credentials out of logs.
+//! - [`telemetry`]: tracing (pretty or JSON) and the Prometheus recorder.
+//! - [`health`]: readiness registry and the `/healthz`, `/readyz`, `/metrics` HTTP server.
+//! - [`shutdown`]: SIGINT/SIGTERM into a `CancellationToken`.
+//! - [`amqp`]: everything RabbitMQ: the topology, connections with backoff, a publisher with
+//!   pipelined confirms, and the consumer runner (prefetch, bounded concurrency, ack after
+//!   work, retry through delay queues, dead letters with reasons, reconnects, drain on stop).
+//! - [`service`]: the start-up sequence every service shares.
+
+pub mod amqp;
+pub mod config;
+pub mod health;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+/// Installs rustls' ring provider. teloxide, serenity and reqwest each pull in rustls, and
+/// reqwest built without a provider panics unless one is installed first; every binary calls
+/// this before anything else. Repeated calls are harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

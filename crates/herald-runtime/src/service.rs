@@ -1,0 +1,157 @@
+//! The start-up sequence every service shares (zero2prod's `Application::build`, split so
+//! tests can pass their own listener and shutdown token).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{Broker, Topology};
+use crate::config::BaseConfig;
+use crate::health::{self, Health};
+
+/// A service's shared parts. Build it, add the service's own work, then [`Service::run`].
+pub struct Service {
+    pub name: &'static str,
+    pub config: BaseConfig,
+    pub broker: Broker,
+    pub topology: Topology,
+    pub health: Health,
+    pub shutdown: CancellationToken,
+    listener: TcpListener,
+}
+
+impl Service {
+    /// For binaries: installs the crypto provider, logging and metrics, binds `http.addr`,
+    /// and cancels `shutdown` on SIGINT/SIGTERM.
+    pub async fn build(name: &'static str, config: BaseConfig) -> std::io::Result<Self> {
+        crate::install_crypto_provider();
+        crate::telemetry::init_tracing(&config.log);
+        let listener = TcpListener::bind(config.http.addr).await?;
+        let shutdown = crate::shutdown::on_signal();
+        tracing::info!(
+            service = name,
+            http = %listener.local_addr()?,
+            amqp = %config.amqp.redacted_url(),
+            prefix = %config.amqp.prefix,
+            "starting"
+        );
+        Ok(Self::with_parts(name, config, listener, shutdown))
+    }
+
+    /// For tests: a listener on port 0 and a token the test cancels.
+    pub fn with_parts(
+        name: &'static str,
+        config: BaseConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Self {
+        crate::install_crypto_provider();
+        let _ = crate::telemetry::metrics();
+        let broker = Broker::new(config.amqp.clone(), name);
+        let topology = Topology::from_config(&config.amqp);
+        Service {
+            name,
+            config,
+            broker,
+            topology,
+            health: Health::new(),
+            shutdown,
+            listener,
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `/healthz`, `/readyz`, `/metrics` (merged with `app`) and runs `work` and a
+    /// broker watch until shutdown. Returns when the work has finished draining.
+    pub async fn run<W>(self, app: Router, work: W) -> std::io::Result<()>
+    where
+        W: Future<Output = ()> + Send + 'static,
+    {
+        let router = app.merge(health::router(self.health.clone()));
+        let server = tokio::spawn(health::serve(self.listener, router, self.shutdown.clone()));
+        let watch = tokio::spawn(watch_broker(
+            self.broker.clone(),
+            self.topology.clone(),
+            self.health.clone(),
+            self.shutdown.clone(),
+        ));
+        work.await;
+        // Work ends on its own only when shutdown was asked; make sure everything else stops.
+        self.shutdown.cancel();
+        let _ = watch.await;
+        let served = server.await.unwrap_or(Ok(()));
+        tracing::info!(service = self.name, "stopped");
+        served
+    }
+}
+
+/// Holds one connection to report the broker in `/readyz`, and declares the topology on each
+/// connect, so every queue exists as soon as any service is up.
+pub async fn watch_broker(
+    broker: Broker,
+    topology: Topology,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    const COMPONENT: &str = "amqp:broker";
+    health.set(COMPONENT, false, "connecting");
+    loop {
+        let h = health.clone();
+        let Some(connection) = broker
+            .connect_until_cancelled("watch", &shutdown, |e| {
+                h.set(COMPONENT, false, format!("cannot connect: {e}"))
+            })
+            .await
+        else {
+            break;
+        };
+        let declared = async {
+            let channel = connection.create_channel().await?;
+            topology.declare(&channel).await?;
+            channel.close(200, "declared".into()).await
+        }
+        .await;
+        match declared {
+            Ok(()) => {
+                health.set(COMPONENT, true, "connected");
+                let mut events = connection.events_listener();
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = async {
+                        while let Some(event) = events.next().await {
+                            if let lapin::Event::Error(error) = event {
+                                health.set(COMPONENT, false, format!("connection lost: {error}"));
+                                tracing::warn!(%error, "broker connection lost");
+                                break;
+                            }
+                        }
+                    } => {}
+                }
+            }
+            Err(error) => {
+                health.set(
+                    COMPONENT,
+                    false,
+                    format!("cannot declare topology: {error}"),
+                );
+                tracing::error!(%error, "cannot declare the topology");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
+        }
+        let _ = connection.close(200, "stopping".into()).await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    health.remove(COMPONENT);
+}

@@ -1,0 +1,466 @@
+//! The consumer runner and publisher against the real RabbitMQ: every message arrives, retries
+//! come back after their delay, bad messages are dead-lettered with their reason, connections
+//! recover, and shutdown loses nothing.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use herald_runtime::amqp::headers;
+use herald_runtime::amqp::{Message, Outcome, PublishError, Rejection};
+use herald_testkit::broker::{close_connections_with_prefix, connections_with_prefix};
+use support::{Harness, Recording, numbered, wait_until};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_arrive_exactly_once() {
+    let h = Harness::new("ten_thousand").await;
+    let (handler, mut rx) = Recording::acking();
+    let seen = handler.seen.clone();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+
+    const TOTAL: u32 = 10_000;
+    let publisher = h.publisher();
+    let bodies: Vec<Vec<u8>> = (0..TOTAL).map(numbered).collect();
+    for chunk in bodies.chunks(500) {
+        let batch: Vec<Message> = chunk.iter().map(|b| h.message(b)).collect();
+        publisher.publish_batch(&batch).await.expect("publish");
+    }
+
+    let mut distinct = HashSet::new();
+    wait_until(&mut rx, Duration::from_secs(120), |(n, _)| {
+        distinct.insert(n);
+        distinct.len() == TOTAL as usize
+    })
+    .await;
+    stop.cancel();
+    consumer.await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), TOTAL as usize, "every message arrived");
+    let twice: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "messages handled more than once: {twice:?}"
+    );
+    assert_eq!(h.inspector.queue_len(&h.queue()).await, 0);
+    assert_eq!(h.inspector.queue_len(&h.dead_queue()).await, 0);
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_failure_comes_back_after_its_delay_and_then_succeeds() {
+    let h = Harness::new("retry").await;
+    let (handler, mut rx) = Recording::new(|_, ctx| {
+        if ctx.attempt == 1 {
+            Outcome::Retry {
+                after: Duration::from_millis(400),
+                reason: "provider busy".into(),
+            }
+        } else {
+            assert_eq!(ctx.last_error.as_deref(), Some("provider busy"));
+            Outcome::Ack
+        }
+    });
+    let seen = handler.seen.clone();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+    let publisher = h.publisher();
+    publisher.publish(&h.message(&numbered(1))).await.unwrap();
+
+    let mut first_at = None;
+    let mut retried_after = None;
+    wait_until(&mut rx, Duration::from_secs(20), |(_, attempt)| {
+        match attempt {
+            1 => first_at = Some(Instant::now()),
+            _ => retried_after = first_at.map(|t| t.elapsed()),
+        }
+        attempt == 2
+    })
+    .await;
+    stop.cancel();
+    consumer.await.unwrap();
+
+    let waited = retried_after.expect("second attempt seen");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "retried after only {waited:?}"
+    );
+    assert_eq!(seen.lock().unwrap().get(&1), Some(&1));
+    assert_eq!(h.inspector.queue_len(&h.dead_queue()).await, 0);
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_longer_than_the_largest_delay_level_waits_the_whole_time() {
+    let h = Harness::new("long_retry").await;
+    // The largest level is 500 ms; asking for 1.3 s chains through it.
+    let (handler, mut rx) = Recording::new(|_, ctx| {
+        if ctx.attempt == 1 {
+            Outcome::Retry {
+                after: Duration::from_millis(1_300),
+                reason: "retry-after 1.3s".into(),
+            }
+        } else {
+            Outcome::Ack
+        }
+    });
+    let started = handler.started.clone();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+    let publisher = h.publisher();
+    publisher.publish(&h.message(&numbered(7))).await.unwrap();
+
+    let mut first_at = None;
+    let mut waited = None;
+    wait_until(&mut rx, Duration::from_secs(20), |(_, attempt)| {
+        if attempt == 1 {
+            first_at = Some(Instant::now());
+        } else {
+            waited = first_at.map(|t| t.elapsed());
+        }
+        attempt == 2
+    })
+    .await;
+    stop.cancel();
+    consumer.await.unwrap();
+    let waited = waited.unwrap();
+    assert!(
+        waited >= Duration::from_millis(1_300),
+        "handled again after only {waited:?}"
+    );
+    assert_eq!(
+        *started.lock().unwrap(),
+        2,
+        "the handler is not called while the message waits"
+    );
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_lands_in_the_dead_letter_queue_with_its_reason() {
+    let h = Harness::new("permanent").await;
+    let (handler, mut rx) = Recording::new(|_, _| {
+        Outcome::DeadLetter(Rejection::new("blocked", "the user blocked the bot"))
+    });
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+    let publisher = h.publisher();
+    publisher
+        .publish(&h.message(&numbered(3)).message_id("m-3"))
+        .await
+        .unwrap();
+    wait_until(&mut rx, Duration::from_secs(10), |_| true).await;
+
+    let dead = h
+        .inspector
+        .wait_get(&h.dead_queue(), Duration::from_secs(10))
+        .await
+        .expect("a dead letter");
+    let table = dead.delivery.properties.headers().clone();
+    assert_eq!(
+        headers::get_str(table.as_ref(), headers::REASON).as_deref(),
+        Some("the user blocked the bot")
+    );
+    assert_eq!(
+        headers::get_str(table.as_ref(), headers::REASON_CODE).as_deref(),
+        Some("blocked")
+    );
+    assert_eq!(
+        headers::get_str(table.as_ref(), headers::SOURCE_QUEUE),
+        Some(h.queue())
+    );
+    assert_eq!(
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("m-3"),
+        "properties survive"
+    );
+    assert_eq!(
+        dead.delivery.data,
+        numbered(3),
+        "the body is kept as it was"
+    );
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_dead_lettered_once_the_attempts_run_out() {
+    let h = Harness::new("exhausted").await;
+    let (handler, mut rx) = Recording::new(|_, _| Outcome::Retry {
+        after: Duration::from_millis(100),
+        reason: "still down".into(),
+    });
+    let mut settings = h.settings();
+    settings.max_attempts = 3;
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, settings).run(stop.clone()));
+    let publisher = h.publisher();
+    publisher.publish(&h.message(&numbered(4))).await.unwrap();
+    wait_until(&mut rx, Duration::from_secs(20), |(_, attempt)| {
+        attempt == 3
+    })
+    .await;
+
+    let dead = h
+        .inspector
+        .wait_get(&h.dead_queue(), Duration::from_secs(10))
+        .await
+        .expect("a dead letter");
+    let table = dead.delivery.properties.headers().clone();
+    assert_eq!(
+        headers::get_str(table.as_ref(), headers::REASON_CODE).as_deref(),
+        Some("retries_exhausted")
+    );
+    assert!(
+        headers::get_str(table.as_ref(), headers::REASON)
+            .unwrap()
+            .contains("still down")
+    );
+    assert_eq!(headers::get_u64(table.as_ref(), headers::ATTEMPT), Some(3));
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_dead_lettered_and_the_consumer_goes_on() {
+    let h = Harness::new("malformed").await;
+    let (handler, mut rx) = Recording::acking();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+    let publisher = h.publisher();
+    let oversized = vec![b' '; messaging_core::MAX_MESSAGE_BYTES + 1];
+    for body in [
+        &b"{not json"[..],
+        br#"{"n": "seven"}"#,
+        &oversized,
+        &numbered(8),
+    ] {
+        publisher.publish(&h.message(body)).await.unwrap();
+    }
+    wait_until(&mut rx, Duration::from_secs(10), |(n, _)| n == 8).await;
+
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let dead = h
+            .inspector
+            .wait_get(&h.dead_queue(), Duration::from_secs(10))
+            .await
+            .expect("a dead letter");
+        let table = dead.delivery.properties.headers().clone();
+        let code = headers::get_str(table.as_ref(), headers::REASON_CODE).unwrap();
+        let reason = headers::get_str(table.as_ref(), headers::REASON).unwrap();
+        assert!(!reason.is_empty());
+        codes.push(code);
+    }
+    codes.sort();
+    assert_eq!(codes, ["invalid", "malformed", "oversized"]);
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_dead_letters_the_message_and_the_consumer_survives() {
+    let h = Harness::new("panic").await;
+    let (handler, mut rx) = Recording::new(|m, _| {
+        if m.n == 13 {
+            panic!("unlucky number");
+        }
+        Outcome::Ack
+    });
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+    let publisher = h.publisher();
+    publisher.publish(&h.message(&numbered(13))).await.unwrap();
+    publisher.publish(&h.message(&numbered(14))).await.unwrap();
+    wait_until(&mut rx, Duration::from_secs(10), |(n, _)| n == 14).await;
+    let dead = h
+        .inspector
+        .wait_get(&h.dead_queue(), Duration::from_secs(10))
+        .await
+        .expect("a dead letter");
+    let table = dead.delivery.properties.headers().clone();
+    assert_eq!(
+        headers::get_str(table.as_ref(), headers::REASON_CODE).as_deref(),
+        Some("handler_panic")
+    );
+    assert!(
+        headers::get_str(table.as_ref(), headers::REASON)
+            .unwrap()
+            .contains("unlucky number")
+    );
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_message_is_an_error_not_a_silent_drop() {
+    let h = Harness::new("unroutable").await;
+    let publisher = h.publisher();
+    let body = numbered(1);
+    let err = publisher
+        .publish(&Message::new(
+            h.topology.names().send_exchange(),
+            "fax",
+            &body,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::Unroutable { .. }), "{err}");
+    assert!(err.to_string().contains("fax"));
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_and_publisher_recover_when_the_broker_closes_their_connections() {
+    let h = Harness::new("reconnect").await;
+    let (handler, mut rx) = Recording::acking();
+    let seen = handler.seen.clone();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+
+    const TOTAL: u32 = 3_000;
+    let publisher = h.publisher();
+    let producer = {
+        let publisher = publisher.clone();
+        let queue = h.queue();
+        tokio::spawn(async move {
+            for start in (0..TOTAL).step_by(50) {
+                let bodies: Vec<Vec<u8>> = (start..start + 50).map(numbered).collect();
+                let batch: Vec<Message> = bodies
+                    .iter()
+                    .map(|b| Message::new("", queue.clone(), b))
+                    .collect();
+                publisher
+                    .publish_batch(&batch)
+                    .await
+                    .expect("publish survives the reconnect");
+                // Paced so that the broker's close lands in the middle of publishing.
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+
+    // Let both sides get going, then have the broker close every connection of this test.
+    let mut distinct = HashSet::new();
+    wait_until(&mut rx, Duration::from_secs(30), |(n, _)| {
+        distinct.insert(n);
+        distinct.len() >= 300
+    })
+    .await;
+    let closed = close_connections_with_prefix(&h.prefix)
+        .await
+        .expect("close connections");
+    assert!(
+        closed >= 2,
+        "publisher and consumer connections were open, closed {closed}"
+    );
+    assert!(
+        !producer.is_finished(),
+        "the close must hit while publishing is still going on"
+    );
+    let before_close = distinct.len();
+    assert!(before_close < TOTAL as usize);
+
+    wait_until(&mut rx, Duration::from_secs(120), |(n, _)| {
+        distinct.insert(n);
+        distinct.len() == TOTAL as usize
+    })
+    .await;
+    producer.await.unwrap();
+    let reconnected = connections_with_prefix(&h.prefix).await.unwrap();
+    assert!(
+        reconnected.len() >= 2,
+        "publisher and consumer connected again: {reconnected:?}"
+    );
+    stop.cancel();
+    consumer.await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let missing: Vec<u32> = (0..TOTAL).filter(|n| !seen.contains_key(n)).collect();
+    assert!(missing.is_empty(), "lost messages: {missing:?}");
+    assert_eq!(
+        h.inspector.queue_len(&h.queue()).await,
+        0,
+        "nothing left behind"
+    );
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_messages_in_flight_finishes_them_and_returns_the_rest() {
+    let h = Harness::new("shutdown").await;
+    let (handler, mut rx) = Recording::acking();
+    let handler = handler.with_work(Duration::from_millis(50));
+    let seen = handler.seen.clone();
+    let started = handler.started.clone();
+    let mut settings = h.settings();
+    settings.prefetch = 20;
+    settings.concurrency = 8;
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, settings).run(stop.clone()));
+
+    const TOTAL: u32 = 200;
+    let publisher = h.publisher();
+    let bodies: Vec<Vec<u8>> = (0..TOTAL).map(numbered).collect();
+    let batch: Vec<Message> = bodies.iter().map(|b| h.message(b)).collect();
+    publisher.publish_batch(&batch).await.unwrap();
+
+    let mut handled = 0;
+    wait_until(&mut rx, Duration::from_secs(30), |_| {
+        handled += 1;
+        handled >= 30
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), consumer)
+        .await
+        .expect("drains promptly")
+        .unwrap();
+
+    let done = seen.lock().unwrap().len() as u32;
+    assert_eq!(
+        *started.lock().unwrap(),
+        done,
+        "every handler that started also finished"
+    );
+    assert!(
+        done < TOTAL,
+        "shutdown stopped the consumer early ({done} handled)"
+    );
+    // Unacked messages return to the queue as soon as the channel closes.
+    let mut left = 0;
+    for _ in 0..50 {
+        left = h.inspector.queue_len(&h.queue()).await;
+        if done + left == TOTAL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        done + left,
+        TOTAL,
+        "{done} handled + {left} waiting must be all {TOTAL}"
+    );
+    publisher.close().await;
+    h.cleanup().await;
+}

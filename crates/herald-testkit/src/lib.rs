@@ -1,0 +1,11 @@
+//! Test support shared by Herald's crates.
+//!
+//! # Layout
+//!
+//! - [`broker`]: a unique name prefix per test, queue inspection, and closing only the
+//!   current test's connections (the broker-side fault every reconnect test needs), so that
+//!   tests running in parallel never disturb each other.
+//!
+//! This crate does not depend on the runtime, so the runtime's own tests can use it.
+
+pub mod broker;

@@ -155,3 +155,29 @@ pub async fn watch_broker(
     }
     health.remove(COMPONENT);
 }
+
+/// The whole `main` of a service that so far only joins the system: loads `BaseConfig` (with
+/// its own default health address), declares the topology, reports the broker in `/readyz`,
+/// and waits for SIGTERM. It consumes nothing, so its queue is left for a later version.
+pub async fn run_idle(
+    name: &'static str,
+    default_http_addr: &str,
+    note: &str,
+) -> Result<(), IdleError> {
+    let config: BaseConfig = crate::config::load(&[("http.addr", default_http_addr)])?;
+    let service = Service::build(name, config).await?;
+    tracing::warn!(service = name, "{note}");
+    let shutdown = service.shutdown.clone();
+    service
+        .run(Router::new(), async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdleError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot serve health endpoints: {0}")]
+    Io(#[from] std::io::Error),
+}

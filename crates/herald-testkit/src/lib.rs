@@ -6,6 +6,9 @@
 //!   current test's connections (the broker-side fault every reconnect test needs), so that
 //!   tests running in parallel never disturb each other.
 //!
+//! - [`http`]: a minimal GET for health endpoints.
+//!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
 
 pub mod broker;
+pub mod http;

@@ -1,0 +1,285 @@
+//! The broker baseline (`just bench-broker`).
+//!
+//! Moves N messages producer -> queue -> consumer -> ack, twice per round: once through
+//! Herald's runtime (`Publisher::publish_batch`, `Consumer` with a handler that decodes the
+//! job) and once through a plain lapin loop with the same settings (confirm window, prefetch,
+//! quorum queue, persistent messages, decode, ack per message). Rounds alternate so machine
+//! noise hits both alike; the medians and their ratio are printed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::StreamExt;
+use futures::future::join_all;
+use herald_bench::{payload, stats};
+use herald_runtime::amqp::{
+    Broker, Consumer, ConsumerSettings, Context, Handler, Message, Outcome, Publisher, Rejection,
+    Topology, decode_json,
+};
+use herald_runtime::config::{AmqpConfig, Secret};
+use herald_runtime::health::Health;
+use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use messaging_core::job::SendJob;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+struct Args {
+    /// Messages per run.
+    #[arg(long, default_value_t = 30_000)]
+    messages: u64,
+    /// Rounds (each runs both the runtime and the plain loop).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Messages published before waiting for their confirms (both sides).
+    #[arg(long, default_value_t = 500)]
+    window: usize,
+    /// Consumer prefetch (both sides).
+    #[arg(long, default_value_t = 200)]
+    prefetch: u16,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    herald_runtime::install_crypto_provider();
+    let args = Args::parse();
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..args.messages).map(payload::send_job).collect());
+    println!(
+        "bench-broker: {} messages of {} bytes, confirm window {}, prefetch {}, quorum queue, {} rounds",
+        args.messages,
+        bodies[0].len(),
+        args.window,
+        args.prefetch,
+        args.rounds
+    );
+    let (mut plain, mut herald) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let p = run_plain(&args, &bodies).await.context("plain lapin run")?;
+        let h = run_herald(&args, &bodies)
+            .await
+            .context("herald runtime run")?;
+        println!("  round {round}: plain lapin {p:>8.0} msg/s   herald runtime {h:>8.0} msg/s");
+        plain.push(p);
+        herald.push(h);
+    }
+    let (plain, herald) = (stats::median(plain), stats::median(herald));
+    println!("plain lapin (baseline): {plain:.0} msg/s");
+    println!("herald runtime:         {herald:.0} msg/s");
+    println!("ratio herald/plain:     {:.2}", herald / plain);
+    Ok(())
+}
+
+fn config(prefix: &str, args: &Args) -> AmqpConfig {
+    AmqpConfig {
+        url: Secret::new(amqp_url()),
+        prefix: prefix.to_owned(),
+        prefetch: args.prefetch,
+        concurrency: args.prefetch as usize,
+        ..AmqpConfig::default()
+    }
+}
+
+/// Declares a topology under a fresh prefix; returns it with the queue both sides use.
+async fn setup(
+    name: &str,
+    args: &Args,
+) -> anyhow::Result<(Inspector, AmqpConfig, Topology, String)> {
+    let config = config(&unique_prefix(name), args);
+    let topology = Topology::from_config(&config);
+    let inspector = Inspector::connect().await;
+    topology.declare(inspector.channel()).await?;
+    let queue = topology.names().send_queue(messaging_core::Channel::Email);
+    Ok((inspector, config, topology, queue))
+}
+
+struct Counting {
+    done: Arc<AtomicU64>,
+    target: u64,
+    finished: Arc<Notify>,
+}
+
+impl Handler for Counting {
+    type Message = SendJob;
+
+    fn decode(&self, body: &[u8]) -> Result<SendJob, Rejection> {
+        decode_json(body)
+    }
+
+    async fn handle(&self, job: SendJob, _: &Context) -> Outcome {
+        std::hint::black_box(job);
+        if self.done.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            self.finished.notify_one();
+        }
+        Outcome::Ack
+    }
+}
+
+async fn run_herald(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f64> {
+    let (inspector, config, topology, queue) = setup("bench-herald", args).await?;
+    let broker = Broker::new(config.clone(), "bench");
+    let done = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(Notify::new());
+    let handler = Counting {
+        done: done.clone(),
+        target: args.messages,
+        finished: finished.clone(),
+    };
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(
+        broker.clone(),
+        topology.clone(),
+        ConsumerSettings::from_config(&queue, &config),
+        handler,
+        Health::new(),
+    );
+    let consumer = tokio::spawn(consumer.run(stop.clone()));
+    let publisher = Publisher::new(broker, "bench", None);
+    // Connect both before the clock starts.
+    publisher
+        .publish(&Message::new("", "bench-warmup-unrouted", b"{}"))
+        .await
+        .ok();
+    wait_for_consumer(&inspector, &queue).await;
+
+    let started = Instant::now();
+    let producer = {
+        let (publisher, bodies, queue, window) = (
+            publisher.clone(),
+            bodies.clone(),
+            queue.clone(),
+            args.window,
+        );
+        tokio::spawn(async move {
+            for chunk in bodies.chunks(window) {
+                let batch: Vec<Message> = chunk
+                    .iter()
+                    .map(|b| Message::new("", queue.clone(), b))
+                    .collect();
+                publisher.publish_batch(&batch).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(600), finished.notified())
+        .await
+        .context("consumer finished in time")?;
+    let elapsed = started.elapsed();
+    producer.await??;
+    stop.cancel();
+    consumer.await?;
+    publisher.close().await;
+    topology.delete(inspector.channel()).await?;
+    inspector.close().await;
+    Ok(stats::rate(args.messages, elapsed))
+}
+
+async fn run_plain(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f64> {
+    let (inspector, _config, topology, queue) = setup("bench-plain", args).await?;
+    let url = amqp_url();
+    let consumer_conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let consumer_channel = consumer_conn.create_channel().await?;
+    consumer_channel
+        .basic_qos(args.prefetch, BasicQosOptions { global: false })
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher_conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let publisher_channel = publisher_conn.create_channel().await?;
+    publisher_channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    wait_for_consumer(&inspector, &queue).await;
+
+    let target = args.messages;
+    let started = Instant::now();
+    let consuming = tokio::spawn(async move {
+        let mut done = 0;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            let job: SendJob = serde_json::from_slice(&delivery.data)?;
+            std::hint::black_box(job);
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            done += 1;
+            if done == target {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    for chunk in bodies.chunks(args.window) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for body in chunk {
+            confirms.push(
+                publisher_channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        options,
+                        body,
+                        properties.clone(),
+                    )
+                    .await?,
+            );
+        }
+        for confirmation in join_all(confirms).await {
+            anyhow::ensure!(confirmation?.is_ack(), "broker nacked a message");
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(600), consuming)
+        .await
+        .context("consumer finished in time")???;
+    let elapsed = started.elapsed();
+    let _ = publisher_conn.close(200, "done".into()).await;
+    let _ = consumer_conn.close(200, "done".into()).await;
+    let _ = inspector
+        .channel()
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    topology.delete(inspector.channel()).await?;
+    inspector.close().await;
+    Ok(stats::rate(args.messages, elapsed))
+}
+
+/// Waits until the queue has a consumer, so neither side's clock includes connecting.
+async fn wait_for_consumer(inspector: &Inspector, queue: &str) {
+    use lapin::options::QueueDeclareOptions;
+    for _ in 0..200 {
+        let declared = inspector
+            .channel()
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if declared.is_ok_and(|q| q.consumer_count() > 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,185 @@
+//! `herald`: the operator's and producer's command line.
+//!
+//! - `herald publish FILE` checks a message with the same decoder the router uses, then
+//!   publishes it to the ingress exchange with a publisher confirm.
+//! - `herald dead-letters QUEUE` shows a queue's dead letters with their reasons, leaving them
+//!   in place.
+//! - `herald declare` declares the topology (every service also does this on start).
+//!
+//! Broker settings come from the same `HERALD_AMQP__*` variables the services read.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use chrono::{TimeZone, Utc};
+use clap::{Parser, Subcommand};
+use herald_runtime::amqp::{Broker, Message, Publisher, Topology, headers};
+use herald_runtime::config::BaseConfig;
+use lapin::options::BasicGetOptions;
+use messaging_core::ingress::Ingress;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Publish to Herald and inspect its queues"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish a message (a JSON file, or `-` for standard input) to the ingress exchange.
+    Publish {
+        file: PathBuf,
+        /// Routing key on the ingress exchange (any key reaches the router).
+        #[arg(long, default_value = "cli")]
+        routing_key: String,
+        /// Queue the router answers to when the message is complete (R4).
+        #[arg(long)]
+        reply_to: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// Publish even if the local check fails (to test dead-lettering).
+        #[arg(long)]
+        no_validate: bool,
+    },
+    /// Show dead letters of a work queue (`herald.router.ingress`) or a dead-letter queue,
+    /// with their reasons. They stay in the queue.
+    DeadLetters {
+        queue: String,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+    /// Declare every exchange and queue under the configured prefix.
+    Declare,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    herald_runtime::install_crypto_provider();
+    let cli = Cli::parse();
+    let config: BaseConfig = herald_runtime::config::load(&[])?;
+    let topology = Topology::from_config(&config.amqp);
+    let broker = Broker::new(config.amqp.clone(), "herald-cli");
+    match cli.command {
+        Command::Publish {
+            file,
+            routing_key,
+            reply_to,
+            correlation_id,
+            no_validate,
+        } => {
+            let body = read_input(&file)?;
+            if !no_validate {
+                check(&body)?;
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            let mut message = Message::new(topology.names().ingress_exchange(), routing_key, &body)
+                .message_id(&id);
+            if let Some(reply_to) = reply_to {
+                message = message.reply_to(reply_to);
+            }
+            if let Some(correlation_id) = correlation_id {
+                message = message.correlation_id(correlation_id);
+            }
+            let publisher = Publisher::new(broker, "publish", None);
+            publisher.publish(&message).await.context("publish")?;
+            publisher.close().await;
+            println!(
+                "published message {id} to {} (confirmed by the broker)",
+                topology.names().ingress_exchange()
+            );
+        }
+        Command::DeadLetters { queue, count } => {
+            let dead_queue = if queue.ends_with(".dead") {
+                queue
+            } else {
+                topology.names().dead_letter_queue(&queue)
+            };
+            show_dead_letters(&broker, &dead_queue, count).await?;
+        }
+        Command::Declare => {
+            let connection = broker.connect("declare").await.context("connect")?;
+            let channel = connection.create_channel().await?;
+            topology.declare(&channel).await.context("declare")?;
+            let _ = connection.close(200, "done".into()).await;
+            println!(
+                "declared the topology under prefix {:?}",
+                config.amqp.prefix
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_input(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    if file.as_os_str() == "-" {
+        let mut body = Vec::new();
+        std::io::stdin().read_to_end(&mut body)?;
+        return Ok(body);
+    }
+    std::fs::read(file).with_context(|| format!("read {}", file.display()))
+}
+
+/// The router's own checks, run before publishing so a producer learns at once.
+fn check(body: &[u8]) -> anyhow::Result<()> {
+    match Ingress::decode(body) {
+        Ok(Ingress::Notify(request)) => request
+            .validate()
+            .map_err(|e| anyhow::anyhow!("the router would refuse this message: {e}")),
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "the router would refuse this message ({}): {e}\n(use --no-validate to publish it anyway)",
+            e.code()
+        ),
+    }
+}
+
+/// Reads up to `count` messages without acking them; closing the channel returns them all to
+/// the queue in their order.
+async fn show_dead_letters(broker: &Broker, queue: &str, count: usize) -> anyhow::Result<()> {
+    let connection = broker.connect("dead-letters").await.context("connect")?;
+    let channel = connection.create_channel().await?;
+    let mut shown = 0;
+    while shown < count {
+        let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .with_context(|| format!("read {queue}"))?
+        else {
+            break;
+        };
+        shown += 1;
+        let table = message.delivery.properties.headers().clone();
+        let h = table.as_ref();
+        let code = headers::get_str(h, headers::REASON_CODE)
+            .unwrap_or_else(|| "(broker: delivery limit or expiry, see x-death)".into());
+        let when = headers::get_u64(h, headers::DEAD_AT)
+            .and_then(|ms| Utc.timestamp_millis_opt(i64::try_from(ms).ok()?).single())
+            .map_or_else(|| "?".into(), |t| t.to_rfc3339());
+        let body = String::from_utf8_lossy(&message.delivery.data);
+        let body: String = body.chars().take(300).collect();
+        println!(
+            "#{shown} {code} at {when} from {}",
+            headers::get_str(h, headers::SOURCE_QUEUE).unwrap_or_default()
+        );
+        if let Some(reason) = headers::get_str(h, headers::REASON) {
+            println!("   reason: {reason}");
+        }
+        println!(
+            "   attempts: {}",
+            headers::get_u64(h, headers::ATTEMPT).unwrap_or(1)
+        );
+        println!("   body: {body}");
+    }
+    let _ = channel.close(200, "peek done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+    if shown == 0 {
+        println!("{queue} is empty");
+    }
+    Ok(())
+}

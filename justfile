@@ -1,0 +1,58 @@
+# Herald's commands. `just` lists them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+default:
+    @just --list
+
+# Start RabbitMQ and PostgreSQL if absent, build, and run every service in the background.
+up:
+    scripts/up.sh
+
+# Stop the services `just up` started.
+down:
+    scripts/down.sh
+
+# Each service's readiness.
+status:
+    scripts/status.sh
+
+# Follow one service's log (after `just up`).
+logs SERVICE:
+    tail -f .local/logs/{{SERVICE}}.log
+
+# Run one service in the foreground.
+run SERVICE:
+    scripts/services.sh
+    cargo run -p {{SERVICE}}
+
+# The whole test suite against the real RabbitMQ and PostgreSQL.
+test:
+    scripts/services.sh
+    cargo test --workspace
+
+# Publish a message file to the ingress exchange (checked locally first).
+publish FILE:
+    cargo run -q -p herald-cli -- publish {{FILE}}
+
+# Show a queue's dead letters with their reasons (they stay in place).
+dead-letters QUEUE:
+    cargo run -q -p herald-cli -- dead-letters {{QUEUE}}
+
+# Broker baseline: runtime vs plain lapin, publish -> consume -> ack, release build.
+bench-broker:
+    scripts/services.sh
+    cargo run -q --release -p herald-bench --bin bench-broker
+
+# Every benchmark.
+bench: bench-broker
+
+# Regenerate docs/schemas from the message types.
+schemas:
+    HERALD_UPDATE_SCHEMAS=1 cargo test -q -p messaging-core --test schemas_are_current
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings

@@ -59,9 +59,19 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     herald_runtime::install_crypto_provider();
-    let cli = Cli::parse();
+    // A command line tool answers with its message, not a backtrace.
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let config: BaseConfig = herald_runtime::config::load(&[])?;
     let topology = Topology::from_config(&config.amqp);
     let broker = Broker::new(config.amqp.clone(), "herald-cli");
@@ -86,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(correlation_id) = correlation_id {
                 message = message.correlation_id(correlation_id);
             }
-            let publisher = Publisher::new(broker, "publish", None);
+            let publisher = Publisher::new(broker, "publish");
             publisher.publish(&message).await.context("publish")?;
             publisher.close().await;
             println!(

@@ -74,6 +74,9 @@ impl Service {
     where
         W: Future<Output = ()> + Send + 'static,
     {
+        // Not ready until the broker watch has connected; registered before the server starts
+        // so that `/readyz` never answers 200 with nothing checked.
+        self.health.set(BROKER_COMPONENT, false, "connecting");
         let router = app.merge(health::router(self.health.clone()));
         let server = tokio::spawn(health::serve(self.listener, router, self.shutdown.clone()));
         let watch = tokio::spawn(watch_broker(
@@ -92,6 +95,9 @@ impl Service {
     }
 }
 
+/// The readiness component the broker watch reports.
+pub const BROKER_COMPONENT: &str = "amqp:broker";
+
 /// Holds one connection to report the broker in `/readyz`, and declares the topology on each
 /// connect, so every queue exists as soon as any service is up.
 pub async fn watch_broker(
@@ -100,7 +106,7 @@ pub async fn watch_broker(
     health: Health,
     shutdown: CancellationToken,
 ) {
-    const COMPONENT: &str = "amqp:broker";
+    const COMPONENT: &str = BROKER_COMPONENT;
     health.set(COMPONENT, false, "connecting");
     loop {
         let h = health.clone();

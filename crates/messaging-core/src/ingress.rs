@@ -195,7 +195,12 @@ fn legacy_channel_out<S: serde::Serializer>(channel: &Channel, s: S) -> Result<S
 }
 
 fn legacy_channel_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({ "type": "string", "enum": ["TG", "DISCORD", "XMPP", "EMAIL", "SMS"] })
+    let codes: Vec<&str> = Channel::ALL.iter().map(|c| c.legacy_code()).collect();
+    json_schema!({
+        "description": "Legacy channel code (matched without regard to case).",
+        "type": "string",
+        "enum": codes
+    })
 }
 
 /// A decoded ingress message.

@@ -52,7 +52,7 @@ impl Names {
         format!("{}.router.events", self.prefix)
     }
 
-    /// Headers exchange in front of the delay queues; a message's `x-herald-delay` header picks
+    /// Headers exchange in front of the delay queues; a message's `herald-delay` header picks
     /// the queue, its routing key (the target queue's name) survives the wait.
     pub fn delay_exchange(&self) -> String {
         format!("{}.delay", self.prefix)

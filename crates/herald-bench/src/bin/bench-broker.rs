@@ -142,7 +142,7 @@ async fn run_herald(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f
         Health::new(),
     );
     let consumer = tokio::spawn(consumer.run(stop.clone()));
-    let publisher = Publisher::new(broker, "bench", None);
+    let publisher = Publisher::new(broker, "bench");
     // Connect both before the clock starts.
     publisher
         .publish(&Message::new("", "bench-warmup-unrouted", b"{}"))

@@ -1,4 +1,4 @@
-//! Exponential backoff with full jitter, for reconnects and publish retries.
+//! Exponential backoff with jitter, for reconnects and publish retries.
 
 use std::time::Duration;
 
@@ -20,8 +20,9 @@ impl Backoff {
         }
     }
 
-    /// The next wait: uniformly random up to `base * 2^attempt`, capped at `max`. Full jitter
-    /// spreads the reconnects of many replicas after a broker restart.
+    /// The next wait: uniformly random between half and all of `base * 2^attempt`, capped at
+    /// `max` ("equal jitter"). The random half spreads the reconnects of many replicas after a
+    /// broker restart; the fixed half keeps each from retrying too soon.
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .base

@@ -178,11 +178,7 @@ impl<H: Handler> Consumer<H> {
             topology: self.topology.clone(),
             settings: self.settings.clone(),
             queue: queue.clone(),
-            republisher: Publisher::new(
-                self.broker.clone(),
-                &format!("{queue}/republish"),
-                Some(self.health.clone()),
-            ),
+            republisher: Publisher::new(self.broker.clone(), &format!("{queue}/republish")),
         });
         let component = self.component();
         self.health.set(&component, false, "connecting");
@@ -343,30 +339,33 @@ impl<H: Handler> Worker<H> {
 
     async fn process_in_span(&self, delivery: Delivery, ctx: Context) {
         let started = Instant::now();
-        let outcome = self.decide(&delivery, &ctx).await;
-        let label = match &outcome {
+        let decision = match self.decide(&delivery, &ctx).await {
+            // A retry past the last attempt is a dead letter, and is counted as one.
+            Decision::Handled(Outcome::Retry { reason, .. })
+                if ctx.attempt >= self.settings.max_attempts =>
+            {
+                Decision::Handled(Outcome::DeadLetter(Rejection::new(
+                    "retries_exhausted",
+                    format!(
+                        "gave up after {} attempts; last error: {reason}",
+                        ctx.attempt
+                    ),
+                )))
+            }
+            other => other,
+        };
+        let label = match &decision {
             Decision::Handled(Outcome::Ack) => "ack",
             Decision::Handled(Outcome::Retry { .. }) => "retry",
             Decision::Handled(Outcome::DeadLetter(_)) => "dead_letter",
             Decision::NotYet(_) => "deferred",
         };
         tracing::Span::current().record("outcome", label);
-        let settled = match outcome {
+        let settled = match decision {
             Decision::Handled(Outcome::Ack) => Ok(()),
             Decision::Handled(Outcome::Retry { after, reason }) => {
-                if ctx.attempt >= self.settings.max_attempts {
-                    let rejection = Rejection::new(
-                        "retries_exhausted",
-                        format!(
-                            "gave up after {} attempts; last error: {reason}",
-                            ctx.attempt
-                        ),
-                    );
-                    self.dead_letter(&delivery, &ctx, &rejection).await
-                } else {
-                    self.delay(&delivery, &ctx, after, ctx.attempt + 1, Some(&reason))
-                        .await
-                }
+                self.delay(&delivery, &ctx, after, ctx.attempt + 1, Some(&reason))
+                    .await
             }
             Decision::Handled(Outcome::DeadLetter(rejection)) => {
                 self.dead_letter(&delivery, &ctx, &rejection).await
@@ -391,7 +390,11 @@ impl<H: Handler> Worker<H> {
                 }
             }
             Err(error) => {
+                // The publisher already retried for its whole timeout. Returning the message
+                // keeps it; the pause keeps a broker that refuses republishes (and brokers
+                // whose delivery limit ignores requeues) from turning this into a hot loop.
                 tracing::error!(%error, "could not republish for retry or dead letter; returning the message to the queue");
+                tokio::time::sleep(REQUEUE_PAUSE).await;
                 let _ = delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -522,6 +525,10 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 }
+
+/// How long a message whose retry or dead letter could not be published waits before it is
+/// returned to its queue.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 enum Decision {
     Handled(Outcome),

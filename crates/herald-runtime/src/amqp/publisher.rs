@@ -24,7 +24,6 @@ use crate::amqp::backoff::Backoff;
 use crate::amqp::connection::Broker;
 use crate::amqp::headers;
 use crate::amqp::trace::TraceContext;
-use crate::health::Health;
 
 /// One message to publish.
 #[derive(Debug, Clone)]
@@ -114,7 +113,6 @@ pub struct Publisher {
 struct Inner {
     broker: Broker,
     role: String,
-    health: Option<Health>,
     live: RwLock<Option<Arc<Live>>>,
     /// One reconnect at a time; the others wait and then use its connection.
     connecting: Mutex<()>,
@@ -128,22 +126,19 @@ struct Live {
 }
 
 impl Publisher {
-    /// Connects lazily, on the first publish.
-    pub fn new(broker: Broker, role: &str, health: Option<Health>) -> Self {
+    /// Connects lazily, on the first publish. A publisher does not report to `/readyz`: an
+    /// idle one cannot know its connection's state, and the service's broker watch already
+    /// says whether the broker is reachable; failed publishes are errors for the caller.
+    pub fn new(broker: Broker, role: &str) -> Self {
         Publisher {
             inner: Arc::new(Inner {
                 broker,
                 role: role.to_owned(),
-                health,
                 live: RwLock::new(None),
                 connecting: Mutex::new(()),
                 generation: AtomicU64::new(0),
             }),
         }
-    }
-
-    fn component(&self) -> String {
-        format!("amqp:publisher:{}", self.inner.role)
     }
 
     /// Publishes one message and waits for the broker's confirm.
@@ -294,34 +289,23 @@ impl Publisher {
                     generation,
                 });
                 *self.inner.live.write().await = Some(live.clone());
-                if let Some(health) = &self.inner.health {
-                    health.set(&self.component(), true, "connected");
-                }
                 tracing::debug!(role = %self.inner.role, generation, "publisher connected");
                 Ok(live)
             }
-            Err(error) => {
-                if let Some(health) = &self.inner.health {
-                    health.set(&self.component(), false, format!("cannot connect: {error}"));
-                }
-                Err(error)
-            }
+            Err(error) => Err(error),
         }
     }
 
     /// Forgets a broken connection, unless a newer one already replaced it.
     async fn discard(&self, generation: u64) {
         let mut live = self.inner.live.write().await;
-        if live.as_ref().is_some_and(|l| l.generation == generation) {
-            if let Some(old) = live.take() {
-                let _ = old
-                    .connection
-                    .close(320, "publisher reconnecting".into())
-                    .await;
-            }
-            if let Some(health) = &self.inner.health {
-                health.set(&self.component(), false, "reconnecting");
-            }
+        if live.as_ref().is_some_and(|l| l.generation == generation)
+            && let Some(old) = live.take()
+        {
+            let _ = old
+                .connection
+                .close(320, "publisher reconnecting".into())
+                .await;
         }
     }
 
@@ -330,9 +314,6 @@ impl Publisher {
         if let Some(live) = self.inner.live.write().await.take() {
             let _ = live.channel.close(200, "shutdown".into()).await;
             let _ = live.connection.close(200, "shutdown".into()).await;
-        }
-        if let Some(health) = &self.inner.health {
-            health.remove(&self.component());
         }
     }
 }

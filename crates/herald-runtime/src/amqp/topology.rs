@@ -256,9 +256,16 @@ impl Topology {
         args
     }
 
-    /// Dead-letter queues: kept until an operator looks. Nothing consumes them.
+    /// Dead-letter queues: kept until an operator looks. Nothing consumes them, but tools
+    /// peek (read and return), and RabbitMQ 4 gives quorum queues a default delivery limit of
+    /// 20 after which a message without a dead-letter target is dropped. An explicit, very high
+    /// limit keeps dead letters however often they are looked at.
     fn dead_queue_args(&self) -> FieldTable {
-        self.base_args()
+        let mut args = self.base_args();
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(i32::MAX));
+        }
+        args
     }
 
     /// Delay queues: no consumers; each message waits `ms` and then returns, through the

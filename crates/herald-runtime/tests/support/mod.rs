@@ -67,7 +67,7 @@ impl Harness {
     }
 
     pub fn publisher(&self) -> Publisher {
-        Publisher::new(self.broker.clone(), "producer", Some(self.health.clone()))
+        Publisher::new(self.broker.clone(), "producer")
     }
 
     /// A message straight to the test queue (through the default exchange).

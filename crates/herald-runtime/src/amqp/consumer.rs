@@ -26,7 +26,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,6 +65,10 @@ pub enum Outcome {
     Retry { after: Duration, reason: String },
     /// Never try again; dead-letter with this reason.
     DeadLetter(Rejection),
+    /// Not now, and not a failure: handle it again after `after` without counting an attempt
+    /// (a per-recipient rate limit, say). The message waits in a delay queue, not in a
+    /// consumer slot, so other messages go ahead.
+    Defer { after: Duration },
 }
 
 /// What the runner knows about a message besides its body.
@@ -131,12 +135,24 @@ impl ConsumerSettings {
     }
 }
 
+/// `Some(reason)` pauses a consumer: it stops taking messages (they wait in the queue) until
+/// the value is `None` again. A sender's circuit breaker holds the sending side.
+pub type PauseGate = watch::Receiver<Option<String>>;
+
 pub struct Consumer<H: Handler> {
     broker: Broker,
     topology: Topology,
     settings: ConsumerSettings,
     handler: Arc<H>,
     health: Health,
+    pause: Option<PauseGate>,
+}
+
+/// Why one connection's consuming ended.
+enum Stop {
+    Shutdown,
+    Paused,
+    Lost(String),
 }
 
 /// Shared by the tasks working on one connection's messages.
@@ -162,7 +178,14 @@ impl<H: Handler> Consumer<H> {
             settings,
             handler: Arc::new(handler),
             health,
+            pause: None,
         }
+    }
+
+    /// Stops consuming whenever the gate says so, and resumes when it clears.
+    pub fn with_pause(mut self, gate: PauseGate) -> Self {
+        self.pause = Some(gate);
+        self
     }
 
     fn component(&self) -> String {
@@ -171,7 +194,7 @@ impl<H: Handler> Consumer<H> {
 
     /// Consumes until `shutdown` is cancelled, reconnecting whenever the connection drops.
     /// Returns after in-flight messages are finished and the connection is closed.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let queue: Arc<str> = self.settings.queue.as_str().into();
         let worker = Arc::new(Worker {
             handler: self.handler.clone(),
@@ -187,6 +210,19 @@ impl<H: Handler> Consumer<H> {
             self.broker.config().reconnect_max(),
         );
         loop {
+            if let Some(gate) = self.pause.as_mut() {
+                let reason = gate.borrow().clone();
+                if let Some(reason) = reason {
+                    self.health
+                        .set(&component, false, format!("paused: {reason}"));
+                    tracing::warn!(queue = %queue, %reason, "consumer paused; messages wait in the queue");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = gate.wait_for(Option::is_none) => {}
+                    }
+                    tracing::info!(queue = %queue, "consumer resumes");
+                }
+            }
             let health = self.health.clone();
             let component_ref = component.clone();
             let Some(connection) = self
@@ -199,15 +235,20 @@ impl<H: Handler> Consumer<H> {
                 break;
             };
             let started = Instant::now();
-            match self.consume_on(&connection, &worker, &shutdown).await {
-                Ok(()) => tracing::info!(queue = %queue, "consumer stopped"),
-                Err(error) => {
+            let stop = self.consume_on(&connection, &worker, &shutdown).await;
+            let _ = connection.close(200, "consumer stopping".into()).await;
+            match stop {
+                Stop::Shutdown => {
+                    tracing::info!(queue = %queue, "consumer stopped");
+                    break;
+                }
+                Stop::Paused => continue,
+                Stop::Lost(error) => {
                     self.health
                         .set(&component, false, format!("connection lost: {error}"));
                     tracing::warn!(queue = %queue, %error, "consumer lost its connection");
                 }
             }
-            let _ = connection.close(200, "consumer stopping".into()).await;
             if shutdown.is_cancelled() {
                 break;
             }
@@ -225,25 +266,24 @@ impl<H: Handler> Consumer<H> {
         self.health.remove(&component);
     }
 
-    /// One connection's life: declare, consume, drain. `Ok` means stopped by shutdown; the
-    /// error says why the connection was lost.
+    /// One connection's life: declare, consume, drain.
     async fn consume_on(
-        &self,
+        &mut self,
         connection: &Connection,
         worker: &Arc<Worker<H>>,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Stop {
         self.consume_on_inner(connection, worker, shutdown)
             .await
-            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|e| Stop::Lost(e.to_string()))
     }
 
     async fn consume_on_inner(
-        &self,
+        &mut self,
         connection: &Connection,
         worker: &Arc<Worker<H>>,
         shutdown: &CancellationToken,
-    ) -> lapin::Result<Result<(), String>> {
+    ) -> lapin::Result<Stop> {
         let setup = connection.create_channel().await?;
         self.topology.declare(&setup).await?;
         let _ = setup.close(200, "declared".into()).await;
@@ -266,13 +306,20 @@ impl<H: Handler> Consumer<H> {
 
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut in_flight = JoinSet::new();
+        let mut pause = self.pause.clone();
         let result = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     // Stop deliveries first, then finish what is in hand.
                     let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
-                    break Ok(());
+                    break Stop::Shutdown;
+                }
+                _ = paused(&mut pause) => {
+                    // Same order as shutdown; prefetched messages go back to the queue when the
+                    // channel closes.
+                    let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+                    break Stop::Paused;
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 next = consumer.next() => match next {
@@ -284,8 +331,8 @@ impl<H: Handler> Consumer<H> {
                             drop(permit);
                         });
                     }
-                    Some(Err(error)) => break Err(error.to_string()),
-                    None => break Err("the broker cancelled the consumer or closed the channel".to_owned()),
+                    Some(Err(error)) => break Stop::Lost(error.to_string()),
+                    None => break Stop::Lost("the broker cancelled the consumer or closed the channel".to_owned()),
                 },
             }
         };
@@ -296,6 +343,18 @@ impl<H: Handler> Consumer<H> {
         while in_flight.join_next().await.is_some() {}
         let _ = channel.close(200, "consumer stopping".into()).await;
         Ok(result)
+    }
+}
+
+/// Resolves when the gate says pause; never when there is no gate (or its sender is gone).
+async fn paused(gate: &mut Option<PauseGate>) {
+    match gate {
+        Some(gate) => {
+            if gate.wait_for(Option::is_some).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
@@ -358,7 +417,7 @@ impl<H: Handler> Worker<H> {
             Decision::Handled(Outcome::Ack) => "ack",
             Decision::Handled(Outcome::Retry { .. }) => "retry",
             Decision::Handled(Outcome::DeadLetter(_)) => "dead_letter",
-            Decision::NotYet(_) => "deferred",
+            Decision::Handled(Outcome::Defer { .. }) | Decision::NotYet(_) => "deferred",
         };
         tracing::Span::current().record("outcome", label);
         let settled = match decision {
@@ -370,11 +429,11 @@ impl<H: Handler> Worker<H> {
             Decision::Handled(Outcome::DeadLetter(rejection)) => {
                 self.dead_letter(&delivery, &ctx, &rejection).await
             }
-            Decision::NotYet(remaining) => {
+            Decision::Handled(Outcome::Defer { after }) | Decision::NotYet(after) => {
                 self.delay(
                     &delivery,
                     &ctx,
-                    remaining,
+                    after,
                     ctx.attempt,
                     ctx.last_error.as_deref(),
                 )

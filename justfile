@@ -26,9 +26,8 @@ run SERVICE:
     cargo run -p {{SERVICE}}
 
 # The whole test suite against the real RabbitMQ and PostgreSQL.
-test:
-    scripts/services.sh
-    cargo test --workspace
+test *ARGS:
+    scripts/test.sh {{ARGS}}
 
 # Publish a message file to the ingress exchange (checked locally first).
 publish FILE:

@@ -6,9 +6,13 @@
 //!   current test's connections (the broker-side fault every reconnect test needs), so that
 //!   tests running in parallel never disturb each other.
 //!
+//! - [`fake_sms`]: a Twilio-compatible SMS provider on loopback that records what it gets and
+//!   injects faults on command (429 with retry-after, 5xx, slow answers, dropped connections,
+//!   permanent errors for chosen numbers).
 //! - [`http`]: a minimal GET for health endpoints.
 //!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
 
 pub mod broker;
+pub mod fake_sms;
 pub mod http;

@@ -2,11 +2,6 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    herald_runtime::service::run_idle(
-        "sender-sms",
-        "127.0.0.1:9106",
-        "the SMS sender does not deliver yet: its queue is left untouched",
-    )
-    .await?;
+    sender_runtime::run_sender::<sender_sms::SmsSender>("sender-sms", "127.0.0.1:9106").await?;
     Ok(())
 }

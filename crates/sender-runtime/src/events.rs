@@ -1,0 +1,56 @@
+//! Delivery events: one per attempt outcome, on the events exchange (`delivery.<channel>.<status>`).
+
+use chrono::Utc;
+use herald_runtime::amqp::{Message, PublishError, Publisher};
+use messaging_core::EnvelopeVersion;
+use messaging_core::events::{AttemptResult, DeliveryEvent};
+use messaging_core::job::SendJob;
+use messaging_core::topology::{Names, routing};
+
+pub struct Events {
+    publisher: Publisher,
+    exchange: String,
+}
+
+impl Events {
+    pub fn new(publisher: Publisher, names: &Names) -> Self {
+        Events {
+            publisher,
+            exchange: names.events_exchange(),
+        }
+    }
+
+    /// Publishes with a confirm; the job is acked only after this returns `Ok`.
+    pub async fn emit(
+        &self,
+        job: &SendJob,
+        attempt: u32,
+        result: AttemptResult,
+    ) -> Result<(), PublishError> {
+        let status = result.status();
+        let event = DeliveryEvent {
+            version: EnvelopeVersion,
+            delivery_id: job.delivery_id,
+            message_id: job.message_id,
+            tenant: job.tenant.clone(),
+            channel: job.channel(),
+            attempt,
+            occurred_at: Utc::now(),
+            result,
+        };
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let message = Message::new(
+            &self.exchange,
+            routing::delivery_event(job.channel(), status),
+            &body,
+        )
+        // The same attempt's event has the same id, so a repeat is recognisable.
+        .message_id(format!("{}/{attempt}", job.delivery_id))
+        .kind("herald.delivery_event.v1");
+        self.publisher.publish(&message).await
+    }
+
+    pub async fn close(&self) {
+        self.publisher.close().await;
+    }
+}

@@ -1,0 +1,37 @@
+//! The runtime every channel sender runs on (R42).
+//!
+//! A channel implements [`ChannelSender`]: build from its config, and `send(job)` returning a
+//! receipt or an error of exactly one kind (retry later, permanent, unhealthy). This crate does
+//! everything else, the same way for every channel:
+//!
+//! # Layout
+//!
+//! - [`sender`]: the trait and its result types.
+//! - [`pipeline`]: one job's way through the runtime: duplicate check, expiry and maximum
+//!   age, rate limits, the send, the delivery event, and the outcome for the consumer runner.
+//! - [`limits`]: token buckets per provider account and per recipient (R7), and the
+//!   provider's retry-after for the whole account.
+//! - [`breaker`]: the circuit breaker that pauses consuming while the provider is down and
+//!   probes until it is back.
+//! - [`recent`]: the recent-delivery cache that keeps a redelivered job from being sent twice.
+//! - [`retry`]: backoff with jitter for temporary failures.
+//! - [`events`]: delivery events on the events exchange.
+//! - [`config`]: `HERALD_SENDER__*` settings shared by all senders.
+//! - [`run`]: the sender binary's `main`: [`run::run_sender`].
+//! - `testing` (feature `test-support`): a harness that runs a sender against the real broker
+//!   under a fresh prefix, for each sender crate's integration tests.
+
+pub mod breaker;
+pub mod config;
+pub mod events;
+pub mod limits;
+pub mod pipeline;
+pub mod recent;
+pub mod retry;
+pub mod run;
+pub mod sender;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use run::run_sender;
+pub use sender::{BuildError, Built, ChannelSender, Receipt, RetryLater, SendError};

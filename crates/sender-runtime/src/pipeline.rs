@@ -1,0 +1,232 @@
+//! One job's way through a sender, as a consumer-runner [`Handler`]:
+//!
+//! 1. a job for another channel is dead-lettered (a routing mistake, never retried);
+//! 2. a delivery id sent recently is not sent again: its `delivered` event is repeated; a
+//!    copy arriving while the same delivery is being sent waits for it;
+//! 3. an expired job, or one older than the maximum age, fails as temporary (R4 a);
+//! 4. the recipient's bucket: empty -> deferred, without counting an attempt (R7);
+//! 5. the account's bucket and any provider retry-after: waited for in place;
+//! 6. the send, bounded by a timeout;
+//! 7. one delivery event for the attempt, confirmed, and only then the outcome (ack, or
+//!    retry through a delay queue).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
+use messaging_core::events::AttemptResult;
+use messaging_core::failure::{Failure, FailureClass};
+use messaging_core::job::SendJob;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::Breaker;
+use crate::config::SenderConfig;
+use crate::events::Events;
+use crate::limits::Limiter;
+use crate::recent::{Claim, RecentDeliveries};
+use crate::retry::backoff;
+use crate::sender::{ChannelSender, Receipt, SendError};
+
+/// When the delivery event cannot be published, the job comes back this soon; the
+/// recent-delivery cache keeps the send itself from being repeated.
+const EVENT_RETRY: Duration = Duration::from_secs(1);
+
+/// A copy of a delivery that is being sent right now comes back after this.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
+
+pub struct Pipeline<S: ChannelSender> {
+    pub sender: Arc<S>,
+    pub config: SenderConfig,
+    pub limiter: Arc<Limiter>,
+    pub breaker: Arc<Breaker>,
+    pub recent: Arc<RecentDeliveries>,
+    pub events: Arc<Events>,
+    pub shutdown: CancellationToken,
+}
+
+impl<S: ChannelSender> Handler for Pipeline<S> {
+    type Message = SendJob;
+
+    fn decode(&self, body: &[u8]) -> Result<SendJob, Rejection> {
+        decode_json(body)
+    }
+
+    async fn handle(&self, job: SendJob, ctx: &Context) -> Outcome {
+        let channel = S::CHANNEL.as_str();
+        let (outcome, result) = self.attempt(&job, ctx).await;
+        let label = match (&outcome, &result) {
+            (_, Some(result)) => result.status(),
+            (Outcome::Defer { .. }, None) => "deferred",
+            _ => "other",
+        };
+        metrics::counter!("herald_sender_attempts_total", "channel" => channel, "result" => label)
+            .increment(1);
+        let Some(result) = result else {
+            return outcome;
+        };
+        match self.events.emit(&job, ctx.attempt, result).await {
+            Ok(()) => outcome,
+            Err(error) => {
+                tracing::error!(%error, delivery_id = %job.delivery_id, "could not publish the delivery event; retrying the job");
+                Outcome::Retry {
+                    after: EVENT_RETRY,
+                    reason: format!("delivery event not published: {error}"),
+                }
+            }
+        }
+    }
+}
+
+impl<S: ChannelSender> Pipeline<S> {
+    /// The outcome for the runner, and the event to emit (none when the job is deferred).
+    async fn attempt(&self, job: &SendJob, ctx: &Context) -> (Outcome, Option<AttemptResult>) {
+        if job.channel() != S::CHANNEL {
+            let reason = format!("a {} job reached the {} sender", job.channel(), S::CHANNEL);
+            return (
+                Outcome::DeadLetter(Rejection::new("wrong_channel", reason)),
+                None,
+            );
+        }
+        let claim = match self.recent.claim(job.delivery_id) {
+            Claim::Mine(claim) => claim,
+            Claim::AlreadySent(receipt) => {
+                tracing::info!(delivery_id = %job.delivery_id, "already sent; not sending again");
+                return (Outcome::Ack, Some(delivered(receipt)));
+            }
+            Claim::InFlight => {
+                return (
+                    Outcome::Defer {
+                        after: IN_FLIGHT_WAIT,
+                    },
+                    None,
+                );
+            }
+        };
+        let now = Utc::now();
+        if job.expires_at.is_some_and(|at| at <= now) {
+            let failure = Failure::temporary(
+                "expired",
+                "the message expired before it could be delivered",
+            );
+            return (Outcome::Ack, Some(AttemptResult::Failed { failure }));
+        }
+        let age = (now - ctx.first_attempt_at).to_std().unwrap_or_default();
+        if age >= self.config.max_age() {
+            return (Outcome::Ack, Some(gave_up(ctx, age)));
+        }
+        if let Err(wait) = self.limiter.recipient(&job.to.value()) {
+            return (Outcome::Defer { after: wait }, None);
+        }
+        tokio::select! {
+            _ = self.limiter.account() => {}
+            // Stopping: the job goes back to wait, not to fail.
+            _ = self.shutdown.cancelled() => return (Outcome::Defer { after: Duration::ZERO }, None),
+        }
+
+        let started = std::time::Instant::now();
+        let sent =
+            match tokio::time::timeout(self.config.send_timeout(), self.sender.send(job)).await {
+                Ok(result) => result,
+                Err(_) => Err(SendError::provider_fault(
+                    "timeout",
+                    format!(
+                        "the provider did not answer within {:?}",
+                        self.config.send_timeout()
+                    ),
+                )),
+            };
+        metrics::histogram!("herald_sender_send_seconds", "channel" => S::CHANNEL.as_str())
+            .record(started.elapsed().as_secs_f64());
+
+        match sent {
+            Ok(receipt) => {
+                self.breaker.record_success();
+                claim.sent(receipt.clone());
+                (Outcome::Ack, Some(delivered(receipt)))
+            }
+            Err(SendError::Permanent(failure)) => {
+                // A clear answer about the recipient means the provider itself is fine.
+                self.breaker.record_success();
+                tracing::warn!(code = %failure.code, reason = %failure.message, "permanent failure");
+                (Outcome::Ack, Some(AttemptResult::Failed { failure }))
+            }
+            Err(SendError::Retry(retry)) => {
+                if retry.throttles_account {
+                    if let Some(after) = retry.after {
+                        self.limiter.block_account(after);
+                    }
+                } else if retry.provider_fault {
+                    self.breaker.record_fault(&retry.failure.message);
+                }
+                self.schedule_retry(ctx, age, retry.failure, retry.after)
+            }
+            Err(SendError::Unhealthy(failure)) => {
+                self.breaker.record_fault(&failure.message);
+                self.schedule_retry(ctx, age, failure, None)
+            }
+        }
+    }
+
+    /// Retry after the provider's delay or our backoff, unless that would pass the maximum
+    /// age: then fail now, as temporary, saying why.
+    fn schedule_retry(
+        &self,
+        ctx: &Context,
+        age: Duration,
+        failure: Failure,
+        after: Option<Duration>,
+    ) -> (Outcome, Option<AttemptResult>) {
+        let delay = after.unwrap_or_else(|| {
+            backoff(
+                ctx.attempt,
+                Duration::from_millis(self.config.retry_base_ms),
+                Duration::from_millis(self.config.retry_max_ms),
+            )
+        });
+        if age + delay >= self.config.max_age() {
+            let failure = Failure::new(
+                // An unhealthy provider until the end stays class (c); anything else is (a).
+                if failure.class == FailureClass::Unhealthy {
+                    FailureClass::Unhealthy
+                } else {
+                    FailureClass::Temporary
+                },
+                "max_age_exceeded",
+                format!(
+                    "gave up after {} attempts over {age:?}; last error: {}",
+                    ctx.attempt, failure.message
+                ),
+            );
+            return (Outcome::Ack, Some(AttemptResult::Failed { failure }));
+        }
+        let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let reason = failure.message.clone();
+        (
+            Outcome::Retry {
+                after: delay,
+                reason,
+            },
+            Some(AttemptResult::RetryScheduled { failure, retry_at }),
+        )
+    }
+}
+
+fn delivered(receipt: Receipt) -> AttemptResult {
+    AttemptResult::Delivered {
+        provider_message_id: receipt.provider_message_id,
+    }
+}
+
+fn gave_up(ctx: &Context, age: Duration) -> AttemptResult {
+    let last = ctx.last_error.as_deref().unwrap_or("none recorded");
+    AttemptResult::Failed {
+        failure: Failure::temporary(
+            "max_age_exceeded",
+            format!(
+                "gave up after {} attempts over {age:?}; last error: {last}",
+                ctx.attempt.saturating_sub(1)
+            ),
+        ),
+    }
+}

@@ -1,0 +1,238 @@
+//! A harness that runs one sender, as its binary would, against the real RabbitMQ under a
+//! fresh prefix, and lets a test publish jobs and read the delivery events.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use chrono::Utc;
+use herald_runtime::amqp::{Message, Publisher};
+use herald_runtime::config::{AmqpConfig, BaseConfig, Secret};
+use herald_runtime::service::Service;
+use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
+use herald_testkit::http;
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use messaging_core::events::DeliveryEvent;
+use messaging_core::job::{RenderedContent, SendJob};
+use messaging_core::topology::Names;
+use messaging_core::values::TenantKey;
+use messaging_core::{Address, EnvelopeVersion};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SenderConfig;
+use crate::sender::ChannelSender;
+
+/// Sender settings that keep tests quick: short retries, a quick breaker, no rate limits.
+pub fn quick_config() -> SenderConfig {
+    SenderConfig {
+        retry_base_ms: 100,
+        retry_max_ms: 400,
+        send_timeout_ms: 5_000,
+        breaker_threshold: 3,
+        breaker_probe_ms: 200,
+        account_per_second: Some(10_000),
+        account_burst: Some(10_000),
+        recipient_interval_ms: Some(1),
+        recipient_burst: Some(10_000),
+        ..SenderConfig::default()
+    }
+}
+
+pub struct SenderHarness {
+    pub names: Names,
+    pub inspector: Inspector,
+    publisher: Publisher,
+    events_queue: String,
+    health_addr: SocketAddr,
+    shutdown: CancellationToken,
+    running: JoinHandle<std::io::Result<()>>,
+    topology: herald_runtime::amqp::Topology,
+    channel: messaging_core::Channel,
+}
+
+impl SenderHarness {
+    pub async fn start<S: ChannelSender>(
+        test: &str,
+        config: SenderConfig,
+        channel_config: S::Config,
+    ) -> SenderHarness {
+        herald_runtime::install_crypto_provider();
+        let prefix = unique_prefix(test);
+        let base = BaseConfig {
+            amqp: AmqpConfig {
+                url: Secret::new(amqp_url()),
+                prefix: prefix.clone(),
+                delays_ms: vec![100, 300, 1_000],
+                prefetch: 16,
+                concurrency: 8,
+                reconnect_max_ms: 1_000,
+                publish_timeout_ms: 20_000,
+                ..AmqpConfig::default()
+            },
+            ..BaseConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let shutdown = CancellationToken::new();
+        let service = Service::with_parts("test-sender", base, listener, shutdown.clone());
+        let health_addr = service.local_addr().expect("addr");
+        let topology = service.topology.clone();
+        let names = topology.names().clone();
+
+        let inspector = Inspector::connect().await;
+        topology
+            .declare(inspector.channel())
+            .await
+            .expect("declare");
+        let events_queue = inspector
+            .channel()
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("events queue")
+            .name()
+            .to_string();
+        inspector
+            .channel()
+            .queue_bind(
+                events_queue.as_str().into(),
+                names.events_exchange().into(),
+                "delivery.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind events queue");
+
+        let publisher = Publisher::new(service.broker.clone(), "test-producer");
+        let work = crate::run::start::<S>(&service, config, channel_config)
+            .await
+            .expect("sender builds");
+        let running = tokio::spawn(service.run(Router::new(), work));
+        SenderHarness {
+            names,
+            inspector,
+            publisher,
+            events_queue,
+            health_addr,
+            shutdown,
+            running,
+            topology,
+            channel: S::CHANNEL,
+        }
+    }
+
+    /// A job to `to` with this text, as the router would publish it.
+    pub fn job(&self, to: Address, text: &str) -> SendJob {
+        SendJob {
+            version: EnvelopeVersion,
+            delivery_id: uuid::Uuid::now_v7(),
+            message_id: uuid::Uuid::now_v7(),
+            tenant: TenantKey::parse("acme").expect("valid tenant"),
+            to,
+            user_id: None,
+            content: RenderedContent {
+                subject: None,
+                text: text.to_owned(),
+                html: None,
+            },
+            created_at: Utc::now(),
+            expires_at: None,
+        }
+    }
+
+    pub async fn publish(&self, job: &SendJob) {
+        let body = serde_json::to_vec(job).expect("serializable");
+        self.publish_raw(&body).await;
+    }
+
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let message = Message::new(self.names.send_exchange(), self.channel.as_str(), body);
+        self.publisher.publish(&message).await.expect("publish job");
+    }
+
+    /// The next delivery event, waiting up to `timeout`.
+    pub async fn next_event(&self, timeout: Duration) -> Option<DeliveryEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self
+                .inspector
+                .channel()
+                .basic_get(
+                    self.events_queue.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .expect("basic.get");
+            if let Some(message) = got {
+                return Some(
+                    serde_json::from_slice(&message.delivery.data).expect("a delivery event"),
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Events until `done` says the last one completes the set, or panics after `timeout`.
+    pub async fn events_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[DeliveryEvent]) -> bool,
+    ) -> Vec<DeliveryEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = Vec::new();
+        while !done(&events) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(event) => events.push(event),
+                None => panic!("timed out after {timeout:?}; events so far: {events:#?}"),
+            }
+        }
+        events
+    }
+
+    pub async fn readyz(&self) -> (u16, String) {
+        http::get(self.health_addr, "/readyz")
+            .await
+            .expect("readyz answers")
+    }
+
+    /// Jobs waiting in the channel's send queue.
+    pub async fn queued(&self) -> u32 {
+        self.inspector
+            .queue_len(&self.names.send_queue(self.channel))
+            .await
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        self.names
+            .dead_letter_queue(&self.names.send_queue(self.channel))
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.running)
+            .await
+            .expect("the sender stops")
+            .expect("join")
+            .expect("serve");
+        self.publisher.close().await;
+        self.topology
+            .delete(self.inspector.channel())
+            .await
+            .expect("delete topology");
+        self.inspector.close().await;
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `just test`: the services the tests need, then every test in the workspace, then one
+# closing line with the totals over all test binaries (cargo prints one line per binary,
+# and the last of those is often a crate with no tests of its own).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh || exit 1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+awk '/^test result:/ {
+       for (i = 1; i <= NF; i++) {
+         if ($(i+1) ~ /^passed/) p += $i
+         if ($(i+1) ~ /^failed/) f += $i
+         if ($(i+1) ~ /^ignored/) s += $i
+       }
+     }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure the services Herald needs run on loopback: RabbitMQ and PostgreSQL.
+# Makes sure the services Herald needs run on loopback: RabbitMQ and PostgreSQL, plus the
+# Python SMTP server the email tests use.
 # Idempotent: anything already running is left alone; anything missing is installed from
 # Debian's packages and started. Used by `just up`, `just test` and CI.
 set -euo pipefail
@@ -61,5 +62,18 @@ ensure_postgres() {
   log "PostgreSQL is up"
 }
 
+# Python packages the tests and `just up` use: aiosmtpd is the SMTP server the email
+# sender is tested against (and the local mailbox of `just up`).
+ensure_python_packages() {
+  if python3 -c "import aiosmtpd" 2>/dev/null; then
+    log "aiosmtpd is installed"
+    return
+  fi
+  log "installing aiosmtpd (pip)"
+  python3 -m pip install -q aiosmtpd 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  python3 -c "import aiosmtpd" || { log "aiosmtpd could not be installed"; exit 1; }
+}
+
 ensure_rabbitmq
 ensure_postgres
+ensure_python_packages

@@ -10,9 +10,11 @@
 //!   injects faults on command (429 with retry-after, 5xx, slow answers, dropped connections,
 //!   permanent errors for chosen numbers).
 //! - [`http`]: a minimal GET for health endpoints.
+//! - [`smtp`]: a real SMTP server (aiosmtpd) on a free port, with faults chosen by recipient.
 //!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
 
 pub mod broker;
 pub mod fake_sms;
 pub mod http;
+pub mod smtp;

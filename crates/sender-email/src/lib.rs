@@ -1,0 +1,260 @@
+//! The email channel: async SMTP (lettre) with a connection pool.
+//!
+//! Plain, STARTTLS or implicit TLS by config; a text body with an HTML alternative when the
+//! job has one; From and Reply-To per tenant. SMTP answers map to exactly one kind:
+//!
+//! | answer | kind |
+//! |---|---|
+//! | 250 | delivered (to the server) |
+//! | 4xx | retry |
+//! | 530, 534, 535, 538 (authentication) | unhealthy |
+//! | other 5xx (unknown mailbox, rejected message) | permanent |
+//! | connection refused, TLS failure, unexpected answer | unhealthy |
+//! | timeout | retry, counted by the circuit breaker |
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use herald_runtime::config::Secret;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use messaging_core::job::SendJob;
+use messaging_core::{Address, Channel};
+use sender_runtime::limits::RateLimits;
+use sender_runtime::{BuildError, Built, ChannelSender, Receipt, SendError};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain SMTP: only for a relay on the same host or a test sink.
+    None,
+    /// Upgrade with STARTTLS, and refuse a server that does not offer it.
+    Starttls,
+    /// Implicit TLS from the first byte (port 465).
+    Tls,
+}
+
+/// `smtp.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// Empty: not configured.
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: Option<String>,
+    pub password: Secret<String>,
+    /// `Herald <noreply@example.org>`
+    pub from: String,
+    pub reply_to: Option<String>,
+    pub pool_max_size: u32,
+    pub timeout_ms: u64,
+    /// Per-tenant From and Reply-To (`HERALD_SMTP__TENANTS__ACME__FROM`).
+    pub tenants: HashMap<String, TenantMail>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantMail {
+    pub from: Option<String>,
+    pub reply_to: Option<String>,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        SmtpSettings {
+            host: String::new(),
+            port: 587,
+            tls: TlsMode::Starttls,
+            username: None,
+            password: Secret::default(),
+            from: String::new(),
+            reply_to: None,
+            pool_max_size: 10,
+            timeout_ms: 15_000,
+            tenants: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EmailConfig {
+    pub smtp: SmtpSettings,
+}
+
+/// Sender identity for one tenant, parsed once at start.
+#[derive(Debug, Clone)]
+struct Identity {
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+}
+
+pub struct EmailSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    default: Identity,
+    tenants: HashMap<String, Identity>,
+}
+
+fn mailbox(field: &str, value: &str) -> Result<Mailbox, BuildError> {
+    value.parse().map_err(|e| BuildError {
+        channel: Channel::Email,
+        reason: format!("{field} {value:?} is not a mailbox: {e}"),
+    })
+}
+
+impl ChannelSender for EmailSender {
+    const CHANNEL: Channel = Channel::Email;
+    type Config = EmailConfig;
+
+    fn default_limits() -> RateLimits {
+        RateLimits {
+            // A relay's own limits vary; this keeps a burst from one trigger civil.
+            account_per_second: 100,
+            account_burst: 100,
+            recipient_interval: Duration::from_secs(1),
+            recipient_burst: 5,
+        }
+    }
+
+    async fn build(config: EmailConfig) -> Result<Built<Self>, BuildError> {
+        let s = config.smtp;
+        if s.host.is_empty() {
+            return Ok(Built::NotConfigured(
+                "set HERALD_SMTP__HOST and HERALD_SMTP__FROM".into(),
+            ));
+        }
+        if s.from.is_empty() {
+            return Ok(Built::NotConfigured("set HERALD_SMTP__FROM".into()));
+        }
+        let default = Identity {
+            from: mailbox("HERALD_SMTP__FROM", &s.from)?,
+            reply_to: s
+                .reply_to
+                .as_deref()
+                .map(|r| mailbox("HERALD_SMTP__REPLY_TO", r))
+                .transpose()?,
+        };
+        let mut tenants = HashMap::new();
+        for (tenant, mail) in &s.tenants {
+            let from = match &mail.from {
+                Some(from) => mailbox(&format!("HERALD_SMTP__TENANTS__{tenant}__FROM"), from)?,
+                None => default.from.clone(),
+            };
+            let reply_to = match &mail.reply_to {
+                Some(reply_to) => Some(mailbox(
+                    &format!("HERALD_SMTP__TENANTS__{tenant}__REPLY_TO"),
+                    reply_to,
+                )?),
+                None => default.reply_to.clone(),
+            };
+            tenants.insert(tenant.to_ascii_lowercase(), Identity { from, reply_to });
+        }
+        let tls_parameters = || {
+            TlsParameters::new(s.host.clone()).map_err(|e| BuildError {
+                channel: Channel::Email,
+                reason: format!("TLS for {}: {e}", s.host),
+            })
+        };
+        let tls = match s.tls {
+            TlsMode::None => Tls::None,
+            TlsMode::Starttls => Tls::Required(tls_parameters()?),
+            TlsMode::Tls => Tls::Wrapper(tls_parameters()?),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
+            .port(s.port)
+            .tls(tls)
+            .timeout(Some(Duration::from_millis(s.timeout_ms)))
+            .pool_config(PoolConfig::new().max_size(s.pool_max_size.max(1)));
+        if let Some(username) = s.username.filter(|u| !u.is_empty()) {
+            builder = builder.credentials(Credentials::new(username, s.password.expose().clone()));
+        }
+        Ok(Built::Ready(EmailSender {
+            transport: builder.build(),
+            default,
+            tenants,
+        }))
+    }
+
+    async fn send(&self, job: &SendJob) -> Result<Receipt, SendError> {
+        let Address::Email(to) = &job.to else {
+            return Err(SendError::permanent(
+                "invalid_address",
+                "not an email address",
+            ));
+        };
+        let identity = self
+            .tenants
+            .get(job.tenant.as_str())
+            .unwrap_or(&self.default);
+        let to: Mailbox = to
+            .as_str()
+            .parse()
+            .map_err(|e| SendError::permanent("invalid_address", format!("{to}: {e}")))?;
+        let mut message = Message::builder()
+            .from(identity.from.clone())
+            .to(to)
+            .subject(job.content.subject.clone().unwrap_or_default())
+            // The delivery id as Message-ID lets receiving systems drop a duplicate too.
+            .message_id(Some(format!("<{}@herald>", job.delivery_id)));
+        if let Some(reply_to) = &identity.reply_to {
+            message = message.reply_to(reply_to.clone());
+        }
+        let message = match &job.content.html {
+            Some(html) => message.multipart(MultiPart::alternative_plain_html(
+                job.content.text.clone(),
+                html.clone(),
+            )),
+            None => message
+                .header(ContentType::TEXT_PLAIN)
+                .body(job.content.text.clone()),
+        }
+        .map_err(|e| {
+            SendError::permanent("invalid_message", format!("cannot build the email: {e}"))
+        })?;
+
+        match self.transport.send(message).await {
+            Ok(response) => Ok(Receipt {
+                provider_message_id: Some(response.message().collect::<Vec<_>>().join(" "))
+                    .filter(|m| !m.is_empty()),
+            }),
+            Err(error) => Err(classify(&error)),
+        }
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the server did not accept NOOP".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// SMTP authentication failures: our account, not the recipient.
+const AUTH_CODES: &[u16] = &[530, 534, 535, 538];
+
+fn classify(error: &lettre::transport::smtp::Error) -> SendError {
+    let code = error.status().map(u16::from);
+    let detail = error.to_string();
+    if error.is_transient() {
+        return SendError::retry("smtp_transient", detail);
+    }
+    if error.is_permanent() {
+        return match code {
+            Some(code) if AUTH_CODES.contains(&code) => SendError::unhealthy("smtp_auth", detail),
+            Some(550..=553) => SendError::permanent("invalid_address", detail),
+            _ => SendError::permanent("rejected", detail),
+        };
+    }
+    if error.is_timeout() {
+        return SendError::provider_fault("timeout", detail);
+    }
+    // Connection refused, TLS failures, garbled answers: the server is not usable now.
+    SendError::unhealthy("smtp_unavailable", detail)
+}

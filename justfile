@@ -12,6 +12,10 @@ up:
 down:
     scripts/down.sh
 
+# The mails the local mailbox of `just up` received.
+mailbox:
+    scripts/mailbox.sh
+
 # Each service's readiness.
 status:
     scripts/status.sh
@@ -42,8 +46,14 @@ bench-broker:
     scripts/services.sh
     cargo run -q --release -p herald-bench --bin bench-broker
 
+# Email and SMS senders: throughput (email vs Apprise on the same SMTP sink) and memory.
+bench-senders:
+    scripts/bench-tools.sh
+    cargo build -q --release -p sender-email -p sender-sms -p herald-bench
+    target/release/bench-senders
+
 # Every benchmark.
-bench: bench-broker
+bench: bench-broker bench-senders
 
 # Regenerate docs/schemas from the message types.
 schemas:

@@ -6,9 +6,24 @@ cd "$(dirname "$0")/.."
 source scripts/herald-services.sh
 
 scripts/services.sh
+mkdir -p .local/logs .local/pids .local/mail
+
+# A local mailbox, so the email sender has somewhere to deliver (`just mailbox` reads it).
+# An operator's own HERALD_SMTP__* settings win.
+if [ -z "${HERALD_SMTP__HOST:-}" ]; then
+  sinkpid=.local/pids/smtp-sink.pid
+  if ! { [ -f "$sinkpid" ] && kill -0 "$(cat "$sinkpid")" 2>/dev/null; }; then
+    nohup python3 crates/herald-testkit/scripts/smtp_sink.py --port 1025 --maildir .local/mail \
+      >.local/logs/smtp-sink.log 2>&1 &
+    echo $! >"$sinkpid"
+    echo "[up] started the local SMTP mailbox on 127.0.0.1:1025 (just mailbox)" >&2
+  fi
+  export HERALD_SMTP__HOST=127.0.0.1 HERALD_SMTP__PORT=1025 HERALD_SMTP__TLS=none
+  export HERALD_SMTP__FROM="${HERALD_SMTP__FROM:-Herald <noreply@herald.local>}"
+fi
+
 echo "[up] building" >&2
 cargo build -q --workspace --bins
-mkdir -p .local/logs .local/pids
 
 for entry in "${HERALD_SERVICES[@]}"; do
   name=${entry%%=*}

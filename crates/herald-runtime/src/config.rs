@@ -64,6 +64,26 @@ pub fn load<T: DeserializeOwned>(defaults: &[(&str, &str)]) -> Result<T, ConfigE
         .map_err(|e| ConfigError(Box::new(e)))
 }
 
+/// For text settings that may look like numbers. figment reads `HERALD_SMS__FROM=+15005550006`
+/// as the integer 15005550006 (dropping the `+`); this accepts numbers and keeps their digits,
+/// so the field's own validation can say what is wrong (and that the value must be quoted).
+pub fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Plain(String),
+        Signed(i64),
+        Unsigned(u64),
+        Float(f64),
+    }
+    Ok(Option::<Text>::deserialize(d)?.map(|t| match t {
+        Text::Plain(s) => s,
+        Text::Signed(n) => n.to_string(),
+        Text::Unsigned(n) => n.to_string(),
+        Text::Float(n) => n.to_string(),
+    }))
+}
+
 /// Which RabbitMQ queue type work queues get. Quorum is the default and the only one that
 /// survives a node loss; classic is there for brokers without quorum support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -134,9 +134,11 @@ impl ChannelSender for EmailSender {
         }
         let default = Identity {
             from: mailbox("HERALD_SMTP__FROM", &s.from)?,
+            // An unset variable arrives as an empty string from compose and Kubernetes.
             reply_to: s
                 .reply_to
                 .as_deref()
+                .filter(|r| !r.trim().is_empty())
                 .map(|r| mailbox("HERALD_SMTP__REPLY_TO", r))
                 .transpose()?,
         };

@@ -79,8 +79,11 @@ pub async fn start<S: ChannelSender>(
         Publisher::new(service.broker.clone(), "events"),
         &names,
     ));
-    let settings =
+    let mut settings =
         ConsumerSettings::from_config(names.send_queue(S::CHANNEL), service.broker.config());
+    // A sender gives up by age (`sender.max_age_secs`) and reports it as a failed delivery;
+    // the runner's attempt cap would dead-letter the job first, with no event for anyone.
+    settings.max_attempts = u32::MAX;
     let pipeline = Pipeline {
         sender: sender.clone(),
         recent: Arc::new(RecentDeliveries::new(config.recent_capacity)),

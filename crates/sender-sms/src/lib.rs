@@ -31,7 +31,9 @@ pub struct SmsSettings {
     pub base_url: String,
     pub account_sid: String,
     pub auth_token: Secret<String>,
-    /// The sending number (E.164). Either this or `messaging_service_sid`.
+    /// The sending number (E.164). Either this or `messaging_service_sid`. In an environment
+    /// variable, quote it inside the value (`'"+15005550006"'`), or the `+` is lost.
+    #[serde(deserialize_with = "herald_runtime::config::lenient_string")]
     pub from: Option<String>,
     /// A Twilio Messaging Service, which picks the sending number itself.
     pub messaging_service_sid: Option<String>,
@@ -106,11 +108,19 @@ impl ChannelSender for SmsSender {
             channel: Channel::Sms,
             reason,
         };
-        let origin = match (&settings.from, &settings.messaging_service_sid) {
+        // Compose and Kubernetes pass an unset variable as an empty string: that means unset.
+        let from = settings
+            .from
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty());
+        let origin = match (from, &settings.messaging_service_sid) {
             (_, Some(service)) if !service.is_empty() => Origin::Service(service.clone()),
-            (Some(from), _) => Origin::Number(
-                E164::parse(from).map_err(|e| invalid(format!("HERALD_SMS__FROM: {e}")))?,
-            ),
+            (Some(from), _) => Origin::Number(E164::parse(from).map_err(|e| {
+                invalid(format!(
+                    "HERALD_SMS__FROM {from:?}: {e} (in an environment variable, quote the number inside the value: '\"+15005550006\"')"
+                ))
+            })?),
             _ => {
                 return Ok(Built::NotConfigured(
                     "set HERALD_SMS__FROM or HERALD_SMS__MESSAGING_SERVICE_SID".into(),
@@ -287,6 +297,16 @@ mod tests {
             class(400, json!({"code": 12345})),
             ("permanent", FailureClass::Permanent)
         );
+    }
+
+    #[test]
+    fn a_number_read_from_the_environment_is_not_a_type_error() {
+        let settings: SmsSettings =
+            serde_json::from_value(json!({"from": 15005550006u64})).unwrap();
+        assert_eq!(settings.from.as_deref(), Some("15005550006"));
+        let settings: SmsSettings =
+            serde_json::from_value(json!({"from": "+15005550006"})).unwrap();
+        assert_eq!(settings.from.as_deref(), Some("+15005550006"));
     }
 
     #[test]

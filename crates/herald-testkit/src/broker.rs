@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -97,6 +97,61 @@ impl Inspector {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A server-named queue, deleted with this connection, bound to `exchange` with `key`: how
+    /// a test (or benchmark) reads what is published there.
+    pub async fn temporary_queue(&self, exchange: &str, key: &str) -> String {
+        let queue = self
+            .channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a temporary queue")
+            .name()
+            .to_string();
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the temporary queue");
+        queue
+    }
+
+    /// Waits until `queue` has a consumer; `false` after `timeout`.
+    pub async fn wait_for_consumer(&self, queue: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let declared = self
+                .channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok_and(|q| q.consumer_count() > 0) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

@@ -135,15 +135,11 @@ async fn a_server_that_is_down_opens_the_breaker_and_every_mail_arrives_once_it_
     for job in &jobs {
         h.publish(job).await;
     }
-    let mut open = false;
-    for _ in 0..200 {
-        let (status, body) = h.readyz().await;
-        if status == 503 && body.contains("breaker open") {
-            open = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let open = h
+        .wait_readiness(WAIT, |status, body| {
+            status == 503 && body.contains("breaker open")
+        })
+        .await;
     assert!(open, "readiness reports the open breaker");
 
     sink.restart();

@@ -11,8 +11,7 @@ use herald_runtime::config::{AmqpConfig, BaseConfig, Secret};
 use herald_runtime::service::Service;
 use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
 use herald_testkit::http;
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicGetOptions;
 use messaging_core::events::DeliveryEvent;
 use messaging_core::job::{RenderedContent, SendJob};
 use messaging_core::topology::Names;
@@ -88,30 +87,8 @@ impl SenderHarness {
             .await
             .expect("declare");
         let events_queue = inspector
-            .channel()
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("events queue")
-            .name()
-            .to_string();
-        inspector
-            .channel()
-            .queue_bind(
-                events_queue.as_str().into(),
-                names.events_exchange().into(),
-                "delivery.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind events queue");
+            .temporary_queue(&names.events_exchange(), "delivery.#")
+            .await;
 
         let publisher = Publisher::new(service.broker.clone(), "test-producer");
         let work = crate::run::start::<S>(&service, config, channel_config)
@@ -207,6 +184,38 @@ impl SenderHarness {
         http::get(self.health_addr, "/readyz")
             .await
             .expect("readyz answers")
+    }
+
+    /// Polls `/readyz` until `done(status, body)`; `false` after `timeout`.
+    pub async fn wait_readiness(
+        &self,
+        timeout: Duration,
+        done: impl Fn(u16, &str) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (status, body) = self.readyz().await;
+            if done(status, &body) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls the send queue's length until `done(len)` (the broker's counts lag a little);
+    /// returns the last length seen.
+    pub async fn wait_queued(&self, timeout: Duration, done: impl Fn(u32) -> bool) -> u32 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let queued = self.queued().await;
+            if done(queued) || tokio::time::Instant::now() >= deadline {
+                return queued;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Jobs waiting in the channel's send queue.

@@ -208,24 +208,13 @@ async fn an_unhealthy_provider_opens_the_breaker_and_nothing_is_lost_when_it_ret
         h.publish(job).await;
     }
     // Three provider faults open the breaker: readiness says so and jobs wait in the queue.
-    let mut open = false;
-    for _ in 0..200 {
-        let (status, body) = h.readyz().await;
-        if status == 503 && body.contains("breaker open") {
-            open = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let open = h
+        .wait_readiness(WAIT, |status, body| {
+            status == 503 && body.contains("breaker open")
+        })
+        .await;
     assert!(open, "readiness reports the open breaker");
-    let mut waiting = 0;
-    for _ in 0..100 {
-        waiting = h.queued().await;
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let waiting = h.wait_queued(WAIT, |queued| queued > 0).await;
     assert!(
         waiting > 0,
         "jobs wait in the queue while the breaker is open"
@@ -380,14 +369,9 @@ async fn an_unconfigured_sender_says_so_and_leaves_its_queue_alone() {
     );
     h.publish(&h.job(number(70), "waits")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut queued = 0;
-    for _ in 0..40 {
-        queued = h.queued().await;
-        if queued == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let queued = h
+        .wait_queued(Duration::from_secs(2), |queued| queued == 1)
+        .await;
     assert_eq!(queued, 1, "the job waits for a configured sender");
     h.stop().await;
 }

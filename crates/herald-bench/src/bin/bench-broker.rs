@@ -148,7 +148,10 @@ async fn run_herald(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f
         .publish(&Message::new("", "bench-warmup-unrouted", b"{}"))
         .await
         .ok();
-    wait_for_consumer(&inspector, &queue).await;
+    // Neither side's clock includes connecting.
+    inspector
+        .wait_for_consumer(&queue, Duration::from_secs(10))
+        .await;
 
     let started = Instant::now();
     let producer = {
@@ -203,7 +206,10 @@ async fn run_plain(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f6
     publisher_channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    wait_for_consumer(&inspector, &queue).await;
+    // Neither side's clock includes connecting.
+    inspector
+        .wait_for_consumer(&queue, Duration::from_secs(10))
+        .await;
 
     let target = args.messages;
     let started = Instant::now();
@@ -260,26 +266,4 @@ async fn run_plain(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f6
     topology.delete(inspector.channel()).await?;
     inspector.close().await;
     Ok(stats::rate(args.messages, elapsed))
-}
-
-/// Waits until the queue has a consumer, so neither side's clock includes connecting.
-async fn wait_for_consumer(inspector: &Inspector, queue: &str) {
-    use lapin::options::QueueDeclareOptions;
-    for _ in 0..200 {
-        let declared = inspector
-            .channel()
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if declared.is_ok_and(|q| q.consumer_count() > 0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }

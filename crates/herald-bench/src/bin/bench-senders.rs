@@ -21,7 +21,7 @@ use herald_runtime::amqp::{Broker, Message, Publisher, Topology};
 use herald_runtime::config::{AmqpConfig, Secret};
 use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
 use herald_testkit::fake_sms::FakeSms;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use messaging_core::job::{RenderedContent, SendJob};
 use messaging_core::values::{E164, Email, TenantKey};
@@ -132,28 +132,8 @@ async fn run_sender(
     topology.declare(inspector.channel()).await?;
     let names = topology.names().clone();
     let events = inspector
-        .channel()
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .name()
-        .to_string();
-    inspector
-        .channel()
-        .queue_bind(
-            events.as_str().into(),
-            names.events_exchange().into(),
-            format!("delivery.{channel}.#").into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        .temporary_queue(&names.events_exchange(), &format!("delivery.{channel}.#"))
+        .await;
 
     let binary: PathBuf = bin_dir.join(format!("sender-{channel}"));
     let mut command = Command::new(&binary);
@@ -174,7 +154,12 @@ async fn run_sender(
             format!("start {} (build it with --release first)", binary.display())
         })?);
     let queue = names.send_queue(channel);
-    wait_for_consumer(&inspector, &queue).await?;
+    anyhow::ensure!(
+        inspector
+            .wait_for_consumer(&queue, Duration::from_secs(10))
+            .await,
+        "no consumer on {queue}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_mib = rss_mib(child.0.id())?;
 
@@ -268,27 +253,6 @@ fn job(channel: Channel, i: usize) -> SendJob {
         created_at: chrono::Utc::now(),
         expires_at: None,
     }
-}
-
-async fn wait_for_consumer(inspector: &Inspector, queue: &str) -> anyhow::Result<()> {
-    for _ in 0..400 {
-        let declared = inspector
-            .channel()
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        if declared.consumer_count() > 0 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("no consumer on {queue} after 10 s")
 }
 
 fn status_kib(pid: u32, field: &str) -> anyhow::Result<f64> {

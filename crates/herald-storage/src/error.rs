@@ -1,0 +1,42 @@
+//! Storage errors, classified for the HTTP layer: not found (404), conflict (409), invalid
+//! (422), unavailable (503), and everything else (500).
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint: the thing exists already. Names the constraint.
+    #[error("already exists ({0})")]
+    Conflict(String),
+    /// A check or foreign-key constraint: the data breaks a rule of the model.
+    #[error("violates {0}")]
+    Invalid(String),
+    /// The database cannot be reached now (R4 c): the caller answers 503.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) => {
+                let constraint = db.constraint().unwrap_or("a constraint").to_owned();
+                if db.is_unique_violation() {
+                    StoreError::Conflict(constraint)
+                } else if db.is_foreign_key_violation() || db.is_check_violation() {
+                    StoreError::Invalid(constraint)
+                } else {
+                    StoreError::Other(error)
+                }
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
+            _ => StoreError::Other(error),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Herald's PostgreSQL storage, shared by the subscription API and the router.
+//!
+//! # Layout
+//!
+//! - [`db`]: pool, embedded migrations (`migrations/` at the workspace root), readiness check.
+//! - [`error`]: [`StoreError`], with constraint violations told apart from outages.
+//! - [`secret`]: random tokens (API keys, link codes) and their stored hashes.
+//! - [`page`]: keyset pagination (`limit` + opaque cursor).
+//! - one module per table group: [`tenants`], [`api_keys`], [`users`], [`subscriptions`],
+//!   [`registrations`].
+//!
+//! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
+//! caller cannot reach another tenant's rows even with a valid id.
+
+pub mod api_keys;
+pub mod db;
+pub mod error;
+pub mod page;
+pub mod registrations;
+pub mod secret;
+pub mod subscriptions;
+pub mod tenants;
+pub mod users;
+
+pub use error::StoreError;
+pub use sqlx::PgPool;

@@ -1,0 +1,43 @@
+//! The API's settings besides `amqp`, `http` and `log` (which every service reads).
+
+use herald_runtime::config::Secret;
+use herald_storage::db::DatabaseConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub api: LimitsConfig,
+}
+
+/// `auth.*`: how JWT bearer tokens are checked. API keys need no settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 tokens. Empty: HS256 tokens are refused.
+    pub jwt_hs256_secret: Secret<String>,
+    /// PEM public key for RS256 tokens (an identity provider's). Empty: refused.
+    pub jwt_rs256_public_key: String,
+    /// Expected `iss`, when set.
+    pub jwt_issuer: Option<String>,
+    /// Expected `aud`, when set.
+    pub jwt_audience: Option<String>,
+}
+
+/// `api.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Errors as RFC 9457 problem documents (`application/problem+json`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_storage::StoreError;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub title: &'static str,
+    pub detail: String,
+    /// The request field at fault, for validation errors.
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            title,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Bad request", detail)
+    }
+
+    /// A field's value breaks a rule (422), naming the field.
+    pub fn invalid(field: &str, detail: impl Into<String>) -> Self {
+        ApiError {
+            field: Some(field.to_owned()),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid field", detail)
+        }
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", detail)
+    }
+
+    /// Also what another tenant's ids get: their existence is not revealed.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("no such {what}"),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "Not found", "no such resource")
+            }
+            StoreError::Conflict(constraint) => ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("it exists already ({constraint})"),
+            ),
+            StoreError::Invalid(constraint) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("the request breaks a rule of the data model ({constraint})"),
+            ),
+            StoreError::Unavailable(reason) => {
+                tracing::error!(%reason, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Database unavailable",
+                    "the database cannot be reached; nothing was changed, try again later",
+                )
+            }
+            StoreError::Other(error) => {
+                tracing::error!(%error, "database error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    "an unexpected database error happened",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = Problem {
+            kind: "about:blank",
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            field: self.field.as_deref(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        (
+            self.status,
+            [("content-type", "application/problem+json")],
+            body,
+        )
+            .into_response()
+    }
+}

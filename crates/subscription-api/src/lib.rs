@@ -1,0 +1,21 @@
+//! Herald's subscription API: the one door people and services use over HTTP (R17).
+//!
+//! # Layout
+//!
+//! - [`cli`]: `serve` (the default) and `bootstrap` (first tenant and global admin key).
+//! - [`config`]: `database.*`, `auth.*`, `api.*` settings.
+//! - [`startup`]: builds the router and runs the service on the shared runtime.
+//! - [`auth`]: who is calling: API keys (hashed) or JWT bearer tokens, their role and tenant.
+//! - [`error`]: every error as `application/problem+json`, naming the field when there is one.
+//! - [`json`]: the JSON body extractor whose rejections are problem documents too.
+//! - [`routes`]: one router per resource, merged in `routes::router`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod json;
+pub mod routes;
+pub mod startup;
+
+pub use startup::AppState;

@@ -1,0 +1,189 @@
+//! `/registrations` (R12, R16, R17): a user manages only their own; admins all of the tenant's.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use herald_storage::page::Page;
+use herald_storage::registrations::{self, Filter, Registration};
+use herald_storage::{StoreError, users};
+use messaging_core::values::UserId;
+use messaging_core::{Address, Channel};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Paging;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/registrations", get(list)).route(
+        "/registrations/{registration_id}",
+        axum::routing::put(update).delete(remove),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationView {
+    pub registration_id: Uuid,
+    pub subscription_id: String,
+    pub user_id: String,
+    pub channel: String,
+    pub address: String,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub modified_at: DateTime<Utc>,
+}
+
+impl From<Registration> for RegistrationView {
+    fn from(r: Registration) -> Self {
+        RegistrationView {
+            registration_id: r.id,
+            subscription_id: r.subscription_key,
+            user_id: r.user_external_id,
+            channel: r.channel,
+            address: r.address,
+            enabled: r.enabled,
+            created_at: r.created_at,
+            modified_at: r.updated_at,
+        }
+    }
+}
+
+/// Whose registration a request is about: a user acts only for themselves; an admin names
+/// the person.
+pub fn subscriber(caller: &Caller, requested: Option<&str>) -> Result<UserId, ApiError> {
+    let raw = if caller.is_admin() {
+        requested.ok_or_else(|| ApiError::invalid("userId", "name the person to subscribe"))?
+    } else {
+        let own = caller.user_id.as_deref().unwrap_or_default();
+        if requested.is_some_and(|r| r != own) {
+            return Err(ApiError::forbidden(
+                "users manage only their own registrations",
+            ));
+        }
+        own
+    };
+    UserId::parse(raw).map_err(|e| ApiError::invalid("userId", e.to_string()))
+}
+
+pub fn parse_channel(raw: &str) -> Result<Channel, ApiError> {
+    raw.parse()
+        .map_err(|e: messaging_core::channel::UnknownChannel| {
+            ApiError::invalid("channel", e.to_string())
+        })
+}
+
+/// Channel and address, validated for the channel and normalised (`Ann@Example.ORG` ->
+/// `Ann@example.org`, `+41 79 …` -> `+4179…`).
+pub fn parse_address(channel: &str, address: &str) -> Result<(Channel, String), ApiError> {
+    let channel = parse_channel(channel)?;
+    let address = Address::parse(channel, address)
+        .map_err(|e| ApiError::invalid("address", e.to_string()))?;
+    Ok((channel, address.value()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Page<RegistrationView>>, ApiError> {
+    let tenant = caller.tenant()?;
+    let paging = Paging {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .request()?;
+    let person = if caller.is_admin() {
+        query
+            .user_id
+            .as_deref()
+            .map(|u| subscriber(&caller, Some(u)))
+            .transpose()?
+    } else {
+        Some(subscriber(&caller, query.user_id.as_deref())?)
+    };
+    let mut filter = Filter::default();
+    if let Some(person) = person {
+        match users::by_external_id(&state.pool, tenant.id, person.as_str()).await {
+            Ok(user) => filter.user_id = Some(user.id),
+            Err(StoreError::NotFound) => {
+                return Ok(Json(Page {
+                    items: Vec::new(),
+                    next_cursor: None,
+                }));
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Ok(Json(
+        registrations::list(&state.pool, tenant.id, filter, paging)
+            .await?
+            .map(Into::into),
+    ))
+}
+
+/// The registration, if the caller may touch it; 404 otherwise (other tenants' and other
+/// people's registrations look alike).
+async fn owned(state: &AppState, caller: &Caller, id: Uuid) -> Result<Registration, ApiError> {
+    let tenant = caller.tenant()?;
+    let registration = registrations::by_id(&state.pool, tenant.id, id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("registration"),
+            other => other.into(),
+        })?;
+    if !caller.is_admin()
+        && caller.user_id.as_deref() != Some(registration.user_external_id.as_str())
+    {
+        return Err(ApiError::not_found("registration"));
+    }
+    Ok(registration)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrationChange {
+    /// `false` pauses it without unsubscribing (R12).
+    pub enabled: bool,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    ApiJson(body): ApiJson<RegistrationChange>,
+) -> Result<Json<RegistrationView>, ApiError> {
+    let registration = owned(&state, &caller, id).await?;
+    registrations::set_enabled(&state.pool, registration.tenant_id, id, body.enabled).await?;
+    Ok(Json(
+        registrations::by_id(&state.pool, registration.tenant_id, id)
+            .await?
+            .into(),
+    ))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let registration = owned(&state, &caller, id).await?;
+    registrations::delete(&state.pool, registration.tenant_id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

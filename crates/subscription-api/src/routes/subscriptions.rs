@@ -1,0 +1,367 @@
+//! `/subscriptions` (R11, R12, R17): admins manage them, everyone in the tenant reads them,
+//! and people subscribe themselves on a channel address.
+//!
+//! Only a global admin creates, changes or deletes a system subscription (R11, R16).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use herald_storage::page::Page;
+use herald_storage::registrations::{self, Filter};
+use herald_storage::subscriptions::{self, NewSubscription, Subscription, SubscriptionUpdate};
+use herald_storage::{StoreError, users};
+use messaging_core::values::{Locale, SubscriptionKey};
+use serde::{Deserialize, Serialize};
+
+use super::registrations::{RegistrationView, subscriber};
+use super::{Paging, check_text};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/subscriptions", get(list).post(create))
+        .route(
+            "/subscriptions/{subscription_id}",
+            get(read).put(update).delete(remove),
+        )
+        .route(
+            "/subscriptions/{subscription_id}/registrations",
+            get(list_registrations),
+        )
+        .route(
+            "/subscriptions/{subscription_id}/subscribe",
+            post(subscribe),
+        )
+        .route(
+            "/subscriptions/{subscription_id}/unsubscribe",
+            delete(unsubscribe),
+        )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionView {
+    pub subscription_id: String,
+    pub label: String,
+    pub description: String,
+    pub system: bool,
+    pub enabled: bool,
+    pub fallback_locale: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub modified_at: DateTime<Utc>,
+    pub modified_by: String,
+}
+
+impl From<Subscription> for SubscriptionView {
+    fn from(s: Subscription) -> Self {
+        SubscriptionView {
+            subscription_id: s.key,
+            label: s.label,
+            description: s.description,
+            system: s.system,
+            enabled: s.enabled,
+            fallback_locale: s.fallback_locale,
+            created_at: s.created_at,
+            created_by: s.created_by,
+            modified_at: s.updated_at,
+            modified_by: s.updated_by,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewSubscriptionRequest {
+    pub subscription_id: String,
+    pub label: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub system: bool,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub fallback_locale: Option<String>,
+}
+
+/// PUT replaces the changeable fields; the id and the system flag are fixed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionChange {
+    pub label: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub fallback_locale: Option<String>,
+}
+
+fn parse_key(raw: &str) -> Result<SubscriptionKey, ApiError> {
+    SubscriptionKey::parse(raw).map_err(|e| ApiError::invalid("subscriptionId", e.to_string()))
+}
+
+fn parse_locale(raw: Option<&str>) -> Result<Locale, ApiError> {
+    Locale::parse(raw.unwrap_or("en"))
+        .map_err(|e| ApiError::invalid("fallbackLocale", e.to_string()))
+}
+
+/// The subscription `raw` names in the caller's tenant; 404 for ids of other tenants too.
+pub async fn find(state: &AppState, caller: &Caller, raw: &str) -> Result<Subscription, ApiError> {
+    let tenant = caller.tenant()?;
+    let key = SubscriptionKey::parse(raw).map_err(|_| ApiError::not_found("subscription"))?;
+    subscriptions::by_key(&state.pool, tenant.id, key.as_str())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("subscription"),
+            other => other.into(),
+        })
+}
+
+/// Admins change subscriptions; system ones only the global admin.
+fn may_change(caller: &Caller, subscription: &Subscription) -> Result<(), ApiError> {
+    caller.require_admin()?;
+    if subscription.system && !caller.is_global_admin() {
+        return Err(ApiError::forbidden(
+            "only the global admin changes system subscriptions",
+        ));
+    }
+    Ok(())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Page<SubscriptionView>>, ApiError> {
+    let tenant = caller.tenant()?;
+    let page = subscriptions::list(&state.pool, tenant.id, paging.request()?).await?;
+    Ok(Json(page.map(Into::into)))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewSubscriptionRequest>,
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    caller.require_admin()?;
+    let tenant = caller.tenant()?;
+    if body.system && !caller.is_global_admin() {
+        return Err(ApiError::forbidden(
+            "only the global admin creates system subscriptions",
+        ));
+    }
+    let key = parse_key(&body.subscription_id)?;
+    check_text("label", &body.label, 200)?;
+    let locale = parse_locale(body.fallback_locale.as_deref())?;
+    let created = subscriptions::create(
+        &state.pool,
+        tenant.id,
+        NewSubscription {
+            key: key.as_str(),
+            label: body.label.trim(),
+            description: &body.description,
+            system: body.system,
+            enabled: body.enabled,
+            fallback_locale: locale.as_str(),
+            actor: &caller.actor,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict(_) => ApiError {
+            field: Some("subscriptionId".into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("subscription {key} exists already"),
+            )
+        },
+        other => other.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    Ok(Json(find(&state, &caller, &id).await?.into()))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SubscriptionChange>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let subscription = find(&state, &caller, &id).await?;
+    may_change(&caller, &subscription)?;
+    check_text("label", &body.label, 200)?;
+    let locale = match body.fallback_locale.as_deref() {
+        Some(raw) => parse_locale(Some(raw))?,
+        None => parse_locale(Some(&subscription.fallback_locale))?,
+    };
+    let updated = subscriptions::update(
+        &state.pool,
+        subscription.id,
+        SubscriptionUpdate {
+            label: body.label.trim(),
+            description: &body.description,
+            enabled: body.enabled,
+            fallback_locale: locale.as_str(),
+            actor: &caller.actor,
+        },
+    )
+    .await?;
+    Ok(Json(updated.into()))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let subscription = find(&state, &caller, &id).await?;
+    may_change(&caller, &subscription)?;
+    subscriptions::delete(&state.pool, subscription.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Admins see every registration of the subscription; a user sees only their own.
+async fn list_registrations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Page<RegistrationView>>, ApiError> {
+    let subscription = find(&state, &caller, &id).await?;
+    let mut filter = Filter {
+        subscription_id: Some(subscription.id),
+        user_id: None,
+    };
+    if !caller.is_admin() {
+        let own = caller.user_id.as_deref().unwrap_or_default();
+        match users::by_external_id(&state.pool, subscription.tenant_id, own).await {
+            Ok(user) => filter.user_id = Some(user.id),
+            Err(StoreError::NotFound) => {
+                return Ok(Json(Page {
+                    items: Vec::new(),
+                    next_cursor: None,
+                }));
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let page = registrations::list(
+        &state.pool,
+        subscription.tenant_id,
+        filter,
+        paging.request()?,
+    )
+    .await?;
+    Ok(Json(page.map(Into::into)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscribeRequest {
+    pub channel: String,
+    pub address: String,
+    /// Whose registration: required for admins, the caller's own for users.
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+/// R12: a subscription without templates can be subscribed to; subscribing again with the
+/// same address returns the registration (200) instead of creating another (201).
+async fn subscribe(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SubscribeRequest>,
+) -> Result<(StatusCode, Json<RegistrationView>), ApiError> {
+    let subscription = find(&state, &caller, &id).await?;
+    let person = subscriber(&caller, body.user_id.as_deref())?;
+    let (channel, address) = super::registrations::parse_address(&body.channel, &body.address)?;
+    let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
+    let user = users::ensure(&mut *tx, subscription.tenant_id, person.as_str()).await?;
+    let (registration, created) = registrations::subscribe(
+        &mut tx,
+        subscription.tenant_id,
+        subscription.id,
+        user.id,
+        channel.as_str(),
+        &address,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(registration.into())))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UnsubscribeQuery {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Only this channel's registrations (with `address`: only that one).
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+async fn unsubscribe(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<UnsubscribeQuery>,
+) -> Result<StatusCode, ApiError> {
+    let subscription = find(&state, &caller, &id).await?;
+    let person = subscriber(&caller, query.user_id.as_deref())?;
+    let (channel, address) = match (&query.channel, &query.address) {
+        (Some(channel), Some(address)) => {
+            let (channel, address) = super::registrations::parse_address(channel, address)?;
+            (Some(channel), Some(address))
+        }
+        (Some(channel), None) => (Some(super::registrations::parse_channel(channel)?), None),
+        (None, Some(_)) => {
+            return Err(ApiError::invalid("channel", "an address needs its channel"));
+        }
+        (None, None) => (None, None),
+    };
+    let user =
+        match users::by_external_id(&state.pool, subscription.tenant_id, person.as_str()).await {
+            Ok(user) => user,
+            Err(StoreError::NotFound) => return Err(ApiError::not_found("registration")),
+            Err(other) => return Err(other.into()),
+        };
+    let removed = registrations::unsubscribe(
+        &state.pool,
+        subscription.id,
+        user.id,
+        channel.map(|c| c.as_str()),
+        address.as_deref(),
+    )
+    .await?;
+    if removed == 0 {
+        return Err(ApiError::not_found("registration"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,100 @@
+//! Building the HTTP app and running the service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use herald_runtime::config::BaseConfig;
+use herald_runtime::health::Health;
+use herald_runtime::service::Service;
+use herald_storage::PgPool;
+use herald_storage::db::{self, DatabaseCheck};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{JwtKeys, KeyError};
+use crate::config::{ApiConfig, LimitsConfig};
+use crate::error::ApiError;
+use crate::routes;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub jwt: Arc<JwtKeys>,
+}
+
+/// The API routes with their limits; `/healthz`, `/readyz`, `/metrics` are added by the
+/// runtime.
+pub fn app(state: AppState, limits: &LimitsConfig) -> Router {
+    routes::router()
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not found", "no such route") })
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] herald_runtime::config::ConfigError),
+    #[error(transparent)]
+    Jwt(#[from] KeyError),
+    #[error("invalid database.url: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the configuration and serves until SIGTERM.
+pub async fn serve() -> Result<(), StartError> {
+    let base: BaseConfig = herald_runtime::config::load(&[("http.addr", "127.0.0.1:8080")])?;
+    let config: ApiConfig = herald_runtime::config::load(&[])?;
+    let service = Service::build("subscription-api", base).await?;
+    let pool = db::pool(&config.database)?;
+    let state = AppState {
+        pool: pool.clone(),
+        jwt: Arc::new(JwtKeys::from_config(&config.auth)?),
+    };
+    service
+        .health
+        .add_check(Arc::new(DatabaseCheck(pool.clone())));
+    let migrations = tokio::spawn(migrate_until_done(
+        pool,
+        service.health.clone(),
+        service.shutdown.clone(),
+    ));
+    let shutdown = service.shutdown.clone();
+    service
+        .run(app(state, &config.api), async move {
+            shutdown.cancelled().await;
+            let _ = migrations.await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Runs the migrations, retrying while the database is unreachable, so the API starts (and
+/// says it is not ready) during a database outage instead of crash-looping.
+pub async fn migrate_until_done(pool: PgPool, health: Health, shutdown: CancellationToken) {
+    const COMPONENT: &str = "database:migrations";
+    health.set(COMPONENT, false, "pending");
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match db::migrate(&pool).await {
+            Ok(()) => {
+                health.set(COMPONENT, true, "applied");
+                return;
+            }
+            Err(error) => {
+                health.set(COMPONENT, false, format!("not applied yet: {error}"));
+                tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "cannot apply migrations");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}

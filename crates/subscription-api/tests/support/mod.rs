@@ -1,0 +1,151 @@
+//! The API tests' harness (zero2prod's `spawn_app`): the real router over a database of the
+//! test's own (`#[sqlx::test]`), called in-process.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use herald_runtime::config::Secret;
+use herald_storage::api_keys::{self, NewKey};
+use herald_storage::{PgPool, tenants};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use subscription_api::AppState;
+use subscription_api::auth::JwtKeys;
+use subscription_api::config::{AuthConfig, LimitsConfig};
+use tower::ServiceExt;
+
+pub const JWT_SECRET: &str = "test-secret-of-reasonable-length";
+
+pub struct TestApp {
+    pub router: Router,
+    pub pool: PgPool,
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn new(pool: PgPool) -> TestApp {
+        let jwt = JwtKeys::from_config(&AuthConfig {
+            jwt_hs256_secret: Secret::new(JWT_SECRET.into()),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let state = AppState {
+            pool: pool.clone(),
+            jwt: Arc::new(jwt),
+        };
+        let router = subscription_api::startup::app(
+            state,
+            &LimitsConfig {
+                max_body_bytes: 16 * 1024,
+            },
+        );
+        TestApp { router, pool }
+    }
+
+    pub async fn tenant(&self, key: &str) {
+        tenants::create(&self.pool, key, key).await.unwrap();
+    }
+
+    /// A key of `role` in `tenant` (`None` for a global admin), for `user` when role is user.
+    pub async fn key(&self, tenant: Option<&str>, role: &str, user: Option<&str>) -> String {
+        let tenant_id = match tenant {
+            Some(key) => Some(tenants::by_key(&self.pool, key).await.unwrap().id),
+            None => None,
+        };
+        let new = NewKey {
+            tenant_id,
+            role,
+            user_id: user,
+            name: "test",
+            created_by: "test",
+        };
+        api_keys::create(&self.pool, new).await.unwrap().1
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        credential: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        self.call_with(method, path, credential, &[], body.map(|b| b.to_string()))
+            .await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        credential: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Response {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(credential) = credential {
+            request = request.header("authorization", format!("Bearer {credential}"));
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Response {
+            status,
+            content_type,
+            body,
+        }
+    }
+}
+
+impl Response {
+    #[track_caller]
+    pub fn expect(&self, status: StatusCode) -> &Value {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        &self.body
+    }
+
+    /// A problem document naming `field`.
+    #[track_caller]
+    pub fn expect_problem(&self, status: StatusCode, field: Option<&str>) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.content_type, "application/problem+json");
+        assert_eq!(self.body["status"], status.as_u16());
+        assert!(self.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        if let Some(field) = field {
+            assert_eq!(self.body["field"], field, "body: {}", self.body);
+        }
+    }
+}

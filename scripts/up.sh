@@ -22,6 +22,12 @@ if [ -z "${HERALD_SMTP__HOST:-}" ]; then
   export HERALD_SMTP__FROM="${HERALD_SMTP__FROM:-Herald <noreply@herald.local>}"
 fi
 
+# The API's database (HERALD_DATABASE__URL defaults to .../herald); migrations run at start.
+if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'herald'" | grep -q 1; then
+  createdb -h 127.0.0.1 -U postgres herald
+  echo "[up] created database herald" >&2
+fi
+
 echo "[up] building" >&2
 cargo build -q --workspace --bins
 
@@ -37,12 +43,14 @@ for entry in "${HERALD_SERVICES[@]}"; do
   echo "[up] started $name (pid $!), log .local/logs/$name.log" >&2
 done
 
-# Wait until each answers /readyz, so `just up` returning means the system is usable.
+# Wait until each service answers and is ready, but not for ones that answer "not ready"
+# for a reason that waiting does not fix (a sender without credentials): status says why.
 for entry in "${HERALD_SERVICES[@]}"; do
   name=${entry%%=*}
   addr=${entry#*=}
   for _ in $(seq 1 60); do
-    curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && break
+    body=$(curl -sS --max-time 2 -w '\n%{http_code}' "http://$addr/readyz" 2>/dev/null) || body=""
+    if [ "${body##*$'\n'}" = 200 ] || printf '%s' "$body" | grep -q 'not configured'; then break; fi
     sleep 0.5
   done
 done

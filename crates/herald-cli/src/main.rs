@@ -114,8 +114,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Declare => {
             let connection = broker.connect("declare").await.context("connect")?;
-            let channel = connection.create_channel().await?;
-            topology.declare(&channel).await.context("declare")?;
+            for drift in topology.declare(&connection).await.context("declare")? {
+                println!("differs from this version's declaration (used as it is): {drift}");
+            }
             let _ = connection.close(200, "done".into()).await;
             println!(
                 "declared the topology under prefix {:?}",

@@ -118,15 +118,22 @@ pub async fn watch_broker(
         else {
             break;
         };
-        let declared = async {
-            let channel = connection.create_channel().await?;
-            topology.declare(&channel).await?;
-            channel.close(200, "declared".into()).await
-        }
-        .await;
-        match declared {
-            Ok(()) => {
-                health.set(COMPONENT, true, "connected");
+        match topology.declare(&connection).await {
+            Ok(drift) => {
+                // Still ready: the existing queues work. The operator learns what differs.
+                let detail = if drift.is_empty() {
+                    "connected".to_owned()
+                } else {
+                    for d in &drift {
+                        tracing::warn!(drift = %d, "queue or exchange differs from this version's declaration; using it as it is");
+                    }
+                    let names: Vec<&str> = drift.iter().map(|d| d.name.as_str()).collect();
+                    format!(
+                        "connected; declared with other arguments: {}",
+                        names.join(", ")
+                    )
+                };
+                health.set(COMPONENT, true, detail);
                 let mut events = connection.events_listener();
                 tokio::select! {
                     _ = shutdown.cancelled() => {}

@@ -464,3 +464,53 @@ async fn shutdown_with_messages_in_flight_finishes_them_and_returns_the_rest() {
     publisher.close().await;
     h.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_declared_with_other_arguments_is_used_and_reported_not_fatal() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    // An older version made this dead-letter queue a plain classic queue.
+    let h = Harness::new("drift").await;
+    h.topology.delete(h.inspector.channel()).await.unwrap();
+    let stale = h.dead_queue();
+    h.inspector
+        .channel()
+        .queue_declare(
+            stale.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let drift = h
+        .topology
+        .declare(h.inspector.connection())
+        .await
+        .expect("declaring still succeeds");
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].name, stale);
+    assert!(
+        drift[0].detail.contains("inequivalent arg"),
+        "{}",
+        drift[0].detail
+    );
+    // Everything after the stale queue was declared too, and the runtime works on it.
+    let (handler, mut rx) =
+        Recording::new(|_, _| Outcome::DeadLetter(Rejection::new("blocked", "gone")));
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
+    let publisher = h.publisher();
+    publisher.publish(&h.message(&numbered(1))).await.unwrap();
+    wait_until(&mut rx, Duration::from_secs(10), |_| true).await;
+    assert!(
+        h.inspector
+            .wait_get(&stale, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the stale queue still gets dead letters"
+    );
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}

@@ -50,6 +50,10 @@ impl Inspector {
         &self.channel
     }
 
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
     /// Messages ready in a queue (not counting unacked ones).
     pub async fn queue_len(&self, queue: &str) -> u32 {
         self.channel

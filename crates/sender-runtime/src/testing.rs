@@ -83,7 +83,7 @@ impl SenderHarness {
 
         let inspector = Inspector::connect().await;
         topology
-            .declare(inspector.channel())
+            .declare(inspector.connection())
             .await
             .expect("declare");
         let events_queue = inspector

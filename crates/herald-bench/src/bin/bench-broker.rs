@@ -96,7 +96,7 @@ async fn setup(
     let config = config(&unique_prefix(name), args);
     let topology = Topology::from_config(&config);
     let inspector = Inspector::connect().await;
-    topology.declare(inspector.channel()).await?;
+    topology.declare(inspector.connection()).await?;
     let queue = topology.names().send_queue(messaging_core::Channel::Email);
     Ok((inspector, config, topology, queue))
 }

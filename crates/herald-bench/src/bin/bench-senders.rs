@@ -129,7 +129,7 @@ async fn run_sender(
     };
     let topology = Topology::from_config(&config);
     let inspector = Inspector::connect().await;
-    topology.declare(inspector.channel()).await?;
+    topology.declare(inspector.connection()).await?;
     let names = topology.names().clone();
     let events = inspector
         .temporary_queue(&names.events_exchange(), &format!("delivery.{channel}.#"))

@@ -284,9 +284,10 @@ impl<H: Handler> Consumer<H> {
         worker: &Arc<Worker<H>>,
         shutdown: &CancellationToken,
     ) -> lapin::Result<Stop> {
-        let setup = connection.create_channel().await?;
-        self.topology.declare(&setup).await?;
-        let _ = setup.close(200, "declared".into()).await;
+        // The broker watch reports drift in /readyz; here it is only worth a line in the log.
+        for drift in self.topology.declare(connection).await? {
+            tracing::warn!(%drift, "queue or exchange differs from this version's declaration; using it as it is");
+        }
 
         let channel = connection.create_channel().await?;
         channel

@@ -22,13 +22,115 @@ use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ExchangeKind};
 use messaging_core::channel::Channel as DeliveryChannel;
 use messaging_core::topology::{Names, routing};
 
 use crate::amqp::headers;
 use crate::config::{AmqpConfig, QueueType};
+
+/// A queue or exchange that exists with other arguments than this version declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub name: String,
+    /// The broker's words: which argument differs and how.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.detail)
+    }
+}
+
+/// Declares on one channel, replacing it when the broker closes it over a mismatch.
+struct Declarer<'c> {
+    connection: &'c Connection,
+    channel: Channel,
+    drift: Vec<Drift>,
+}
+
+fn precondition_failed(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) if e.get_id() == 406 => {
+            Some(e.get_message().to_string())
+        }
+        _ => None,
+    }
+}
+
+impl Declarer<'_> {
+    async fn queue(&mut self, name: &str, args: FieldTable) -> lapin::Result<()> {
+        let declared = self
+            .channel
+            .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+            .await;
+        let Err(error) = declared else { return Ok(()) };
+        let Some(detail) = precondition_failed(&error) else {
+            return Err(error);
+        };
+        self.channel = self.connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await?;
+        self.drift.push(Drift {
+            name: name.to_owned(),
+            detail,
+        });
+        Ok(())
+    }
+
+    async fn exchange(&mut self, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let declared = self
+            .channel
+            .exchange_declare(name.into(), kind.clone(), durable, FieldTable::default())
+            .await;
+        let Err(error) = declared else { return Ok(()) };
+        let Some(detail) = precondition_failed(&error) else {
+            return Err(error);
+        };
+        self.channel = self.connection.create_channel().await?;
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.channel
+            .exchange_declare(name.into(), kind, passive, FieldTable::default())
+            .await?;
+        self.drift.push(Drift {
+            name: name.to_owned(),
+            detail,
+        });
+        Ok(())
+    }
+
+    async fn bind(
+        &mut self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: FieldTable,
+    ) -> lapin::Result<()> {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                args,
+            )
+            .await
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -79,12 +181,19 @@ impl Topology {
     }
 
     /// Declares everything. Safe to call on every connect.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let n = &self.names;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
+    ///
+    /// A queue or exchange that exists with other arguments (declared by an older Herald, or
+    /// changed by hand) is not an error: RabbitMQ cannot change arguments in place, and
+    /// refusing to start would stop every service at an upgrade. It is used as it is, and
+    /// returned as a [`Drift`] for the caller to report; an operator migrates it with a
+    /// policy or by recreating the queue when it is empty.
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<Vec<Drift>> {
+        let mut d = Declarer {
+            channel: connection.create_channel().await?,
+            connection,
+            drift: Vec::new(),
         };
+        let n = &self.names;
         for (name, kind) in [
             (n.ingress_exchange(), ExchangeKind::Topic),
             (n.send_exchange(), ExchangeKind::Direct),
@@ -93,43 +202,49 @@ impl Topology {
             (n.retry_exchange(), ExchangeKind::Direct),
             (n.dead_letter_exchange(), ExchangeKind::Direct),
         ] {
-            channel
-                .exchange_declare(name.into(), kind, durable, FieldTable::default())
-                .await?;
+            d.exchange(&name, kind).await?;
         }
 
         for queue in n.work_queues() {
             // The dead-letter queue first, so the work queue's dead-letter target exists.
             let dead = n.dead_letter_queue(&queue);
-            self.declare_queue(channel, &dead, self.dead_queue_args())
-                .await?;
-            self.bind(channel, &dead, &n.dead_letter_exchange(), &queue)
-                .await?;
+            d.queue(&dead, self.dead_queue_args()).await?;
+            d.bind(
+                &dead,
+                &n.dead_letter_exchange(),
+                &queue,
+                FieldTable::default(),
+            )
+            .await?;
 
-            self.declare_queue(channel, &queue, self.work_queue_args(&queue))
-                .await?;
+            d.queue(&queue, self.work_queue_args(&queue)).await?;
             // Expired delayed messages come back through the retry exchange by queue name.
-            self.bind(channel, &queue, &n.retry_exchange(), &queue)
+            d.bind(&queue, &n.retry_exchange(), &queue, FieldTable::default())
                 .await?;
         }
 
-        self.bind(channel, &n.ingress_queue(), &n.ingress_exchange(), "#")
-            .await?;
+        d.bind(
+            &n.ingress_queue(),
+            &n.ingress_exchange(),
+            "#",
+            FieldTable::default(),
+        )
+        .await?;
         for delivery_channel in DeliveryChannel::ALL {
-            self.bind(
-                channel,
+            d.bind(
                 &n.send_queue(delivery_channel),
                 &n.send_exchange(),
                 delivery_channel.as_str(),
+                FieldTable::default(),
             )
             .await?;
         }
         for pattern in routing::ROUTER_EVENT_BINDINGS {
-            self.bind(
-                channel,
+            d.bind(
                 &n.router_events_queue(),
                 &n.events_exchange(),
                 pattern,
+                FieldTable::default(),
             )
             .await?;
         }
@@ -137,22 +252,14 @@ impl Topology {
         for delay in &self.delays {
             let ms = delay.as_millis() as u64;
             let queue = n.delay_queue(ms);
-            self.declare_queue(channel, &queue, self.delay_queue_args(ms))
-                .await?;
+            d.queue(&queue, self.delay_queue_args(ms)).await?;
             let mut match_args = FieldTable::default();
             match_args.insert("x-match".into(), AMQPValue::LongString("all".into()));
             headers::set_str(&mut match_args, headers::DELAY, ms.to_string());
-            channel
-                .queue_bind(
-                    queue.into(),
-                    n.delay_exchange().into(),
-                    ShortString::from(""),
-                    QueueBindOptions::default(),
-                    match_args,
-                )
-                .await?;
+            d.bind(&queue, &n.delay_exchange(), "", match_args).await?;
         }
-        Ok(())
+        let _ = d.channel.close(200, "declared".into()).await;
+        Ok(d.drift)
     }
 
     /// Deletes every queue and exchange under the prefix. For tests and for tearing down a
@@ -187,36 +294,6 @@ impl Topology {
                 .await?;
         }
         Ok(())
-    }
-
-    async fn declare_queue(
-        &self,
-        channel: &Channel,
-        queue: &str,
-        args: FieldTable,
-    ) -> lapin::Result<()> {
-        channel
-            .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
-            .await
-            .map(drop)
-    }
-
-    async fn bind(
-        &self,
-        channel: &Channel,
-        queue: &str,
-        exchange: &str,
-        key: &str,
-    ) -> lapin::Result<()> {
-        channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
     }
 
     fn base_args(&self) -> FieldTable {

@@ -42,7 +42,7 @@ impl Harness {
         let topology = Topology::from_config(&config);
         let inspector = Inspector::connect().await;
         topology
-            .declare(inspector.channel())
+            .declare(inspector.connection())
             .await
             .expect("declare topology");
         Harness {

@@ -7,14 +7,17 @@
 //! - [`secret`]: random tokens (API keys, link codes) and their stored hashes.
 //! - [`page`]: keyset pagination (`limit` + opaque cursor).
 //! - one module per table group: [`tenants`], [`api_keys`], [`users`], [`subscriptions`],
-//!   [`registrations`].
+//!   [`registrations`], [`messages`] (with the [`outbox`] they go through), [`deliveries`].
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
 
 pub mod api_keys;
 pub mod db;
+pub mod deliveries;
 pub mod error;
+pub mod messages;
+pub mod outbox;
 pub mod page;
 pub mod registrations;
 pub mod secret;

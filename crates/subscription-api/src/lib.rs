@@ -9,12 +9,14 @@
 //! - [`error`]: every error as `application/problem+json`, naming the field when there is one.
 //! - [`json`]: the JSON body extractor whose rejections are problem documents too.
 //! - [`routes`]: one router per resource, merged in `routes::router`.
+//! - [`relay`]: the outbox relay that publishes accepted messages with confirms.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod json;
+pub mod relay;
 pub mod routes;
 pub mod startup;
 

@@ -6,16 +6,19 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use herald_runtime::amqp::Publisher;
 use herald_runtime::config::BaseConfig;
 use herald_runtime::health::Health;
 use herald_runtime::service::Service;
 use herald_storage::PgPool;
 use herald_storage::db::{self, DatabaseCheck};
+use messaging_core::topology::Names;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{JwtKeys, KeyError};
 use crate::config::{ApiConfig, LimitsConfig};
 use crate::error::ApiError;
+use crate::relay::OutboxRelay;
 use crate::routes;
 
 /// What every handler gets.
@@ -23,6 +26,8 @@ use crate::routes;
 pub struct AppState {
     pub pool: PgPool,
     pub jwt: Arc<JwtKeys>,
+    /// Exchange and queue names under the configured prefix.
+    pub names: Names,
 }
 
 /// The API routes with their limits; `/healthz`, `/readyz`, `/metrics` are added by the
@@ -55,19 +60,21 @@ pub async fn serve() -> Result<(), StartError> {
     let state = AppState {
         pool: pool.clone(),
         jwt: Arc::new(JwtKeys::from_config(&config.auth)?),
+        names: service.topology.names().clone(),
     };
     service
         .health
         .add_check(Arc::new(DatabaseCheck(pool.clone())));
     let migrations = tokio::spawn(migrate_until_done(
-        pool,
+        pool.clone(),
         service.health.clone(),
         service.shutdown.clone(),
     ));
-    let shutdown = service.shutdown.clone();
+    let relay = OutboxRelay::new(pool, Publisher::new(service.broker.clone(), "outbox"));
+    let relay = tokio::spawn(relay.run(service.shutdown.clone()));
     service
         .run(app(state, &config.api), async move {
-            shutdown.cancelled().await;
+            let _ = relay.await;
             let _ = migrations.await;
         })
         .await?;

@@ -8,6 +8,7 @@ use crate::startup::AppState;
 use herald_storage::page::PageRequest;
 
 pub mod api_keys;
+pub mod messages;
 pub mod registrations;
 pub mod subscriptions;
 pub mod tenants;
@@ -19,7 +20,8 @@ pub fn router() -> Router<AppState> {
             .merge(subscriptions::router())
             .merge(registrations::router())
             .merge(tenants::router())
-            .merge(api_keys::router()),
+            .merge(api_keys::router())
+            .merge(messages::router()),
     )
 }
 

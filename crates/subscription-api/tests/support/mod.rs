@@ -23,6 +23,8 @@ pub const JWT_SECRET: &str = "test-secret-of-reasonable-length";
 pub struct TestApp {
     pub router: Router,
     pub pool: PgPool,
+    /// The test's own exchange and queue names, for tests that use the broker.
+    pub names: messaging_core::topology::Names,
 }
 
 pub struct Response {
@@ -38,9 +40,12 @@ impl TestApp {
             ..AuthConfig::default()
         })
         .unwrap();
+        let names =
+            messaging_core::topology::Names::new(herald_testkit::broker::unique_prefix("api"));
         let state = AppState {
             pool: pool.clone(),
             jwt: Arc::new(jwt),
+            names: names.clone(),
         };
         let router = subscription_api::startup::app(
             state,
@@ -48,7 +53,11 @@ impl TestApp {
                 max_body_bytes: 16 * 1024,
             },
         );
-        TestApp { router, pool }
+        TestApp {
+            router,
+            pool,
+            names,
+        }
     }
 
     pub async fn tenant(&self, key: &str) {

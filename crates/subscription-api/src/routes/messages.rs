@@ -1,0 +1,270 @@
+//! Triggers and direct messages (R1, R14, R16, R17): admins ask Herald to notify, and get
+//! `202 Accepted` once the request is stored with its outbox row. An `Idempotency-Key`
+//! header makes a repeat return the first message instead of sending again (R44).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use herald_storage::messages::{self, NewMessage};
+use herald_storage::{StoreError, deliveries};
+use messaging_core::EnvelopeVersion;
+use messaging_core::channel::Channel;
+use messaging_core::ingress::{
+    Content, DeliveryMode, Ingress, NotifyRequest, Recipients, TemplateContent,
+};
+use messaging_core::values::{IdempotencyKey, Locale, TenantKey, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/trigger/{subscription_id}", post(trigger))
+        .route("/messages", post(send))
+        .route("/messages/{message_id}", get(read))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// What the subscription's templates see.
+    #[serde(default)]
+    pub event_parameters: Map<String, Value>,
+    /// Overrides each recipient's locale.
+    #[serde(default)]
+    pub locale: Option<String>,
+}
+
+/// A direct message to people by the tenant's ids for them (R1).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectMessageRequest {
+    pub user_ids: Vec<String>,
+    pub content: Content,
+    #[serde(default)]
+    pub channels: Option<Vec<Channel>>,
+    #[serde(default)]
+    pub mode: Option<DeliveryMode>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub message_id: Uuid,
+    pub status: String,
+    /// `true` when an earlier request with the same Idempotency-Key is answered again.
+    pub repeated: bool,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            let raw = v
+                .to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))?;
+            IdempotencyKey::parse(raw)
+                .map_err(|e| ApiError::invalid("Idempotency-Key", e.to_string()))
+        })
+        .transpose()
+}
+
+async fn trigger(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<TriggerRequest>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let subscription = super::subscriptions::find(&state, &caller, &id).await?;
+    let locale = body
+        .locale
+        .as_deref()
+        .map(|l| Locale::parse(l).map_err(|e| ApiError::invalid("locale", e.to_string())))
+        .transpose()?;
+    let key = messaging_core::values::SubscriptionKey::parse(&subscription.key)
+        .map_err(|e| ApiError::invalid("subscriptionId", e.to_string()))?;
+    let request = NotifyRequest {
+        version: EnvelopeVersion,
+        tenant: tenant_key(&caller)?,
+        idempotency_key: idempotency_key(&headers)?,
+        to: Recipients::Subscription(key),
+        content: Content::Template(TemplateContent {
+            subscription: None,
+            data: body.event_parameters,
+            locale,
+        }),
+        channels: None,
+        mode: None,
+        expires_at: None,
+    };
+    accept(&state, &caller, request, Some(subscription.id)).await
+}
+
+async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<DirectMessageRequest>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let users = body
+        .user_ids
+        .iter()
+        .map(|u| UserId::parse(u).map_err(|e| ApiError::invalid("userIds", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = NotifyRequest {
+        version: EnvelopeVersion,
+        tenant: tenant_key(&caller)?,
+        idempotency_key: idempotency_key(&headers)?,
+        to: Recipients::Users(users),
+        content: body.content,
+        channels: body.channels,
+        mode: body.mode,
+        expires_at: body.expires_at,
+    };
+    request.validate().map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid message",
+            e.reason,
+        )
+    })?;
+    accept(&state, &caller, request, None).await
+}
+
+fn tenant_key(caller: &Caller) -> Result<TenantKey, ApiError> {
+    TenantKey::parse(&caller.tenant()?.key).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Stores the message with its outbox row in one transaction and answers 202.
+async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    request: NotifyRequest,
+    subscription_id: Option<Uuid>,
+) -> Result<Response, ApiError> {
+    let tenant = caller.tenant()?;
+    let encoded: Value =
+        serde_json::from_slice(&Ingress::Notify(request.clone()).encode()).unwrap_or_default();
+    let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
+    let (message, new) = messages::accept(
+        &mut tx,
+        NewMessage {
+            tenant_id: tenant.id,
+            idempotency_key: request.idempotency_key.as_ref().map(|k| k.as_str()),
+            source: "api",
+            subscription_id,
+            request: &encoded,
+            exchange: &state.names.ingress_exchange(),
+            routing_key: "api",
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    if new {
+        tracing::info!(message_id = %message.id, tenant = %tenant.key, actor = %caller.actor, "message accepted");
+    }
+    let location = format!("/api/messaging/messages/{}", message.id);
+    let body = Accepted {
+        message_id: message.id,
+        status: message.status,
+        repeated: !new,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    pub message_id: Uuid,
+    pub status: String,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    pub request: Value,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// One recipient's delivery on one channel, with its R4 class when it failed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub delivery_id: Uuid,
+    pub user_id: Option<String>,
+    pub channel: Option<String>,
+    pub address: Option<String>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Value>,
+    pub attempts: i32,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub modified_at: DateTime<Utc>,
+}
+
+impl From<deliveries::Delivery> for DeliveryView {
+    fn from(d: deliveries::Delivery) -> Self {
+        let failure = d.failure_class.as_ref().map(|class| {
+            serde_json::json!({"class": class, "code": d.failure_code, "message": d.failure_message})
+        });
+        DeliveryView {
+            delivery_id: d.id,
+            user_id: d.user_external_id,
+            channel: d.channel,
+            address: d.address,
+            status: d.status,
+            failure,
+            attempts: d.attempts,
+            sent_at: d.sent_at,
+            modified_at: d.updated_at,
+        }
+    }
+}
+
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<MessageView>, ApiError> {
+    caller.require_admin()?;
+    let tenant = caller.tenant()?;
+    let message = messages::by_id(&state.pool, tenant.id, id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("message"),
+            other => other.into(),
+        })?;
+    let deliveries = deliveries::for_message(&state.pool, tenant.id, id).await?;
+    let error = message
+        .error_code
+        .as_ref()
+        .map(|code| serde_json::json!({"code": code, "message": message.error_message}));
+    Ok(Json(MessageView {
+        message_id: message.id,
+        status: message.status,
+        source: message.source,
+        created_at: message.created_at,
+        completed_at: message.completed_at,
+        error,
+        request: message.request,
+        deliveries: deliveries.into_iter().map(Into::into).collect(),
+    }))
+}

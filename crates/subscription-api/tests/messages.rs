@@ -1,0 +1,285 @@
+//! Triggers and direct messages: stored with their outbox row, relayed to the real broker
+//! with confirms, and kept through a broker outage.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use herald_runtime::amqp::{Broker, Publisher, Topology};
+use herald_runtime::config::{AmqpConfig, Secret};
+use herald_testkit::broker::{Inspector, amqp_url};
+use messaging_core::ingress::{Content, Ingress, Recipients};
+use serde_json::json;
+use sqlx::PgPool;
+use subscription_api::relay::OutboxRelay;
+use support::TestApp;
+
+async fn setup(pool: PgPool) -> (TestApp, String) {
+    let app = TestApp::new(pool).await;
+    app.tenant("acme").await;
+    let admin = app.key(Some("acme"), "tenant_admin", None).await;
+    app.call(
+        "POST",
+        "/api/messaging/subscriptions",
+        Some(&admin),
+        Some(json!({"subscriptionId": "orders", "label": "Orders"})),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    (app, admin)
+}
+
+fn amqp(app: &TestApp, url: &str) -> AmqpConfig {
+    AmqpConfig {
+        url: Secret::new(url.to_owned()),
+        prefix: app.names.prefix().to_owned(),
+        publish_timeout_ms: 500,
+        reconnect_max_ms: 200,
+        ..AmqpConfig::default()
+    }
+}
+
+async fn unpublished(pool: &PgPool) -> i64 {
+    herald_storage::outbox::backlog(pool).await.unwrap()
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_trigger_is_accepted_stored_and_relayed_to_the_ingress_exchange(pool: PgPool) {
+    let (app, admin) = setup(pool.clone()).await;
+    let config = amqp(&app, &amqp_url());
+    let topology = Topology::from_config(&config);
+    let inspector = Inspector::connect().await;
+    topology.declare(inspector.connection()).await.unwrap();
+
+    let response = app
+        .call(
+            "POST",
+            "/api/messaging/trigger/orders",
+            Some(&admin),
+            Some(json!({"eventParameters": {"order": 42}, "locale": "de-CH"})),
+        )
+        .await;
+    let message_id = response.expect(StatusCode::ACCEPTED)["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(unpublished(&pool).await, 1);
+
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        Publisher::new(Broker::new(config.clone(), "test"), "outbox"),
+    );
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    assert_eq!(unpublished(&pool).await, 0);
+
+    let got = inspector
+        .wait_get(&app.names.ingress_queue(), Duration::from_secs(10))
+        .await
+        .expect("in the ingress queue");
+    assert_eq!(
+        got.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string()),
+        Some(message_id.clone())
+    );
+    let Ingress::Notify(request) = Ingress::decode(&got.delivery.data).unwrap() else {
+        panic!("not a notify request")
+    };
+    assert_eq!(request.tenant.as_str(), "acme");
+    assert!(matches!(&request.to, Recipients::Subscription(s) if s.as_str() == "orders"));
+    let Content::Template(template) = &request.content else {
+        panic!("template content")
+    };
+    assert_eq!(template.data["order"], 42);
+    assert_eq!(template.locale.as_ref().map(|l| l.as_str()), Some("de-CH"));
+
+    let read = app
+        .call(
+            "GET",
+            &format!("/api/messaging/messages/{message_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let body = read.expect(StatusCode::OK);
+    assert_eq!(body["status"], "accepted");
+    assert_eq!(
+        body["deliveries"],
+        json!([]),
+        "no deliveries until the router fans it out"
+    );
+    topology.delete(inspector.channel()).await.unwrap();
+    inspector.close().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_repeated_idempotency_key_returns_the_first_message(pool: PgPool) {
+    let (app, admin) = setup(pool.clone()).await;
+    let trigger = || {
+        app.call_with(
+            "POST",
+            "/api/messaging/trigger/orders",
+            Some(&admin),
+            &[("idempotency-key", "order-42-shipped")],
+            Some(json!({"eventParameters": {}}).to_string()),
+        )
+    };
+    let first = trigger().await;
+    let first = first.expect(StatusCode::ACCEPTED).clone();
+    let second = trigger().await;
+    let second = second.expect(StatusCode::ACCEPTED);
+    assert_eq!(first["messageId"], second["messageId"]);
+    assert_eq!(
+        (first["repeated"].as_bool(), second["repeated"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(unpublished(&pool).await, 1, "one message, one outbox row");
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_message_accepted_while_the_broker_is_unreachable_is_published_once_it_is_back(
+    pool: PgPool,
+) {
+    let (app, admin) = setup(pool.clone()).await;
+    let response = app
+        .call(
+            "POST",
+            "/api/messaging/messages",
+            Some(&admin),
+            Some(json!({"userIds": ["u-1"], "content": {"direct": {"body": "Hello"}}})),
+        )
+        .await;
+    let message_id = response.expect(StatusCode::ACCEPTED)["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Nothing listens on port 1: the relay cannot publish, and the row stays.
+    let down = OutboxRelay::new(
+        pool.clone(),
+        Publisher::new(
+            Broker::new(amqp(&app, "amqp://guest:guest@127.0.0.1:1/%2f"), "test"),
+            "outbox",
+        ),
+    );
+    assert!(down.relay_once().await.is_err());
+    assert_eq!(
+        unpublished(&pool).await,
+        1,
+        "the accepted message waits in the outbox"
+    );
+
+    let config = amqp(&app, &amqp_url());
+    let topology = Topology::from_config(&config);
+    let inspector = Inspector::connect().await;
+    topology.declare(inspector.connection()).await.unwrap();
+    let up = OutboxRelay::new(
+        pool.clone(),
+        Publisher::new(Broker::new(config, "test"), "outbox"),
+    );
+    assert_eq!(up.relay_once().await.unwrap(), 1);
+    let got = inspector
+        .wait_get(&app.names.ingress_queue(), Duration::from_secs(10))
+        .await
+        .expect("published");
+    assert_eq!(
+        got.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string()),
+        Some(message_id)
+    );
+    assert_eq!(unpublished(&pool).await, 0);
+    topology.delete(inspector.channel()).await.unwrap();
+    inspector.close().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn only_admins_trigger_and_bad_requests_are_refused(pool: PgPool) {
+    let (app, admin) = setup(pool.clone()).await;
+    let user = app.key(Some("acme"), "user", Some("u-1")).await;
+    app.call(
+        "POST",
+        "/api/messaging/trigger/orders",
+        Some(&user),
+        Some(json!({"eventParameters": {}})),
+    )
+    .await
+    .expect_problem(StatusCode::FORBIDDEN, None);
+    app.call(
+        "POST",
+        "/api/messaging/messages",
+        Some(&user),
+        Some(json!({"userIds": ["u-1"], "content": {"direct": {"body": "x"}}})),
+    )
+    .await
+    .expect_problem(StatusCode::FORBIDDEN, None);
+    app.call(
+        "POST",
+        "/api/messaging/trigger/nothing",
+        Some(&admin),
+        Some(json!({"eventParameters": {}})),
+    )
+    .await
+    .expect_problem(StatusCode::NOT_FOUND, None);
+    app.call(
+        "POST",
+        "/api/messaging/trigger/orders",
+        Some(&admin),
+        Some(json!({"eventParameters": [1, 2]})),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
+    app.call(
+        "POST",
+        "/api/messaging/messages",
+        Some(&admin),
+        Some(json!({"userIds": [], "content": {"direct": {"body": "x"}}})),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
+    app.call(
+        "POST",
+        "/api/messaging/messages",
+        Some(&admin),
+        Some(json!({"userIds": ["u"], "content": {"template": {"data": {}}}})),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
+    app.call_with(
+        "POST",
+        "/api/messaging/trigger/orders",
+        Some(&admin),
+        &[("idempotency-key", "")],
+        Some("{}".into()),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key"));
+    assert_eq!(unpublished(&pool).await, 0, "nothing refused was stored");
+    app.tenant("globex").await;
+    let other = app.key(Some("globex"), "tenant_admin", None).await;
+    let accepted = app
+        .call(
+            "POST",
+            "/api/messaging/trigger/orders",
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    let id = accepted.expect(StatusCode::ACCEPTED)["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.call(
+        "GET",
+        &format!("/api/messaging/messages/{id}"),
+        Some(&other),
+        None,
+    )
+    .await
+    .expect_problem(StatusCode::NOT_FOUND, None);
+}

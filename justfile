@@ -33,6 +33,10 @@ run SERVICE:
 test *ARGS:
     scripts/test.sh {{ARGS}}
 
+# Create a tenant (when named) and print a new global admin API key: just bootstrap --tenant acme
+bootstrap *ARGS:
+    cargo run -q -p subscription-api -- bootstrap {{ARGS}}
+
 # Publish a message file to the ingress exchange (checked locally first).
 publish FILE:
     cargo run -q -p herald-cli -- publish {{FILE}}

@@ -14,14 +14,19 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    pub fn new(limit: Option<i64>, cursor: Option<&str>) -> Result<PageRequest, String> {
+    /// Errors name the query parameter at fault and why.
+    pub fn new(
+        limit: Option<i64>,
+        cursor: Option<&str>,
+    ) -> Result<PageRequest, (&'static str, String)> {
         let limit = limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(format!("limit must be between 1 and {MAX_LIMIT}"));
+            return Err(("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
         }
         let after = cursor
             .map(|c| {
-                Uuid::parse_str(c).map_err(|_| "cursor is not one this API returned".to_owned())
+                Uuid::parse_str(c)
+                    .map_err(|_| ("cursor", "cursor is not one this API returned".to_owned()))
             })
             .transpose()?;
         Ok(PageRequest { limit, after })

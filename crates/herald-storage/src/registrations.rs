@@ -144,6 +144,7 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Resul
 /// channel (and address). Returns how many were removed.
 pub async fn unsubscribe(
     db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
     subscription_id: Uuid,
     user_id: Uuid,
     channel: Option<&str>,
@@ -151,12 +152,14 @@ pub async fn unsubscribe(
 ) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM registrations WHERE subscription_id = $1 AND user_id = $2
-           AND ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR address = $4)",
+           AND ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR address = $4)
+           AND tenant_id = $5",
     )
     .bind(subscription_id)
     .bind(user_id)
     .bind(channel)
     .bind(address)
+    .bind(tenant_id)
     .execute(db)
     .await?;
     Ok(done.rows_affected())

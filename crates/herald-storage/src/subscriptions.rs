@@ -96,13 +96,14 @@ pub struct SubscriptionUpdate<'a> {
 
 pub async fn update(
     db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
     id: Uuid,
     change: SubscriptionUpdate<'_>,
 ) -> Result<Subscription, StoreError> {
     Ok(sqlx::query_as(
         "UPDATE subscriptions SET label = $2, description = $3, enabled = $4, fallback_locale = $5,
              updated_by = $6, updated_at = now()
-         WHERE id = $1 RETURNING *",
+         WHERE id = $1 AND tenant_id = $7 RETURNING *",
     )
     .bind(id)
     .bind(change.label)
@@ -110,13 +111,15 @@ pub async fn update(
     .bind(change.enabled)
     .bind(change.fallback_locale)
     .bind(change.actor)
+    .bind(tenant_id)
     .fetch_one(db)
     .await?)
 }
 
-pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), StoreError> {
-    let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<(), StoreError> {
+    let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1 AND tenant_id = $2")
         .bind(id)
+        .bind(tenant_id)
         .execute(db)
         .await?;
     if done.rows_affected() == 0 {

@@ -32,12 +32,19 @@ pub struct AuthConfig {
 pub struct LimitsConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Requests per minute one caller (one key or token subject) makes to the subscription
+    /// and registration routes (R18).
+    pub caller_per_minute: u32,
+    /// Triggers per minute of one subscription (R18).
+    pub trigger_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_body_bytes: 256 * 1024,
+            caller_per_minute: 60,
+            trigger_per_minute: 60,
         }
     }
 }

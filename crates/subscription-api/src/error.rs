@@ -12,6 +12,8 @@ pub struct ApiError {
     pub detail: String,
     /// The request field at fault, for validation errors.
     pub field: Option<String>,
+    /// Seconds for the `Retry-After` header of a 429.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +34,7 @@ impl ApiError {
             title,
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -111,11 +114,15 @@ impl IntoResponse for ApiError {
             field: self.field.as_deref(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
+        let response = (
             self.status,
             [("content-type", "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        match self.retry_after {
+            Some(seconds) => crate::limits::with_retry_after(response, seconds),
+            None => response,
+        }
     }
 }

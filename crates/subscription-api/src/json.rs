@@ -1,8 +1,10 @@
-//! A JSON body extractor whose rejections are problem documents naming what is wrong.
+//! Extractors whose rejections are problem documents naming what is wrong: JSON bodies,
+//! query strings and path parameters.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -33,5 +35,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 other => ApiError::bad_request(other.body_text()),
             }),
         }
+    }
+}
+
+/// Query parameters; a bad one is a 400 problem naming it.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Invalid query", e.body_text()))
+    }
+}
+
+/// Path parameters; one that cannot be an id of ours names nothing that exists: 404.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "Not found", e.body_text()))
     }
 }

@@ -9,6 +9,7 @@
 //! - [`error`]: every error as `application/problem+json`, naming the field when there is one.
 //! - [`json`]: the JSON body extractor whose rejections are problem documents too.
 //! - [`routes`]: one router per resource, merged in `routes::router`.
+//! - [`limits`]: R18's request rate limits, answered with 429 and Retry-After.
 //! - [`relay`]: the outbox relay that publishes accepted messages with confirms.
 
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod json;
+pub mod limits;
 pub mod relay;
 pub mod routes;
 pub mod startup;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{JwtKeys, KeyError};
 use crate::config::{ApiConfig, LimitsConfig};
 use crate::error::ApiError;
+use crate::limits::RateLimits;
 use crate::relay::OutboxRelay;
 use crate::routes;
 
@@ -28,13 +29,21 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     /// Exchange and queue names under the configured prefix.
     pub names: Names,
+    pub limits: Arc<RateLimits>,
 }
 
 /// The API routes with their limits; `/healthz`, `/readyz`, `/metrics` are added by the
 /// runtime.
 pub fn app(state: AppState, limits: &LimitsConfig) -> Router {
-    routes::router()
+    routes::router(state.clone())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
 }
@@ -61,6 +70,7 @@ pub async fn serve() -> Result<(), StartError> {
         pool: pool.clone(),
         jwt: Arc::new(JwtKeys::from_config(&config.auth)?),
         names: service.topology.names().clone(),
+        limits: RateLimits::new(&config.api),
     };
     service
         .health

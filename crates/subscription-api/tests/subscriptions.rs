@@ -764,7 +764,7 @@ async fn lists_page_with_a_cursor(pool: PgPool) {
         None,
     )
     .await
-    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("cursor"));
 }
 
 #[sqlx::test(migrations = "../../migrations")]
@@ -823,4 +823,131 @@ async fn a_database_outage_answers_503_saying_so(pool: PgPool) {
             .unwrap()
             .contains("Database")
     );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_caller_over_the_rate_limit_gets_429_with_retry_after(pool: PgPool) {
+    use subscription_api::config::LimitsConfig;
+    let app = TestApp::with_limits(
+        pool,
+        LimitsConfig {
+            max_body_bytes: 16 * 1024,
+            caller_per_minute: 3,
+            trigger_per_minute: 2,
+        },
+    )
+    .await;
+    app.tenant("acme").await;
+    let admin = app.key(Some("acme"), "tenant_admin", None).await;
+    let other = app.key(Some("acme"), "tenant_admin", None).await;
+    app.call(
+        "POST",
+        "/api/messaging/subscriptions",
+        Some(&admin),
+        Some(new_subscription("orders")),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    app.call("GET", "/api/messaging/subscriptions", Some(&admin), None)
+        .await
+        .expect(StatusCode::OK);
+    app.call("GET", "/api/messaging/registrations", Some(&admin), None)
+        .await
+        .expect(StatusCode::OK);
+    let limited = app
+        .call_with(
+            "GET",
+            "/api/messaging/subscriptions",
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    limited.expect_problem(StatusCode::TOO_MANY_REQUESTS, None);
+    let wait = limited.retry_after.expect("Retry-After");
+    assert!(
+        (1..=20).contains(&wait),
+        "one token of 3/min comes back within 20 s: {wait}"
+    );
+    app.call("GET", "/api/messaging/subscriptions", Some(&other), None)
+        .await
+        .expect(StatusCode::OK);
+
+    // Triggers are limited per subscription, whoever triggers.
+    for key in [&admin, &other] {
+        app.call(
+            "POST",
+            "/api/messaging/trigger/orders",
+            Some(key),
+            Some(json!({})),
+        )
+        .await
+        .expect(StatusCode::ACCEPTED);
+    }
+    app.call(
+        "POST",
+        "/api/messaging/trigger/orders",
+        Some(&other),
+        Some(json!({})),
+    )
+    .await
+    .expect_problem(StatusCode::TOO_MANY_REQUESTS, None);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn bad_queries_paths_and_methods_get_problem_documents_too(pool: PgPool) {
+    let (app, admin) = app_with_acme(pool).await;
+    app.call(
+        "GET",
+        "/api/messaging/subscriptions?limit=many",
+        Some(&admin),
+        None,
+    )
+    .await
+    .expect_problem(StatusCode::BAD_REQUEST, None);
+    app.call(
+        "GET",
+        "/api/messaging/registrations?colour=red",
+        Some(&admin),
+        None,
+    )
+    .await
+    .expect_problem(StatusCode::BAD_REQUEST, None);
+    app.call(
+        "DELETE",
+        "/api/messaging/registrations/not-a-uuid",
+        Some(&admin),
+        None,
+    )
+    .await
+    .expect_problem(StatusCode::NOT_FOUND, None);
+    app.call("PATCH", "/api/messaging/subscriptions", Some(&admin), None)
+        .await
+        .expect_problem(StatusCode::METHOD_NOT_ALLOWED, None);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn relabelling_a_disabled_subscription_keeps_it_disabled(pool: PgPool) {
+    let (app, admin) = app_with_acme(pool).await;
+    let mut body = new_subscription("orders");
+    body["enabled"] = json!(false);
+    app.call(
+        "POST",
+        "/api/messaging/subscriptions",
+        Some(&admin),
+        Some(body),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let changed = app
+        .call(
+            "PUT",
+            "/api/messaging/subscriptions/orders",
+            Some(&admin),
+            Some(json!({"label": "Orders"})),
+        )
+        .await;
+    let changed = changed.expect(StatusCode::OK);
+    assert_eq!(changed["enabled"], false);
+    assert_eq!(changed["description"], "When an order changes");
 }

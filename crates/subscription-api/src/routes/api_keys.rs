@@ -3,7 +3,7 @@
 //! A tenant admin manages its tenant's keys (roles `tenant_admin` and `user`). A global admin
 //! manages a tenant's keys with the `Herald-Tenant` header, or the global admin keys without.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::check_text;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiPath};
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -159,7 +159,7 @@ async fn list(
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let tenant_id = scope(&caller)?;
     api_keys::revoke(&state.pool, tenant_id, id)

@@ -2,7 +2,7 @@
 //! `202 Accepted` once the request is stored with its outbox row. An `Idempotency-Key`
 //! header makes a repeat return the first message instead of sending again (R44).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiPath};
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -82,12 +82,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 async fn trigger(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<TriggerRequest>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let subscription = super::subscriptions::find(&state, &caller, &id).await?;
+    state
+        .limits
+        .trigger(subscription.tenant_id, &subscription.key)?;
     let locale = body
         .locale
         .as_deref()
@@ -242,7 +245,7 @@ impl From<deliveries::Delivery> for DeliveryView {
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<MessageView>, ApiError> {
     caller.require_admin()?;
     let tenant = caller.tenant()?;

@@ -13,12 +13,19 @@ pub mod registrations;
 pub mod subscriptions;
 pub mod tenants;
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
+    // R18: the per-caller limit covers the subscription and registration routes.
+    let limited = Router::new()
+        .merge(subscriptions::router())
+        .merge(registrations::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::limits::per_caller,
+        ));
     Router::new().nest(
         "/api/messaging",
         Router::new()
-            .merge(subscriptions::router())
-            .merge(registrations::router())
+            .merge(limited)
             .merge(tenants::router())
             .merge(api_keys::router())
             .merge(messages::router()),
@@ -36,7 +43,7 @@ pub struct Paging {
 impl Paging {
     pub fn request(&self) -> Result<PageRequest, ApiError> {
         PageRequest::new(self.limit, self.cursor.as_deref())
-            .map_err(|e| ApiError::invalid("limit", e))
+            .map_err(|(field, e)| ApiError::invalid(field, e))
     }
 }
 

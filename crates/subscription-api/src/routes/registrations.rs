@@ -1,6 +1,6 @@
 //! `/registrations` (R12, R16, R17): a user manages only their own; admins all of the tenant's.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::Paging;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -101,7 +101,7 @@ pub struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<RegistrationView>>, ApiError> {
     let tenant = caller.tenant()?;
     let paging = Paging {
@@ -166,7 +166,7 @@ pub struct RegistrationChange {
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<RegistrationChange>,
 ) -> Result<Json<RegistrationView>, ApiError> {
     let registration = owned(&state, &caller, id).await?;
@@ -181,7 +181,7 @@ async fn update(
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let registration = owned(&state, &caller, id).await?;
     registrations::delete(&state.pool, registration.tenant_id, id).await?;

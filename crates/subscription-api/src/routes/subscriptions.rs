@@ -3,7 +3,7 @@
 //!
 //! Only a global admin creates, changes or deletes a system subscription (R11, R16).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -19,7 +19,7 @@ use super::registrations::{RegistrationView, subscriber};
 use super::{Paging, check_text};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -94,15 +94,16 @@ pub struct NewSubscriptionRequest {
     pub fallback_locale: Option<String>,
 }
 
-/// PUT replaces the changeable fields; the id and the system flag are fixed.
+/// PUT sets the label and whatever else it names; omitted fields keep their value (so a
+/// relabelling never re-enables a disabled subscription). The id and system flag are fixed.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionChange {
     pub label: String,
     #[serde(default)]
-    pub description: String,
-    #[serde(default = "yes")]
-    pub enabled: bool,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
     #[serde(default)]
     pub fallback_locale: Option<String>,
 }
@@ -142,7 +143,7 @@ fn may_change(caller: &Caller, subscription: &Subscription) -> Result<(), ApiErr
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(paging): Query<Paging>,
+    ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Json<Page<SubscriptionView>>, ApiError> {
     let tenant = caller.tenant()?;
     let page = subscriptions::list(&state.pool, tenant.id, paging.request()?).await?;
@@ -195,7 +196,7 @@ async fn create(
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(find(&state, &caller, &id).await?.into()))
 }
@@ -203,7 +204,7 @@ async fn read(
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SubscriptionChange>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let subscription = find(&state, &caller, &id).await?;
@@ -215,11 +216,15 @@ async fn update(
     };
     let updated = subscriptions::update(
         &state.pool,
+        subscription.tenant_id,
         subscription.id,
         SubscriptionUpdate {
             label: body.label.trim(),
-            description: &body.description,
-            enabled: body.enabled,
+            description: body
+                .description
+                .as_deref()
+                .unwrap_or(&subscription.description),
+            enabled: body.enabled.unwrap_or(subscription.enabled),
             fallback_locale: locale.as_str(),
             actor: &caller.actor,
         },
@@ -231,11 +236,11 @@ async fn update(
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let subscription = find(&state, &caller, &id).await?;
     may_change(&caller, &subscription)?;
-    subscriptions::delete(&state.pool, subscription.id).await?;
+    subscriptions::delete(&state.pool, subscription.tenant_id, subscription.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -243,8 +248,8 @@ async fn remove(
 async fn list_registrations(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(paging): Query<Paging>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Json<Page<RegistrationView>>, ApiError> {
     let subscription = find(&state, &caller, &id).await?;
     let mut filter = Filter {
@@ -289,7 +294,7 @@ pub struct SubscribeRequest {
 async fn subscribe(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SubscribeRequest>,
 ) -> Result<(StatusCode, Json<RegistrationView>), ApiError> {
     let subscription = find(&state, &caller, &id).await?;
@@ -330,8 +335,8 @@ pub struct UnsubscribeQuery {
 async fn unsubscribe(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(query): Query<UnsubscribeQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UnsubscribeQuery>,
 ) -> Result<StatusCode, ApiError> {
     let subscription = find(&state, &caller, &id).await?;
     let person = subscriber(&caller, query.user_id.as_deref())?;
@@ -354,6 +359,7 @@ async fn unsubscribe(
         };
     let removed = registrations::unsubscribe(
         &state.pool,
+        subscription.tenant_id,
         subscription.id,
         user.id,
         channel.map(|c| c.as_str()),

@@ -30,11 +30,25 @@ pub struct TestApp {
 pub struct Response {
     pub status: StatusCode,
     pub content_type: String,
+    pub retry_after: Option<u64>,
     pub body: Value,
 }
 
 impl TestApp {
+    /// Rate limits high enough that only the rate-limit tests meet them.
     pub async fn new(pool: PgPool) -> TestApp {
+        Self::with_limits(
+            pool,
+            LimitsConfig {
+                max_body_bytes: 16 * 1024,
+                caller_per_minute: 10_000,
+                trigger_per_minute: 10_000,
+            },
+        )
+        .await
+    }
+
+    pub async fn with_limits(pool: PgPool, limits: LimitsConfig) -> TestApp {
         let jwt = JwtKeys::from_config(&AuthConfig {
             jwt_hs256_secret: Secret::new(JWT_SECRET.into()),
             ..AuthConfig::default()
@@ -46,13 +60,9 @@ impl TestApp {
             pool: pool.clone(),
             jwt: Arc::new(jwt),
             names: names.clone(),
+            limits: subscription_api::limits::RateLimits::new(&limits),
         };
-        let router = subscription_api::startup::app(
-            state,
-            &LimitsConfig {
-                max_body_bytes: 16 * 1024,
-            },
-        );
+        let router = subscription_api::startup::app(state, &limits);
         TestApp {
             router,
             pool,
@@ -124,6 +134,11 @@ impl TestApp {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let body = if bytes.is_empty() {
             Value::Null
@@ -134,6 +149,7 @@ impl TestApp {
         Response {
             status,
             content_type,
+            retry_after,
             body,
         }
     }

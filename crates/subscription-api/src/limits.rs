@@ -1,0 +1,92 @@
+//! Request rate limits (R18): per caller on the subscription and registration routes, per
+//! subscription on triggers. Over the limit: 429 with `Retry-After`.
+//!
+//! The buckets live in each replica's memory, so N replicas allow up to N times the rate.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub struct RateLimits {
+    callers: DefaultKeyedRateLimiter<String>,
+    triggers: DefaultKeyedRateLimiter<(Uuid, String)>,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+impl RateLimits {
+    pub fn new(config: &LimitsConfig) -> Arc<RateLimits> {
+        Arc::new(RateLimits {
+            callers: RateLimiter::keyed(per_minute(config.caller_per_minute)),
+            triggers: RateLimiter::keyed(per_minute(config.trigger_per_minute)),
+        })
+    }
+
+    /// One trigger of a subscription, or the 429 to answer.
+    pub fn trigger(&self, tenant: Uuid, subscription: &str) -> Result<(), ApiError> {
+        self.triggers
+            .check_key(&(tenant, subscription.to_owned()))
+            .map_err(|not_until| {
+                too_many(
+                    not_until.wait_time_from(DefaultClock::default().now()),
+                    "triggers of this subscription",
+                )
+            })
+    }
+}
+
+fn too_many(wait: std::time::Duration, what: &str) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError {
+        retry_after: Some(seconds.max(1)),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            format!("too many {what}; try again in {seconds} s"),
+        )
+    }
+}
+
+/// Middleware for the subscription and registration routes. The key is a hash of the
+/// credential, so it is per caller without a database lookup; requests without one are left
+/// to authentication to refuse.
+pub async fn per_caller(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let credential = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .or_else(|| request.headers().get("x-api-key"))
+        .and_then(|v| v.to_str().ok());
+    if let Some(credential) = credential {
+        let key = hex::encode(&Sha256::digest(credential.as_bytes())[..16]);
+        if let Err(not_until) = state.limits.callers.check_key(&key) {
+            return too_many(
+                not_until.wait_time_from(DefaultClock::default().now()),
+                "requests from this caller",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Adds `Retry-After` to a 429 problem response.
+pub fn with_retry_after(mut response: Response, seconds: u64) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}

@@ -212,6 +212,8 @@ pub struct MessageView {
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryView {
     pub delivery_id: Uuid,
+    pub message_id: Uuid,
+    pub subscription_id: Option<String>,
     pub user_id: Option<String>,
     pub channel: Option<String>,
     pub address: Option<String>,
@@ -230,6 +232,8 @@ impl From<deliveries::Delivery> for DeliveryView {
         });
         DeliveryView {
             delivery_id: d.id,
+            message_id: d.message_id,
+            subscription_id: d.subscription_key,
             user_id: d.user_external_id,
             channel: d.channel,
             address: d.address,

@@ -8,6 +8,7 @@ use crate::startup::AppState;
 use herald_storage::page::PageRequest;
 
 pub mod api_keys;
+pub mod deliveries;
 pub mod messages;
 pub mod registrations;
 pub mod subscriptions;
@@ -28,7 +29,8 @@ pub fn router(state: AppState) -> Router<AppState> {
             .merge(limited)
             .merge(tenants::router())
             .merge(api_keys::router())
-            .merge(messages::router()),
+            .merge(messages::router())
+            .merge(deliveries::router()),
     )
 }
 

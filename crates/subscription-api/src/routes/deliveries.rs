@@ -1,0 +1,138 @@
+//! `/deliveries` (R15, R16, R17): delivery records with filters and pagination. Admins read
+//! the tenant's; a user reads only their own.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use herald_storage::deliveries::{self, Filter};
+use herald_storage::page::Page;
+use herald_storage::{StoreError, subscriptions, users};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::Paging;
+use super::messages::DeliveryView;
+use super::registrations::{parse_channel, subscriber};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::{ApiPath, ApiQuery};
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/deliveries", get(list))
+        .route("/deliveries/{delivery_id}", get(read))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryQuery {
+    #[serde(default)]
+    pub subscription_id: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// `pending`, `sent` or `failed`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Created at or after this time.
+    #[serde(default)]
+    pub from: Option<DateTime<Utc>>,
+    /// Created before this time.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// An empty page: the filter names someone or something with no deliveries at all.
+fn nothing() -> Json<Page<DeliveryView>> {
+    Json(Page {
+        items: Vec::new(),
+        next_cursor: None,
+    })
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
+) -> Result<Json<Page<DeliveryView>>, ApiError> {
+    let tenant = caller.tenant()?;
+    let page = Paging {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .request()?;
+    if let Some(status) = &query.status
+        && !matches!(status.as_str(), "pending" | "sent" | "failed")
+    {
+        return Err(ApiError::invalid(
+            "status",
+            "must be pending, sent or failed",
+        ));
+    }
+    let mut filter = Filter {
+        channel: query
+            .channel
+            .as_deref()
+            .map(parse_channel)
+            .transpose()?
+            .map(|c| c.as_str().to_owned()),
+        status: query.status,
+        from: query.from,
+        until: query.until,
+        ..Filter::default()
+    };
+    // A user always sees only their own; an admin may filter by person.
+    let person = if caller.is_admin() {
+        query
+            .user_id
+            .as_deref()
+            .map(|u| subscriber(&caller, Some(u)))
+            .transpose()?
+    } else {
+        Some(subscriber(&caller, query.user_id.as_deref())?)
+    };
+    if let Some(person) = person {
+        match users::by_external_id(&state.pool, tenant.id, person.as_str()).await {
+            Ok(user) => filter.user_id = Some(user.id),
+            Err(StoreError::NotFound) => return Ok(nothing()),
+            Err(other) => return Err(other.into()),
+        }
+    }
+    if let Some(key) = &query.subscription_id {
+        match subscriptions::by_key(&state.pool, tenant.id, key).await {
+            Ok(subscription) => filter.subscription_id = Some(subscription.id),
+            Err(StoreError::NotFound) => return Ok(nothing()),
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Ok(Json(
+        deliveries::list(&state.pool, tenant.id, &filter, page)
+            .await?
+            .map(Into::into),
+    ))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<DeliveryView>, ApiError> {
+    let tenant = caller.tenant()?;
+    let delivery = deliveries::by_id(&state.pool, tenant.id, id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("delivery"),
+            other => other.into(),
+        })?;
+    if !caller.is_admin() && caller.user_id.as_deref() != delivery.user_external_id.as_deref() {
+        return Err(ApiError::not_found("delivery"));
+    }
+    Ok(Json(delivery.into()))
+}

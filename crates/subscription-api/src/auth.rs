@@ -127,9 +127,16 @@ impl JwtKeys {
         Ok(JwtKeys {
             hs256,
             rs256,
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
+            // Compose and Kubernetes pass unset variables as empty strings: empty means unset,
+            // not "the issuer must be the empty string".
+            issuer: config.jwt_issuer.clone().filter(|i| !i.trim().is_empty()),
+            audience: config.jwt_audience.clone().filter(|a| !a.trim().is_empty()),
         })
+    }
+
+    /// Whether `token` would be accepted (signature, expiry, issuer and audience).
+    pub fn accepts(&self, token: &str) -> bool {
+        self.decode(token).is_ok()
     }
 
     fn decode(&self, token: &str) -> Result<Claims, ApiError> {

@@ -951,3 +951,27 @@ async fn relabelling_a_disabled_subscription_keeps_it_disabled(pool: PgPool) {
     assert_eq!(changed["enabled"], false);
     assert_eq!(changed["description"], "When an order changes");
 }
+
+#[test]
+fn empty_issuer_and_audience_settings_mean_unset() {
+    use herald_runtime::config::Secret;
+    use subscription_api::auth::JwtKeys;
+    use subscription_api::config::AuthConfig;
+    let keys = JwtKeys::from_config(&AuthConfig {
+        jwt_hs256_secret: Secret::new(JWT_SECRET.into()),
+        jwt_issuer: Some(String::new()),
+        jwt_audience: Some("  ".into()),
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": "a", "role": "global_admin", "exp": chrono::Utc::now().timestamp() + 60}),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert!(
+        keys.accepts(&token),
+        "a token without iss/aud is accepted when they are not configured"
+    );
+}

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, expect_row};
 use crate::secret;
 
 #[derive(Debug, Clone, FromRow)]
@@ -102,16 +102,14 @@ pub async fn revoke(
     tenant_id: Option<Uuid>,
     id: Uuid,
 ) -> Result<(), StoreError> {
-    let done = sqlx::query(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+    expect_row(
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
          WHERE id = $1 AND tenant_id IS NOT DISTINCT FROM $2",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .execute(db)
+        .await?,
     )
-    .bind(id)
-    .bind(tenant_id)
-    .execute(db)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
 }

@@ -40,3 +40,13 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
+
+/// For updates and deletes by id: no row affected means there was no such row (for this
+/// tenant).
+pub fn expect_row(done: sqlx::postgres::PgQueryResult) -> Result<(), StoreError> {
+    if done.rows_affected() == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}

@@ -46,6 +46,13 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
+    pub fn empty() -> Page<T> {
+        Page {
+            items: Vec::new(),
+            next_cursor: None,
+        }
+    }
+
     /// Cuts the extra row fetched by [`PageRequest::fetch_limit`] and sets the cursor.
     pub fn from_rows(mut rows: Vec<T>, request: PageRequest, id: impl Fn(&T) -> Uuid) -> Page<T> {
         let more = rows.len() as i64 > request.limit;

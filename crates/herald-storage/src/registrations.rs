@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, expect_row};
 use crate::page::{Page, PageRequest};
 
 /// A registration with the keys people know it by (subscription key, user's external id).
@@ -116,28 +116,22 @@ pub async fn set_enabled(
     id: Uuid,
     enabled: bool,
 ) -> Result<(), StoreError> {
-    let done = sqlx::query("UPDATE registrations SET enabled = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
+    expect_row(sqlx::query("UPDATE registrations SET enabled = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id)
         .bind(id)
         .bind(enabled)
         .execute(db)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+        .await?)
 }
 
 pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<(), StoreError> {
-    let done = sqlx::query("DELETE FROM registrations WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant_id)
-        .bind(id)
-        .execute(db)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    expect_row(
+        sqlx::query("DELETE FROM registrations WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(db)
+            .await?,
+    )
 }
 
 /// Removes a person's registrations to a subscription: all of them, or only those on one

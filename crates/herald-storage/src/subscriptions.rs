@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, expect_row};
 use crate::page::{Page, PageRequest};
 
 #[derive(Debug, Clone, FromRow)]
@@ -117,13 +117,11 @@ pub async fn update(
 }
 
 pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<(), StoreError> {
-    let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1 AND tenant_id = $2")
-        .bind(id)
-        .bind(tenant_id)
-        .execute(db)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    expect_row(
+        sqlx::query("DELETE FROM subscriptions WHERE id = $1 AND tenant_id = $2")
+            .bind(id)
+            .bind(tenant_id)
+            .execute(db)
+            .await?,
+    )
 }

@@ -7,13 +7,13 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::deliveries::{self, Filter};
 use herald_storage::page::Page;
-use herald_storage::{StoreError, subscriptions, users};
+use herald_storage::{StoreError, subscriptions};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::Paging;
 use super::messages::DeliveryView;
-use super::registrations::{parse_channel, subscriber};
+use super::registrations::{Audience, parse_channel};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::{ApiPath, ApiQuery};
@@ -49,14 +49,6 @@ pub struct DeliveryQuery {
     pub cursor: Option<String>,
 }
 
-/// An empty page: the filter names someone or something with no deliveries at all.
-fn nothing() -> Json<Page<DeliveryView>> {
-    Json(Page {
-        items: Vec::new(),
-        next_cursor: None,
-    })
-}
-
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -88,27 +80,15 @@ async fn list(
         until: query.until,
         ..Filter::default()
     };
-    // A user always sees only their own; an admin may filter by person.
-    let person = if caller.is_admin() {
-        query
-            .user_id
-            .as_deref()
-            .map(|u| subscriber(&caller, Some(u)))
-            .transpose()?
-    } else {
-        Some(subscriber(&caller, query.user_id.as_deref())?)
-    };
-    if let Some(person) = person {
-        match users::by_external_id(&state.pool, tenant.id, person.as_str()).await {
-            Ok(user) => filter.user_id = Some(user.id),
-            Err(StoreError::NotFound) => return Ok(nothing()),
-            Err(other) => return Err(other.into()),
-        }
+    match Audience::of(&state, &caller, tenant.id, query.user_id.as_deref()).await? {
+        Audience::Everyone => {}
+        Audience::Person(id) => filter.user_id = Some(id),
+        Audience::Nobody => return Ok(Json(Page::empty())),
     }
     if let Some(key) = &query.subscription_id {
         match subscriptions::by_key(&state.pool, tenant.id, key).await {
             Ok(subscription) => filter.subscription_id = Some(subscription.id),
-            Err(StoreError::NotFound) => return Ok(nothing()),
+            Err(StoreError::NotFound) => return Ok(Json(Page::empty())),
             Err(other) => return Err(other.into()),
         }
     }

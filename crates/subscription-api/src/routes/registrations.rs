@@ -71,6 +71,35 @@ pub fn subscriber(caller: &Caller, requested: Option<&str>) -> Result<UserId, Ap
     UserId::parse(raw).map_err(|e| ApiError::invalid("userId", e.to_string()))
 }
 
+/// Whose records a list shows.
+pub enum Audience {
+    Everyone,
+    Person(Uuid),
+    /// A person Herald has never seen: they have no records.
+    Nobody,
+}
+
+impl Audience {
+    /// A user sees only their own records; an admin everyone's, or those of the person
+    /// `requested` names.
+    pub async fn of(
+        state: &AppState,
+        caller: &Caller,
+        tenant_id: Uuid,
+        requested: Option<&str>,
+    ) -> Result<Audience, ApiError> {
+        let person = match (caller.is_admin(), requested) {
+            (true, None) => return Ok(Audience::Everyone),
+            _ => subscriber(caller, requested)?,
+        };
+        match users::by_external_id(&state.pool, tenant_id, person.as_str()).await {
+            Ok(user) => Ok(Audience::Person(user.id)),
+            Err(StoreError::NotFound) => Ok(Audience::Nobody),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
 pub fn parse_channel(raw: &str) -> Result<Channel, ApiError> {
     raw.parse()
         .map_err(|e: messaging_core::channel::UnknownChannel| {
@@ -109,27 +138,11 @@ async fn list(
         cursor: query.cursor,
     }
     .request()?;
-    let person = if caller.is_admin() {
-        query
-            .user_id
-            .as_deref()
-            .map(|u| subscriber(&caller, Some(u)))
-            .transpose()?
-    } else {
-        Some(subscriber(&caller, query.user_id.as_deref())?)
-    };
     let mut filter = Filter::default();
-    if let Some(person) = person {
-        match users::by_external_id(&state.pool, tenant.id, person.as_str()).await {
-            Ok(user) => filter.user_id = Some(user.id),
-            Err(StoreError::NotFound) => {
-                return Ok(Json(Page {
-                    items: Vec::new(),
-                    next_cursor: None,
-                }));
-            }
-            Err(other) => return Err(other.into()),
-        }
+    match Audience::of(&state, &caller, tenant.id, query.user_id.as_deref()).await? {
+        Audience::Everyone => {}
+        Audience::Person(id) => filter.user_id = Some(id),
+        Audience::Nobody => return Ok(Json(Page::empty())),
     }
     Ok(Json(
         registrations::list(&state.pool, tenant.id, filter, paging)

@@ -15,7 +15,7 @@ use herald_storage::{StoreError, users};
 use messaging_core::values::{Locale, SubscriptionKey};
 use serde::{Deserialize, Serialize};
 
-use super::registrations::{RegistrationView, subscriber};
+use super::registrations::{Audience, RegistrationView, subscriber};
 use super::{Paging, check_text};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -256,18 +256,11 @@ async fn list_registrations(
         subscription_id: Some(subscription.id),
         user_id: None,
     };
-    if !caller.is_admin() {
-        let own = caller.user_id.as_deref().unwrap_or_default();
-        match users::by_external_id(&state.pool, subscription.tenant_id, own).await {
-            Ok(user) => filter.user_id = Some(user.id),
-            Err(StoreError::NotFound) => {
-                return Ok(Json(Page {
-                    items: Vec::new(),
-                    next_cursor: None,
-                }));
-            }
-            Err(other) => return Err(other.into()),
-        }
+    // Admins see every registration of the subscription; a user only their own.
+    match Audience::of(&state, &caller, subscription.tenant_id, None).await? {
+        Audience::Everyone => {}
+        Audience::Person(id) => filter.user_id = Some(id),
+        Audience::Nobody => return Ok(Json(Page::empty())),
     }
     let page = registrations::list(
         &state.pool,

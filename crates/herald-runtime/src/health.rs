@@ -29,6 +29,10 @@ pub trait ReadinessCheck: Send + Sync + 'static {
 pub struct Health {
     components: Arc<Mutex<BTreeMap<String, ComponentState>>>,
     checks: Arc<Mutex<Vec<Arc<dyn ReadinessCheck>>>>,
+    /// Components reported in `/readyz` that do not make the service unready: the service
+    /// keeps doing its job without them (the API accepts work into its outbox while the
+    /// broker is down).
+    advisory: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -67,6 +71,14 @@ impl Health {
             .remove(component);
     }
 
+    /// Reports `component` without letting it gate readiness.
+    pub fn mark_advisory(&self, component: &str) {
+        self.advisory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(component.to_owned());
+    }
+
     pub fn add_check(&self, check: Arc<dyn ReadinessCheck>) {
         self.checks
             .lock()
@@ -98,8 +110,15 @@ impl Health {
             };
             components.insert(check.name().to_owned(), state);
         }
+        let advisory = self
+            .advisory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         Report {
-            ready: components.values().all(|c| c.ready),
+            ready: components
+                .iter()
+                .all(|(name, c)| c.ready || advisory.contains(name)),
             components,
         }
     }
@@ -177,5 +196,18 @@ mod tests {
         let report = health.report().await;
         assert!(!report.ready);
         assert_eq!(report.components["database"].detail, "connection refused");
+    }
+
+    #[tokio::test]
+    async fn an_advisory_component_is_reported_but_does_not_gate_readiness() {
+        let health = Health::new();
+        health.mark_advisory("amqp:broker");
+        health.set("amqp:broker", false, "connection lost");
+        let report = health.report().await;
+        assert!(report.ready);
+        assert!(
+            !report.components["amqp:broker"].ready,
+            "still shown as it is"
+        );
     }
 }

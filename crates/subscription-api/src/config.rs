@@ -32,8 +32,9 @@ pub struct AuthConfig {
 pub struct LimitsConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Requests per minute one caller (one key or token subject) makes to the subscription
-    /// and registration routes (R18).
+    /// Requests per minute one credential (an API key, or one token) makes to the
+    /// subscription and registration routes (R18). Keyed by a hash of the credential as
+    /// sent, before authentication, so refused credentials are limited too.
     pub caller_per_minute: u32,
     /// Triggers per minute of one subscription (R18).
     pub trigger_per_minute: u32,

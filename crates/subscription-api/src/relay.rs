@@ -38,13 +38,14 @@ impl OutboxRelay {
         let mut listener: Option<PgListener> = None;
         let mut failures = 0u32;
         loop {
-            match self.relay_once().await {
-                Ok(0) => {
-                    failures = 0;
-                    if let Ok(waiting) = outbox::backlog(&self.pool).await {
-                        metrics::gauge!("herald_outbox_backlog").set(waiting as f64);
-                    }
-                }
+            let result = self.relay_once().await;
+            // After every pass, published or not: during a broker outage this is the number
+            // that grows.
+            if let Ok(waiting) = outbox::backlog(&self.pool).await {
+                metrics::gauge!("herald_outbox_backlog").set(waiting as f64);
+            }
+            match result {
+                Ok(0) => failures = 0,
                 Ok(published) => {
                     failures = 0;
                     tracing::debug!(published, "outbox relayed");

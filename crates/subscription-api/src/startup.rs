@@ -75,6 +75,11 @@ pub async fn serve() -> Result<(), StartError> {
     service
         .health
         .add_check(Arc::new(DatabaseCheck(pool.clone())));
+    // Accepting work does not need the broker: the outbox holds it until the broker is back,
+    // so a broker outage must not take the API out of service.
+    service
+        .health
+        .mark_advisory(herald_runtime::service::BROKER_COMPONENT);
     let migrations = tokio::spawn(migrate_until_done(
         pool.clone(),
         service.health.clone(),

@@ -283,3 +283,58 @@ async fn only_admins_trigger_and_bad_requests_are_refused(pool: PgPool) {
     .await
     .expect_problem(StatusCode::NOT_FOUND, None);
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn system_and_disabled_subscriptions_are_not_triggered_by_a_tenant_admin(pool: PgPool) {
+    let (app, admin) = setup(pool.clone()).await;
+    let global = app.key(None, "global_admin", None).await;
+    let system =
+        json!({"subscriptionId": "security", "label": "Security", "system": true}).to_string();
+    app.call_with(
+        "POST",
+        "/api/messaging/subscriptions",
+        Some(&global),
+        &[("herald-tenant", "acme")],
+        Some(system),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    app.call(
+        "POST",
+        "/api/messaging/trigger/security",
+        Some(&admin),
+        Some(json!({})),
+    )
+    .await
+    .expect_problem(StatusCode::FORBIDDEN, None);
+    app.call_with(
+        "POST",
+        "/api/messaging/trigger/security",
+        Some(&global),
+        &[("herald-tenant", "acme")],
+        Some("{}".into()),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    app.call(
+        "PUT",
+        "/api/messaging/subscriptions/orders",
+        Some(&admin),
+        Some(json!({"label": "Orders", "enabled": false})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.call(
+        "POST",
+        "/api/messaging/trigger/orders",
+        Some(&admin),
+        Some(json!({})),
+    )
+    .await
+    .expect_problem(StatusCode::CONFLICT, None);
+    assert_eq!(
+        unpublished(&pool).await,
+        1,
+        "only the global admin's trigger was stored"
+    );
+}

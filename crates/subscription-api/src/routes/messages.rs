@@ -88,6 +88,19 @@ async fn trigger(
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let subscription = super::subscriptions::find(&state, &caller, &id).await?;
+    // R16: a tenant admin does everything in the tenant except system subscriptions.
+    if subscription.system && !caller.is_global_admin() {
+        return Err(ApiError::forbidden(
+            "only the global admin triggers system subscriptions",
+        ));
+    }
+    if !subscription.enabled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Subscription disabled",
+            format!("{} is disabled; enable it to trigger it", subscription.key),
+        ));
+    }
     state
         .limits
         .trigger(subscription.tenant_id, &subscription.key)?;

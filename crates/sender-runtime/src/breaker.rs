@@ -64,35 +64,45 @@ impl Breaker {
 
     /// The provider answered properly (delivered, or a clear answer about the recipient).
     pub fn record_success(&self) {
-        self.set(State::Closed {
-            consecutive_faults: 0,
+        self.transition(|_| {
+            Some(State::Closed {
+                consecutive_faults: 0,
+            })
         });
     }
 
     /// The provider failed in a way that is its fault, not the recipient's.
     pub fn record_fault(&self, reason: &str) {
-        let next = match &*self.lock() {
-            State::Closed { consecutive_faults } if consecutive_faults + 1 < self.threshold => {
-                State::Closed {
+        let threshold = self.threshold;
+        self.transition(|state| match state {
+            State::Closed { consecutive_faults } if consecutive_faults + 1 < threshold => {
+                Some(State::Closed {
                     consecutive_faults: consecutive_faults + 1,
-                }
+                })
             }
-            State::Open { .. } => return,
-            _ => State::Open {
+            State::Open { .. } => None,
+            _ => Some(State::Open {
                 reason: reason.to_owned(),
-            },
-        };
-        self.set(next);
+            }),
+        });
     }
 
-    fn set(&self, next: State) {
+    /// A probe succeeded while open: let jobs flow, and the next result decide.
+    fn half_open(&self) {
+        self.transition(|state| matches!(state, State::Open { .. }).then_some(State::HalfOpen));
+    }
+
+    /// Reads the state, decides the next one, stores it and tells the consumer, all under one
+    /// lock: jobs finish concurrently, and a success and a fault deciding on the same old
+    /// state must not leave the state closed but the consumer paused (or the reverse).
+    fn transition(&self, decide: impl FnOnce(&State) -> Option<State>) {
         let mut state = self.lock();
+        let Some(next) = decide(&state) else { return };
         if *state == next {
             return;
         }
         let was_open = matches!(*state, State::Open { .. });
         *state = next.clone();
-        drop(state);
         match &next {
             State::Open { reason } => {
                 tracing::error!(channel = %self.channel, %reason, "circuit breaker open: provider unhealthy; jobs wait in the queue");
@@ -146,7 +156,7 @@ impl Breaker {
                 continue;
             }
             match sender.probe().await {
-                Ok(()) => self.set(State::HalfOpen),
+                Ok(()) => self.half_open(),
                 Err(reason) => {
                     tracing::warn!(channel = %self.channel, %reason, "probe failed; breaker stays open")
                 }

@@ -44,8 +44,9 @@ impl Events {
             routing::delivery_event(job.channel(), status),
             &body,
         )
-        // The same attempt's event has the same id, so a repeat is recognisable.
-        .message_id(format!("{}/{attempt}", job.delivery_id))
+        // One id per attempt and result: a repeat of the same event is recognisable, and a
+        // different result for the same attempt number (a requeued job) is not taken for one.
+        .message_id(format!("{}/{attempt}/{status}", job.delivery_id))
         .kind("herald.delivery_event.v1");
         self.publisher.publish(&message).await
     }

@@ -69,8 +69,15 @@ impl<S: ChannelSender> Handler for Pipeline<S> {
             Ok(()) => outcome,
             Err(error) => {
                 tracing::error!(%error, delivery_id = %job.delivery_id, "could not publish the delivery event; retrying the job");
+                // Never sooner than the attempt itself asked for (a provider's retry-after).
+                let after = match outcome {
+                    Outcome::Retry { after, .. } | Outcome::Defer { after } => {
+                        after.max(EVENT_RETRY)
+                    }
+                    _ => EVENT_RETRY,
+                };
                 Outcome::Retry {
-                    after: EVENT_RETRY,
+                    after,
                     reason: format!("delivery event not published: {error}"),
                 }
             }

@@ -178,8 +178,10 @@ struct Claims {
     user_id: Option<String>,
 }
 
-fn credential(parts: &Parts) -> Option<&str> {
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+/// The credential a request presents, exactly as authentication reads it (the rate limiter
+/// keys on the same value, so no header trick gives a caller a fresh bucket).
+pub fn credential(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     header("authorization")
         .and_then(|v| {
             v.strip_prefix("Bearer ")
@@ -200,7 +202,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let token = credential(parts).ok_or_else(|| {
+        let token = credential(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("send an API key or a token: Authorization: Bearer …")
         })?;
         let mut caller = if token.starts_with("hk_") {

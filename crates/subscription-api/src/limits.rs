@@ -5,6 +5,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -22,7 +23,13 @@ use crate::startup::AppState;
 pub struct RateLimits {
     callers: DefaultKeyedRateLimiter<String>,
     triggers: DefaultKeyedRateLimiter<(Uuid, String)>,
+    /// Checks since the idle buckets were last dropped.
+    checks: AtomicU64,
 }
+
+/// Every this many checks, buckets that are full again are dropped, so memory follows the
+/// callers of the last minute rather than every credential ever sent.
+const PRUNE_EVERY: u64 = 4096;
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
@@ -33,11 +40,22 @@ impl RateLimits {
         Arc::new(RateLimits {
             callers: RateLimiter::keyed(per_minute(config.caller_per_minute)),
             triggers: RateLimiter::keyed(per_minute(config.trigger_per_minute)),
+            checks: AtomicU64::new(0),
         })
+    }
+
+    fn forget_idle_now_and_then(&self) {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.callers.retain_recent();
+            self.callers.shrink_to_fit();
+            self.triggers.retain_recent();
+            self.triggers.shrink_to_fit();
+        }
     }
 
     /// One trigger of a subscription, or the 429 to answer.
     pub fn trigger(&self, tenant: Uuid, subscription: &str) -> Result<(), ApiError> {
+        self.forget_idle_now_and_then();
         self.triggers
             .check_key(&(tenant, subscription.to_owned()))
             .map_err(|not_until| {
@@ -65,13 +83,9 @@ fn too_many(wait: std::time::Duration, what: &str) -> ApiError {
 /// credential, so it is per caller without a database lookup; requests without one are left
 /// to authentication to refuse.
 pub async fn per_caller(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let credential = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .or_else(|| request.headers().get("x-api-key"))
-        .and_then(|v| v.to_str().ok());
-    if let Some(credential) = credential {
+    if let Some(credential) = crate::auth::credential(request.headers()) {
         let key = hex::encode(&Sha256::digest(credential.as_bytes())[..16]);
+        state.limits.forget_idle_now_and_then();
         if let Err(not_until) = state.limits.callers.check_key(&key) {
             return too_many(
                 not_until.wait_time_from(DefaultClock::default().now()),

@@ -49,6 +49,10 @@ impl OutboxRelay {
                 Ok(published) => {
                     failures = 0;
                     tracing::debug!(published, "outbox relayed");
+                    // More may wait; but a long backlog must not hold up a shutdown.
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
                     continue;
                 }
                 Err(error) => {

@@ -975,3 +975,38 @@ fn empty_issuer_and_audience_settings_mean_unset() {
         "a token without iss/aud is accepted when they are not configured"
     );
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn header_tricks_do_not_give_a_caller_a_fresh_rate_limit(pool: PgPool) {
+    use subscription_api::config::LimitsConfig;
+    let app = TestApp::with_limits(
+        pool,
+        LimitsConfig {
+            max_body_bytes: 16 * 1024,
+            caller_per_minute: 3,
+            trigger_per_minute: 3,
+        },
+    )
+    .await;
+    app.tenant("acme").await;
+    let admin = app.key(Some("acme"), "tenant_admin", None).await;
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        let junk = format!("junk{n}");
+        let response = app
+            .call_with(
+                "GET",
+                "/api/messaging/subscriptions",
+                None,
+                &[("authorization", &junk), ("x-api-key", &admin)],
+                None,
+            )
+            .await;
+        statuses.push(response.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429],
+        "one key, one bucket, whatever else is sent"
+    );
+}

@@ -119,6 +119,14 @@ struct Inner {
     generation: AtomicU64,
 }
 
+/// What one round of sending found.
+struct Sent {
+    /// Indices not confirmed (nacked, or lost with the connection), to send again.
+    unconfirmed: Vec<usize>,
+    /// The connection or channel error, when one happened: the connection is replaced.
+    broken: Option<String>,
+}
+
 struct Live {
     connection: Connection,
     channel: Channel,
@@ -159,20 +167,49 @@ impl Publisher {
         let mut last_error = String::new();
         // Trace context and timestamp are fixed once, so a resend is the same message.
         let prepared: Vec<BasicProperties> = messages.iter().map(finalize_properties).collect();
+        // Connecting and waiting for confirms are bounded by the deadline too: a broker that
+        // blocks publishers (a memory or disk alarm) keeps the connection up but confirms
+        // nothing, and callers (consumer slots, the outbox relay's transaction) must not wait
+        // for the whole alarm.
+        let unavailable = |last_error: String| PublishError::Unavailable {
+            waited: started.elapsed(),
+            last_error,
+        };
         loop {
-            match self.live().await {
-                Ok(live) => {
-                    let (failed, error) = self.send(&live, messages, &prepared, &pending).await?;
-                    pending = failed;
+            match tokio::time::timeout_at(deadline, self.live()).await {
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "could not connect within the publish timeout; last error: {last_error}"
+                    )));
+                }
+                Ok(Err(error)) => last_error = error.to_string(),
+                Ok(Ok(live)) => {
+                    let sent = match tokio::time::timeout_at(
+                        deadline,
+                        self.send(&live, messages, &prepared, &pending),
+                    )
+                    .await
+                    {
+                        Ok(sent) => sent?,
+                        Err(_) => {
+                            self.discard(live.generation).await;
+                            return Err(unavailable("no confirm within the publish timeout (is the broker blocking publishers?)".into()));
+                        }
+                    };
+                    pending = sent.unconfirmed;
                     if pending.is_empty() {
                         return Ok(());
                     }
-                    if let Some(error) = error {
-                        last_error = error;
-                        self.discard(live.generation).await;
+                    match sent.broken {
+                        // Only a broken connection is replaced; a nack is retried on the
+                        // same one, which other publishers are using too.
+                        Some(error) => {
+                            last_error = error;
+                            self.discard(live.generation).await;
+                        }
+                        None => last_error = "the broker refused messages (nack)".into(),
                     }
                 }
-                Err(error) => last_error = error.to_string(),
             }
             let wait = backoff.next_delay();
             if Instant::now() + wait > deadline {
@@ -186,15 +223,14 @@ impl Publisher {
         }
     }
 
-    /// Sends the pending messages on one channel and collects their confirms. Returns the
-    /// indices still unconfirmed and the connection error, if one happened.
+    /// Sends the pending messages on one channel and collects their confirms.
     async fn send(
         &self,
         live: &Live,
         messages: &[Message<'_>],
         prepared: &[BasicProperties],
         pending: &[usize],
-    ) -> Result<(Vec<usize>, Option<String>), PublishError> {
+    ) -> Result<Sent, PublishError> {
         let options = BasicPublishOptions {
             mandatory: true,
             immediate: false,
@@ -245,7 +281,6 @@ impl Publisher {
                 Ok(Confirmation::Nack(_)) => {
                     // The broker could not take it (a queue at its limit, a node going down).
                     failed.push(i);
-                    error.get_or_insert_with(|| "the broker refused the message (nack)".into());
                 }
                 Err(e) => {
                     failed.push(i);
@@ -254,7 +289,10 @@ impl Publisher {
             }
         }
         failed.sort_unstable();
-        Ok((failed, error))
+        Ok(Sent {
+            unconfirmed: failed,
+            broken: error,
+        })
     }
 
     /// The current channel, connecting when there is none.

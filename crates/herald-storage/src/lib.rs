@@ -6,12 +6,14 @@
 //! - [`error`]: [`StoreError`], with constraint violations told apart from outages.
 //! - [`secret`]: random tokens (API keys, link codes) and their stored hashes.
 //! - [`page`]: keyset pagination (`limit` + opaque cursor).
-//! - one module per table group: [`tenants`], [`api_keys`], [`users`], [`subscriptions`],
+//! - one module per table group: [`tenants`], [`api_keys`], [`users`] and their [`addresses`],
+//!   [`subscriptions`],
 //!   [`registrations`], [`messages`] (with the [`outbox`] they go through), [`deliveries`].
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
 
+pub mod addresses;
 pub mod api_keys;
 pub mod db;
 pub mod deliveries;

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, expect_row};
+use crate::page::{Page, PageRequest};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct User {
@@ -47,6 +48,66 @@ pub async fn by_external_id(
             .bind(tenant_id)
             .bind(external_id)
             .fetch_one(db)
+            .await?,
+    )
+}
+
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    page: PageRequest,
+) -> Result<Page<User>, StoreError> {
+    let rows = sqlx::query_as("SELECT * FROM users WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3")
+        .bind(tenant_id)
+        .bind(page.after)
+        .bind(page.fetch_limit())
+        .fetch_all(db)
+        .await?;
+    Ok(Page::from_rows(rows, page, |u: &User| u.id))
+}
+
+pub struct Settings<'a> {
+    pub locale: Option<&'a str>,
+    pub preferred_channel: Option<&'a str>,
+    pub delivery_mode: &'a str,
+}
+
+/// Creates the person or replaces their settings (R2: all channels or the preferred one).
+pub async fn put(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    external_id: &str,
+    settings: Settings<'_>,
+) -> Result<User, StoreError> {
+    Ok(sqlx::query_as(
+        "INSERT INTO users (id, tenant_id, external_id, locale, preferred_channel, delivery_mode)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (tenant_id, external_id) DO UPDATE
+             SET locale = EXCLUDED.locale, preferred_channel = EXCLUDED.preferred_channel,
+                 delivery_mode = EXCLUDED.delivery_mode, updated_at = now()
+         RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tenant_id)
+    .bind(external_id)
+    .bind(settings.locale)
+    .bind(settings.preferred_channel)
+    .bind(settings.delivery_mode)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Removes the person with their addresses and registrations (the tenant's "forget me").
+pub async fn delete(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    external_id: &str,
+) -> Result<(), StoreError> {
+    expect_row(
+        sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND external_id = $2")
+            .bind(tenant_id)
+            .bind(external_id)
+            .execute(db)
             .await?,
     )
 }

@@ -53,6 +53,18 @@ impl Address {
         })
     }
 
+    /// The kind as stored and serialized (`telegram`, …, `xmpp_room`, `email`, `sms`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Address::Telegram(_) => "telegram",
+            Address::Discord(_) => "discord",
+            Address::Xmpp(_) => "xmpp",
+            Address::XmppRoom(_) => "xmpp_room",
+            Address::Email(_) => "email",
+            Address::Sms(_) => "sms",
+        }
+    }
+
     /// The address as text, the way it is stored and shown.
     pub fn value(&self) -> String {
         match self {

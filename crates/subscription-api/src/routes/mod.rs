@@ -13,12 +13,15 @@ pub mod messages;
 pub mod registrations;
 pub mod subscriptions;
 pub mod tenants;
+pub mod users;
 
 pub fn router(state: AppState) -> Router<AppState> {
-    // R18: the per-caller limit covers the subscription and registration routes.
+    // R18: the per-caller limit covers the subscription and registration routes, and the
+    // user and address routes that go with registrations.
     let limited = Router::new()
         .merge(subscriptions::router())
         .merge(registrations::router())
+        .merge(users::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::limits::per_caller,

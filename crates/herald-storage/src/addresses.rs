@@ -1,0 +1,103 @@
+//! A person's addresses (R2, R3, R5, R6): one per chat, mailbox or number.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgExecutor};
+use uuid::Uuid;
+
+use crate::error::{StoreError, expect_row};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AddressRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub channel: String,
+    pub kind: String,
+    pub value: String,
+    pub display_name: Option<String>,
+    pub verified: bool,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub state_changed_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub failure_count: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub struct NewAddress<'a> {
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub channel: &'a str,
+    pub kind: &'a str,
+    pub value: &'a str,
+    pub display_name: Option<&'a str>,
+}
+
+/// Adds an address; adding one the person has already returns it (`false`: not new). An
+/// address that was removed or marked unreachable becomes active again: the person has just
+/// confirmed it.
+pub async fn add(
+    db: impl PgExecutor<'_>,
+    new: NewAddress<'_>,
+) -> Result<(AddressRow, bool), StoreError> {
+    #[derive(FromRow)]
+    struct Added {
+        #[sqlx(flatten)]
+        address: AddressRow,
+        created: bool,
+    }
+    let added: Added = sqlx::query_as(
+        "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, display_name)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (user_id, kind, value) DO UPDATE
+             SET state = 'active', state_reason = NULL, failure_count = 0, failure_streak_started_at = NULL,
+                 state_changed_at = CASE WHEN addresses.state <> 'active' THEN now() ELSE addresses.state_changed_at END,
+                 display_name = coalesce(EXCLUDED.display_name, addresses.display_name), updated_at = now()
+         RETURNING id, user_id, channel, kind, value, display_name, verified, state, state_reason,
+                   state_changed_at, last_success_at, failure_count, created_at, updated_at,
+                   (xmax = 0) AS created",
+    )
+    .bind(Uuid::now_v7())
+    .bind(new.tenant_id)
+    .bind(new.user_id)
+    .bind(new.channel)
+    .bind(new.kind)
+    .bind(new.value)
+    .bind(new.display_name)
+    .fetch_one(db)
+    .await?;
+    Ok((added.address, added.created))
+}
+
+/// Every address of a person, removed ones included (they are history), oldest first.
+pub async fn for_user(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    user_id: Uuid,
+) -> Result<Vec<AddressRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, channel, kind, value, display_name, verified, state, state_reason, state_changed_at,
+                last_success_at, failure_count, created_at, updated_at
+         FROM addresses WHERE tenant_id = $1 AND user_id = $2 ORDER BY id",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_all(db)
+    .await?)
+}
+
+pub async fn delete(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<(), StoreError> {
+    expect_row(
+        sqlx::query("DELETE FROM addresses WHERE tenant_id = $1 AND user_id = $2 AND id = $3")
+            .bind(tenant_id)
+            .bind(user_id)
+            .bind(id)
+            .execute(db)
+            .await?,
+    )
+}

@@ -68,6 +68,14 @@ impl ApiError {
     }
 }
 
+/// For `map_err`: a storage error, with "not found" answered as "no such `what`".
+pub fn not_found_as(what: &'static str) -> impl FnOnce(StoreError) -> ApiError {
+    move |error| match error {
+        StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

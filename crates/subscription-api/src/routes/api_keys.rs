@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::check_text;
 use crate::auth::{Caller, Role};
-use crate::error::ApiError;
+use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath};
 use crate::startup::AppState;
 
@@ -164,10 +164,7 @@ async fn revoke(
     let tenant_id = scope(&caller)?;
     api_keys::revoke(&state.pool, tenant_id, id)
         .await
-        .map_err(|e| match e {
-            herald_storage::StoreError::NotFound => ApiError::not_found("API key"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("API key"))?;
     tracing::info!(key_id = %id, actor = %caller.actor, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

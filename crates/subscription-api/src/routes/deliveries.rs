@@ -15,7 +15,7 @@ use super::Paging;
 use super::messages::DeliveryView;
 use super::registrations::{Audience, parse_channel};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiPath, ApiQuery};
 use crate::startup::AppState;
 
@@ -107,10 +107,7 @@ async fn read(
     let tenant = caller.tenant()?;
     let delivery = deliveries::by_id(&state.pool, tenant.id, id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("delivery"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("delivery"))?;
     if !caller.is_admin() && caller.user_id.as_deref() != delivery.user_external_id.as_deref() {
         return Err(ApiError::not_found("delivery"));
     }

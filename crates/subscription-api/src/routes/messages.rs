@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath};
 use crate::startup::AppState;
 
@@ -268,10 +268,7 @@ async fn read(
     let tenant = caller.tenant()?;
     let message = messages::by_id(&state.pool, tenant.id, id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("message"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("message"))?;
     let deliveries = deliveries::for_message(&state.pool, tenant.id, id).await?;
     let error = message
         .error_code

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::Paging;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 
@@ -157,10 +157,7 @@ async fn owned(state: &AppState, caller: &Caller, id: Uuid) -> Result<Registrati
     let tenant = caller.tenant()?;
     let registration = registrations::by_id(&state.pool, tenant.id, id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("registration"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("registration"))?;
     if !caller.is_admin()
         && caller.user_id.as_deref() != Some(registration.user_external_id.as_str())
     {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::registrations::{Audience, RegistrationView, subscriber};
 use super::{Paging, check_text};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 
@@ -123,10 +123,7 @@ pub async fn find(state: &AppState, caller: &Caller, raw: &str) -> Result<Subscr
     let key = SubscriptionKey::parse(raw).map_err(|_| ApiError::not_found("subscription"))?;
     subscriptions::by_key(&state.pool, tenant.id, key.as_str())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("subscription"),
-            other => other.into(),
-        })
+        .map_err(not_found_as("subscription"))
 }
 
 /// Admins change subscriptions; system ones only the global admin.

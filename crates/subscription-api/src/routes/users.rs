@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::Paging;
 use super::registrations::{parse_channel, subscriber};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 
@@ -121,10 +121,7 @@ async fn find(state: &AppState, caller: &Caller, person: &UserId) -> Result<User
     let tenant = caller.tenant()?;
     users::by_external_id(&state.pool, tenant.id, person.as_str())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("user"),
-            other => other.into(),
-        })
+        .map_err(not_found_as("user"))
 }
 
 async fn read(
@@ -211,10 +208,7 @@ async fn remove(
     let tenant = caller.tenant()?;
     users::delete(&state.pool, tenant.id, person.as_str())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("user"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("user"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -291,9 +285,6 @@ async fn remove_address(
     let user = find(&state, &caller, &person).await?;
     addresses::delete(&state.pool, user.tenant_id, user.id, address_id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("address"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("address"))?;
     Ok(StatusCode::NO_CONTENT)
 }

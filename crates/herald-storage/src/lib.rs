@@ -7,8 +7,9 @@
 //! - [`secret`]: random tokens (API keys, link codes) and their stored hashes.
 //! - [`page`]: keyset pagination (`limit` + opaque cursor).
 //! - one module per table group: [`tenants`], [`api_keys`], [`users`] and their [`addresses`],
-//!   [`subscriptions`],
-//!   [`registrations`], [`messages`] (with the [`outbox`] they go through), [`deliveries`].
+//!   [`subscriptions`] with their [`templates`], [`schedules`] and [`event_bindings`],
+//!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
+//!   [`deliveries`].
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
@@ -18,12 +19,16 @@ pub mod api_keys;
 pub mod db;
 pub mod deliveries;
 pub mod error;
+pub mod event_bindings;
+pub mod link_codes;
 pub mod messages;
 pub mod outbox;
 pub mod page;
 pub mod registrations;
+pub mod schedules;
 pub mod secret;
 pub mod subscriptions;
+pub mod templates;
 pub mod tenants;
 pub mod users;
 

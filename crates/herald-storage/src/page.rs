@@ -38,7 +38,9 @@ impl PageRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One page of a list. `nextCursor` is absent on the last page; pass it as `cursor` for the
+/// next one.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub items: Vec<T>,

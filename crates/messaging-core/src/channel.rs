@@ -42,6 +42,12 @@ impl Channel {
         }
     }
 
+    /// Chat channels reach a person only after the person wrote to the bot (R5): their
+    /// addresses are linked with a code, not typed in.
+    pub fn is_chat(self) -> bool {
+        matches!(self, Channel::Telegram | Channel::Discord | Channel::Xmpp)
+    }
+
     /// The code the legacy `{"sender": ...}` format uses (R41).
     pub fn legacy_code(self) -> &'static str {
         match self {

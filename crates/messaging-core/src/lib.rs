@@ -12,6 +12,7 @@
 //!   with a decoder that says clearly what is wrong with a bad message.
 //! - [`job`]: the per-recipient send job a sender consumes.
 //! - [`events`]: what senders and the router emit: delivery events, contact links, outcomes.
+//! - [`schedule`]: cron expressions in a time zone, and their next run (R14).
 //! - [`topology`]: the names of every exchange and queue, derived from one prefix.
 //! - [`schema`]: the JSON Schemas of the wire types, for `docs/schemas/`.
 
@@ -21,6 +22,7 @@ pub mod events;
 pub mod failure;
 pub mod ingress;
 pub mod job;
+pub mod schedule;
 pub mod schema;
 pub mod topology;
 pub mod values;

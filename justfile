@@ -63,6 +63,10 @@ bench: bench-broker bench-senders
 schemas:
     HERALD_UPDATE_SCHEMAS=1 cargo test -q -p messaging-core --test schemas_are_current
 
+# Regenerate docs/openapi.json from the API's routes.
+openapi:
+    HERALD_UPDATE_OPENAPI=1 cargo test -q -p subscription-api --test openapi committed_document_is_current
+
 fmt:
     cargo fmt --all
 

@@ -38,6 +38,14 @@ pub struct LimitsConfig {
     pub caller_per_minute: u32,
     /// Triggers per minute of one subscription (R18).
     pub trigger_per_minute: u32,
+    /// How long a link code (R5) can be redeemed, in seconds.
+    pub link_code_ttl_secs: u32,
+}
+
+impl LimitsConfig {
+    pub fn link_code_ttl(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.link_code_ttl_secs))
+    }
 }
 
 impl Default for LimitsConfig {
@@ -46,6 +54,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 256 * 1024,
             caller_per_minute: 60,
             trigger_per_minute: 60,
+            link_code_ttl_secs: 15 * 60,
         }
     }
 }

@@ -16,15 +16,18 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document: every error this API answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status and title say what happened.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
+    pub kind: &'static str,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The request field at fault, for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -116,10 +119,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {
             kind: "about:blank",
-            title: self.title,
+            title: self.title.to_owned(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            field: self.field.as_deref(),
+            detail: self.detail,
+            field: self.field,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let response = (

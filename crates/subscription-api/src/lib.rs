@@ -10,6 +10,8 @@
 //! - [`json`]: the JSON body extractor whose rejections are problem documents too.
 //! - [`routes`]: one router per resource, merged in `routes::router`.
 //! - [`limits`]: R18's request rate limits, answered with 429 and Retry-After.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers as they are registered.
+//! - [`metrics`]: requests by route and status, and their latency, for `/metrics`.
 //! - [`relay`]: the outbox relay that publishes accepted messages with confirms.
 
 pub mod auth;
@@ -18,6 +20,8 @@ pub mod config;
 pub mod error;
 pub mod json;
 pub mod limits;
+pub mod metrics;
+pub mod openapi;
 pub mod relay;
 pub mod routes;
 pub mod startup;

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
 use herald_runtime::amqp::Publisher;
 use herald_runtime::config::BaseConfig;
 use herald_runtime::health::Health;
@@ -14,6 +15,7 @@ use herald_storage::PgPool;
 use herald_storage::db::{self, DatabaseCheck};
 use messaging_core::topology::Names;
 use tokio_util::sync::CancellationToken;
+use utoipa_scalar::{Scalar, Servable};
 
 use crate::auth::{JwtKeys, KeyError};
 use crate::config::{ApiConfig, LimitsConfig};
@@ -30,12 +32,24 @@ pub struct AppState {
     /// Exchange and queue names under the configured prefix.
     pub names: Names,
     pub limits: Arc<RateLimits>,
+    /// How long a link code (R5) stays redeemable.
+    pub link_code_ttl: chrono::Duration,
 }
 
-/// The API routes with their limits; `/healthz`, `/readyz`, `/metrics` are added by the
-/// runtime.
+/// The API routes with their limits, the OpenAPI document and its viewer; `/healthz`,
+/// `/readyz`, `/metrics` are added by the runtime.
 pub fn app(state: AppState, limits: &LimitsConfig) -> Router {
-    routes::router(state.clone())
+    let (routes, paths) = routes::router(state.clone()).split_for_parts();
+    let document = crate::openapi::document(paths);
+    // The viewer loads its script from a CDN; the JSON document needs nothing outside.
+    let viewer = Scalar::with_url("/api/docs", document.clone()).title("Herald API");
+    let document = Arc::new(document);
+    routes
+        .route(
+            "/api/openapi.json",
+            get(move || async move { Json(document.clone()) }),
+        )
+        .merge(viewer)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -44,6 +58,7 @@ pub fn app(state: AppState, limits: &LimitsConfig) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
 }
@@ -71,6 +86,7 @@ pub async fn serve() -> Result<(), StartError> {
         jwt: Arc::new(JwtKeys::from_config(&config.auth)?),
         names: service.topology.names().clone(),
         limits: RateLimits::new(&config.api),
+        link_code_ttl: config.api.link_code_ttl(),
     };
     service
         .health

@@ -834,6 +834,7 @@ async fn a_caller_over_the_rate_limit_gets_429_with_retry_after(pool: PgPool) {
             max_body_bytes: 16 * 1024,
             caller_per_minute: 3,
             trigger_per_minute: 2,
+            ..LimitsConfig::default()
         },
     )
     .await;
@@ -985,6 +986,7 @@ async fn header_tricks_do_not_give_a_caller_a_fresh_rate_limit(pool: PgPool) {
             max_body_bytes: 16 * 1024,
             caller_per_minute: 3,
             trigger_per_minute: 3,
+            ..LimitsConfig::default()
         },
     )
     .await;

@@ -3,10 +3,9 @@
 //! A tenant admin manages its tenant's keys (roles `tenant_admin` and `user`). A global admin
 //! manages a tenant's keys with the `Herald-Tenant` header, or the global admin keys without.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::api_keys::{self, NewKey};
 use messaging_core::values::UserId;
@@ -18,14 +17,16 @@ use crate::auth::{Caller, Role};
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath};
 use crate::startup::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api-keys", get(list).post(create))
-        .route("/api-keys/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyView {
     pub id: Uuid,
@@ -57,7 +58,7 @@ impl From<api_keys::ApiKey> for KeyView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedKey {
     #[serde(flatten)]
@@ -66,10 +67,11 @@ pub struct CreatedKey {
     pub api_key: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewKeyRequest {
     pub name: String,
+    #[schema(value_type = String, example = "tenant_admin")]
     pub role: Role,
     #[serde(default)]
     pub user_id: Option<String>,
@@ -81,6 +83,7 @@ fn scope(caller: &Caller) -> Result<Option<Uuid>, ApiError> {
     Ok(caller.tenant.as_ref().map(|t| t.id))
 }
 
+#[utoipa::path(post, path = "/api-keys", tag = "admin", request_body = NewKeyRequest, responses((status = 201, description = "The key, shown only in this response", body = CreatedKey)))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -142,6 +145,7 @@ async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/api-keys", tag = "admin", responses((status = 200, body = Vec<KeyView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,6 +160,7 @@ async fn list(
     ))
 }
 
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "admin", params(("id" = Uuid, Path)), responses((status = 204, description = "Revoked")))]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,9 +1,8 @@
 //! `/deliveries` (R15, R16, R17): delivery records with filters and pagination. Admins read
 //! the tenant's; a user reads only their own.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::deliveries::{self, Filter};
 use herald_storage::page::Page;
@@ -18,15 +17,18 @@ use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiPath, ApiQuery};
 use crate::startup::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/deliveries", get(list))
-        .route("/deliveries/{delivery_id}", get(read))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     #[serde(default)]
     pub subscription_id: Option<String>,
@@ -49,6 +51,7 @@ pub struct DeliveryQuery {
     pub cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/deliveries", tag = "deliveries", params(DeliveryQuery), responses((status = 200, body = Page<DeliveryView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -99,6 +102,7 @@ async fn list(
     ))
 }
 
+#[utoipa::path(get, path = "/deliveries/{delivery_id}", tag = "deliveries", params(("delivery_id" = Uuid, Path)), responses((status = 200, body = DeliveryView)))]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,

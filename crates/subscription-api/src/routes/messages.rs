@@ -2,11 +2,10 @@
 //! `202 Accepted` once the request is stored with its outbox row. An `Idempotency-Key`
 //! header makes a repeat return the first message instead of sending again (R44).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::messages::{self, NewMessage};
 use herald_storage::{StoreError, deliveries};
@@ -24,15 +23,17 @@ use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath};
 use crate::startup::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/trigger/{subscription_id}", post(trigger))
-        .route("/messages", post(send))
-        .route("/messages/{message_id}", get(read))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(trigger))
+        .routes(routes!(send))
+        .routes(routes!(read))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerRequest {
     /// What the subscription's templates see.
@@ -44,20 +45,25 @@ pub struct TriggerRequest {
 }
 
 /// A direct message to people by the tenant's ids for them (R1).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DirectMessageRequest {
     pub user_ids: Vec<String>,
+    /// `{"direct": {"subject", "body", "html"}}` or `{"template": {"subscription", "data", "locale"}}`; see docs/schemas.
+    #[schema(value_type = Object)]
     pub content: Content,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["email", "telegram"]))]
     pub channels: Option<Vec<Channel>>,
     #[serde(default)]
+    /// `all` or `preferred` (R2); absent: each user's own setting.
+    #[schema(value_type = Option<String>)]
     pub mode: Option<DeliveryMode>,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     pub message_id: Uuid,
@@ -79,6 +85,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
         .transpose()
 }
 
+#[utoipa::path(post, path = "/trigger/{subscription_id}", tag = "triggers", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)"), ("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key get the first answer")), request_body = TriggerRequest, responses((status = 202, description = "Stored; it reaches the broker even if the broker is down now", body = Accepted)))]
 async fn trigger(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,6 +135,7 @@ async fn trigger(
     accept(&state, &caller, request, Some(subscription.id)).await
 }
 
+#[utoipa::path(post, path = "/messages", tag = "messages", params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key get the first answer")), request_body = DirectMessageRequest, responses((status = 202, description = "Stored; it reaches the broker even if the broker is down now", body = Accepted)))]
 async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -206,7 +214,7 @@ async fn accept(
         .into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     pub message_id: Uuid,
@@ -221,7 +229,7 @@ pub struct MessageView {
 }
 
 /// One recipient's delivery on one channel, with its R4 class when it failed.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryView {
     pub delivery_id: Uuid,
@@ -259,6 +267,7 @@ impl From<deliveries::Delivery> for DeliveryView {
     }
 }
 
+#[utoipa::path(get, path = "/messages/{message_id}", tag = "messages", params(("message_id" = Uuid, Path)), responses((status = 200, description = "The message with every recipient's delivery and its R4 class", body = MessageView)))]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,7 +1,9 @@
-//! One router per resource, merged here under `/api/messaging`.
+//! One router per resource, merged here under `/api/messaging`. Routes are registered through
+//! utoipa-axum, so each one is in the OpenAPI document by construction.
 
-use axum::Router;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -9,39 +11,62 @@ use herald_storage::page::PageRequest;
 
 pub mod api_keys;
 pub mod deliveries;
+pub mod event_bindings;
 pub mod messages;
 pub mod registrations;
+pub mod schedules;
 pub mod subscriptions;
+pub mod templates;
 pub mod tenants;
 pub mod users;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    // R18: the per-caller limit covers the subscription and registration routes, and the
-    // user and address routes that go with registrations.
-    let limited = Router::new()
+/// Where every route lives.
+pub const BASE: &str = "/api/messaging";
+
+/// R18: the per-caller limit covers the subscription and registration routes, and the
+/// routes that go with them (templates, users and their addresses).
+fn limited() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(subscriptions::router())
+        .merge(templates::router())
         .merge(registrations::router())
         .merge(users::router())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state,
-            crate::limits::per_caller,
-        ));
-    Router::new().nest(
-        "/api/messaging",
-        Router::new()
-            .merge(limited)
-            .merge(tenants::router())
-            .merge(api_keys::router())
-            .merge(messages::router())
-            .merge(deliveries::router()),
-    )
+}
+
+fn unlimited() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(tenants::router())
+        .merge(api_keys::router())
+        .merge(messages::router())
+        .merge(deliveries::router())
+        .merge(schedules::router())
+        .merge(event_bindings::router())
+}
+
+/// The routes with their rate-limit layer, for serving.
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let limited = limited().route_layer(axum::middleware::from_fn_with_state(
+        state,
+        crate::limits::per_caller,
+    ));
+    OpenApiRouter::new().nest(BASE, limited.merge(unlimited()))
+}
+
+/// The routes' OpenAPI paths, without building anything that serves.
+pub fn documented() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::new()
+        .nest(BASE, limited().merge(unlimited()))
+        .into_openapi()
 }
 
 /// `?limit=&cursor=` on every list.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
+    /// Items per page, 1 to 200 (default 50).
     pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,
 }
 

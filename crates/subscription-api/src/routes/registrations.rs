@@ -1,9 +1,8 @@
 //! `/registrations` (R12, R16, R17): a user manages only their own; admins all of the tenant's.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::page::Page;
 use herald_storage::registrations::{self, Filter, Registration};
@@ -18,15 +17,16 @@ use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/registrations", get(list)).route(
-        "/registrations/{registration_id}",
-        axum::routing::put(update).delete(remove),
-    )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(update, remove))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrationView {
     pub registration_id: Uuid,
@@ -116,8 +116,9 @@ pub fn parse_address(channel: &str, address: &str) -> Result<(Channel, String), 
     Ok((channel, address.value()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
     pub user_id: Option<String>,
@@ -127,6 +128,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/registrations", tag = "registrations", params(ListQuery), responses((status = 200, body = Page<RegistrationView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -166,13 +168,14 @@ async fn owned(state: &AppState, caller: &Caller, id: Uuid) -> Result<Registrati
     Ok(registration)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegistrationChange {
     /// `false` pauses it without unsubscribing (R12).
     pub enabled: bool,
 }
 
+#[utoipa::path(put, path = "/registrations/{registration_id}", tag = "registrations", params(("registration_id" = Uuid, Path)), request_body = RegistrationChange, responses((status = 200, body = RegistrationView)))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -188,6 +191,7 @@ async fn update(
     ))
 }
 
+#[utoipa::path(delete, path = "/registrations/{registration_id}", tag = "registrations", params(("registration_id" = Uuid, Path)), responses((status = 204, description = "Removed")))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,

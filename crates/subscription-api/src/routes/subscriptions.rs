@@ -3,10 +3,9 @@
 //!
 //! Only a global admin creates, changes or deletes a system subscription (R11, R16).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::page::Page;
 use herald_storage::registrations::{self, Filter};
@@ -21,29 +20,19 @@ use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/subscriptions", get(list).post(create))
-        .route(
-            "/subscriptions/{subscription_id}",
-            get(read).put(update).delete(remove),
-        )
-        .route(
-            "/subscriptions/{subscription_id}/registrations",
-            get(list_registrations),
-        )
-        .route(
-            "/subscriptions/{subscription_id}/subscribe",
-            post(subscribe),
-        )
-        .route(
-            "/subscriptions/{subscription_id}/unsubscribe",
-            delete(unsubscribe),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
+        .routes(routes!(list_registrations))
+        .routes(routes!(subscribe))
+        .routes(routes!(unsubscribe))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionView {
     pub subscription_id: String,
@@ -79,7 +68,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewSubscriptionRequest {
     pub subscription_id: String,
@@ -96,7 +85,7 @@ pub struct NewSubscriptionRequest {
 
 /// PUT sets the label and whatever else it names; omitted fields keep their value (so a
 /// relabelling never re-enables a disabled subscription). The id and system flag are fixed.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionChange {
     pub label: String,
@@ -127,7 +116,7 @@ pub async fn find(state: &AppState, caller: &Caller, raw: &str) -> Result<Subscr
 }
 
 /// Admins change subscriptions; system ones only the global admin.
-fn may_change(caller: &Caller, subscription: &Subscription) -> Result<(), ApiError> {
+pub fn may_change(caller: &Caller, subscription: &Subscription) -> Result<(), ApiError> {
     caller.require_admin()?;
     if subscription.system && !caller.is_global_admin() {
         return Err(ApiError::forbidden(
@@ -137,6 +126,7 @@ fn may_change(caller: &Caller, subscription: &Subscription) -> Result<(), ApiErr
     Ok(())
 }
 
+#[utoipa::path(get, path = "/subscriptions", tag = "subscriptions", params(super::Paging), responses((status = 200, body = Page<SubscriptionView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -147,6 +137,7 @@ async fn list(
     Ok(Json(page.map(Into::into)))
 }
 
+#[utoipa::path(post, path = "/subscriptions", tag = "subscriptions", request_body = NewSubscriptionRequest, responses((status = 201, body = SubscriptionView), (status = 409, description = "The id is taken")))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -190,6 +181,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
+#[utoipa::path(get, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), responses((status = 200, body = SubscriptionView)))]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -198,6 +190,7 @@ async fn read(
     Ok(Json(find(&state, &caller, &id).await?.into()))
 }
 
+#[utoipa::path(put, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), request_body = SubscriptionChange, responses((status = 200, body = SubscriptionView)))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -230,6 +223,7 @@ async fn update(
     Ok(Json(updated.into()))
 }
 
+#[utoipa::path(delete, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), responses((status = 204, description = "Deleted with its registrations, templates and schedules")))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,6 +236,7 @@ async fn remove(
 }
 
 /// Admins see every registration of the subscription; a user sees only their own.
+#[utoipa::path(get, path = "/subscriptions/{subscription_id}/registrations", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)"), super::Paging), responses((status = 200, body = Page<RegistrationView>)))]
 async fn list_registrations(
     State(state): State<AppState>,
     caller: Caller,
@@ -269,7 +264,7 @@ async fn list_registrations(
     Ok(Json(page.map(Into::into)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscribeRequest {
     pub channel: String,
@@ -281,6 +276,7 @@ pub struct SubscribeRequest {
 
 /// R12: a subscription without templates can be subscribed to; subscribing again with the
 /// same address returns the registration (200) instead of creating another (201).
+#[utoipa::path(post, path = "/subscriptions/{subscription_id}/subscribe", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), request_body = SubscribeRequest, responses((status = 201, description = "Subscribed", body = RegistrationView), (status = 200, description = "Subscribed already", body = RegistrationView)))]
 async fn subscribe(
     State(state): State<AppState>,
     caller: Caller,
@@ -310,8 +306,9 @@ async fn subscribe(
     Ok((status, Json(registration.into())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UnsubscribeQuery {
     #[serde(default)]
     pub user_id: Option<String>,
@@ -322,6 +319,7 @@ pub struct UnsubscribeQuery {
     pub address: Option<String>,
 }
 
+#[utoipa::path(delete, path = "/subscriptions/{subscription_id}/unsubscribe", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)"), UnsubscribeQuery), responses((status = 204, description = "Unsubscribed")))]
 async fn unsubscribe(
     State(state): State<AppState>,
     caller: Caller,

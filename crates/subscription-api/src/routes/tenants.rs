@@ -1,9 +1,8 @@
 //! `/tenants`: global admins only (R10, R16).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::tenants;
 use messaging_core::values::TenantKey;
@@ -14,12 +13,14 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::ApiJson;
 use crate::startup::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/tenants", get(list).post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantView {
     pub tenant: String,
@@ -37,13 +38,14 @@ impl From<tenants::Tenant> for TenantView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTenant {
     pub tenant: String,
     pub name: String,
 }
 
+#[utoipa::path(post, path = "/tenants", tag = "admin", request_body = NewTenant, responses((status = 201, body = TenantView)))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -57,6 +59,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
+#[utoipa::path(get, path = "/tenants", tag = "admin", responses((status = 200, body = Vec<TenantView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,

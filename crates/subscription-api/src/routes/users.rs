@@ -1,18 +1,18 @@
 //! `/users` (R1, R2, R12, R16, R17): people by the tenant's own id for them, their delivery
 //! settings and their addresses. A user manages their own; admins anyone's in the tenant.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use herald_storage::StoreError;
 use herald_storage::addresses::{self, AddressRow, NewAddress};
+use herald_storage::link_codes;
 use herald_storage::page::Page;
 use herald_storage::users::{self, Settings, User};
-use messaging_core::Address;
 use messaging_core::ingress::DeliveryMode;
 use messaging_core::values::{Jid, Locale, UserId};
+use messaging_core::{Address, Channel};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -22,19 +22,19 @@ use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/users", get(list))
-        .route("/users/{user_id}", get(read).put(put).delete(remove))
-        .route("/users/{user_id}/addresses", post(add_address))
-        .route(
-            "/users/{user_id}/addresses/{address_id}",
-            delete(remove_address),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read, put, remove))
+        .routes(routes!(add_address))
+        .routes(routes!(remove_address))
+        .routes(routes!(issue_link_code))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub user_id: String,
@@ -62,7 +62,7 @@ impl From<User> for UserView {
 }
 
 /// One address with its reachability (R3, R6): `active`, `unreachable` or `removed`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressView {
     pub address_id: Uuid,
@@ -98,6 +98,7 @@ impl From<AddressRow> for AddressView {
     }
 }
 
+#[utoipa::path(get, path = "/users", tag = "users", params(super::Paging), responses((status = 200, body = Page<UserView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,6 +125,7 @@ async fn find(state: &AppState, caller: &Caller, person: &UserId) -> Result<User
         .map_err(not_found_as("user"))
 }
 
+#[utoipa::path(get, path = "/users/{user_id}", tag = "users", params(("user_id" = String, Path, description = "The tenant's own id for the person")), responses((status = 200, description = "The person with their addresses", body = UserView)))]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,7 +139,7 @@ async fn read(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserSettings {
     #[serde(default)]
@@ -147,10 +149,12 @@ pub struct UserSettings {
     pub preferred_channel: Option<String>,
     /// `all` (default) or `preferred`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub delivery_mode: Option<DeliveryMode>,
 }
 
 /// Creates the person, or replaces their settings.
+#[utoipa::path(put, path = "/users/{user_id}", tag = "users", params(("user_id" = String, Path)), request_body = UserSettings, responses((status = 200, description = "Created or updated", body = UserView)))]
 async fn put(
     State(state): State<AppState>,
     caller: Caller,
@@ -198,6 +202,7 @@ async fn put(
     Ok(Json(user.into()))
 }
 
+#[utoipa::path(delete, path = "/users/{user_id}", tag = "users", params(("user_id" = String, Path)), responses((status = 204, description = "Deleted with their addresses and registrations")))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -212,7 +217,7 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewAddressRequest {
     pub channel: String,
@@ -226,6 +231,7 @@ pub struct NewAddressRequest {
 
 /// Adds an address to a person, creating the person on first mention. Chat addresses
 /// (Telegram, Discord) normally arrive through the bots' link codes (R5) instead.
+#[utoipa::path(post, path = "/users/{user_id}/addresses", tag = "users", params(("user_id" = String, Path)), request_body = NewAddressRequest, responses((status = 201, body = AddressView), (status = 200, description = "Known already (reactivated if it was removed)", body = AddressView)))]
 async fn add_address(
     State(state): State<AppState>,
     caller: Caller,
@@ -276,6 +282,7 @@ async fn add_address(
     Ok((status, Json(row.into())))
 }
 
+#[utoipa::path(delete, path = "/users/{user_id}/addresses/{address_id}", tag = "users", params(("user_id" = String, Path), ("address_id" = Uuid, Path)), responses((status = 204, description = "Removed")))]
 async fn remove_address(
     State(state): State<AppState>,
     caller: Caller,
@@ -287,4 +294,85 @@ async fn remove_address(
         .await
         .map_err(not_found_as("address"))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkCodeRequest {
+    /// Only this chat channel may redeem the code (`telegram`, `discord`, `xmpp`); absent: any.
+    #[serde(default)]
+    pub channel: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkCodeView {
+    /// Shown only in this response; only its hash is stored.
+    #[schema(example = "K7QX2MPA")]
+    pub code: String,
+    pub channel: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    /// What to tell the person.
+    pub instructions: String,
+}
+
+/// R5: a chat bot reaches a person only after they wrote to it. The person sends this code to
+/// the bot (`/start CODE` on Telegram); the bot's sender redeems it, once, before it expires,
+/// and that chat becomes one of their addresses.
+#[utoipa::path(
+    post,
+    path = "/users/{user_id}/link-codes",
+    tag = "users",
+    params(("user_id" = String, Path)),
+    request_body(content = LinkCodeRequest, description = "Optional; `{}` for any channel"),
+    responses((status = 201, body = LinkCodeView)),
+)]
+async fn issue_link_code(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(body): ApiJson<LinkCodeRequest>,
+) -> Result<(StatusCode, Json<LinkCodeView>), ApiError> {
+    let person = person(&caller, &raw)?;
+    let channel = match body.channel.as_deref() {
+        Some(raw) => {
+            let channel = parse_channel(raw)?;
+            if !channel.is_chat() {
+                return Err(ApiError::invalid(
+                    "channel",
+                    format!("{channel} addresses are added directly, not linked with a code"),
+                ));
+            }
+            Some(channel)
+        }
+        None => None,
+    };
+    let tenant = caller.tenant()?;
+    let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
+    let user = users::ensure(&mut *tx, tenant.id, person.as_str()).await?;
+    let issued = link_codes::issue(
+        &mut tx,
+        tenant.id,
+        user.id,
+        channel.map(|c| c.as_str()),
+        state.link_code_ttl,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let instructions = match channel {
+        Some(Channel::Telegram) | None => format!(
+            "Send \"/start {}\" to the bot on Telegram, or the code to the bot on another chat service",
+            issued.code
+        ),
+        Some(other) => format!("Send \"{}\" to the bot on {other}", issued.code),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(LinkCodeView {
+            code: issued.code,
+            channel: issued.channel,
+            expires_at: issued.expires_at,
+            instructions,
+        }),
+    ))
 }

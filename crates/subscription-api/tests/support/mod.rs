@@ -43,6 +43,7 @@ impl TestApp {
                 max_body_bytes: 16 * 1024,
                 caller_per_minute: 10_000,
                 trigger_per_minute: 10_000,
+                ..LimitsConfig::default()
             },
         )
         .await
@@ -61,6 +62,7 @@ impl TestApp {
             jwt: Arc::new(jwt),
             names: names.clone(),
             limits: subscription_api::limits::RateLimits::new(&limits),
+            link_code_ttl: limits.link_code_ttl(),
         };
         let router = subscription_api::startup::app(state, &limits);
         TestApp {

@@ -1,0 +1,553 @@
+//! R16, R19: every route x every role x own or foreign tenant.
+//!
+//! The list of routes is checked against the OpenAPI document, which is generated from the
+//! routes as they are registered: a new route without a row here fails this test.
+//!
+//! Each case gets fresh objects of its own (so a DELETE in one case cannot change another's
+//! answer), all in tenant `acme`. The callers are: a global admin acting in `acme` (with the
+//! `Herald-Tenant` header), acme's tenant admin, acme's user who owns the objects, the tenant
+//! admin of another tenant using acme's ids, and nobody.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use herald_storage::{PgPool, tenants};
+use serde_json::{Value, json};
+use support::TestApp;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Global,
+    Admin,
+    User,
+    Foreign,
+    Nobody,
+}
+
+const CALLERS: [Caller; 5] = [
+    Caller::Global,
+    Caller::Admin,
+    Caller::User,
+    Caller::Foreign,
+    Caller::Nobody,
+];
+
+/// One route's expected statuses for Global, Admin, User (owner), Foreign; Nobody always 401.
+/// `lists` marks collection routes: a foreign caller gets 200 but must not see acme's objects.
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    body: Option<fn(&Fixture) -> Value>,
+    expect: [u16; 4],
+    lists: bool,
+}
+
+/// Objects of one case, with names unique to it.
+struct Fixture {
+    n: usize,
+    subscription: String,
+    user: String,
+    address: Uuid,
+    registration: Uuid,
+    schedule: Uuid,
+    binding: Uuid,
+    message: Uuid,
+    delivery: Uuid,
+    api_key: Uuid,
+    user_key: String,
+}
+
+impl Fixture {
+    fn path(&self, template: &str) -> String {
+        template
+            .replace("{subscription_id}", &self.subscription)
+            .replace("{user_id}", &self.user)
+            .replace("{address_id}", &self.address.to_string())
+            .replace("{registration_id}", &self.registration.to_string())
+            .replace("{schedule_id}", &self.schedule.to_string())
+            .replace("{binding_id}", &self.binding.to_string())
+            .replace("{message_id}", &self.message.to_string())
+            .replace("{delivery_id}", &self.delivery.to_string())
+            .replace("{id}", &self.api_key.to_string())
+            .replace("{channel}", "default")
+            .replace("{locale}", "en")
+    }
+}
+
+/// Letters only: subscription ids allow letters and `_`.
+fn letters(mut n: usize) -> String {
+    let mut out = String::new();
+    loop {
+        out.push((b'a' + (n % 26) as u8) as char);
+        n /= 26;
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+async fn fixture(app: &TestApp, acme: Uuid, n: usize) -> Fixture {
+    let pool = &app.pool;
+    let subscription = format!("sub_{}", letters(n));
+    let user = format!("person-{n}");
+    let sub_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO subscriptions (id, tenant_id, key, label, created_by, updated_by)
+         VALUES ($1, $2, $3, 'Matrix', 'test', 'test')",
+    )
+    .bind(sub_id)
+    .bind(acme)
+    .bind(&subscription)
+    .execute(pool)
+    .await
+    .unwrap();
+    let user_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO users (id, tenant_id, external_id) VALUES ($1, $2, $3)")
+        .bind(user_id)
+        .bind(acme)
+        .bind(&user)
+        .execute(pool)
+        .await
+        .unwrap();
+    let address = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value)
+         VALUES ($1, $2, $3, 'email', 'email', $4)",
+    )
+    .bind(address)
+    .bind(acme)
+    .bind(user_id)
+    .bind(format!("p{n}@example.com"))
+    .execute(pool)
+    .await
+    .unwrap();
+    let registration = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
+         VALUES ($1, $2, $3, $4, 'email', $5)",
+    )
+    .bind(registration)
+    .bind(acme)
+    .bind(sub_id)
+    .bind(user_id)
+    .bind(format!("p{n}@example.com"))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO templates (id, tenant_id, subscription_id, channel, locale, body)
+         VALUES ($1, $2, $3, NULL, 'en', 'hello')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(acme)
+    .bind(sub_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    let schedule = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO schedules (id, tenant_id, subscription_id, cron, next_run_at)
+         VALUES ($1, $2, $3, '0 9 * * *', now() + interval '1 day')",
+    )
+    .bind(schedule)
+    .bind(acme)
+    .bind(sub_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    let binding = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO event_bindings (id, tenant_id, event_type, subscription_id)
+         VALUES ($1, $2, 'audit.login', $3)",
+    )
+    .bind(binding)
+    .bind(acme)
+    .bind(sub_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    let message = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, source, subscription_id, request)
+         VALUES ($1, $2, 'api', $3, '{}')",
+    )
+    .bind(message)
+    .bind(acme)
+    .bind(sub_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    let delivery = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, message_id, subscription_id, user_id, address_id, channel, address)
+         VALUES ($1, $2, $3, $4, $5, $6, 'email', $7)",
+    )
+    .bind(delivery)
+    .bind(acme)
+    .bind(message)
+    .bind(sub_id)
+    .bind(user_id)
+    .bind(address)
+    .bind(format!("p{n}@example.com"))
+    .execute(pool)
+    .await
+    .unwrap();
+    let user_key = app.key(Some("acme"), "user", Some(&user)).await;
+    let api_key: Uuid =
+        sqlx::query_scalar("SELECT id FROM api_keys WHERE user_id = $1 AND tenant_id = $2")
+            .bind(&user)
+            .bind(acme)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    Fixture {
+        n,
+        subscription,
+        user,
+        address,
+        registration,
+        schedule,
+        binding,
+        message,
+        delivery,
+        api_key,
+        user_key,
+    }
+}
+
+fn rows() -> Vec<Row> {
+    const OWNER: [u16; 4] = [200, 200, 200, 404];
+    const ADMIN_READ: [u16; 4] = [200, 200, 403, 404];
+    const ADMIN_LIST: [u16; 4] = [200, 200, 403, 200];
+    const EVERYONE_LIST: [u16; 4] = [200, 200, 200, 200];
+    let row = |method, path, body, expect, lists| Row {
+        method,
+        path,
+        body,
+        expect,
+        lists,
+    };
+    vec![
+        row("GET", "/subscriptions", None, EVERYONE_LIST, true),
+        row(
+            "POST",
+            "/subscriptions",
+            Some(|f| json!({"subscriptionId": format!("new_{}", letters(f.n)), "label": "New"})),
+            [201, 201, 403, 201],
+            false,
+        ),
+        row(
+            "GET",
+            "/subscriptions/{subscription_id}",
+            None,
+            OWNER,
+            false,
+        ),
+        row(
+            "PUT",
+            "/subscriptions/{subscription_id}",
+            Some(|_| json!({"label": "Renamed"})),
+            ADMIN_READ,
+            false,
+        ),
+        row(
+            "DELETE",
+            "/subscriptions/{subscription_id}",
+            None,
+            [204, 204, 403, 404],
+            false,
+        ),
+        row(
+            "GET",
+            "/subscriptions/{subscription_id}/registrations",
+            None,
+            OWNER,
+            false,
+        ),
+        row(
+            "POST",
+            "/subscriptions/{subscription_id}/subscribe",
+            Some(|f| json!({"channel": "sms", "address": "+41790000000", "userId": f.user})),
+            [201, 201, 201, 404],
+            false,
+        ),
+        row(
+            "DELETE",
+            "/subscriptions/{subscription_id}/unsubscribe?userId={user_id}",
+            None,
+            [204, 204, 204, 404],
+            false,
+        ),
+        row("GET", "/registrations", None, EVERYONE_LIST, true),
+        row(
+            "PUT",
+            "/registrations/{registration_id}",
+            Some(|_| json!({"enabled": false})),
+            OWNER,
+            false,
+        ),
+        row(
+            "DELETE",
+            "/registrations/{registration_id}",
+            None,
+            [204, 204, 204, 404],
+            false,
+        ),
+        row(
+            "POST",
+            "/trigger/{subscription_id}",
+            Some(|_| json!({"eventParameters": {}})),
+            [202, 202, 403, 404],
+            false,
+        ),
+        row(
+            "POST",
+            "/messages",
+            Some(|f| json!({"userIds": [f.user], "content": {"direct": {"body": "hi"}}})),
+            [202, 202, 403, 202],
+            false,
+        ),
+        row("GET", "/messages/{message_id}", None, ADMIN_READ, false),
+        row("GET", "/deliveries", None, EVERYONE_LIST, true),
+        row("GET", "/deliveries/{delivery_id}", None, OWNER, false),
+        row("GET", "/tenants", None, [200, 403, 403, 403], false),
+        row(
+            "POST",
+            "/tenants",
+            Some(|f| json!({"tenant": format!("t{}", f.n), "name": "T"})),
+            [201, 403, 403, 403],
+            false,
+        ),
+        row("GET", "/api-keys", None, ADMIN_LIST, true),
+        row(
+            "POST",
+            "/api-keys",
+            Some(|_| json!({"name": "ci", "role": "tenant_admin"})),
+            [201, 201, 403, 201],
+            false,
+        ),
+        row(
+            "DELETE",
+            "/api-keys/{id}",
+            None,
+            [204, 204, 403, 404],
+            false,
+        ),
+        row("GET", "/users", None, ADMIN_LIST, true),
+        row("GET", "/users/{user_id}", None, OWNER, false),
+        // A user id names a person within the caller's tenant: another tenant's admin
+        // creating "person-N" creates their own person, not acme's.
+        row(
+            "PUT",
+            "/users/{user_id}",
+            Some(|_| json!({"locale": "de"})),
+            [200, 200, 200, 200],
+            false,
+        ),
+        row(
+            "DELETE",
+            "/users/{user_id}",
+            None,
+            [204, 204, 403, 404],
+            false,
+        ),
+        row(
+            "POST",
+            "/users/{user_id}/addresses",
+            Some(|f| json!({"channel": "email", "address": format!("second{}@example.com", f.n)})),
+            [201, 201, 201, 201],
+            false,
+        ),
+        row(
+            "DELETE",
+            "/users/{user_id}/addresses/{address_id}",
+            None,
+            [204, 204, 204, 404],
+            false,
+        ),
+        row(
+            "POST",
+            "/users/{user_id}/link-codes",
+            Some(|_| json!({"channel": "telegram"})),
+            [201, 201, 201, 201],
+            false,
+        ),
+        row(
+            "GET",
+            "/subscriptions/{subscription_id}/templates",
+            None,
+            ADMIN_READ,
+            false,
+        ),
+        row(
+            "GET",
+            "/subscriptions/{subscription_id}/templates/{channel}/{locale}",
+            None,
+            ADMIN_READ,
+            false,
+        ),
+        row(
+            "PUT",
+            "/subscriptions/{subscription_id}/templates/{channel}/{locale}",
+            Some(|_| json!({"body": "changed {{ x }}"})),
+            ADMIN_READ,
+            false,
+        ),
+        row(
+            "DELETE",
+            "/subscriptions/{subscription_id}/templates/{channel}/{locale}",
+            None,
+            [204, 204, 403, 404],
+            false,
+        ),
+        row("GET", "/schedules", None, ADMIN_LIST, true),
+        row(
+            "POST",
+            "/schedules",
+            Some(|f| json!({"subscriptionId": f.subscription, "cron": "@daily"})),
+            [201, 201, 403, 404],
+            false,
+        ),
+        row("GET", "/schedules/{schedule_id}", None, ADMIN_READ, false),
+        row(
+            "PUT",
+            "/schedules/{schedule_id}",
+            Some(|_| json!({"enabled": false})),
+            ADMIN_READ,
+            false,
+        ),
+        row(
+            "DELETE",
+            "/schedules/{schedule_id}",
+            None,
+            [204, 204, 403, 404],
+            false,
+        ),
+        row("GET", "/event-bindings", None, ADMIN_LIST, true),
+        row(
+            "POST",
+            "/event-bindings",
+            Some(|f| json!({"eventType": "audit.logout", "subscriptionId": f.subscription})),
+            [201, 201, 403, 404],
+            false,
+        ),
+        row(
+            "GET",
+            "/event-bindings/{binding_id}",
+            None,
+            ADMIN_READ,
+            false,
+        ),
+        row(
+            "DELETE",
+            "/event-bindings/{binding_id}",
+            None,
+            [204, 204, 403, 404],
+            false,
+        ),
+    ]
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn every_route_checks_role_and_tenant(pool: PgPool) {
+    let app = TestApp::new(pool.clone()).await;
+    app.tenant("acme").await;
+    app.tenant("other").await;
+    let acme = tenants::by_key(&pool, "acme").await.unwrap().id;
+    let global = app.key(None, "global_admin", None).await;
+    let admin = app.key(Some("acme"), "tenant_admin", None).await;
+    let foreign = app.key(Some("other"), "tenant_admin", None).await;
+
+    let rows = rows();
+    // Every documented route has a row, and every row is a documented route.
+    let documented = documented_routes();
+    let covered: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            let path = r.path.split('?').next().unwrap_or(r.path);
+            (r.method.to_owned(), path.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        covered, documented,
+        "the access matrix and the OpenAPI routes differ"
+    );
+
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for row in &rows {
+        for caller in CALLERS {
+            n += 1;
+            let f = fixture(&app, acme, n).await;
+            let path = format!("/api/messaging{}", f.path(row.path));
+            let (credential, headers): (Option<&str>, Vec<(&str, &str)>) = match caller {
+                Caller::Global => (Some(&global), vec![("herald-tenant", "acme")]),
+                Caller::Admin => (Some(&admin), vec![]),
+                Caller::User => (Some(&f.user_key), vec![]),
+                Caller::Foreign => (Some(&foreign), vec![]),
+                Caller::Nobody => (None, vec![]),
+            };
+            let expected = match caller {
+                Caller::Global => row.expect[0],
+                Caller::Admin => row.expect[1],
+                Caller::User => row.expect[2],
+                Caller::Foreign => row.expect[3],
+                Caller::Nobody => 401,
+            };
+            let body = row.body.map(|b| b(&f).to_string());
+            let response = app
+                .call_with(row.method, &path, credential, &headers, body)
+                .await;
+            if response.status.as_u16() != expected {
+                failures.push(format!(
+                    "{} {} as {caller:?}: expected {expected}, got {} {}",
+                    row.method, row.path, response.status, response.body
+                ));
+                continue;
+            }
+            if !response.status.is_success() {
+                assert_eq!(response.content_type, "application/problem+json");
+            }
+            // Another tenant's lists never show acme's objects.
+            if row.lists && matches!(caller, Caller::Foreign) {
+                let text = response.body.to_string();
+                for marker in [&f.subscription, &f.user, &f.delivery.to_string()] {
+                    if text.contains(marker.as_str()) {
+                        failures.push(format!(
+                            "{} {} leaks {marker} to another tenant",
+                            row.method, row.path
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// `(method, path)` of every operation in the OpenAPI document, relative to the base path.
+fn documented_routes() -> BTreeSet<(String, String)> {
+    let doc = serde_json::to_value(subscription_api::openapi::document(
+        subscription_api::routes::documented(),
+    ))
+    .unwrap();
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "put", "post", "delete", "patch"] {
+            if item.get(method).is_some() {
+                let relative = path
+                    .strip_prefix(subscription_api::routes::BASE)
+                    .unwrap_or(path);
+                out.insert((method.to_uppercase(), relative.to_owned()));
+            }
+        }
+    }
+    out
+}

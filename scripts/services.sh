@@ -63,15 +63,19 @@ ensure_postgres() {
 }
 
 # Python packages the tests and `just up` use: aiosmtpd is the SMTP server the email
-# sender is tested against (and the local mailbox of `just up`).
+# sender is tested against (and the local mailbox of `just up`); pika lets
+# scripts/clean-test-topology.py delete what tests declared.
 ensure_python_packages() {
-  if python3 -c "import aiosmtpd" 2>/dev/null; then
-    log "aiosmtpd is installed"
+  local missing=()
+  python3 -c "import aiosmtpd" 2>/dev/null || missing+=(aiosmtpd)
+  python3 -c "import pika" 2>/dev/null || missing+=(pika)
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "aiosmtpd and pika are installed"
     return
   fi
-  log "installing aiosmtpd (pip)"
-  python3 -m pip install -q aiosmtpd 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
-  python3 -c "import aiosmtpd" || { log "aiosmtpd could not be installed"; exit 1; }
+  log "installing ${missing[*]} (pip)"
+  python3 -m pip install -q "${missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  python3 -c "import aiosmtpd, pika" || { log "${missing[*]} could not be installed"; exit 1; }
 }
 
 ensure_rabbitmq

@@ -5,10 +5,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh || exit 1
+# Test topologies left by earlier runs (see the script for why they must not pile up).
+scripts/clean-test-topology.py || true
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+scripts/clean-test-topology.py || true
 awk '/^test result:/ {
        for (i = 1; i <= NF; i++) {
          if ($(i+1) ~ /^passed/) p += $i

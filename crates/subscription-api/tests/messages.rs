@@ -137,6 +137,19 @@ async fn a_repeated_idempotency_key_returns_the_first_message(pool: PgPool) {
         (Some(false), Some(true))
     );
     assert_eq!(unpublished(&pool).await, 1, "one message, one outbox row");
+
+    // The same key with other content is refused, not silently answered with the first.
+    let other = app
+        .call_with(
+            "POST",
+            "/api/messaging/trigger/orders",
+            Some(&admin),
+            &[("idempotency-key", "order-42-shipped")],
+            Some(json!({"eventParameters": {"order": 43}}).to_string()),
+        )
+        .await;
+    other.expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key"));
+    assert_eq!(unpublished(&pool).await, 1);
 }
 
 #[sqlx::test(migrations = "../../migrations")]

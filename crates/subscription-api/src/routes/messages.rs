@@ -197,6 +197,22 @@ async fn accept(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
+    // A key names one request. The same key with another request is a client bug (a reused
+    // counter, a key derived from too little): answering the first message would silently
+    // drop the second one, so say so instead.
+    if !new && message.request != encoded {
+        return Err(ApiError {
+            field: Some("Idempotency-Key".into()),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key reused",
+                format!(
+                    "this key was used for a different request (message {}); use a new key for a new request",
+                    message.id
+                ),
+            )
+        });
+    }
     if new {
         tracing::info!(message_id = %message.id, tenant = %tenant.key, actor = %caller.actor, "message accepted");
     }

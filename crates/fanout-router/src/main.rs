@@ -2,11 +2,8 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    herald_runtime::service::run_idle(
-        "fanout-router",
-        "127.0.0.1:9101",
-        "the router does not consume yet: producer messages wait in the ingress queue",
-    )
-    .await?;
+    herald_runtime::install_crypto_provider();
+    let config = fanout_router::config::Config::load()?;
+    fanout_router::run(config).await?;
     Ok(())
 }

@@ -101,3 +101,12 @@ pub async fn delete(
             .await?,
     )
 }
+
+/// A chat the person wrote from (R5) is theirs: linked addresses are verified.
+pub async fn mark_verified(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE addresses SET verified = true, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

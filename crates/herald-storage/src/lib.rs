@@ -6,10 +6,11 @@
 //! - [`error`]: [`StoreError`], with constraint violations told apart from outages.
 //! - [`secret`]: random tokens (API keys, link codes) and their stored hashes.
 //! - [`page`]: keyset pagination (`limit` + opaque cursor).
+//! - [`relay`]: the outbox relay, publishing accepted messages to the broker with confirms.
 //! - one module per table group: [`tenants`], [`api_keys`], [`users`] and their [`addresses`],
 //!   [`subscriptions`] with their [`templates`], [`schedules`] and [`event_bindings`],
 //!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
-//!   [`deliveries`].
+//!   [`deliveries`] and their [`tracking`] (attempts, address states, outcomes).
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
@@ -20,16 +21,19 @@ pub mod db;
 pub mod deliveries;
 pub mod error;
 pub mod event_bindings;
+pub mod fanout;
 pub mod link_codes;
 pub mod messages;
 pub mod outbox;
 pub mod page;
 pub mod registrations;
+pub mod relay;
 pub mod schedules;
 pub mod secret;
 pub mod subscriptions;
 pub mod templates;
 pub mod tenants;
+pub mod tracking;
 pub mod users;
 
 pub use error::StoreError;

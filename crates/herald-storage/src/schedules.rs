@@ -127,3 +127,72 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Resul
             .await?,
     )
 }
+
+/// A schedule whose time has come, with what firing it needs.
+#[derive(Debug, Clone, FromRow)]
+pub struct DueSchedule {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub tenant_key: String,
+    pub subscription_id: Uuid,
+    pub subscription_key: String,
+    pub subscription_enabled: bool,
+    pub cron: String,
+    pub time_zone: String,
+    pub event_parameters: serde_json::Value,
+    pub next_run_at: DateTime<Utc>,
+}
+
+/// Locks up to `limit` due schedules for the caller's transaction. `SKIP LOCKED`: another
+/// router replica's transaction holds the ones it claimed, and this one takes the others, so
+/// each due time fires in exactly one replica.
+pub async fn claim_due(
+    tx: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<Vec<DueSchedule>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT s.id, s.tenant_id, t.key AS tenant_key, s.subscription_id,
+                sub.key AS subscription_key, sub.enabled AS subscription_enabled,
+                s.cron, s.time_zone, s.event_parameters, s.next_run_at
+         FROM schedules s
+         JOIN subscriptions sub ON sub.id = s.subscription_id
+         JOIN tenants t ON t.id = s.tenant_id
+         WHERE s.enabled AND s.next_run_at <= now()
+         ORDER BY s.next_run_at
+         LIMIT $1
+         FOR UPDATE OF s SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?)
+}
+
+/// After firing (or skipping) the run due at `ran_for`: the next one, or disabled when the
+/// expression can no longer be read (`next` is `None`).
+pub async fn advance(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    ran_for: DateTime<Utc>,
+    next: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE schedules SET last_run_at = $2, next_run_at = coalesce($3, next_run_at),
+             enabled = enabled AND $3 IS NOT NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(ran_for)
+    .bind(next)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// When the earliest enabled schedule is due, to sleep until then.
+pub async fn next_due(db: impl PgExecutor<'_>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT min(next_run_at) FROM schedules WHERE enabled")
+            .fetch_one(db)
+            .await?,
+    )
+}

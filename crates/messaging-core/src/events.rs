@@ -93,6 +93,11 @@ pub struct MessageOutcome {
     pub completed_at: DateTime<Utc>,
     pub delivered: u32,
     pub failed: u32,
+    /// Why the message as a whole failed before reaching anyone (`no_template`,
+    /// `unknown_subscription`, ...). Absent when it was fanned out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+    /// Every recipient and channel, up to the first 1,000; `delivered` and `failed` count all.
     pub recipients: Vec<RecipientOutcome>,
 }
 

@@ -12,7 +12,6 @@
 //! - [`limits`]: R18's request rate limits, answered with 429 and Retry-After.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers as they are registered.
 //! - [`metrics`]: requests by route and status, and their latency, for `/metrics`.
-//! - [`relay`]: the outbox relay that publishes accepted messages with confirms.
 
 pub mod auth;
 pub mod cli;
@@ -22,7 +21,6 @@ pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
-pub mod relay;
 pub mod routes;
 pub mod startup;
 

@@ -21,8 +21,8 @@ use crate::auth::{JwtKeys, KeyError};
 use crate::config::{ApiConfig, LimitsConfig};
 use crate::error::ApiError;
 use crate::limits::RateLimits;
-use crate::relay::OutboxRelay;
 use crate::routes;
+use herald_storage::relay::OutboxRelay;
 
 /// What every handler gets.
 #[derive(Clone)]

@@ -8,11 +8,11 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use herald_runtime::amqp::{Broker, Publisher, Topology};
 use herald_runtime::config::{AmqpConfig, Secret};
+use herald_storage::relay::OutboxRelay;
 use herald_testkit::broker::{Inspector, amqp_url};
 use messaging_core::ingress::{Content, Ingress, Recipients};
 use serde_json::json;
 use sqlx::PgPool;
-use subscription_api::relay::OutboxRelay;
 use support::TestApp;
 
 async fn setup(pool: PgPool) -> (TestApp, String) {

@@ -1,11 +1,13 @@
-//! The outbox relay: publishes messages accepted over HTTP to the ingress exchange, with
-//! publisher confirms, and marks them published only after the broker confirmed them. So
-//! `202 Accepted` holds through a broker outage: the rows wait and go out when it is back.
+//! The outbox relay: publishes messages accepted over HTTP (and fired by schedules) to the
+//! ingress exchange, with publisher confirms, and marks them published only after the broker
+//! confirmed them. So `202 Accepted` holds through a broker outage: the rows wait and go out
+//! when it is back. The API and the router both run one; rows are claimed with
+//! `SKIP LOCKED`, so any number of relays share the work without publishing a row twice.
 
 use std::time::Duration;
 
+use crate::{PgPool, StoreError, outbox};
 use herald_runtime::amqp::{Message, Publisher};
-use herald_storage::{PgPool, StoreError, outbox};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 

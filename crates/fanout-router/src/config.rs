@@ -1,0 +1,195 @@
+//! The router's settings: `amqp`, `http` and `log` like every service, `database` like the API,
+//! and its own `router.*` section (`HERALD_ROUTER__BATCH_SIZE`, ...).
+
+use herald_runtime::config::BaseConfig;
+use herald_storage::db::DatabaseConfig;
+use messaging_core::values::{TenantKey, UserId};
+use serde::Deserialize;
+
+/// Where the router's health and metrics endpoints listen unless `HERALD_HTTP__ADDR` says
+/// otherwise.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9101";
+
+/// `router.*`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Delivery rows written, and send jobs published with confirms, per round trip. Bounds
+    /// the memory of a fan-out to a large subscription, and amortises the confirms.
+    pub batch_size: usize,
+    /// The tenant whose user receives legacy `{"title", "body", "sender"}` messages (R41).
+    /// Unset: legacy messages are dead-lettered with `legacy_not_configured`.
+    pub legacy_tenant: Option<String>,
+    /// That tenant's id of the person whose addresses on the legacy message's channel are the
+    /// channel's default destination (an operators' group chat, an on-call mailbox, ...).
+    pub legacy_user: Option<String>,
+    /// How soon a request that failed for a passing reason (database or broker unreachable)
+    /// is tried again, through the delay queues.
+    pub retry_after_ms: u64,
+    /// R3: an address whose failures span at least this many hours, and ...
+    pub address_removal_after_hours: u32,
+    /// ... number at least this many, is removed from its person (and that is recorded).
+    pub address_removal_failures: u32,
+    /// The longest the scheduler sleeps between looks for due schedules (R14).
+    pub scheduler_poll_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            batch_size: 1000,
+            legacy_tenant: None,
+            legacy_user: None,
+            retry_after_ms: 5_000,
+            address_removal_after_hours: 7 * 24,
+            address_removal_failures: 5,
+            scheduler_poll_ms: 1_000,
+        }
+    }
+}
+
+/// Where legacy messages go, once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyDestination {
+    pub tenant: TenantKey,
+    pub user: UserId,
+}
+
+impl RouterConfig {
+    /// Checked at start, so a typo stops the service with a reason instead of dead-lettering
+    /// every legacy message later.
+    pub fn legacy_destination(&self) -> Result<Option<LegacyDestination>, InvalidConfig> {
+        match (&self.legacy_tenant, &self.legacy_user) {
+            (None, None) => Ok(None),
+            (Some(tenant), Some(user)) => Ok(Some(LegacyDestination {
+                tenant: TenantKey::parse(tenant)
+                    .map_err(|e| InvalidConfig(format!("router.legacy_tenant: {e}")))?,
+                user: UserId::parse(user)
+                    .map_err(|e| InvalidConfig(format!("router.legacy_user: {e}")))?,
+            })),
+            _ => Err(InvalidConfig(
+                "router.legacy_tenant and router.legacy_user are set together or not at all".into(),
+            )),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(InvalidConfig(
+                "router.batch_size must be between 1 and 10000".into(),
+            ));
+        }
+        if self.address_removal_failures == 0 {
+            return Err(InvalidConfig(
+                "router.address_removal_failures must be at least 1".into(),
+            ));
+        }
+        if self.scheduler_poll_ms == 0 {
+            return Err(InvalidConfig(
+                "router.scheduler_poll_ms must be at least 1".into(),
+            ));
+        }
+        self.legacy_destination().map(drop)
+    }
+
+    /// When a failing address is removed (R3).
+    pub fn removal_policy(&self) -> herald_storage::tracking::RemovalPolicy {
+        herald_storage::tracking::RemovalPolicy {
+            after: chrono::Duration::hours(i64::from(self.address_removal_after_hours)),
+            failures: i32::try_from(self.address_removal_failures).unwrap_or(i32::MAX),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct InvalidConfig(pub String);
+
+/// The sections besides `BaseConfig`'s, read from the same sources.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct Sections {
+    router: RouterConfig,
+    database: DatabaseConfig,
+}
+
+/// Everything the router reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub base: BaseConfig,
+    pub router: RouterConfig,
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Load(#[from] herald_runtime::config::ConfigError),
+    #[error(transparent)]
+    Invalid(#[from] InvalidConfig),
+}
+
+impl Config {
+    /// Defaults, then `HERALD_CONFIG`, then `HERALD_*` variables; validated.
+    pub fn load() -> Result<Config, ConfigError> {
+        let base: BaseConfig = herald_runtime::config::load(&[("http.addr", DEFAULT_HTTP_ADDR)])?;
+        let Sections { router, database } = herald_runtime::config::load(&[])?;
+        router.validate()?;
+        Ok(Config {
+            base,
+            router,
+            database,
+        })
+    }
+}
+
+#[cfg(test)]
+// figment::Jail's closure returns figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_router_section_comes_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_ROUTER__BATCH_SIZE", "250");
+            jail.set_env("HERALD_ROUTER__LEGACY_TENANT", "ops");
+            jail.set_env("HERALD_ROUTER__LEGACY_USER", "on-call");
+            jail.set_env("HERALD_DATABASE__MAX_CONNECTIONS", "4");
+            let config = Config::load().unwrap();
+            assert_eq!(config.router.batch_size, 250);
+            assert_eq!(config.database.max_connections, 4);
+            assert_eq!(config.base.http.addr.to_string(), DEFAULT_HTTP_ADDR);
+            let legacy = config.router.legacy_destination().unwrap().unwrap();
+            assert_eq!(legacy.tenant.as_str(), "ops");
+            assert_eq!(legacy.user.as_str(), "on-call");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn half_a_legacy_destination_or_a_bad_batch_size_is_refused() {
+        let half = RouterConfig {
+            legacy_tenant: Some("ops".into()),
+            ..RouterConfig::default()
+        };
+        assert!(half.validate().unwrap_err().0.contains("together"));
+        let zero = RouterConfig {
+            batch_size: 0,
+            ..RouterConfig::default()
+        };
+        assert!(zero.validate().is_err());
+        let bad_tenant = RouterConfig {
+            legacy_tenant: Some("Ops".into()),
+            legacy_user: Some("u".into()),
+            ..RouterConfig::default()
+        };
+        assert!(
+            bad_tenant
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("legacy_tenant")
+        );
+    }
+}

@@ -1,0 +1,575 @@
+//! Fan-out: one accepted message becomes one delivery row and one send job per address.
+//!
+//! Per batch (at most `router.batch_size` recipients' addresses):
+//! 1. the delivery rows are inserted with `ON CONFLICT DO NOTHING` (unique per message and
+//!    address), failed ones included (no address, template error, invalid address);
+//! 2. the pending rows of the batch whose job is not published yet are read back, with their
+//!    stored ids;
+//! 3. their jobs are published to `{p}.send` (routing key: the channel) with confirms;
+//! 4. those rows are marked published.
+//!
+//! The ingress message is acked only after the last batch, so a crash anywhere redelivers it,
+//! and the next pass publishes only what is still unmarked (R44). Two passes over the same
+//! message at the same moment (a relay that published a message twice) can both publish a
+//! row's job; the copies carry the same delivery id, which senders drop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use herald_runtime::amqp::{Message, PublishError, Publisher};
+use herald_storage::fanout::{self as store, NewDelivery, UserRecipient};
+use herald_storage::{PgPool, StoreError};
+use messaging_core::failure::Failure;
+use messaging_core::ingress::{DeliveryMode, NotifyRequest};
+use messaging_core::job::{RenderedContent, SendJob};
+use messaging_core::topology::Names;
+use messaging_core::values::{ChatId, DiscordId, E164, Email, Jid, Locale, TenantKey, UserId};
+use messaging_core::{Address, Channel, EnvelopeVersion};
+use uuid::Uuid;
+
+use crate::render::Templates;
+
+/// The AMQP `type` of a send job.
+const JOB_KIND: &str = "herald.send_job.v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanOutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot publish send jobs: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// What a message says, ready for every recipient.
+pub enum Body {
+    Direct(Arc<RenderedContent>),
+    /// Boxed: one per message, and far larger than a pointer.
+    Templates(Box<Templates>),
+}
+
+/// Who gets it.
+pub enum Audience {
+    /// The tenant's ids for people (R1), each on their active addresses (R2).
+    Users(Vec<UserId>),
+    /// A subscription's enabled registrations (R12).
+    Subscription(Uuid),
+}
+
+/// One message to fan out.
+pub struct Plan<'a> {
+    pub tenant_id: Uuid,
+    pub tenant: &'a TenantKey,
+    pub message_id: Uuid,
+    /// Recorded on every delivery row, for the delivery filters (R15).
+    pub subscription_id: Option<Uuid>,
+    pub request: &'a NotifyRequest,
+    pub audience: Audience,
+    pub body: Body,
+}
+
+/// What a fan-out did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Delivery rows written by this pass (not those an earlier pass wrote).
+    pub new_rows: u64,
+    /// Jobs the broker confirmed in this pass.
+    pub published: usize,
+    /// Deliveries failed at fan-out (no address, template error, invalid address).
+    pub failed: usize,
+    /// The message's status afterwards: `fanned_out` or `completed`.
+    pub status: String,
+}
+
+/// The fan-out engine; shared by every ingress handler task.
+#[derive(Clone)]
+pub struct FanOut {
+    pool: PgPool,
+    publisher: Publisher,
+    names: Names,
+    batch_size: usize,
+}
+
+/// One delivery as planned: the row, and for a pending one the job to publish.
+struct Planned {
+    row: NewDelivery,
+    job: Option<PlannedJob>,
+}
+
+struct PlannedJob {
+    to: Address,
+    user_id: Option<UserId>,
+    content: Arc<RenderedContent>,
+}
+
+impl FanOut {
+    pub fn new(pool: PgPool, publisher: Publisher, names: Names, batch_size: usize) -> Self {
+        FanOut {
+            pool,
+            publisher,
+            names,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub async fn run(&self, plan: Plan<'_>) -> Result<Summary, FanOutError> {
+        let started = Utc::now();
+        let mut summary = Summary::default();
+        let Plan {
+            tenant_id,
+            tenant,
+            message_id,
+            subscription_id,
+            request,
+            audience,
+            mut body,
+        } = plan;
+        let batch = Batch {
+            fanout: self,
+            tenant_id,
+            tenant,
+            message_id,
+            subscription_id,
+            expires_at: request.expires_at,
+            created_at: started,
+        };
+        let channels: Option<Vec<Channel>> = request.channels.clone();
+        let locale = match &request.content {
+            messaging_core::ingress::Content::Template(t) => t.locale.clone(),
+            messaging_core::ingress::Content::Direct(_) => None,
+        };
+        match audience {
+            Audience::Users(users) => {
+                let mut ids: Vec<String> = users.into_iter().map(UserId::into_inner).collect();
+                ids.sort();
+                ids.dedup();
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+                let people = store::users_for_fanout(&mut conn, tenant_id, &ids).await?;
+                drop(conn);
+                let mut planned = Vec::new();
+                for person in &people {
+                    plan_user(
+                        person,
+                        channels.as_deref(),
+                        request.mode,
+                        locale.as_ref(),
+                        &mut body,
+                        &mut planned,
+                    );
+                }
+                let mut planned = planned.into_iter().peekable();
+                while planned.peek().is_some() {
+                    let chunk: Vec<Planned> = planned.by_ref().take(self.batch_size).collect();
+                    batch.write_and_publish(chunk, &mut summary).await?;
+                }
+            }
+            Audience::Subscription(subscription) => {
+                let channel_names: Option<Vec<String>> = channels
+                    .as_ref()
+                    .map(|cs| cs.iter().map(|c| c.as_str().to_owned()).collect());
+                let mut after = Uuid::nil();
+                loop {
+                    let page = store::registrations_page(
+                        &self.pool,
+                        tenant_id,
+                        subscription,
+                        after,
+                        self.batch_size as i64,
+                        channel_names.as_deref(),
+                    )
+                    .await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.id;
+                    let full = page.len() == self.batch_size;
+                    let planned = page
+                        .iter()
+                        .map(|r| {
+                            plan_address(
+                                Some(r.user_id),
+                                &r.external_id,
+                                None,
+                                &r.channel,
+                                None,
+                                &r.address,
+                                |channel| match &mut body {
+                                    Body::Direct(content) => Ok(content.clone()),
+                                    Body::Templates(t) => {
+                                        t.render(channel, locale.as_ref(), r.locale.as_deref())
+                                    }
+                                },
+                            )
+                        })
+                        .collect();
+                    batch.write_and_publish(planned, &mut summary).await?;
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+        let abandoned = store::fail_abandoned(&self.pool, message_id, started).await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "deliveries of an interrupted earlier pass lost their recipient; failed them"
+            );
+        }
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        summary.status = store::finish_fanout(&mut conn, message_id).await?;
+        Ok(summary)
+    }
+}
+
+/// What every batch of one message shares.
+struct Batch<'a> {
+    fanout: &'a FanOut,
+    tenant_id: Uuid,
+    tenant: &'a TenantKey,
+    message_id: Uuid,
+    subscription_id: Option<Uuid>,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl Batch<'_> {
+    async fn write_and_publish(
+        &self,
+        planned: Vec<Planned>,
+        summary: &mut Summary,
+    ) -> Result<(), FanOutError> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let fanout = self.fanout;
+        let rows: Vec<NewDelivery> = planned.iter().map(|p| p.row.clone()).collect();
+        for failure in rows.iter().filter_map(|r| r.failure.as_ref()) {
+            metrics::counter!("herald_router_deliveries_failed_total", "code" => failure.code.clone())
+                .increment(1);
+        }
+        summary.failed += rows.iter().filter(|r| r.failure.is_some()).count();
+        summary.new_rows += store::insert_deliveries(
+            &fanout.pool,
+            self.tenant_id,
+            self.message_id,
+            self.subscription_id,
+            &rows,
+        )
+        .await?;
+
+        let mut jobs: HashMap<(Option<Uuid>, String, String), PlannedJob> = HashMap::new();
+        for p in planned {
+            if let (Some(job), Some(channel), Some(address)) = (p.job, p.row.channel, p.row.address)
+            {
+                jobs.insert((p.row.user_id, channel, address), job);
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<_> = jobs.keys().cloned().collect();
+        let unpublished = store::unpublished(&fanout.pool, self.message_id, &keys).await?;
+        let mut ids = Vec::with_capacity(unpublished.len());
+        let mut bodies: Vec<(Channel, Vec<u8>, Uuid)> = Vec::with_capacity(unpublished.len());
+        for row in unpublished {
+            let Some(job) = jobs.get(&(row.user_id, row.channel, row.address)) else {
+                continue;
+            };
+            let send = SendJob {
+                version: EnvelopeVersion,
+                delivery_id: row.id,
+                message_id: self.message_id,
+                tenant: self.tenant.clone(),
+                to: job.to.clone(),
+                user_id: job.user_id.clone(),
+                content: (*job.content).clone(),
+                created_at: self.created_at,
+                expires_at: self.expires_at,
+            };
+            let body = serde_json::to_vec(&send).unwrap_or_default();
+            bodies.push((send.channel(), body, row.id));
+            ids.push(row.id);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let exchange = fanout.names.send_exchange();
+        let messages: Vec<Message> = bodies
+            .iter()
+            .map(|(channel, body, id)| {
+                Message::new(&exchange, channel.as_str(), body)
+                    .message_id(id.to_string())
+                    .kind(JOB_KIND)
+            })
+            .collect();
+        fanout.publisher.publish_batch(&messages).await?;
+        store::mark_published(&fanout.pool, &ids).await?;
+        for (channel, _, _) in &bodies {
+            metrics::counter!("herald_router_jobs_published_total", "channel" => channel.as_str())
+                .increment(1);
+        }
+        summary.published += ids.len();
+        Ok(())
+    }
+}
+
+/// A user's deliveries (R2): the active addresses on the requested channels; with mode
+/// `preferred` only those on the user's preferred channel when there are any. No address at
+/// all is a failed delivery (`no_address`), so the producer learns it (R4 b).
+fn plan_user(
+    person: &UserRecipient,
+    channels: Option<&[Channel]>,
+    mode: Option<DeliveryMode>,
+    locale: Option<&Locale>,
+    body: &mut Body,
+    out: &mut Vec<Planned>,
+) {
+    let mode = mode.unwrap_or(if person.delivery_mode == "preferred" {
+        DeliveryMode::Preferred
+    } else {
+        DeliveryMode::All
+    });
+    let wanted = |name: &str| channels.is_none_or(|cs| cs.iter().any(|c| c.as_str() == name));
+    let mut addresses: Vec<_> = person
+        .addresses
+        .iter()
+        .filter(|a| wanted(&a.channel))
+        .collect();
+    if mode == DeliveryMode::Preferred
+        && let Some(preferred) = person.preferred_channel.as_deref()
+        && addresses.iter().any(|a| a.channel == preferred)
+    {
+        addresses.retain(|a| a.channel == preferred);
+    }
+    if addresses.is_empty() {
+        let why = if person.addresses.is_empty() {
+            format!("user {} has no active address", person.external_id)
+        } else {
+            format!(
+                "user {} has no active address on the requested channels",
+                person.external_id
+            )
+        };
+        out.push(Planned {
+            row: NewDelivery {
+                id: Uuid::now_v7(),
+                user_id: Some(person.id),
+                address_id: None,
+                channel: None,
+                address: None,
+                failure: Some(failure_row(&Failure::permanent("no_address", why))),
+            },
+            job: None,
+        });
+        return;
+    }
+    for address in addresses {
+        out.push(plan_address(
+            Some(person.id),
+            &person.external_id,
+            Some(address.id),
+            &address.channel,
+            Some(&address.kind),
+            &address.value,
+            |channel| match body {
+                Body::Direct(content) => Ok(content.clone()),
+                Body::Templates(t) => t.render(channel, locale, person.locale.as_deref()),
+            },
+        ));
+    }
+}
+
+/// One address's delivery: pending with its job, or failed when the stored address does not
+/// parse or its content cannot be rendered.
+fn plan_address(
+    user_id: Option<Uuid>,
+    external_id: &str,
+    address_id: Option<Uuid>,
+    channel: &str,
+    kind: Option<&str>,
+    value: &str,
+    content: impl FnOnce(Channel) -> Result<Arc<RenderedContent>, Failure>,
+) -> Planned {
+    let failed = |channel: &str, value: &str, failure: Failure| Planned {
+        row: NewDelivery {
+            id: Uuid::now_v7(),
+            user_id,
+            address_id,
+            channel: Some(channel.to_owned()),
+            address: Some(value.to_owned()),
+            failure: Some(failure_row(&failure)),
+        },
+        job: None,
+    };
+    let to = match parse_address(channel, kind, value) {
+        Ok(to) => to,
+        Err(reason) => {
+            // A channel the database allows but this version does not know would not fit the
+            // row's CHECK; both come from the same list, so this is an invalid value.
+            return failed(
+                channel,
+                value,
+                Failure::permanent("invalid_address", reason),
+            );
+        }
+    };
+    let channel = to.channel();
+    // Stored normalised, so a later pass computes the same key for the same address.
+    let value = to.value();
+    match content(channel) {
+        Ok(content) => Planned {
+            row: NewDelivery {
+                id: Uuid::now_v7(),
+                user_id,
+                address_id,
+                channel: Some(channel.as_str().to_owned()),
+                address: Some(value),
+                failure: None,
+            },
+            job: Some(PlannedJob {
+                to,
+                user_id: UserId::parse(external_id).ok(),
+                content,
+            }),
+        },
+        Err(failure) => failed(channel.as_str(), &value, failure),
+    }
+}
+
+/// An address as stored (an `addresses` row has a kind; a registration only a channel).
+fn parse_address(channel: &str, kind: Option<&str>, value: &str) -> Result<Address, String> {
+    let invalid = |e: messaging_core::values::InvalidValue| e.to_string();
+    let kind = kind.unwrap_or(channel);
+    Ok(match kind {
+        "telegram" => Address::Telegram(ChatId::parse(value).map_err(invalid)?),
+        "discord" => Address::Discord(DiscordId::parse(value).map_err(invalid)?),
+        "xmpp" => Address::Xmpp(Jid::parse(value).map_err(invalid)?),
+        "xmpp_room" => Address::XmppRoom(Jid::parse(value).map_err(invalid)?),
+        "email" => Address::Email(Email::parse(value).map_err(invalid)?),
+        "sms" => Address::Sms(E164::parse(value).map_err(invalid)?),
+        other => return Err(format!("unknown address kind {other:?}")),
+    })
+}
+
+fn failure_row(failure: &Failure) -> store::DeliveryFailure {
+    store::DeliveryFailure {
+        class: failure.class.as_str().to_owned(),
+        code: failure.code.clone(),
+        message: failure.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_storage::fanout::ActiveAddress;
+
+    fn person(mode: &str, preferred: Option<&str>, addresses: &[(&str, &str)]) -> UserRecipient {
+        UserRecipient {
+            id: Uuid::now_v7(),
+            external_id: "u-1".into(),
+            locale: None,
+            preferred_channel: preferred.map(str::to_owned),
+            delivery_mode: mode.into(),
+            addresses: addresses
+                .iter()
+                .map(|(kind, value)| ActiveAddress {
+                    id: Uuid::now_v7(),
+                    channel: if *kind == "xmpp_room" { "xmpp" } else { kind }.to_string(),
+                    kind: kind.to_string(),
+                    value: value.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn direct() -> Body {
+        Body::Direct(Arc::new(RenderedContent {
+            subject: None,
+            text: "hi".into(),
+            html: None,
+        }))
+    }
+
+    fn plan(
+        p: &UserRecipient,
+        channels: Option<&[Channel]>,
+        mode: Option<DeliveryMode>,
+    ) -> Vec<Planned> {
+        let mut out = Vec::new();
+        plan_user(p, channels, mode, None, &mut direct(), &mut out);
+        out
+    }
+
+    fn channels_of(planned: &[Planned]) -> Vec<Option<String>> {
+        planned.iter().map(|p| p.row.channel.clone()).collect()
+    }
+
+    const THREE: [(&str, &str); 3] = [
+        ("email", "ann@example.org"),
+        ("sms", "+41791234567"),
+        ("telegram", "42"),
+    ];
+
+    #[test]
+    fn mode_all_uses_every_active_address_on_the_requested_channels() {
+        let p = person("all", Some("sms"), &THREE);
+        assert_eq!(plan(&p, None, None).len(), 3);
+        let only = plan(&p, Some(&[Channel::Email, Channel::Discord]), None);
+        assert_eq!(channels_of(&only), [Some("email".to_owned())]);
+    }
+
+    #[test]
+    fn mode_preferred_uses_the_preferred_channel_or_falls_back_to_all() {
+        let p = person("preferred", Some("sms"), &THREE);
+        assert_eq!(channels_of(&plan(&p, None, None)), [Some("sms".to_owned())]);
+        // The request's mode overrides the user's.
+        assert_eq!(plan(&p, None, Some(DeliveryMode::All)).len(), 3);
+        let elsewhere = person("preferred", Some("discord"), &THREE);
+        assert_eq!(plan(&elsewhere, None, None).len(), 3);
+    }
+
+    #[test]
+    fn no_address_is_a_failed_delivery_not_silence() {
+        let nobody = plan(&person("all", None, &[]), None, None);
+        assert_eq!(nobody.len(), 1);
+        let failure = nobody[0].row.failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.class.as_str(), failure.code.as_str()),
+            ("permanent", "no_address")
+        );
+        assert!(nobody[0].row.channel.is_none() && nobody[0].job.is_none());
+        let filtered = plan(&person("all", None, &THREE), Some(&[Channel::Xmpp]), None);
+        assert!(
+            filtered[0]
+                .row
+                .failure
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("requested channels")
+        );
+    }
+
+    #[test]
+    fn a_stored_address_that_does_not_parse_fails_with_invalid_address() {
+        let p = person(
+            "all",
+            None,
+            &[
+                ("sms", "not a number"),
+                ("xmpp_room", "room@muc.example.org"),
+            ],
+        );
+        let planned = plan(&p, None, None);
+        assert_eq!(
+            planned[0].row.failure.as_ref().unwrap().code,
+            "invalid_address"
+        );
+        let room = planned[1].job.as_ref().unwrap();
+        assert!(matches!(room.to, Address::XmppRoom(_)));
+    }
+}

@@ -1,0 +1,505 @@
+//! The ingress consumer: every message on `{p}.router.ingress`, as a consumer-runner
+//! [`Handler`].
+//!
+//! - Undecodable messages are dead-lettered by the runner with the decoder's reason (R43).
+//! - A request for an unknown tenant is dead-lettered (`unknown_tenant`): there is no tenant to
+//!   record it in. A request that breaks a rule serde cannot express is dead-lettered
+//!   (`invalid`), as the API would refuse it with 422.
+//! - Everything else becomes a `messages` row first: the API's own row (found by the AMQP
+//!   `message_id`), or a new one. Its idempotency key is unique per tenant, so a repeated
+//!   request finds the first message and publishes nothing new (R44).
+//! - A request that cannot be fanned out for a reason the producer must fix (unknown or
+//!   disabled subscription, a subscription without templates) fails its message with an
+//!   `error_code`, and is acked, not dead-lettered: the message row is where the producer
+//!   looks (`GET /messages/{id}`, R4, R13), and a dead letter would hold the same request a
+//!   second time, in a place the tenant cannot read.
+//! - Database or broker trouble is retried through the delay queues; the pass after it
+//!   finds the rows the earlier one wrote.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_runtime::amqp::{Context, Handler, Outcome, Rejection};
+use herald_storage::fanout::{self as store, NewRouterMessage, RouterMessage};
+use herald_storage::subscriptions::{self, Subscription};
+use herald_storage::tenants::{self, Tenant};
+use herald_storage::{PgPool, StoreError};
+use messaging_core::EnvelopeVersion;
+use messaging_core::ingress::{
+    Content, DeliveryMode, DirectContent, EventTrigger, Ingress, LegacyMessage, NotifyRequest,
+    Recipients,
+};
+use messaging_core::job::RenderedContent;
+use messaging_core::values::SubscriptionKey;
+use serde_json::Value;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::LegacyDestination;
+use crate::fanout::{Audience, Body, FanOut, FanOutError, Plan};
+use crate::outcome::{OutcomeError, Outcomes};
+use crate::render::Templates;
+
+pub struct IngressHandler {
+    pool: PgPool,
+    fanout: FanOut,
+    /// Where legacy messages go (R41); `None` dead-letters them with a reason.
+    legacy: Option<LegacyDestination>,
+    retry_after: Duration,
+    /// Publishes a message's outcome when fan-out finishes it (R4): a message that failed as
+    /// a whole, or whose recipients all failed at once (no address). `None` in tests that
+    /// look at fan-out alone.
+    outcomes: Option<Outcomes>,
+}
+
+/// Why a request could not be handled now.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    FanOut(#[from] FanOutError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Outcome(#[from] OutcomeError),
+}
+
+/// Where a message row comes from (`messages.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Amqp,
+    Legacy,
+    Event,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Amqp => "amqp",
+            Source::Legacy => "legacy",
+            Source::Event => "event",
+        }
+    }
+}
+
+/// One request to turn into a message: the notify request and how to store it.
+struct Request<'a> {
+    notify: NotifyRequest,
+    source: Source,
+    /// What is stored as the message's request: what the producer sent.
+    original: &'a Value,
+    /// The key the message row is unique by in its tenant.
+    idempotency_key: Option<String>,
+    /// Told apart from the AMQP `message_id`, so each subscription an event fires gets its own
+    /// message, and a redelivery finds each again.
+    discriminator: Option<&'a str>,
+}
+
+impl IngressHandler {
+    pub fn new(
+        pool: PgPool,
+        fanout: FanOut,
+        legacy: Option<LegacyDestination>,
+        retry_after: Duration,
+    ) -> Self {
+        IngressHandler {
+            pool,
+            fanout,
+            legacy,
+            retry_after,
+            outcomes: None,
+        }
+    }
+
+    pub fn with_outcomes(mut self, outcomes: Outcomes) -> Self {
+        self.outcomes = Some(outcomes);
+        self
+    }
+
+    /// The outcome, when the message is final; also on repeats, in case the first copy died
+    /// between finishing the message and publishing it.
+    async fn publish_outcome(&self, message_id: uuid::Uuid) -> Result<(), RouteError> {
+        if let Some(outcomes) = &self.outcomes {
+            outcomes.publish_if_due(message_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn route(&self, ingress: Ingress, ctx: &Context) -> Result<Outcome, RouteError> {
+        let original: Value = serde_json::from_slice(&ingress.encode()).unwrap_or(Value::Null);
+        match ingress {
+            Ingress::Notify(notify) => {
+                let idempotency_key = notify.idempotency_key.as_ref().map(|k| k.to_string());
+                let request = Request {
+                    notify,
+                    source: Source::Amqp,
+                    original: &original,
+                    idempotency_key,
+                    discriminator: None,
+                };
+                self.notify(request, ctx).await
+            }
+            Ingress::Event(event) => self.event(event, &original, ctx).await,
+            Ingress::Legacy(legacy) => self.legacy(legacy, &original, ctx).await,
+        }
+    }
+
+    async fn notify(&self, request: Request<'_>, ctx: &Context) -> Result<Outcome, RouteError> {
+        if let Err(invalid) = request.notify.validate() {
+            return Ok(dead_letter("invalid", invalid.to_string()));
+        }
+        let Some(tenant) = self.tenant(request.notify.tenant.as_str()).await? else {
+            return Ok(dead_letter(
+                "unknown_tenant",
+                format!("no tenant {:?}", request.notify.tenant.as_str()),
+            ));
+        };
+        self.notify_in(&tenant, request, ctx).await
+    }
+
+    async fn notify_in(
+        &self,
+        tenant: &Tenant,
+        request: Request<'_>,
+        ctx: &Context,
+    ) -> Result<Outcome, RouteError> {
+        let span = tracing::info_span!(
+            "fanout",
+            tenant = %tenant.key,
+            source = request.source.as_str(),
+            message_id = tracing::field::Empty,
+        );
+        async {
+            let notify = &request.notify;
+            // Whose templates, or whose registrations: looked up before the message is stored,
+            // so the message row names its subscription.
+            let subscription_key = match (&notify.to, &notify.content) {
+                (Recipients::Subscription(key), _) => Some(key),
+                (_, Content::Template(t)) => t.subscription.as_ref(),
+                _ => None,
+            };
+            let subscription = match subscription_key {
+                Some(key) => self.subscription(tenant.id, key).await?,
+                None => None,
+            };
+            let message = self
+                .find_or_create(tenant, &request, subscription.as_ref(), ctx)
+                .await?;
+            tracing::Span::current().record("message_id", tracing::field::display(message.id));
+            if message.status != "accepted" {
+                tracing::info!(status = %message.status, "repeated request; its message is handled already");
+                count(request.source, "repeated");
+                self.publish_outcome(message.id).await?;
+                return Ok(Outcome::Ack);
+            }
+            if let Some(key) = subscription_key {
+                let refusal = match &subscription {
+                    None => Some((
+                        "unknown_subscription",
+                        format!("tenant {} has no subscription {key}", tenant.key),
+                    )),
+                    Some(s) if !s.enabled => Some((
+                        "subscription_disabled",
+                        format!("subscription {key} is disabled; enable it to trigger it"),
+                    )),
+                    Some(_) => None,
+                };
+                if let Some((code, reason)) = refusal {
+                    return self.fail(&message, request.source, code, &reason).await;
+                }
+            }
+            let body = match &notify.content {
+                Content::Direct(direct) => Body::Direct(Arc::new(RenderedContent {
+                    subject: direct.subject.clone(),
+                    text: direct.body.clone(),
+                    html: direct.html.clone(),
+                })),
+                Content::Template(content) => {
+                    // The key was looked up above; a template without one never validates.
+                    let Some(subscription) = &subscription else {
+                        return Ok(dead_letter("invalid", "a template needs a subscription"));
+                    };
+                    let rows = store::templates(&self.pool, tenant.id, subscription.id).await?;
+                    let templates =
+                        Templates::new(rows, &subscription.fallback_locale, &content.data);
+                    if templates.is_empty() {
+                        let reason = format!(
+                            "subscription {} has no template; add one for a channel and locale (or for any channel) to send it",
+                            subscription.key
+                        );
+                        return self.fail(&message, request.source, "no_template", &reason).await;
+                    }
+                    Body::Templates(Box::new(templates))
+                }
+            };
+            let audience = match &notify.to {
+                Recipients::Users(users) => Audience::Users(users.clone()),
+                Recipients::Subscription(_) => match &subscription {
+                    Some(s) => Audience::Subscription(s.id),
+                    None => return Ok(dead_letter("invalid", "no subscription to notify")),
+                },
+            };
+            let summary = self
+                .fanout
+                .run(Plan {
+                    tenant_id: tenant.id,
+                    tenant: &notify.tenant,
+                    message_id: message.id,
+                    subscription_id: subscription.as_ref().map(|s| s.id),
+                    request: notify,
+                    audience,
+                    body,
+                })
+                .await?;
+            tracing::info!(
+                new_deliveries = summary.new_rows,
+                jobs = summary.published,
+                failed = summary.failed,
+                status = %summary.status,
+                "fanned out"
+            );
+            count(request.source, &summary.status);
+            self.publish_outcome(message.id).await?;
+            Ok(Outcome::Ack)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// An event fires every subscription bound to its type (R14), each as a message of its
+    /// own with the event's data as template data.
+    async fn event(
+        &self,
+        event: EventTrigger,
+        original: &Value,
+        ctx: &Context,
+    ) -> Result<Outcome, RouteError> {
+        let Some(tenant) = self.tenant(event.tenant.as_str()).await? else {
+            return Ok(dead_letter(
+                "unknown_tenant",
+                format!("no tenant {:?}", event.tenant.as_str()),
+            ));
+        };
+        let bound =
+            store::subscriptions_for_event(&self.pool, tenant.id, event.event_type.as_str())
+                .await?;
+        if bound.is_empty() {
+            // Not an error: events are published whether or not anyone subscribed to them.
+            tracing::info!(tenant = %tenant.key, event_type = event.event_type.as_str(), "no subscription is bound to this event type");
+            count(Source::Event, "unbound");
+            return Ok(Outcome::Ack);
+        }
+        for subscription in bound {
+            let Ok(key) = SubscriptionKey::parse(&subscription.key) else {
+                continue;
+            };
+            let notify = NotifyRequest {
+                version: EnvelopeVersion,
+                tenant: event.tenant.clone(),
+                idempotency_key: event.idempotency_key.clone(),
+                to: Recipients::Subscription(key),
+                content: Content::Template(messaging_core::ingress::TemplateContent {
+                    subscription: None,
+                    data: event.data.clone(),
+                    locale: None,
+                }),
+                channels: None,
+                mode: None,
+                expires_at: None,
+            };
+            // One key per subscription: the event's key alone would make the second
+            // subscription's message a repeat of the first.
+            let idempotency_key = event
+                .idempotency_key
+                .as_ref()
+                .map(|k| format!("event:{k}:{}", subscription.key));
+            let request = Request {
+                notify,
+                source: Source::Event,
+                original,
+                idempotency_key,
+                discriminator: Some(&subscription.key),
+            };
+            let outcome = self.notify_in(&tenant, request, ctx).await?;
+            if outcome != Outcome::Ack {
+                return Ok(outcome);
+            }
+        }
+        Ok(Outcome::Ack)
+    }
+
+    /// The legacy format (R41): the configured person's addresses on the message's channel.
+    async fn legacy(
+        &self,
+        legacy: LegacyMessage,
+        original: &Value,
+        ctx: &Context,
+    ) -> Result<Outcome, RouteError> {
+        let Some(destination) = &self.legacy else {
+            return Ok(dead_letter(
+                "legacy_not_configured",
+                "legacy messages need a default destination: set HERALD_ROUTER__LEGACY_TENANT and HERALD_ROUTER__LEGACY_USER",
+            ));
+        };
+        let Some(tenant) = self.tenant(destination.tenant.as_str()).await? else {
+            return Ok(dead_letter(
+                "legacy_not_configured",
+                format!(
+                    "the legacy tenant {:?} (router.legacy_tenant) does not exist",
+                    destination.tenant.as_str()
+                ),
+            ));
+        };
+        let notify = NotifyRequest {
+            version: EnvelopeVersion,
+            tenant: destination.tenant.clone(),
+            idempotency_key: None,
+            to: Recipients::Users(vec![destination.user.clone()]),
+            content: Content::Direct(DirectContent {
+                subject: legacy.title.clone(),
+                body: legacy.body.clone(),
+                html: None,
+            }),
+            channels: Some(vec![legacy.sender]),
+            mode: Some(DeliveryMode::All),
+            expires_at: None,
+        };
+        if let Err(invalid) = notify.validate() {
+            return Ok(dead_letter("invalid", invalid.to_string()));
+        }
+        let request = Request {
+            notify,
+            source: Source::Legacy,
+            original,
+            idempotency_key: None,
+            discriminator: None,
+        };
+        self.notify_in(&tenant, request, ctx).await
+    }
+
+    async fn tenant(&self, key: &str) -> Result<Option<Tenant>, StoreError> {
+        match tenants::by_key(&self.pool, key).await {
+            Ok(tenant) => Ok(Some(tenant)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn subscription(
+        &self,
+        tenant_id: Uuid,
+        key: &SubscriptionKey,
+    ) -> Result<Option<Subscription>, StoreError> {
+        match subscriptions::by_key(&self.pool, tenant_id, key.as_str()).await {
+            Ok(s) => Ok(Some(s)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The API's row when the AMQP `message_id` names one of this tenant's messages;
+    /// otherwise the row of an earlier delivery of the same request, or of the same
+    /// idempotency key; otherwise a new row.
+    async fn find_or_create(
+        &self,
+        tenant: &Tenant,
+        request: &Request<'_>,
+        subscription: Option<&Subscription>,
+        ctx: &Context,
+    ) -> Result<RouterMessage, StoreError> {
+        let amqp_id = ctx.message_id.as_deref().filter(|id| !id.is_empty());
+        let as_uuid = amqp_id.and_then(|id| Uuid::parse_str(id).ok());
+        if request.discriminator.is_none()
+            && let Some(id) = as_uuid
+            && let Some(message) = store::message_in_tenant(&self.pool, tenant.id, id).await?
+        {
+            return Ok(message);
+        }
+        // A producer's UUID message id becomes the message id, so the id `herald publish`
+        // prints is the one `GET /messages/{id}` knows. Otherwise the id is derived from the
+        // AMQP id within the tenant, so a redelivery finds its row again. Without any AMQP id
+        // only the idempotency key can tell a repeat.
+        let derived = |salt: &str| {
+            amqp_id.map(|id| {
+                let name = format!("{id}/{}/{salt}", request.discriminator.unwrap_or(""));
+                Uuid::new_v5(&tenant.id, name.as_bytes())
+            })
+        };
+        let first = match (as_uuid, request.discriminator) {
+            (Some(id), None) => Some(id),
+            _ => derived("id"),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let new = |id| NewRouterMessage {
+            id,
+            tenant_id: tenant.id,
+            idempotency_key: request.idempotency_key.as_deref(),
+            source: request.source.as_str(),
+            subscription_id: subscription.map(|s| s.id),
+            request: request.original,
+            reply_to: ctx.reply_to.as_deref(),
+            correlation_id: ctx.correlation_id.as_deref(),
+        };
+        match store::insert_or_find_message(&mut conn, new(first.unwrap_or_else(Uuid::now_v7)))
+            .await
+        {
+            Ok((message, _)) => Ok(message),
+            // The producer's id is another tenant's message: use one derived for this tenant.
+            Err(StoreError::Conflict(_)) => {
+                let id = derived("own").unwrap_or_else(Uuid::now_v7);
+                Ok(store::insert_or_find_message(&mut conn, new(id)).await?.0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fail(
+        &self,
+        message: &RouterMessage,
+        source: Source,
+        code: &str,
+        reason: &str,
+    ) -> Result<Outcome, RouteError> {
+        store::fail_message(&self.pool, message.id, code, reason).await?;
+        tracing::warn!(code, reason, "message failed");
+        count(source, "failed");
+        self.publish_outcome(message.id).await?;
+        Ok(Outcome::Ack)
+    }
+}
+
+impl Handler for IngressHandler {
+    type Message = Ingress;
+
+    fn decode(&self, body: &[u8]) -> Result<Ingress, Rejection> {
+        Ingress::decode(body).map_err(|e| Rejection::new(e.code(), e.to_string()))
+    }
+
+    async fn handle(&self, ingress: Ingress, ctx: &Context) -> Outcome {
+        match self.route(ingress, ctx).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::warn!(%error, "cannot fan out now; retrying");
+                metrics::counter!("herald_router_requests_total", "source" => "any", "result" => "retry")
+                    .increment(1);
+                Outcome::Retry {
+                    after: self.retry_after,
+                    reason: error.to_string(),
+                }
+            }
+        }
+    }
+}
+
+fn dead_letter(code: &str, reason: impl Into<String>) -> Outcome {
+    metrics::counter!("herald_router_requests_total", "source" => "any", "result" => "dead_letter")
+        .increment(1);
+    Outcome::DeadLetter(Rejection::new(code, reason))
+}
+
+/// `herald_router_requests_total{source, result}`: result is `fanned_out`, `completed`,
+/// `failed` (the message records why), `repeated`, `unbound` (an event nobody listens to),
+/// `dead_letter` or `retry`.
+fn count(source: Source, result: &str) {
+    metrics::counter!("herald_router_requests_total", "source" => source.as_str(), "result" => result.to_owned())
+        .increment(1);
+}

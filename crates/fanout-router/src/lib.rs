@@ -1,0 +1,177 @@
+//! Herald's fan-out router: turns each request on `{p}.router.ingress` into one delivery row
+//! and one send job per address (R1, R2, R4, R13-R15, R41, R44).
+//!
+//! # Layout
+//!
+//! - [`config`]: `router.*` and `database.*` besides the base settings.
+//! - [`ingress`]: the ingress consumer's handler: decode, tenant, the `messages` row (found or
+//!   created, idempotent), subscription checks, events and legacy messages, then fan-out.
+//! - [`fanout`]: recipients to delivery rows to confirmed send jobs, in batches, exactly one
+//!   job per (message, address) across redeliveries.
+//! - [`render`]: template choice by channel and locale, and rendering with minijinja.
+//! - [`tracking`]: the events consumer: delivery events into delivery records and address
+//!   states (R3, R6, R15), contact links into addresses (R5).
+//! - [`outcome`]: a finished message's outcome for its producer (R4).
+//! - [`scheduler`]: cron-like schedules fired once per due time across replicas (R14).
+//!
+//! [`run`] is the binary's whole life; [`start`] builds the work on a [`Service`] that tests
+//! create themselves: the ingress and events consumers, the scheduler and an outbox relay,
+//! under the service's one shutdown token.
+
+pub mod config;
+pub mod fanout;
+pub mod ingress;
+pub mod outcome;
+pub mod render;
+pub mod scheduler;
+pub mod tracking;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use herald_runtime::amqp::{Consumer, ConsumerSettings, Publisher};
+use herald_runtime::health::Health;
+use herald_runtime::service::Service;
+use herald_storage::PgPool;
+use herald_storage::db::{self, DatabaseCheck};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, InvalidConfig};
+use crate::fanout::FanOut;
+use crate::ingress::IngressHandler;
+use crate::outcome::Outcomes;
+use crate::scheduler::Scheduler;
+use crate::tracking::TrackingHandler;
+use herald_storage::relay::OutboxRelay;
+
+pub const SERVICE_NAME: &str = "fanout-router";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] InvalidConfig),
+    #[error("invalid database.url: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot serve health endpoints: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until SIGINT/SIGTERM, then drains in-flight requests.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let service = Service::build(SERVICE_NAME, config.base.clone()).await?;
+    let pool = db::pool(&config.database)?;
+    service
+        .health
+        .add_check(Arc::new(DatabaseCheck(pool.clone())));
+    let work = start(&service, &config, pool)?;
+    service.run(axum::Router::new(), work).await?;
+    Ok(())
+}
+
+/// The router's work on `service`: the migrations, then the ingress consumer until shutdown.
+pub fn start(
+    service: &Service,
+    config: &Config,
+    pool: PgPool,
+) -> Result<BoxFuture<'static, ()>, RunError> {
+    config.router.validate()?;
+    let legacy = config.router.legacy_destination()?;
+    let names = service.topology.names().clone();
+    let jobs = Publisher::new(service.broker.clone(), "jobs");
+    let fanout = FanOut::new(
+        pool.clone(),
+        jobs.clone(),
+        names.clone(),
+        config.router.batch_size,
+    );
+    let retry_after = Duration::from_millis(config.router.retry_after_ms);
+    let outcomes = Outcomes::new(
+        pool.clone(),
+        Publisher::new(service.broker.clone(), "outcomes"),
+        names.clone(),
+    );
+    let handler = IngressHandler::new(pool.clone(), fanout, legacy, retry_after)
+        .with_outcomes(outcomes.clone());
+    let mut settings =
+        ConsumerSettings::from_config(names.ingress_queue(), service.broker.config());
+    // Each request in work holds a database connection at a time; more requests than
+    // connections would only wait for the pool and time out into retries.
+    let connections = usize::try_from(config.database.max_connections)
+        .unwrap_or(1)
+        .max(1);
+    settings.concurrency = settings.concurrency.min(connections);
+    let ingress = Consumer::new(
+        service.broker.clone(),
+        service.topology.clone(),
+        settings,
+        handler,
+        service.health.clone(),
+    );
+    let mut events_settings =
+        ConsumerSettings::from_config(names.router_events_queue(), service.broker.config());
+    events_settings.concurrency = events_settings.concurrency.min(connections);
+    let events = Consumer::new(
+        service.broker.clone(),
+        service.topology.clone(),
+        events_settings,
+        TrackingHandler::new(
+            pool.clone(),
+            outcomes,
+            config.router.removal_policy(),
+            retry_after,
+        ),
+        service.health.clone(),
+    );
+    let scheduler = Scheduler::new(
+        pool.clone(),
+        names.clone(),
+        Duration::from_millis(config.router.scheduler_poll_ms),
+    );
+    // Schedules fire into the outbox; the router relays it too, so schedules work without
+    // an API replica running.
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        Publisher::new(service.broker.clone(), "outbox"),
+    );
+    let shutdown = service.shutdown.clone();
+    let health = service.health.clone();
+    Ok(Box::pin(async move {
+        // Fan-out writes columns that the router's own migrations add; nothing runs before
+        // they exist.
+        if migrate_until_done(&pool, &health, &shutdown).await {
+            tokio::join!(
+                ingress.run(shutdown.clone()),
+                events.run(shutdown.clone()),
+                scheduler.run(shutdown.clone()),
+                relay.run(shutdown),
+            );
+        }
+        jobs.close().await;
+    }))
+}
+
+/// Applies the migrations, retrying while the database is unreachable, so the router starts
+/// (not ready) during a database outage instead of crash-looping. `false`: shut down first.
+async fn migrate_until_done(pool: &PgPool, health: &Health, shutdown: &CancellationToken) -> bool {
+    const COMPONENT: &str = "database:migrations";
+    health.set(COMPONENT, false, "pending");
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match db::migrate(pool).await {
+            Ok(()) => {
+                health.set(COMPONENT, true, "applied");
+                return true;
+            }
+            Err(error) => {
+                health.set(COMPONENT, false, format!("not applied yet: {error}"));
+                tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "cannot apply migrations");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}

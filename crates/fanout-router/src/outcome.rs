@@ -1,0 +1,158 @@
+//! Answers for producers (R4): when every delivery of a message is final, or the message
+//! failed as a whole, publish its outcome on the events exchange (`outcome.<tenant>`) and,
+//! when the request named `reply_to`, reply there with its `correlation_id`.
+//!
+//! The outcome is published after the transaction that finished the message and marked
+//! published afterwards. A router that dies in between publishes it when the event comes
+//! back, so a producer may see an outcome twice (its `messageId` tells), never not at all.
+
+use herald_runtime::amqp::{Message, PublishError, Publisher};
+use herald_storage::{PgPool, StoreError, tracking};
+use messaging_core::events::{MessageOutcome, RecipientOutcome, RecipientResult};
+use messaging_core::failure::Failure;
+use messaging_core::topology::{Names, routing};
+use messaging_core::values::{IdempotencyKey, TenantKey, UserId};
+use messaging_core::{EnvelopeVersion, FailureClass};
+use uuid::Uuid;
+
+/// Recipients listed in one outcome; the counts cover all of them. A broadcast's outcome
+/// is for the producer's bookkeeping, not a copy of the delivery table.
+pub const MAX_LISTED_RECIPIENTS: i64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutcomeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot publish the outcome: {0}")]
+    Publish(PublishError),
+}
+
+#[derive(Clone)]
+pub struct Outcomes {
+    pool: PgPool,
+    publisher: Publisher,
+    names: Names,
+}
+
+impl Outcomes {
+    pub fn new(pool: PgPool, publisher: Publisher, names: Names) -> Self {
+        Outcomes {
+            pool,
+            publisher,
+            names,
+        }
+    }
+
+    /// Publishes the outcome of `message_id` when it is final and not yet published.
+    /// `true` when this call published it.
+    pub async fn publish_if_due(&self, message_id: Uuid) -> Result<bool, OutcomeError> {
+        let Some(pending) = tracking::pending_outcome(&self.pool, message_id).await? else {
+            return Ok(false);
+        };
+        let outcome = self.build(&pending).await?;
+        let body = serde_json::to_vec(&outcome).unwrap_or_default();
+        let id = format!("outcome/{message_id}");
+        let event = Message::new(
+            self.names.events_exchange(),
+            routing::outcome(&pending.tenant_key),
+            &body,
+        )
+        .message_id(id.clone());
+        match self.publisher.publish(&event).await {
+            // Nobody binds outcomes of this tenant: nothing to tell on the exchange.
+            Ok(()) | Err(PublishError::Unroutable { .. }) => {}
+            Err(e) => return Err(OutcomeError::Publish(e)),
+        }
+        if let Some(reply_to) = pending.reply_to.as_deref().filter(|r| !r.is_empty()) {
+            // The default exchange routes by queue name, as RPC replies do.
+            let mut reply = Message::new("", reply_to, &body).message_id(id);
+            if let Some(correlation) = &pending.correlation_id {
+                reply = reply.correlation_id(correlation.clone());
+            }
+            match self.publisher.publish(&reply).await {
+                Ok(()) => {}
+                Err(PublishError::Unroutable { .. }) => {
+                    tracing::warn!(%message_id, reply_to, "the reply queue does not exist (any more); outcome not replied");
+                }
+                Err(e) => return Err(OutcomeError::Publish(e)),
+            }
+        }
+        tracking::mark_outcome_published(&self.pool, message_id).await?;
+        metrics::counter!("herald_router_outcomes_total", "status" => pending.status.clone())
+            .increment(1);
+        tracing::info!(%message_id, delivered = outcome.delivered, failed = outcome.failed, "outcome published");
+        Ok(true)
+    }
+
+    async fn build(
+        &self,
+        pending: &tracking::PendingOutcome,
+    ) -> Result<MessageOutcome, OutcomeError> {
+        let (sent, failed) = tracking::outcome_counts(&self.pool, pending.id).await?;
+        let rows =
+            tracking::outcome_recipients(&self.pool, pending.id, MAX_LISTED_RECIPIENTS).await?;
+        let completed_at = pending.completed_at.unwrap_or_else(chrono::Utc::now);
+        let recipients = rows
+            .into_iter()
+            .filter(|r| r.status != "pending")
+            .map(|r| RecipientOutcome {
+                user_id: r
+                    .user_external_id
+                    .as_deref()
+                    .and_then(|u| UserId::parse(u).ok()),
+                channel: r.channel.as_deref().and_then(|c| c.parse().ok()),
+                delivery_id: Some(r.delivery_id),
+                attempts: u32::try_from(r.attempts).unwrap_or(0),
+                result: if r.status == "sent" {
+                    RecipientResult::Delivered {
+                        delivered_at: r.sent_at.unwrap_or(completed_at),
+                    }
+                } else {
+                    RecipientResult::Failed {
+                        failure: Failure::new(
+                            parse_class(r.failure_class.as_deref()),
+                            r.failure_code.unwrap_or_else(|| "failed".into()),
+                            r.failure_message.unwrap_or_default(),
+                        ),
+                    }
+                },
+            })
+            .collect();
+        // The message failed as a whole (no template, unknown subscription, ...): nothing a
+        // retry of the same request would change.
+        let error = (pending.status == "failed").then(|| {
+            Failure::permanent(
+                pending
+                    .error_code
+                    .clone()
+                    .unwrap_or_else(|| "failed".into()),
+                pending.error_message.clone().unwrap_or_default(),
+            )
+        });
+        Ok(MessageOutcome {
+            version: EnvelopeVersion,
+            message_id: pending.id,
+            tenant: TenantKey::parse(&pending.tenant_key)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+            idempotency_key: pending
+                .idempotency_key
+                .as_deref()
+                .and_then(|k| IdempotencyKey::parse(k).ok()),
+            completed_at,
+            delivered: u32::try_from(sent).unwrap_or(u32::MAX),
+            failed: u32::try_from(failed).unwrap_or(u32::MAX),
+            error,
+            recipients,
+        })
+    }
+}
+
+/// The stored class; an unknown word (a newer version's) reads as temporary, the class that
+/// promises least.
+fn parse_class(stored: Option<&str>) -> FailureClass {
+    match stored {
+        Some("permanent") => FailureClass::Permanent,
+        Some("unhealthy") => FailureClass::Unhealthy,
+        _ => FailureClass::Temporary,
+    }
+}

@@ -1,0 +1,603 @@
+//! Fan-out against the real PostgreSQL and RabbitMQ: requests become delivery rows and send
+//! jobs, exactly once per address, with the failures a producer must learn recorded.
+
+mod support;
+
+use std::collections::HashSet;
+
+use fanout_router::config::LegacyDestination;
+use herald_runtime::amqp::Outcome;
+use herald_storage::messages::{self, NewMessage};
+use messaging_core::Channel;
+use messaging_core::values::{TenantKey, UserId};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use support::Harness;
+use uuid::Uuid;
+
+fn notify_users(users: &[&str], key: Option<&str>) -> Value {
+    let mut body = json!({
+        "version": 1, "kind": "notify", "tenant": "acme",
+        "to": {"users": users},
+        "content": {"direct": {"subject": "Hi", "body": "Hello there"}}
+    });
+    if let Some(key) = key {
+        body["idempotencyKey"] = json!(key);
+    }
+    body
+}
+
+fn trigger(subscription: &str, data: Value, locale: Option<&str>) -> Value {
+    let mut template = json!({"data": data});
+    if let Some(locale) = locale {
+        template["locale"] = json!(locale);
+    }
+    json!({
+        "version": 1, "kind": "notify", "tenant": "acme",
+        "to": {"subscription": subscription},
+        "content": {"template": template}
+    })
+}
+
+async fn ann_with_three_addresses(h: &Harness) -> Uuid {
+    let ann = h.user("ann", None, None, "all").await;
+    h.address(ann, "email", "ann@example.org").await;
+    h.address(ann, "sms", "+41791234567").await;
+    h.address(ann, "telegram", "4242").await;
+    ann
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_direct_message_to_a_user_with_three_addresses_makes_three_jobs_on_their_channels(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool, "direct_three").await;
+    ann_with_three_addresses(&h).await;
+
+    let outcome = h.handle(&notify_users(&["ann"], Some("k-1")), None).await;
+    assert_eq!(outcome, Outcome::Ack);
+
+    let (message_id, status, error, source) = h.message().await;
+    assert_eq!(
+        (status.as_str(), error, source.as_str()),
+        ("fanned_out", None, "amqp")
+    );
+    let rows = h.deliveries(message_id).await;
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.3 == "pending" && r.6), "{rows:?}");
+
+    for (channel, address) in [
+        (Channel::Email, "ann@example.org"),
+        (Channel::Sms, "+41791234567"),
+        (Channel::Telegram, "4242"),
+    ] {
+        let jobs = h.jobs(channel).await;
+        assert_eq!(jobs.len(), 1, "{channel}: {jobs:?}");
+        let job = &jobs[0];
+        assert_eq!(job.to.value(), address);
+        assert_eq!(job.message_id, message_id);
+        assert_eq!(job.user_id, Some(UserId::parse("ann").unwrap()));
+        assert_eq!(job.tenant, TenantKey::parse("acme").unwrap());
+        assert_eq!(job.content.subject.as_deref(), Some("Hi"));
+        assert_eq!(job.content.text, "Hello there");
+        assert!(
+            rows.iter().any(|r| r.0 == job.delivery_id),
+            "job id is the row id"
+        );
+    }
+    assert!(h.jobs(Channel::Discord).await.is_empty());
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn preferred_mode_sends_only_on_the_preferred_channel(pool: PgPool) {
+    let h = Harness::new(pool, "preferred").await;
+    let bob = h.user("bob", None, Some("sms"), "preferred").await;
+    h.address(bob, "email", "bob@example.org").await;
+    h.address(bob, "sms", "+41791234568").await;
+
+    assert_eq!(
+        h.handle(&notify_users(&["bob"], None), None).await,
+        Outcome::Ack
+    );
+    assert_eq!(h.jobs(Channel::Sms).await.len(), 1);
+    assert!(h.jobs(Channel::Email).await.is_empty());
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_subscription_trigger_renders_each_recipients_locale_with_fallback(pool: PgPool) {
+    let h = Harness::new(pool, "locales").await;
+    let orders = h.subscription("orders", "en").await;
+    h.template(
+        orders,
+        None,
+        "en",
+        Some("Order {{ order }}"),
+        "Order {{ order }} shipped",
+    )
+    .await;
+    h.template(
+        orders,
+        None,
+        "de",
+        Some("Bestellung {{ order }}"),
+        "Bestellung {{ order }} versandt",
+    )
+    .await;
+    h.template(orders, Some("sms"), "de", None, "SMS: {{ order }} versandt")
+        .await;
+    let people = [
+        ("de-ch", Some("de-CH"), "email"),
+        ("de-sms", Some("de"), "sms"),
+        ("french", Some("fr"), "email"),
+        ("nobody-knows", None, "email"),
+    ];
+    for (name, locale, channel) in people {
+        let user = h.user(name, locale, None, "all").await;
+        let address = if channel == "sms" {
+            "+41790000001".to_owned()
+        } else {
+            format!("{name}@example.org")
+        };
+        h.register(orders, user, channel, &address).await;
+    }
+
+    let outcome = h
+        .handle(&trigger("orders", json!({"order": 1001}), None), None)
+        .await;
+    assert_eq!(outcome, Outcome::Ack);
+
+    let mut emails: Vec<(String, String, Option<String>)> = h
+        .jobs(Channel::Email)
+        .await
+        .into_iter()
+        .map(|j| (j.to.value(), j.content.text, j.content.subject))
+        .collect();
+    emails.sort();
+    assert_eq!(
+        emails,
+        [
+            (
+                "de-ch@example.org".into(),
+                "Bestellung 1001 versandt".into(),
+                Some("Bestellung 1001".into())
+            ),
+            (
+                "french@example.org".into(),
+                "Order 1001 shipped".into(),
+                Some("Order 1001".into())
+            ),
+            (
+                "nobody-knows@example.org".into(),
+                "Order 1001 shipped".into(),
+                Some("Order 1001".into())
+            ),
+        ]
+    );
+    let sms = h.jobs(Channel::Sms).await;
+    assert_eq!(sms.len(), 1);
+    assert_eq!(sms[0].content.text, "SMS: 1001 versandt");
+
+    // The request's locale overrides everyone's own.
+    let outcome = h
+        .handle(&trigger("orders", json!({"order": 1002}), Some("de")), None)
+        .await;
+    assert_eq!(outcome, Outcome::Ack);
+    let texts: HashSet<String> = h
+        .jobs(Channel::Email)
+        .await
+        .into_iter()
+        .map(|j| j.content.text)
+        .collect();
+    assert_eq!(
+        texts,
+        HashSet::from(["Bestellung 1002 versandt".to_owned()])
+    );
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_template_error_fails_only_the_recipients_who_get_that_template(pool: PgPool) {
+    let h = Harness::new(pool, "template_error").await;
+    let alerts = h.subscription("alerts", "en").await;
+    h.template(alerts, None, "en", None, "Alert {{ level }}")
+        .await;
+    h.template(alerts, Some("sms"), "en", None, "{{ missing_value }}")
+        .await;
+    let ann = h.user("ann", None, None, "all").await;
+    h.register(alerts, ann, "email", "ann@example.org").await;
+    h.register(alerts, ann, "sms", "+41791234567").await;
+
+    let outcome = h
+        .handle(&trigger("alerts", json!({"level": "red"}), None), None)
+        .await;
+    assert_eq!(outcome, Outcome::Ack);
+    let (message_id, status, _, _) = h.message().await;
+    assert_eq!(status, "fanned_out");
+    let rows = h.deliveries(message_id).await;
+    let sms = rows.iter().find(|r| r.1.as_deref() == Some("sms")).unwrap();
+    assert_eq!(
+        (sms.3.as_str(), sms.4.as_deref(), sms.5.as_deref()),
+        ("failed", Some("permanent"), Some("template_error"))
+    );
+    assert_eq!(h.jobs(Channel::Email).await[0].content.text, "Alert red");
+    assert!(h.jobs(Channel::Sms).await.is_empty());
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_subscription_without_templates_fails_the_message_with_no_template_and_publishes_nothing(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool, "no_template").await;
+    let news = h.subscription("news", "en").await;
+    let ann = h.user("ann", None, None, "all").await;
+    h.register(news, ann, "email", "ann@example.org").await;
+
+    let outcome = h.handle(&trigger("news", json!({}), None), None).await;
+    assert_eq!(outcome, Outcome::Ack);
+    let (message_id, status, error, _) = h.message().await;
+    assert_eq!(
+        (status.as_str(), error.as_deref()),
+        ("failed", Some("no_template"))
+    );
+    let stored = messages::by_id(&h.pool, h.tenant_id, message_id)
+        .await
+        .unwrap();
+    assert!(
+        stored.error_message.unwrap().contains("has no template"),
+        "a clear error message"
+    );
+    assert!(h.deliveries(message_id).await.is_empty());
+    assert!(h.all_jobs().await.is_empty());
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn unknown_and_disabled_subscriptions_fail_the_message_with_their_reason(pool: PgPool) {
+    let h = Harness::new(pool, "unknown_subscription").await;
+    assert_eq!(
+        h.handle(&trigger("nothing_here", json!({}), None), None)
+            .await,
+        Outcome::Ack
+    );
+    let paused = h.subscription("paused", "en").await;
+    sqlx::query("UPDATE subscriptions SET enabled = false WHERE id = $1")
+        .bind(paused)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.handle(&trigger("paused", json!({}), None), None).await,
+        Outcome::Ack
+    );
+    let codes: Vec<(String, Option<String>)> =
+        h.messages().await.into_iter().map(|m| (m.1, m.2)).collect();
+    assert_eq!(
+        codes,
+        [
+            ("failed".into(), Some("unknown_subscription".into())),
+            ("failed".into(), Some("subscription_disabled".into()))
+        ]
+    );
+    assert!(h.all_jobs().await.is_empty());
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_unknown_tenant_is_dead_lettered(pool: PgPool) {
+    let h = Harness::new(pool, "unknown_tenant").await;
+    let mut body = notify_users(&["ann"], None);
+    body["tenant"] = json!("globex");
+    let Outcome::DeadLetter(rejection) = h.handle(&body, None).await else {
+        panic!("dead letter expected")
+    };
+    assert_eq!(rejection.code, "unknown_tenant");
+    assert!(rejection.reason.contains("globex"));
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_user_without_an_address_gets_a_failed_no_address_delivery(pool: PgPool) {
+    let h = Harness::new(pool, "no_address").await;
+    h.user("ghost", None, None, "all").await;
+    ann_with_three_addresses(&h).await;
+
+    // `never-seen` is not known at all: it is recorded the same way.
+    let outcome = h
+        .handle(&notify_users(&["ghost", "never-seen", "ann"], None), None)
+        .await;
+    assert_eq!(outcome, Outcome::Ack);
+    let (message_id, status, _, _) = h.message().await;
+    assert_eq!(status, "fanned_out");
+    let failed: Vec<(Option<String>, Option<String>, String)> = sqlx::query_as(
+        "SELECT u.external_id, d.channel, d.failure_code FROM deliveries d JOIN users u ON u.id = d.user_id
+         WHERE d.message_id = $1 AND d.status = 'failed' AND d.failure_class = 'permanent' ORDER BY u.external_id",
+    )
+    .bind(message_id)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        failed,
+        [
+            (Some("ghost".into()), None, "no_address".into()),
+            (Some("never-seen".into()), None, "no_address".into())
+        ]
+    );
+    assert_eq!(h.all_jobs().await.len(), 3);
+
+    // Only people without any address: nothing is pending, so the message is complete.
+    assert_eq!(
+        h.handle(&notify_users(&["ghost"], None), None).await,
+        Outcome::Ack
+    );
+    let last = h.messages().await.pop().unwrap();
+    assert_eq!(last.1, "completed");
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_repeated_idempotency_key_makes_no_second_job(pool: PgPool) {
+    let h = Harness::new(pool, "idempotency").await;
+    ann_with_three_addresses(&h).await;
+    let body = notify_users(&["ann"], Some("order-7"));
+
+    assert_eq!(h.handle(&body, Some("first-publish")).await, Outcome::Ack);
+    assert_eq!(h.all_jobs().await.len(), 3);
+    // The producer sends the same request again, as a new AMQP message.
+    assert_eq!(h.handle(&body, Some("second-publish")).await, Outcome::Ack);
+    assert_eq!(h.handle(&body, None).await, Outcome::Ack);
+    assert!(h.all_jobs().await.is_empty(), "no second job");
+    let (message_id, _, _, _) = h.message().await;
+    assert_eq!(h.deliveries(message_id).await.len(), 3);
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_redelivered_request_publishes_only_jobs_not_yet_published(pool: PgPool) {
+    let h = Harness::new(pool, "redelivery").await;
+    ann_with_three_addresses(&h).await;
+    // No idempotency key: only the AMQP message id tells the redelivery apart.
+    let body = notify_users(&["ann"], None);
+    let amqp_id = "producer-message-17";
+
+    assert_eq!(h.handle(&body, Some(amqp_id)).await, Outcome::Ack);
+    let first = h.all_jobs().await;
+    assert_eq!(first.len(), 3);
+
+    // Redelivered after the work was done but before the ack reached the broker.
+    assert_eq!(h.handle(&body, Some(amqp_id)).await, Outcome::Ack);
+    assert!(h.all_jobs().await.is_empty());
+
+    // Now the crash came earlier: one job was confirmed but not yet marked, and the message
+    // was not finished. The next pass publishes that one job again, with the same delivery
+    // id (senders drop the repeat), and nothing else.
+    let (message_id, _, _, _) = h.message().await;
+    let email = h
+        .deliveries(message_id)
+        .await
+        .into_iter()
+        .find(|r| r.1.as_deref() == Some("email"))
+        .unwrap();
+    sqlx::query("UPDATE deliveries SET job_published_at = NULL WHERE id = $1")
+        .bind(email.0)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE messages SET status = 'accepted' WHERE id = $1")
+        .bind(message_id)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(h.handle(&body, Some(amqp_id)).await, Outcome::Ack);
+    let again = h.all_jobs().await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].delivery_id, email.0);
+    assert_eq!(h.deliveries(message_id).await.len(), 3);
+    assert_eq!(h.message().await.1, "fanned_out");
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_message_stored_by_the_api_is_fanned_out_under_its_own_id(pool: PgPool) {
+    let h = Harness::new(pool, "api_row").await;
+    ann_with_three_addresses(&h).await;
+    let body = notify_users(&["ann"], Some("api-key-1"));
+    let mut tx = h.pool.begin().await.unwrap();
+    let (stored, _) = messages::accept(
+        &mut tx,
+        NewMessage {
+            tenant_id: h.tenant_id,
+            idempotency_key: Some("api-key-1"),
+            source: "api",
+            subscription_id: None,
+            request: &body,
+            exchange: &h.names.ingress_exchange(),
+            routing_key: "api",
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let outcome = h.handle(&body, Some(&stored.id.to_string())).await;
+    assert_eq!(outcome, Outcome::Ack);
+    let (id, status, _, source) = h.message().await;
+    assert_eq!(
+        (id, status.as_str(), source.as_str()),
+        (stored.id, "fanned_out", "api")
+    );
+    let jobs = h.all_jobs().await;
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j.message_id == stored.id));
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_producers_uuid_message_id_becomes_the_message_id(pool: PgPool) {
+    let h = Harness::new(pool, "uuid_id").await;
+    ann_with_three_addresses(&h).await;
+    let id = Uuid::now_v7();
+    let outcome = h
+        .handle(&notify_users(&["ann"], None), Some(&id.to_string()))
+        .await;
+    assert_eq!(outcome, Outcome::Ack);
+    assert_eq!(h.message().await.0, id);
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_legacy_message_goes_to_the_default_destination_on_its_channel(pool: PgPool) {
+    let legacy = LegacyDestination {
+        tenant: TenantKey::parse("acme").unwrap(),
+        user: UserId::parse("ops-room").unwrap(),
+    };
+    let h = Harness::with(pool, "legacy", 1000, Some(legacy)).await;
+    let ops = h.user("ops-room", None, None, "all").await;
+    h.address(ops, "telegram", "-100123").await;
+    h.address(ops, "email", "ops@example.org").await;
+
+    let body = json!({"title": "Backup", "body": "done", "sender": "TG"});
+    assert_eq!(h.handle(&body, Some("legacy-1")).await, Outcome::Ack);
+    let jobs = h.jobs(Channel::Telegram).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].content.text, "done");
+    assert_eq!(jobs[0].content.subject.as_deref(), Some("Backup"));
+    assert!(
+        h.jobs(Channel::Email).await.is_empty(),
+        "only the legacy channel"
+    );
+    assert_eq!(h.message().await.3, "legacy");
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_legacy_message_without_a_configured_destination_is_dead_lettered(pool: PgPool) {
+    let h = Harness::new(pool, "legacy_unset").await;
+    let body = json!({"body": "done", "sender": "EMAIL"});
+    let Outcome::DeadLetter(rejection) = h.handle(&body, None).await else {
+        panic!("dead letter expected")
+    };
+    assert_eq!(rejection.code, "legacy_not_configured");
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_event_fires_each_bound_subscription_once(pool: PgPool) {
+    let h = Harness::new(pool, "event").await;
+    let ann = h.user("ann", None, None, "all").await;
+    for key in ["login_alerts", "audit_log"] {
+        let subscription = h.subscription(key, "en").await;
+        h.template(
+            subscription,
+            None,
+            "en",
+            None,
+            &format!("{key}: {{{{ user }}}} logged in"),
+        )
+        .await;
+        h.register(subscription, ann, "email", "ann@example.org")
+            .await;
+        sqlx::query(
+            "INSERT INTO event_bindings (id, tenant_id, event_type, subscription_id) VALUES ($1, $2, 'audit.login', $3)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(h.tenant_id)
+        .bind(subscription)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    }
+    let event = json!({
+        "version": 1, "kind": "event", "tenant": "acme", "eventType": "audit.login",
+        "idempotencyKey": "login-99", "data": {"user": "ann"}
+    });
+    assert_eq!(h.handle(&event, Some("event-1")).await, Outcome::Ack);
+    let mut texts: Vec<String> = h
+        .jobs(Channel::Email)
+        .await
+        .into_iter()
+        .map(|j| j.content.text)
+        .collect();
+    texts.sort();
+    assert_eq!(
+        texts,
+        ["audit_log: ann logged in", "login_alerts: ann logged in"]
+    );
+    let sources: Vec<String> = h.messages().await.into_iter().map(|m| m.3).collect();
+    assert_eq!(sources, ["event", "event"]);
+
+    // The same event again is a repeat for both subscriptions.
+    assert_eq!(h.handle(&event, Some("event-2")).await, Outcome::Ack);
+    assert!(h.all_jobs().await.is_empty());
+
+    // An event nobody is bound to is fine, and does nothing.
+    let other =
+        json!({"version": 1, "kind": "event", "tenant": "acme", "eventType": "audit.logout"});
+    assert_eq!(h.handle(&other, None).await, Outcome::Ack);
+    assert_eq!(h.messages().await.len(), 2);
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn five_thousand_registrations_fan_out_in_batches_with_every_job_published_once(
+    pool: PgPool,
+) {
+    // A batch size that does not divide the audience, so the last page is a partial one.
+    let h = Harness::with(pool, "five_thousand", 700, None).await;
+    let big = h.subscription("big_news", "en").await;
+    h.template(big, None, "en", Some("News"), "Hello {{ name }}")
+        .await;
+    sqlx::query(
+        "WITH people AS (
+             INSERT INTO users (id, tenant_id, external_id)
+             SELECT gen_random_uuid(), $1, 'user-' || g FROM generate_series(1, 5000) g
+             RETURNING id, external_id)
+         INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
+         SELECT gen_random_uuid(), $1, $2, id, 'email', external_id || '@example.org' FROM people",
+    )
+    .bind(h.tenant_id)
+    .bind(big)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+
+    let outcome = h
+        .handle(
+            &trigger("big_news", json!({"name": "all"}), None),
+            Some("big-1"),
+        )
+        .await;
+    assert_eq!(outcome, Outcome::Ack);
+
+    let jobs = h.jobs(Channel::Email).await;
+    assert_eq!(jobs.len(), 5000);
+    let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    assert_eq!(ids.len(), 5000, "every delivery once");
+    let addresses: HashSet<String> = jobs.iter().map(|j| j.to.value()).collect();
+    assert_eq!(addresses.len(), 5000, "every address once");
+    let (message_id, status, _, _) = h.message().await;
+    assert_eq!(status, "fanned_out");
+    let (rows, published): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(job_published_at) FROM deliveries WHERE message_id = $1 AND status = 'pending'",
+    )
+    .bind(message_id)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!((rows, published), (5000, 5000));
+
+    // Handled again (a redelivery): nothing more.
+    assert_eq!(
+        h.handle(
+            &trigger("big_news", json!({"name": "all"}), None),
+            Some("big-1")
+        )
+        .await,
+        Outcome::Ack
+    );
+    assert!(h.jobs(Channel::Email).await.is_empty());
+    h.finish().await;
+}

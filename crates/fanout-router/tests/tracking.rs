@@ -1,0 +1,370 @@
+//! Delivery events into delivery records and address states, outcomes for producers, and
+//! contact links, against the real PostgreSQL and RabbitMQ.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use fanout_router::outcome::Outcomes;
+use fanout_router::tracking::TrackingHandler;
+use herald_runtime::amqp::{Handler, Outcome};
+use herald_storage::link_codes;
+use herald_storage::tracking::RemovalPolicy;
+use messaging_core::Channel;
+use messaging_core::events::MessageOutcome;
+use messaging_core::job::SendJob;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use support::{Harness, context};
+use uuid::Uuid;
+
+fn tracker(h: &Harness, policy: RemovalPolicy) -> TrackingHandler {
+    TrackingHandler::new(
+        h.pool.clone(),
+        Outcomes::new(h.pool.clone(), h.publisher.clone(), h.names.clone()),
+        policy,
+        Duration::from_secs(1),
+    )
+}
+
+const LENIENT: RemovalPolicy = RemovalPolicy {
+    after: chrono::Duration::days(7),
+    failures: 5,
+};
+
+async fn event(t: &TrackingHandler, body: Value) -> Outcome {
+    let bytes = serde_json::to_vec(&body).unwrap();
+    match t.decode(&bytes) {
+        Ok(message) => t.handle(message, &context(None)).await,
+        Err(rejection) => Outcome::DeadLetter(rejection),
+    }
+}
+
+fn delivered(job: &SendJob, attempt: u32) -> Value {
+    json!({
+        "version": 1, "deliveryId": job.delivery_id, "messageId": job.message_id,
+        "tenant": "acme", "channel": job.channel(), "attempt": attempt,
+        "occurredAt": Utc::now(), "result": {"status": "delivered"}
+    })
+}
+
+fn failed(job: &SendJob, attempt: u32, class: &str, code: &str, retry: bool) -> Value {
+    let failure = json!({"class": class, "code": code, "message": format!("{code} happened")});
+    let result = if retry {
+        json!({"status": "retry_scheduled", "failure": failure, "retryAt": Utc::now() + chrono::Duration::seconds(30)})
+    } else {
+        json!({"status": "failed", "failure": failure})
+    };
+    json!({
+        "version": 1, "deliveryId": job.delivery_id, "messageId": job.message_id,
+        "tenant": "acme", "channel": job.channel(), "attempt": attempt,
+        "occurredAt": Utc::now(), "result": result
+    })
+}
+
+/// Ann with an email, an SMS number and a Telegram chat, and one direct message to her.
+async fn three_jobs(h: &Harness) -> (Uuid, Vec<SendJob>) {
+    let ann = h.user("ann", None, None, "all").await;
+    h.address(ann, "email", "ann@example.org").await;
+    h.address(ann, "sms", "+41791234567").await;
+    h.address(ann, "telegram", "4242").await;
+    let body = json!({
+        "version": 1, "kind": "notify", "tenant": "acme", "idempotencyKey": "m-1",
+        "to": {"users": ["ann"]}, "content": {"direct": {"body": "Hello"}}
+    });
+    assert_eq!(h.handle(&body, None).await, Outcome::Ack);
+    let jobs = h.all_jobs().await;
+    assert_eq!(jobs.len(), 3);
+    (jobs[0].message_id, jobs)
+}
+
+fn job(jobs: &[SendJob], channel: Channel) -> &SendJob {
+    jobs.iter().find(|j| j.channel() == channel).unwrap()
+}
+
+async fn delivery(pool: &PgPool, id: Uuid) -> (String, i32, Option<String>, Option<String>) {
+    sqlx::query_as(
+        "SELECT status, attempts, failure_class, failure_code FROM deliveries WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn address_state(pool: &PgPool, value: &str) -> (String, i32, Option<String>) {
+    sqlx::query_as("SELECT state, failure_count, state_reason FROM addresses WHERE value = $1")
+        .bind(value)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn events_track_each_delivery_and_the_last_one_publishes_the_outcome(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "tracking_outcome").await;
+    let t = tracker(&h, LENIENT);
+    let (message_id, jobs) = three_jobs(&h).await;
+    let outcomes = h
+        .inspector
+        .temporary_queue(&h.names.events_exchange(), "outcome.acme")
+        .await;
+    let reply = h
+        .inspector
+        .temporary_queue(&h.names.events_exchange(), "unused-key")
+        .await;
+    sqlx::query("UPDATE messages SET reply_to = $2, correlation_id = 'corr-7' WHERE id = $1")
+        .bind(message_id)
+        .bind(&reply)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (email, sms, telegram) = (
+        job(&jobs, Channel::Email),
+        job(&jobs, Channel::Sms),
+        job(&jobs, Channel::Telegram),
+    );
+
+    assert_eq!(event(&t, delivered(email, 1)).await, Outcome::Ack);
+    assert_eq!(
+        event(&t, failed(sms, 1, "temporary", "provider_busy", true)).await,
+        Outcome::Ack
+    );
+    assert_eq!(delivery(&pool, email.delivery_id).await.0, "sent");
+    let (status, attempts, class, _) = delivery(&pool, sms.delivery_id).await;
+    assert_eq!(
+        (status.as_str(), attempts, class.as_deref()),
+        ("pending", 1, Some("temporary"))
+    );
+    // Not final yet: no outcome.
+    assert!(h.inspector.get(&outcomes).await.is_none());
+
+    assert_eq!(
+        event(&t, failed(sms, 2, "temporary", "provider_busy", false)).await,
+        Outcome::Ack
+    );
+    assert_eq!(
+        event(&t, failed(telegram, 1, "permanent", "blocked", false)).await,
+        Outcome::Ack
+    );
+
+    let status: String = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1")
+        .bind(message_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "completed");
+
+    let published = h
+        .inspector
+        .wait_get(&outcomes, Duration::from_secs(5))
+        .await
+        .expect("an outcome");
+    let outcome: MessageOutcome = serde_json::from_slice(&published.delivery.data).unwrap();
+    assert_eq!(outcome.message_id, message_id);
+    assert_eq!((outcome.delivered, outcome.failed), (1, 2));
+    assert_eq!(outcome.recipients.len(), 3);
+    let value = serde_json::to_value(&outcome).unwrap();
+    let classes: Vec<&str> = value["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["result"]["failure"]["class"].as_str())
+        .collect();
+    assert!(
+        classes.contains(&"temporary") && classes.contains(&"permanent"),
+        "{value}"
+    );
+
+    // The producer's reply_to gets the same, with its correlation id.
+    let replied = h
+        .inspector
+        .wait_get(&reply, Duration::from_secs(5))
+        .await
+        .expect("a reply");
+    assert_eq!(
+        replied
+            .delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("corr-7")
+    );
+
+    // R6: the blocked chat is unreachable, and that is recorded; the mailbox's streak is clear.
+    let (state, _, reason) = address_state(&pool, "4242").await;
+    assert_eq!(state, "unreachable");
+    assert!(reason.unwrap().contains("blocked"));
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM address_state_changes WHERE state = 'unreachable'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+    assert_eq!(address_state(&pool, "+41791234567").await.1, 2);
+    assert_eq!(address_state(&pool, "ann@example.org").await.1, 0);
+
+    // A repeated final event changes nothing and publishes no second outcome.
+    assert_eq!(
+        event(&t, failed(telegram, 1, "permanent", "blocked", false)).await,
+        Outcome::Ack
+    );
+    // A late retry event cannot undo a final state.
+    assert_eq!(
+        event(&t, failed(email, 1, "temporary", "late", true)).await,
+        Outcome::Ack
+    );
+    assert_eq!(delivery(&pool, email.delivery_id).await.0, "sent");
+    assert!(
+        h.inspector
+            .wait_get(&outcomes, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_address_failing_longer_than_the_period_is_removed_and_a_success_resets_the_streak(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool.clone(), "tracking_removal").await;
+    let t = tracker(
+        &h,
+        RemovalPolicy {
+            after: chrono::Duration::hours(1),
+            failures: 3,
+        },
+    );
+    let (_, jobs) = three_jobs(&h).await;
+    let (email, sms) = (job(&jobs, Channel::Email), job(&jobs, Channel::Sms));
+
+    // Two failures, the first two hours ago: the period is over but the count is not.
+    sqlx::query("UPDATE addresses SET failure_count = 1, failure_streak_started_at = now() - interval '2 hours' WHERE value = '+41791234567'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    event(&t, failed(sms, 1, "temporary", "no_signal", true)).await;
+    assert_eq!(address_state(&pool, "+41791234567").await.0, "active");
+    // The third failure fulfils both: removed, with the time and the reason recorded (R3).
+    event(&t, failed(sms, 2, "temporary", "no_signal", false)).await;
+    let (state, count, reason) = address_state(&pool, "+41791234567").await;
+    assert_eq!((state.as_str(), count), ("removed", 3));
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("3 failed attempts") && reason.contains("no_signal"),
+        "{reason}"
+    );
+    let (changed_state, changed_reason): (String, String) =
+        sqlx::query_as("SELECT state, reason FROM address_state_changes ORDER BY id DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (changed_state.as_str(), changed_reason),
+        ("removed", reason)
+    );
+
+    // Many failures within the period do not remove; a success clears the streak.
+    for attempt in 1..=4 {
+        event(&t, failed(email, attempt, "temporary", "greylisted", true)).await;
+    }
+    assert_eq!(
+        address_state(&pool, "ann@example.org").await,
+        ("active".into(), 4, None)
+    );
+    event(&t, delivered(email, 5)).await;
+    assert_eq!(address_state(&pool, "ann@example.org").await.1, 0);
+    // An unhealthy provider says nothing about the address.
+    let telegram = job(&jobs, Channel::Telegram);
+    event(&t, failed(telegram, 1, "unhealthy", "provider_down", false)).await;
+    assert_eq!(
+        address_state(&pool, "4242").await,
+        ("active".into(), 0, None)
+    );
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn bad_events_are_dead_lettered_with_their_reason(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "tracking_bad").await;
+    let t = tracker(&h, LENIENT);
+    let (_, jobs) = three_jobs(&h).await;
+
+    let mut unknown = delivered(&jobs[0], 1);
+    unknown["deliveryId"] = json!(Uuid::now_v7());
+    let Outcome::DeadLetter(r) = event(&t, unknown).await else {
+        panic!("not dead-lettered")
+    };
+    assert_eq!(r.code, "unknown_delivery");
+
+    // Another tenant's key does not reach acme's delivery.
+    let mut foreign = delivered(&jobs[0], 1);
+    foreign["tenant"] = json!("globex");
+    let Outcome::DeadLetter(r) = event(&t, foreign).await else {
+        panic!("not dead-lettered")
+    };
+    assert_eq!(r.code, "unknown_delivery");
+    assert_eq!(delivery(&pool, jobs[0].delivery_id).await.0, "pending");
+
+    let Outcome::DeadLetter(r) = event(&t, json!({"hello": "world"})).await else {
+        panic!()
+    };
+    assert_eq!(r.code, "unknown_event");
+    let mut wrong = delivered(&jobs[0], 1);
+    wrong["attempt"] = json!("one");
+    let Outcome::DeadLetter(r) = event(&t, wrong).await else {
+        panic!()
+    };
+    assert_eq!(r.code, "invalid");
+    assert!(t.decode(b"{not json").is_err());
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_contact_link_makes_the_chat_a_verified_address_once(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "tracking_contact").await;
+    let t = tracker(&h, LENIENT);
+    let bea = h.user("bea", None, None, "all").await;
+    let mut conn = pool.acquire().await.unwrap();
+    let issued = link_codes::issue(
+        &mut conn,
+        h.tenant_id,
+        bea,
+        Some("telegram"),
+        chrono::Duration::minutes(15),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let link = |code: &str| {
+        json!({
+            "version": 1, "channel": "telegram", "linkCode": code,
+            "address": {"kind": "telegram", "value": 777001}, "displayName": "@bea", "occurredAt": Utc::now()
+        })
+    };
+    assert_eq!(event(&t, link(&issued.code)).await, Outcome::Ack);
+    let (verified, display): (bool, Option<String>) = sqlx::query_as(
+        "SELECT verified, display_name FROM addresses WHERE user_id = $1 AND channel = 'telegram'",
+    )
+    .bind(bea)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(verified);
+    assert_eq!(display.as_deref(), Some("@bea"));
+
+    // Used codes and made-up codes link nothing and do not clog the queue.
+    assert_eq!(event(&t, link(&issued.code)).await, Outcome::Ack);
+    assert_eq!(event(&t, link("ZZZZZZZZ")).await, Outcome::Ack);
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM addresses WHERE channel = 'telegram'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(count, 1);
+    h.finish().await;
+}

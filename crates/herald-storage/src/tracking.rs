@@ -1,0 +1,338 @@
+//! What the router writes when senders report attempts (R15), what that means for the address
+//! (R3, R6), and when a message is complete (R4).
+//!
+//! Every event's transaction locks the message row first, then the delivery, then the
+//! address: one lock order everywhere, so concurrent events cannot deadlock, and the last two
+//! events of a message cannot both miss that the message is complete.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+/// When a failing address is removed (R3): after failures spanning at least `after`, and at
+/// least `failures` of them. Both must hold, so a burst of retries in one minute does not
+/// remove an address, nor does one failure a month.
+#[derive(Debug, Clone, Copy)]
+pub struct RemovalPolicy {
+    pub after: chrono::Duration,
+    pub failures: i32,
+}
+
+/// One attempt, as a sender reported it.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    pub delivery_id: Uuid,
+    pub tenant_key: &'a str,
+    pub attempt: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub result: AttemptOutcome<'a>,
+}
+
+#[derive(Debug, Clone)]
+pub enum AttemptOutcome<'a> {
+    Delivered,
+    RetryScheduled {
+        failure: FailureRef<'a>,
+        retry_at: DateTime<Utc>,
+    },
+    Failed {
+        failure: FailureRef<'a>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FailureRef<'a> {
+    /// `temporary`, `permanent` or `unhealthy`.
+    pub class: &'a str,
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+/// What recording an attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// No delivery with this id in this tenant.
+    Unknown,
+    /// The delivery moved past this attempt already (a duplicate, or an event overtaken by a
+    /// later one): nothing changed.
+    Stale { message_id: Uuid },
+    Applied {
+        message_id: Uuid,
+        /// The address's new state and why, when this attempt changed it.
+        address_change: Option<(String, String)>,
+    },
+}
+
+#[derive(FromRow)]
+struct DeliveryState {
+    message_id: Uuid,
+    tenant_id: Uuid,
+    address_id: Option<Uuid>,
+    status: String,
+    attempts: i32,
+}
+
+/// Records one attempt in `tx` and applies its consequences to the address.
+pub async fn record(
+    tx: &mut PgConnection,
+    attempt: &Attempt<'_>,
+    policy: RemovalPolicy,
+) -> Result<Recorded, StoreError> {
+    let message_id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT d.message_id FROM deliveries d JOIN tenants t ON t.id = d.tenant_id
+         WHERE d.id = $1 AND t.key = $2",
+    )
+    .bind(attempt.delivery_id)
+    .bind(attempt.tenant_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(message_id) = message_id else {
+        return Ok(Recorded::Unknown);
+    };
+    sqlx::query("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE")
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?;
+    let row: DeliveryState = sqlx::query_as(
+        "SELECT message_id, tenant_id, address_id, status, attempts FROM deliveries
+         WHERE id = $1 FOR UPDATE",
+    )
+    .bind(attempt.delivery_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    // Final is final; among pending states the latest attempt wins.
+    if row.status != "pending" || attempt.attempt < row.attempts {
+        return Ok(Recorded::Stale { message_id });
+    }
+    let (status, failure, retry_at, sent_at) = match &attempt.result {
+        AttemptOutcome::Delivered => ("sent", None, None, Some(attempt.occurred_at)),
+        AttemptOutcome::RetryScheduled { failure, retry_at } => {
+            ("pending", Some(*failure), Some(*retry_at), None)
+        }
+        AttemptOutcome::Failed { failure } => ("failed", Some(*failure), None, None),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET status = $2, attempts = $3, failure_class = $4, failure_code = $5,
+             failure_message = $6, next_retry_at = $7, sent_at = coalesce($8, sent_at),
+             updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(attempt.delivery_id)
+    .bind(status)
+    .bind(attempt.attempt)
+    .bind(failure.map(|f| f.class))
+    .bind(failure.map(|f| f.code))
+    .bind(failure.map(|f| f.message))
+    .bind(retry_at)
+    .bind(sent_at)
+    .execute(&mut *tx)
+    .await?;
+
+    let address_change = match row.address_id {
+        Some(address_id) => {
+            address_effect(tx, row.tenant_id, address_id, attempt, failure, policy).await?
+        }
+        None => None,
+    };
+    debug_assert_eq!(row.message_id, message_id);
+    Ok(Recorded::Applied {
+        message_id,
+        address_change,
+    })
+}
+
+/// R3 and R6: a success resets the failure streak; a permanent failure marks the address
+/// unreachable; temporary failures count towards removal. An unhealthy provider says nothing
+/// about the address and changes nothing.
+async fn address_effect(
+    tx: &mut PgConnection,
+    tenant_id: Uuid,
+    address_id: Uuid,
+    attempt: &Attempt<'_>,
+    failure: Option<FailureRef<'_>>,
+    policy: RemovalPolicy,
+) -> Result<Option<(String, String)>, StoreError> {
+    let Some(failure) = failure else {
+        sqlx::query(
+            "UPDATE addresses SET last_success_at = greatest(last_success_at, $2),
+                 failure_count = 0, failure_streak_started_at = NULL, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(address_id)
+        .bind(attempt.occurred_at)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(None);
+    };
+    match failure.class {
+        "permanent" => {
+            let reason = format!("{}: {}", failure.code, failure.message);
+            change_state(tx, tenant_id, address_id, "unreachable", &reason).await
+        }
+        "temporary" => {
+            let (count, since, state): (i32, DateTime<Utc>, String) = sqlx::query_as(
+                "UPDATE addresses SET failure_count = failure_count + 1,
+                     failure_streak_started_at = coalesce(failure_streak_started_at, $2),
+                     updated_at = now()
+                 WHERE id = $1
+                 RETURNING failure_count, failure_streak_started_at, state",
+            )
+            .bind(address_id)
+            .bind(attempt.occurred_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            let span = attempt.occurred_at - since;
+            if state == "active" && count >= policy.failures && span >= policy.after {
+                let reason = format!(
+                    "unreachable since {} ({count} failed attempts, the last: {}: {})",
+                    since.to_rfc3339(),
+                    failure.code,
+                    failure.message
+                );
+                change_state(tx, tenant_id, address_id, "removed", &reason).await
+            } else {
+                Ok(None)
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Moves an active address to `state` and records why (R3 asks that removals are recorded).
+async fn change_state(
+    tx: &mut PgConnection,
+    tenant_id: Uuid,
+    address_id: Uuid,
+    state: &str,
+    reason: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE addresses SET state = $2, state_reason = $3, state_changed_at = now(), updated_at = now()
+         WHERE id = $1 AND state = 'active'",
+    )
+    .bind(address_id)
+    .bind(state)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    if changed.rows_affected() == 0 {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO address_state_changes (address_id, tenant_id, state, reason) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(address_id)
+    .bind(tenant_id)
+    .bind(state)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Some((state.to_owned(), reason.to_owned())))
+}
+
+/// Marks a fanned-out message completed when none of its deliveries is pending any more.
+/// Call it with the message row locked (as [`record`] does), or race with other events.
+pub async fn complete_if_done(
+    db: impl PgExecutor<'_>,
+    message_id: Uuid,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE messages SET status = 'completed', completed_at = now()
+         WHERE id = $1 AND status = 'fanned_out'
+           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = $1 AND status = 'pending')",
+    )
+    .bind(message_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A finished message whose outcome (R4) is not published yet.
+#[derive(Debug, Clone, FromRow)]
+pub struct PendingOutcome {
+    pub id: Uuid,
+    pub tenant_key: String,
+    pub idempotency_key: Option<String>,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// One delivery, as the outcome reports it.
+#[derive(Debug, Clone, FromRow)]
+pub struct OutcomeRecipient {
+    pub delivery_id: Uuid,
+    pub user_external_id: Option<String>,
+    pub channel: Option<String>,
+    pub status: String,
+    pub failure_class: Option<String>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub attempts: i32,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// The message, when it is final (`completed` or `failed`) and its outcome is unpublished.
+pub async fn pending_outcome(
+    db: impl PgExecutor<'_>,
+    message_id: Uuid,
+) -> Result<Option<PendingOutcome>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT m.id, t.key AS tenant_key, m.idempotency_key, m.status, m.error_code,
+                m.error_message, m.reply_to, m.correlation_id, m.completed_at
+         FROM messages m JOIN tenants t ON t.id = m.tenant_id
+         WHERE m.id = $1 AND m.status IN ('completed', 'failed') AND m.outcome_published_at IS NULL",
+    )
+    .bind(message_id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Every delivery of a message, for its outcome. Outcomes are for messages to people, not
+/// for 100k-recipient broadcasts; the caller caps what it reads with `limit`.
+pub async fn outcome_recipients(
+    db: impl PgExecutor<'_>,
+    message_id: Uuid,
+    limit: i64,
+) -> Result<Vec<OutcomeRecipient>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT d.id AS delivery_id, u.external_id AS user_external_id, d.channel, d.status,
+                d.failure_class, d.failure_code, d.failure_message, d.attempts, d.sent_at
+         FROM deliveries d LEFT JOIN users u ON u.id = d.user_id
+         WHERE d.message_id = $1 ORDER BY d.id LIMIT $2",
+    )
+    .bind(message_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Counts of a message's deliveries by final status: (sent, failed).
+pub async fn outcome_counts(
+    db: impl PgExecutor<'_>,
+    message_id: Uuid,
+) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'failed')
+         FROM deliveries WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_one(db)
+    .await?)
+}
+
+pub async fn mark_outcome_published(
+    db: impl PgExecutor<'_>,
+    message_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE messages SET outcome_published_at = now() WHERE id = $1")
+        .bind(message_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

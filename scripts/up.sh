@@ -28,6 +28,12 @@ if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname
   echo "[up] created database herald" >&2
 fi
 
+# Legacy messages ({"title", "body", "sender"}, R41) go to one person's addresses on their
+# channel. Locally that is the person `operator` of tenant `local`, whose email address is
+# seeded below, so `just publish docs/examples/first-message.json` lands in `just mailbox`.
+export HERALD_ROUTER__LEGACY_TENANT="${HERALD_ROUTER__LEGACY_TENANT:-local}"
+export HERALD_ROUTER__LEGACY_USER="${HERALD_ROUTER__LEGACY_USER:-operator}"
+
 echo "[up] building" >&2
 cargo build -q --workspace --bins
 
@@ -54,4 +60,20 @@ for entry in "${HERALD_SERVICES[@]}"; do
     sleep 0.5
   done
 done
+# The local default destination (idempotent; needs the migrations the API applied).
+psql -q -h 127.0.0.1 -U postgres -d herald -v ON_ERROR_STOP=1 \
+  -v tenant="$HERALD_ROUTER__LEGACY_TENANT" -v person="$HERALD_ROUTER__LEGACY_USER" >/dev/null <<'SQL' \
+  || echo "[up] could not seed the local legacy destination (is the API up?)" >&2
+INSERT INTO tenants (id, key, name) VALUES (gen_random_uuid(), :'tenant', 'Local')
+  ON CONFLICT (key) DO NOTHING;
+INSERT INTO users (id, tenant_id, external_id)
+  SELECT gen_random_uuid(), id, :'person' FROM tenants WHERE key = :'tenant'
+  ON CONFLICT (tenant_id, external_id) DO NOTHING;
+INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
+  SELECT gen_random_uuid(), u.tenant_id, u.id, 'email', 'email', 'operator@herald.local', true
+  FROM users u JOIN tenants t ON t.id = u.tenant_id
+  WHERE t.key = :'tenant' AND u.external_id = :'person'
+  ON CONFLICT (user_id, kind, value) DO NOTHING;
+SQL
+
 scripts/status.sh

@@ -191,7 +191,7 @@ impl FanOut {
                             plan_address(
                                 Some(r.user_id),
                                 &r.external_id,
-                                None,
+                                r.address_id,
                                 &r.channel,
                                 None,
                                 &r.address,
@@ -273,6 +273,7 @@ impl Batch<'_> {
         let keys: Vec<_> = jobs.keys().cloned().collect();
         let unpublished = store::unpublished(&fanout.pool, self.message_id, &keys).await?;
         let mut ids = Vec::with_capacity(unpublished.len());
+        let mut oversized = Vec::new();
         let mut bodies: Vec<(Channel, Vec<u8>, Uuid)> = Vec::with_capacity(unpublished.len());
         for row in unpublished {
             let Some(job) = jobs.get(&(row.user_id, row.channel, row.address)) else {
@@ -289,9 +290,34 @@ impl Batch<'_> {
                 created_at: self.created_at,
                 expires_at: self.expires_at,
             };
-            let body = serde_json::to_vec(&send).unwrap_or_default();
-            bodies.push((send.channel(), body, row.id));
-            ids.push(row.id);
+            match serde_json::to_vec(&send) {
+                // Larger than a send queue accepts: the sender would dead-letter it without an
+                // event, and the delivery would stay pending for ever.
+                Ok(body) if body.len() > messaging_core::MAX_MESSAGE_BYTES => {
+                    oversized.push(row.id);
+                }
+                Ok(body) => {
+                    bodies.push((send.channel(), body, row.id));
+                    ids.push(row.id);
+                }
+                Err(error) => {
+                    tracing::error!(%error, delivery_id = %row.id, "cannot encode a send job");
+                    oversized.push(row.id);
+                }
+            }
+        }
+        if !oversized.is_empty() {
+            store::fail_unsendable(
+                &fanout.pool,
+                &oversized,
+                "oversized",
+                &format!(
+                    "the rendered message is larger than the {} bytes a send queue accepts",
+                    messaging_core::MAX_MESSAGE_BYTES
+                ),
+            )
+            .await?;
+            summary.failed += oversized.len();
         }
         if ids.is_empty() {
             return Ok(());

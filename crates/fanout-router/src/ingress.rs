@@ -181,11 +181,11 @@ impl IngressHandler {
                 Some(key) => self.subscription(tenant.id, key).await?,
                 None => None,
             };
-            let message = self
+            let (message, other_request) = self
                 .find_or_create(tenant, &request, subscription.as_ref(), ctx)
                 .await?;
             tracing::Span::current().record("message_id", tracing::field::display(message.id));
-            if message.status != "accepted" {
+            if message.status != "accepted" || other_request {
                 tracing::info!(status = %message.status, "repeated request; its message is handled already");
                 count(request.source, "repeated");
                 self.publish_outcome(message.id).await?;
@@ -398,21 +398,23 @@ impl IngressHandler {
 
     /// The API's row when the AMQP `message_id` names one of this tenant's messages;
     /// otherwise the row of an earlier delivery of the same request, or of the same
-    /// idempotency key; otherwise a new row.
+    /// idempotency key; otherwise a new row. `true` with the row: it is another request's,
+    /// found by the idempotency key only, so this one is a repeat and must not continue
+    /// (or mix its own recipients into) that message's fan-out.
     async fn find_or_create(
         &self,
         tenant: &Tenant,
         request: &Request<'_>,
         subscription: Option<&Subscription>,
         ctx: &Context,
-    ) -> Result<RouterMessage, StoreError> {
+    ) -> Result<(RouterMessage, bool), StoreError> {
         let amqp_id = ctx.message_id.as_deref().filter(|id| !id.is_empty());
         let as_uuid = amqp_id.and_then(|id| Uuid::parse_str(id).ok());
         if request.discriminator.is_none()
             && let Some(id) = as_uuid
             && let Some(message) = store::message_in_tenant(&self.pool, tenant.id, id).await?
         {
-            return Ok(message);
+            return Ok((message, false));
         }
         // A producer's UUID message id becomes the message id, so the id `herald publish`
         // prints is the one `GET /messages/{id}` knows. Otherwise the id is derived from the
@@ -439,14 +441,18 @@ impl IngressHandler {
             reply_to: ctx.reply_to.as_deref(),
             correlation_id: ctx.correlation_id.as_deref(),
         };
-        match store::insert_or_find_message(&mut conn, new(first.unwrap_or_else(Uuid::now_v7)))
-            .await
-        {
-            Ok((message, _)) => Ok(message),
+        let id = first.unwrap_or_else(Uuid::now_v7);
+        match store::insert_or_find_message(&mut conn, new(id)).await {
+            Ok((message, _)) => {
+                let other_request = message.id != id;
+                Ok((message, other_request))
+            }
             // The producer's id is another tenant's message: use one derived for this tenant.
             Err(StoreError::Conflict(_)) => {
                 let id = derived("own").unwrap_or_else(Uuid::now_v7);
-                Ok(store::insert_or_find_message(&mut conn, new(id)).await?.0)
+                let (message, _) = store::insert_or_find_message(&mut conn, new(id)).await?;
+                let other_request = message.id != id;
+                Ok((message, other_request))
             }
             Err(e) => Err(e),
         }
@@ -477,6 +483,11 @@ impl Handler for IngressHandler {
     async fn handle(&self, ingress: Ingress, ctx: &Context) -> Outcome {
         match self.route(ingress, ctx).await {
             Ok(outcome) => outcome,
+            // Data the database refuses is refused the same way on every attempt.
+            Err(RouteError::Store(StoreError::Invalid(rule))) => dead_letter(
+                "invalid",
+                format!("the request breaks a rule of the data model ({rule})"),
+            ),
             Err(error) => {
                 tracing::warn!(%error, "cannot fan out now; retrying");
                 metrics::counter!("herald_router_requests_total", "source" => "any", "result" => "retry")

@@ -601,3 +601,51 @@ async fn five_thousand_registrations_fan_out_in_batches_with_every_job_published
     assert!(h.jobs(Channel::Email).await.is_empty());
     h.finish().await;
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_second_request_with_a_key_in_flight_does_not_join_the_first_ones_fan_out(pool: PgPool) {
+    let h = Harness::new(pool, "key_in_flight").await;
+    ann_with_three_addresses(&h).await;
+    h.user("bob", None, None, "all").await;
+    // The first request with key k-9 is stored and still waiting for a retry (accepted).
+    let first = notify_users(&["ann"], Some("k-9"));
+    let mut conn = h.pool.acquire().await.unwrap();
+    let (stored, _) = herald_storage::fanout::insert_or_find_message(
+        &mut conn,
+        herald_storage::fanout::NewRouterMessage {
+            id: Uuid::now_v7(),
+            tenant_id: h.tenant_id,
+            idempotency_key: Some("k-9"),
+            source: "amqp",
+            subscription_id: None,
+            request: &first,
+            reply_to: None,
+            correlation_id: None,
+        },
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    // Another request reuses the key with other recipients: it is a repeat, and must not fan
+    // its own recipients out under the first message.
+    let second = notify_users(&["bob"], Some("k-9"));
+    assert_eq!(
+        h.handle(&second, Some("another-publish")).await,
+        Outcome::Ack
+    );
+    assert!(h.all_jobs().await.is_empty());
+    let deliveries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE message_id = $1")
+            .bind(stored.id)
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(deliveries, 0);
+    // The first request's own redelivery still fans out.
+    assert_eq!(
+        h.handle(&first, Some(&stored.id.to_string())).await,
+        Outcome::Ack
+    );
+    assert_eq!(h.all_jobs().await.len(), 3);
+    h.finish().await;
+}

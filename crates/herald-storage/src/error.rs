@@ -28,6 +28,10 @@ impl From<sqlx::Error> for StoreError {
                     StoreError::Conflict(constraint)
                 } else if db.is_foreign_key_violation() || db.is_check_violation() {
                     StoreError::Invalid(constraint)
+                } else if db.code().is_some_and(|c| c.starts_with("22")) {
+                    // Class 22, data exceptions: a NUL byte in text, a number out of range.
+                    // The same data fails the same way every time; retrying cannot help.
+                    StoreError::Invalid(db.message().to_owned())
                 } else {
                     StoreError::Other(error)
                 }

@@ -305,6 +305,9 @@ pub struct RegistrationRecipient {
     pub locale: Option<String>,
     pub channel: String,
     pub address: String,
+    /// The person's address row for it, when there is one: delivery results then reach the
+    /// address (R3, R6).
+    pub address_id: Option<Uuid>,
 }
 
 /// The next page of a subscription's enabled registrations after `after`, in id order
@@ -319,10 +322,14 @@ pub async fn registrations_page(
     channels: Option<&[String]>,
 ) -> Result<Vec<RegistrationRecipient>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT r.id, r.user_id, u.external_id, u.locale, r.channel, r.address
+        "SELECT r.id, r.user_id, u.external_id, u.locale, r.channel, r.address, a.id AS address_id
          FROM registrations r JOIN users u ON u.id = r.user_id
+         LEFT JOIN addresses a ON a.user_id = r.user_id AND a.channel = r.channel AND a.value = r.address
          WHERE r.subscription_id = $1 AND r.enabled AND r.id > $2 AND r.tenant_id = $3
            AND ($4::text[] IS NULL OR r.channel = ANY($4))
+           -- An address found unreachable or removed (R3, R6) gets nothing until it is
+           -- linked or added again.
+           AND (a.id IS NULL OR a.state = 'active')
          ORDER BY r.id LIMIT $5",
     )
     .bind(subscription_id)
@@ -479,4 +486,25 @@ pub async fn fail_abandoned(
     .execute(db)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Fails deliveries that cannot be sent at all (a job larger than any queue accepts), so the
+/// message can complete and its producer learns why (R4 b) instead of waiting forever.
+pub async fn fail_unsendable(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    code: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', failure_class = 'permanent', failure_code = $2,
+             failure_message = $3, updated_at = now()
+         WHERE id = ANY($1) AND status = 'pending'",
+    )
+    .bind(ids)
+    .bind(code)
+    .bind(message)
+    .execute(db)
+    .await?;
+    Ok(())
 }

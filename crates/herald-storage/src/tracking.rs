@@ -102,8 +102,9 @@ pub async fn record(
     .bind(attempt.delivery_id)
     .fetch_one(&mut *tx)
     .await?;
-    // Final is final; among pending states the latest attempt wins.
-    if row.status != "pending" || attempt.attempt < row.attempts {
+    // Final is final; among pending states only a later attempt counts (a repeated event
+    // must not count its failure twice towards removal).
+    if row.status != "pending" || attempt.attempt <= row.attempts {
         return Ok(Recorded::Stale { message_id });
     }
     let (status, failure, retry_at, sent_at) = match &attempt.result {

@@ -373,7 +373,15 @@ impl<H: Handler> Worker<H> {
             .unwrap_or_else(Utc::now);
         let ctx = Context {
             queue: self.queue.clone(),
-            message_id: props.message_id().as_ref().map(|s| s.to_string()),
+            // A message without an id gets one here, and keeps it through retries (see
+            // `delay`): handlers that key their work on it see the same id on every attempt.
+            message_id: Some(
+                props
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            ),
             routing_key: delivery.routing_key.to_string(),
             redelivered: delivery.redelivered,
             attempt,
@@ -548,6 +556,10 @@ impl<H: Handler> Worker<H> {
             &delivery.data,
         )
         .with_properties(delivery.properties.clone().with_headers(table));
+        let message = match &ctx.message_id {
+            Some(id) => message.message_id(id.clone()),
+            None => message,
+        };
         self.republisher.publish(&message).await?;
         tracing::debug!(
             attempt,

@@ -56,8 +56,13 @@ bench-senders:
     cargo build -q --release -p sender-email -p sender-sms -p herald-bench
     target/release/bench-senders
 
+# End to end: producer -> router -> no-op sender -> outcome (rate, p50/p99 at 10% load, ratio to the broker baseline) and a 100,000-registration fan-out, release build.
+bench-e2e *ARGS:
+    scripts/services.sh
+    cargo run -q --release -p herald-bench --bin bench-e2e -- {{ARGS}}
+
 # Every benchmark.
-bench: bench-broker bench-senders
+bench: bench-broker bench-senders bench-e2e
 
 # Regenerate docs/schemas from the message types.
 schemas:

@@ -1,0 +1,381 @@
+//! The end-to-end benchmark (`just bench-e2e`, issue #4 item 8).
+//!
+//! In one process, against the real RabbitMQ and PostgreSQL:
+//! 1. the broker baseline: `bench-broker`'s plain lapin loop (publish with confirms -> quorum
+//!    queue -> consume -> ack), messages per second;
+//! 2. Herald's path under a fresh prefix and a fresh database (`herald_bench_<random>`): the
+//!    real fan-out router (`fanout_router::start`) and a no-op SMS sender on the real sender
+//!    runtime, which reports every job `delivered` at once;
+//! 3. throughput: N notify requests (one user each) published as fast as confirms allow;
+//!    notifications/s = N / (first publish -> last outcome on `outcome.<tenant>`);
+//! 4. latency at 10% of that rate: paced requests, outcome arrival minus publish, p50/p99;
+//! 5. the ratio: e2e rate / (baseline rate / broker hops), a notification taking 4 hops
+//!    (producer -> ingress queue, router -> send queue, sender -> router's events queue,
+//!    router -> outcome queue);
+//! 6. fan-out: one request to a subscription with 100,000 registrations, the sender stopped;
+//!    jobs/s until the send queue holds them all.
+//!
+//! The database and the queues are removed at the end, also after a failed run.
+
+#[path = "../e2e/mod.rs"]
+mod e2e;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use e2e::baseline;
+use e2e::db::BenchDb;
+use e2e::runs::{self, FanOut, Latency, Throughput};
+use e2e::system::{self, System};
+
+/// Broker hops one notification takes on the measured path.
+const HOPS: u32 = 4;
+/// Throughput the ratio must reach: e2e rate / (baseline rate / hops).
+const RATIO_TARGET: f64 = 0.5;
+/// The longest a fan-out to every registration may take.
+const FANOUT_TARGET: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(about = "Herald end to end: producer -> router -> no-op sender -> outcome")]
+struct Args {
+    /// Small numbers everywhere, for a smoke test (explicit flags still win).
+    #[arg(long)]
+    quick: bool,
+    /// Notifications in the throughput run [default: 5000; quick: 200].
+    #[arg(long, env = "HERALD_BENCH_NOTIFICATIONS")]
+    notifications: Option<u64>,
+    /// Registrations of the fan-out run's subscription [default: 100000; quick: 2000].
+    #[arg(long, env = "HERALD_BENCH_REGISTRATIONS")]
+    registrations: Option<u64>,
+    /// Notifications in the latency run, paced at 10% of the throughput
+    /// [default: 1000; quick: 50].
+    #[arg(long, env = "HERALD_BENCH_LATENCY_NOTIFICATIONS")]
+    latency_notifications: Option<u64>,
+    /// The latency run's load, as a fraction of the measured throughput.
+    #[arg(long, default_value_t = 0.1)]
+    latency_load: f64,
+    /// Messages per baseline round [default: 30000 as bench-broker; quick: 2000].
+    #[arg(long)]
+    baseline_messages: Option<u64>,
+    /// Baseline rounds; the median counts [default: 3; quick: 1].
+    #[arg(long)]
+    baseline_rounds: Option<usize>,
+    /// Notifications sent before measuring, to connect everything [default: 100; quick: 20].
+    #[arg(long)]
+    warm_up: Option<u64>,
+    /// The router's database connections (`database.max_connections`).
+    #[arg(long, default_value_t = 10)]
+    db_connections: u32,
+    /// Skip the fan-out run.
+    #[arg(long)]
+    no_fanout: bool,
+    /// How long one run may take before the benchmark gives up.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// The PostgreSQL maintenance database; the bench database is created beside it.
+    #[arg(
+        long,
+        env = "HERALD_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+}
+
+struct Plan {
+    notifications: u64,
+    registrations: u64,
+    latency_notifications: u64,
+    warm_up: u64,
+    baseline: baseline::Settings,
+    timeout: Duration,
+}
+
+impl Plan {
+    fn from(args: &Args) -> Plan {
+        let pick = |value: Option<u64>, full: u64, quick: u64| {
+            value
+                .unwrap_or(if args.quick { quick } else { full })
+                .max(1)
+        };
+        Plan {
+            notifications: pick(args.notifications, 5_000, 200),
+            registrations: pick(args.registrations, 100_000, 2_000),
+            latency_notifications: pick(args.latency_notifications, 1_000, 50),
+            warm_up: pick(args.warm_up, 100, 20),
+            // bench-broker's settings.
+            baseline: baseline::Settings {
+                messages: pick(args.baseline_messages, 30_000, 2_000),
+                rounds: args
+                    .baseline_rounds
+                    .unwrap_or(if args.quick { 1 } else { 3 })
+                    .max(1),
+                window: 500,
+                prefetch: 200,
+            },
+            timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        }
+    }
+}
+
+struct Results {
+    baseline: f64,
+    throughput: Throughput,
+    latency: Latency,
+    fan_out: Option<FanOut>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    herald_runtime::install_crypto_provider();
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.latency_load > 0.0 && args.latency_load <= 1.0,
+        "--latency-load is a fraction in (0, 1]"
+    );
+    let plan = Plan::from(&args);
+    let build = if cfg!(debug_assertions) {
+        "DEBUG build: a smoke test, not the benchmark (run `just bench-e2e` for release)"
+    } else {
+        "release build"
+    };
+    println!(
+        "bench-e2e: {} notifications, latency {} at {:.0}% load, fan-out to {} registrations; {build}",
+        plan.notifications,
+        plan.latency_notifications,
+        args.latency_load * 100.0,
+        if args.no_fanout {
+            "no (skipped)".to_owned()
+        } else {
+            plan.registrations.to_string()
+        }
+    );
+
+    println!(
+        "[1/5] broker baseline: plain lapin, {} messages x {} rounds, confirm window {}, prefetch {}",
+        plan.baseline.messages, plan.baseline.rounds, plan.baseline.window, plan.baseline.prefetch
+    );
+    let (baseline, rounds) = baseline::measure(&plan.baseline)
+        .await
+        .context("broker baseline")?;
+    for (i, rate) in rounds.iter().enumerate() {
+        println!("  round {}: {rate:.0} msg/s", i + 1);
+    }
+
+    let users = plan
+        .notifications
+        .max(plan.latency_notifications)
+        .max(plan.warm_up)
+        .max(if args.no_fanout {
+            0
+        } else {
+            plan.registrations
+        });
+    let db = BenchDb::create(&args.database_url)
+        .await
+        .context("create the bench database")?;
+    println!(
+        "[2/5] database {}: seeding {users} users with one SMS address each, {} registrations",
+        db.name,
+        if args.no_fanout {
+            0
+        } else {
+            plan.registrations
+        }
+    );
+    let result = async {
+        db.seed(
+            users,
+            if args.no_fanout {
+                0
+            } else {
+                plan.registrations
+            },
+        )
+        .await
+        .context("seed the database")?;
+        measure(&args, &plan, &db, users).await
+    }
+    .await;
+    db.drop_database().await;
+    let (throughput, latency, fan_out) = result?;
+    report(&Results {
+        baseline,
+        throughput,
+        latency,
+        fan_out,
+    });
+    Ok(())
+}
+
+/// Starts Herald's path, runs the measurements, and stops it again (also after an error).
+async fn measure(
+    args: &Args,
+    plan: &Plan,
+    db: &BenchDb,
+    users: u64,
+) -> anyhow::Result<(Throughput, Latency, Option<FanOut>)> {
+    let settings = system::Settings {
+        db_connections: args.db_connections,
+    };
+    let mut system = System::start(&db.url, &settings)
+        .await
+        .context("start the router and the no-op sender")?;
+    println!(
+        "  router and no-op sender consuming under prefix {}; warming up with {} notifications",
+        system.names.prefix(),
+        plan.warm_up
+    );
+    let result = async {
+        runs::warm_up(&mut system, plan.warm_up, users)
+            .await
+            .context("warm-up")?;
+
+        println!(
+            "[3/5] throughput: {} notifications as fast as confirms allow",
+            plan.notifications
+        );
+        let throughput = runs::throughput(&mut system, plan.notifications, users, plan.timeout)
+            .await
+            .context("throughput run")?;
+
+        let rate = throughput.rate * args.latency_load;
+        println!(
+            "[4/5] latency: {} notifications paced at {rate:.1}/s ({:.0}% of {:.0}/s)",
+            plan.latency_notifications,
+            args.latency_load * 100.0,
+            throughput.rate
+        );
+        let latency = runs::latency(
+            &mut system,
+            rate,
+            plan.latency_notifications,
+            users,
+            plan.timeout,
+        )
+        .await
+        .context("latency run")?;
+
+        let fan_out = if args.no_fanout {
+            println!("[5/5] fan-out: skipped");
+            None
+        } else {
+            println!(
+                "[5/5] fan-out: one request to {} registrations, sender stopped",
+                plan.registrations
+            );
+            Some(
+                runs::fan_out(&mut system, plan.registrations, plan.timeout)
+                    .await
+                    .context("fan-out run")?,
+            )
+        };
+        anyhow::Ok((throughput, latency, fan_out))
+    };
+    // Ctrl-C still removes the queues (here) and the database (in `main`).
+    let result = tokio::select! {
+        result = result => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let stopped = system.stop().await;
+    let measured = result?;
+    stopped.context("stop the router and the sender")?;
+    Ok(measured)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One line of the table.
+fn row(label: &str, value: &str, note: &str) {
+    println!("{label:<46} {value:>14}  {note}");
+}
+
+fn report(r: &Results) {
+    let per_hop = r.baseline / f64::from(HOPS);
+    let ratio = r.throughput.rate / per_hop;
+    let t = &r.throughput;
+    let l = &r.latency;
+    println!();
+    if cfg!(debug_assertions) {
+        println!("bench-e2e results (DEBUG build: not representative)");
+    } else {
+        println!("bench-e2e results (release build)");
+    }
+    println!("{:-<100}", "");
+    row(
+        "broker baseline (plain lapin, 1 hop)",
+        &format!("{:.0} msg/s", r.baseline),
+        "median of the rounds, measured in this run",
+    );
+    row(
+        "end-to-end throughput",
+        &format!("{:.0} notif/s", t.rate),
+        &format!(
+            "{} notifications, first publish -> last outcome {:.2} s",
+            t.notifications,
+            t.elapsed.as_secs_f64()
+        ),
+    );
+    row(
+        "broker hops per notification",
+        &HOPS.to_string(),
+        "producer->ingress, router->send, sender->events, router->outcome",
+    );
+    row(
+        "baseline / hops",
+        &format!("{per_hop:.0} /s"),
+        &format!("what the broker alone allows for {HOPS} hops"),
+    );
+    row(
+        "ratio e2e / (baseline / hops)",
+        &format!("{ratio:.2}"),
+        &format!(
+            "target >= {RATIO_TARGET}: {}",
+            verdict(ratio >= RATIO_TARGET)
+        ),
+    );
+    row(
+        &format!(
+            "latency p50 at {:.0}% load",
+            100.0 * l.offered_rate / t.rate.max(f64::MIN_POSITIVE)
+        ),
+        &format!("{:.1} ms", ms(l.p50)),
+        &format!(
+            "{} notifications at {:.1}/s offered ({:.1}/s achieved)",
+            l.count, l.offered_rate, l.achieved_rate
+        ),
+    );
+    row(
+        "latency p99",
+        &format!("{:.1} ms", ms(l.p99)),
+        &format!("max {:.1} ms", ms(l.max)),
+    );
+    match &r.fan_out {
+        Some(f) => row(
+            &format!("fan-out to {} registrations", f.registrations),
+            &format!("{:.0} jobs/s", f.rate),
+            &format!(
+                "all jobs queued in {:.2} s; target <= {} s: {}",
+                f.elapsed.as_secs_f64(),
+                FANOUT_TARGET.as_secs(),
+                verdict(f.elapsed <= FANOUT_TARGET)
+            ),
+        ),
+        None => row("fan-out", "skipped", ""),
+    }
+    if t.failed + l.failed > 0 {
+        println!(
+            "WARNING: {} outcomes reported a failed delivery (throughput {}, latency {})",
+            t.failed + l.failed,
+            t.failed,
+            l.failed
+        );
+    }
+    println!("{:-<100}", "");
+}

@@ -1,0 +1,165 @@
+//! A fresh database for one run (`herald_bench_<random>`), migrated, seeded, and dropped at
+//! the end.
+
+use anyhow::Context as _;
+use herald_storage::PgPool;
+use herald_storage::subscriptions::{self, NewSubscription};
+use herald_storage::tenants;
+use sqlx::postgres::{PgConnection, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection as _};
+use uuid::Uuid;
+
+/// The tenant every request of the benchmark names.
+pub const TENANT: &str = "bench";
+/// The subscription the fan-out run triggers.
+pub const SUBSCRIPTION: &str = "bench_fanout";
+
+pub struct BenchDb {
+    /// The maintenance database's URL: where the bench database is created and dropped.
+    admin_url: String,
+    pub name: String,
+    /// The bench database's URL.
+    pub url: String,
+    /// A small pool for seeding and checks (the router has its own).
+    pub pool: PgPool,
+}
+
+impl BenchDb {
+    /// Creates the database and applies Herald's migrations.
+    pub async fn create(admin_url: &str) -> anyhow::Result<BenchDb> {
+        let name = format!(
+            "herald_bench_{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        let url = with_database(admin_url, &name)?;
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .with_context(|| format!("connect to PostgreSQL ({admin_url})"))?;
+        // The name is ours (letters, digits, underscores): nothing to quote.
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("create database {name}"))?;
+        let _ = admin.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .with_context(|| format!("connect to {name}"))?;
+        let db = BenchDb {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+            pool,
+        };
+        if let Err(error) = herald_storage::db::migrate(&db.pool).await {
+            db.drop_database().await;
+            return Err(error).context("apply the migrations");
+        }
+        Ok(db)
+    }
+
+    /// The tenant, `users` people `u1..=u<users>` with one SMS address each, and a
+    /// subscription with the first `registrations` of them registered by SMS.
+    pub async fn seed(&self, users: u64, registrations: u64) -> anyhow::Result<()> {
+        let tenant = tenants::create(&self.pool, TENANT, "Benchmark").await?;
+        let users = i64::try_from(users)?;
+        let registrations = i64::try_from(registrations)?;
+        anyhow::ensure!(
+            users <= 9_999_999,
+            "at most 9,999,999 users (their numbers have 7 digits)"
+        );
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, external_id)
+             SELECT gen_random_uuid(), $1, 'u' || i FROM generate_series(1, $2::bigint) AS i",
+        )
+        .bind(tenant.id)
+        .bind(users)
+        .execute(&self.pool)
+        .await
+        .context("seed users")?;
+        sqlx::query(
+            "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
+             SELECT gen_random_uuid(), tenant_id, id, 'sms', 'sms',
+                    '+4179' || lpad(substr(external_id, 2), 7, '0'), true
+             FROM users WHERE tenant_id = $1",
+        )
+        .bind(tenant.id)
+        .execute(&self.pool)
+        .await
+        .context("seed addresses")?;
+        let subscription = subscriptions::create(
+            &self.pool,
+            tenant.id,
+            NewSubscription {
+                key: SUBSCRIPTION,
+                label: "Benchmark fan-out",
+                description: "",
+                system: false,
+                enabled: true,
+                fallback_locale: "en",
+                actor: "bench-e2e",
+            },
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
+             SELECT gen_random_uuid(), u.tenant_id, $2, u.id, 'sms',
+                    '+4179' || lpad(substr(u.external_id, 2), 7, '0')
+             FROM users u
+             WHERE u.tenant_id = $1 AND substr(u.external_id, 2)::bigint <= $3",
+        )
+        .bind(tenant.id)
+        .bind(subscription.id)
+        .bind(registrations)
+        .execute(&self.pool)
+        .await
+        .context("seed registrations")?;
+        sqlx::query("ANALYZE")
+            .execute(&self.pool)
+            .await
+            .context("analyze")?;
+        Ok(())
+    }
+
+    /// Closes the pool and drops the database (forcing out any connection left over).
+    pub async fn drop_database(&self) {
+        self.pool.close().await;
+        let dropped = async {
+            let mut admin = PgConnection::connect(&self.admin_url).await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await?;
+            let _ = admin.close().await;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = dropped {
+            eprintln!(
+                "bench-e2e: could not drop database {}: {error:#}",
+                self.name
+            );
+        }
+    }
+}
+
+/// `admin_url` with its database replaced by `name`.
+fn with_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = admin_url
+        .split_once("://")
+        .context("the database URL needs a scheme (postgres://...)")?;
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let authority = before_query.split('/').next().unwrap_or(before_query);
+    let mut url = format!("{scheme}://{authority}/{name}");
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    Ok(url)
+}

@@ -1,0 +1,290 @@
+//! The measured runs: throughput, latency at a fraction of it, and one fan-out.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use herald_runtime::amqp::Message;
+use messaging_core::ingress::{Content, DirectContent, Ingress, NotifyRequest, Recipients};
+use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey, UserId};
+use messaging_core::{Channel, EnvelopeVersion};
+use tokio::task::JoinSet;
+
+use super::db::{SUBSCRIPTION, TENANT};
+use super::system::System;
+
+/// Requests published per confirm window by the throughput producer.
+const WINDOW: usize = 200;
+
+/// A notify request to one user (by SMS), as a producer publishes it.
+pub fn request(key: &str, to: Recipients) -> anyhow::Result<Vec<u8>> {
+    let notify = NotifyRequest {
+        version: EnvelopeVersion,
+        tenant: TenantKey::parse(TENANT)?,
+        idempotency_key: Some(IdempotencyKey::parse(key)?),
+        to,
+        content: Content::Direct(DirectContent {
+            subject: None,
+            body: "Your order 12345 has shipped and should arrive within two days.".into(),
+            html: None,
+        }),
+        channels: Some(vec![Channel::Sms]),
+        mode: None,
+        expires_at: None,
+    };
+    Ok(Ingress::Notify(notify).encode())
+}
+
+/// Requests `<prefix>-<i>` for i in 0..n, to users cycling through `u1..=u<users>`.
+fn requests(prefix: &str, n: u64, users: u64) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    (0..n)
+        .map(|i| {
+            let key = format!("{prefix}-{i}");
+            let user = UserId::parse(&format!("u{}", i % users.max(1) + 1))?;
+            let body = request(&key, Recipients::Users(vec![user]))?;
+            Ok((key, body))
+        })
+        .collect()
+}
+
+/// The index of `<prefix>-<i>`.
+fn index(key: &str, prefix: &str) -> Option<usize> {
+    key.strip_prefix(prefix)?.strip_prefix('-')?.parse().ok()
+}
+
+/// Sends `n` requests one window at a time and waits for their outcomes: connects every
+/// publisher and consumer on the path, and warms the database's caches.
+pub async fn warm_up(system: &mut System, n: u64, users: u64) -> anyhow::Result<()> {
+    system.drain_outcomes();
+    let requests = requests("warm", n, users)?;
+    for chunk in requests.chunks(WINDOW) {
+        system.publish(chunk).await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut seen = HashSet::new();
+    while (seen.len() as u64) < n {
+        let Some(arrival) = system.next_outcome(deadline).await else {
+            bail!("warm-up: {} of {n} outcomes within 120 s", seen.len());
+        };
+        if index(&arrival.key, "warm").is_some() {
+            anyhow::ensure!(arrival.delivered, "warm-up: {} not delivered", arrival.key);
+            seen.insert(arrival.key);
+        }
+    }
+    Ok(())
+}
+
+pub struct Throughput {
+    pub notifications: u64,
+    pub elapsed: Duration,
+    pub rate: f64,
+    pub failed: u64,
+}
+
+/// N requests published as fast as confirms allow; the clock runs from the first publish
+/// to the last outcome.
+pub async fn throughput(
+    system: &mut System,
+    n: u64,
+    users: u64,
+    timeout: Duration,
+) -> anyhow::Result<Throughput> {
+    system.drain_outcomes();
+    let requests = requests("tp", n, users)?;
+    let started = Instant::now();
+    let producer = {
+        let (publisher, exchange) = (system.producer.clone(), system.names.ingress_exchange());
+        tokio::spawn(async move {
+            for chunk in requests.chunks(WINDOW) {
+                let batch: Vec<Message> = chunk
+                    .iter()
+                    .map(|(_, body)| {
+                        Message::new(&exchange, "bench", body)
+                            .message_id(uuid::Uuid::now_v7().to_string())
+                    })
+                    .collect();
+                publisher.publish_batch(&batch).await?;
+            }
+            anyhow::Ok(Instant::now())
+        })
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = HashSet::new();
+    let (mut last, mut failed) = (started, 0);
+    while (seen.len() as u64) < n {
+        let Some(arrival) = system.next_outcome(deadline).await else {
+            bail!(
+                "throughput: {} of {n} outcomes within {timeout:?}",
+                seen.len()
+            );
+        };
+        if index(&arrival.key, "tp").is_some() && seen.insert(arrival.key) {
+            last = arrival.at;
+            failed += u64::from(!arrival.delivered);
+        }
+    }
+    let published = producer.await?.context("throughput producer")?;
+    let elapsed = last.duration_since(started);
+    println!(
+        "  throughput: {n} published in {:.2} s, last outcome after {:.2} s",
+        published.duration_since(started).as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    Ok(Throughput {
+        notifications: n,
+        elapsed,
+        rate: herald_bench::stats::rate(n, elapsed),
+        failed,
+    })
+}
+
+pub struct Latency {
+    pub offered_rate: f64,
+    pub achieved_rate: f64,
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub failed: u64,
+}
+
+/// `n` requests paced at `rate` per second (each published on its own, with its confirm);
+/// latency is the outcome's arrival minus the moment its publish began.
+pub async fn latency(
+    system: &mut System,
+    rate: f64,
+    n: u64,
+    users: u64,
+    timeout: Duration,
+) -> anyhow::Result<Latency> {
+    anyhow::ensure!(
+        rate.is_finite() && rate > 0.0,
+        "latency: no rate to pace at"
+    );
+    system.drain_outcomes();
+    let requests = requests("lat", n, users)?;
+    let sent: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
+    let pacer = {
+        let (publisher, exchange, sent) = (
+            system.producer.clone(),
+            system.names.ingress_exchange(),
+            sent.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let mut publishes = JoinSet::new();
+            let started = Instant::now();
+            for (i, (_, body)) in requests.into_iter().enumerate() {
+                ticks.tick().await;
+                let _ = sent[i].set(Instant::now());
+                let (publisher, exchange) = (publisher.clone(), exchange.clone());
+                publishes.spawn(async move {
+                    let message = Message::new(&exchange, "bench", &body)
+                        .message_id(uuid::Uuid::now_v7().to_string());
+                    publisher.publish(&message).await
+                });
+                // Collect finished publishes as we go, so errors surface early.
+                while let Some(done) = publishes.try_join_next() {
+                    done??;
+                }
+            }
+            let offered = started.elapsed();
+            while let Some(done) = publishes.join_next().await {
+                done??;
+            }
+            anyhow::Ok(offered)
+        })
+    };
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs_f64(n as f64 / rate);
+    let mut latencies = Vec::with_capacity(n as usize);
+    let mut seen = HashSet::new();
+    let mut failed = 0;
+    while (seen.len() as u64) < n {
+        let Some(arrival) = system.next_outcome(deadline).await else {
+            bail!("latency: {} of {n} outcomes in time", seen.len());
+        };
+        let Some(i) = index(&arrival.key, "lat") else {
+            continue;
+        };
+        let Some(at) = sent.get(i).and_then(OnceLock::get) else {
+            continue;
+        };
+        if seen.insert(i) {
+            latencies.push(arrival.at.duration_since(*at));
+            failed += u64::from(!arrival.delivered);
+        }
+    }
+    let offered = pacer.await?.context("latency producer")?;
+    latencies.sort();
+    Ok(Latency {
+        offered_rate: rate,
+        achieved_rate: herald_bench::stats::rate(n, offered),
+        count: n,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        failed,
+    })
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub struct FanOut {
+    pub registrations: u64,
+    pub elapsed: Duration,
+    pub rate: f64,
+}
+
+/// One request to the subscription with `registrations` registrations, the sender stopped:
+/// the clock runs from the publish until the send queue holds every job.
+pub async fn fan_out(
+    system: &mut System,
+    registrations: u64,
+    timeout: Duration,
+) -> anyhow::Result<FanOut> {
+    system.stop_sender().await?;
+    let queue = system.names.send_queue(Channel::Sms);
+    let before = u64::from(system.inspector.queue_len(&queue).await);
+    anyhow::ensure!(
+        before == 0,
+        "fan-out: {before} jobs already wait in {queue}"
+    );
+    let body = request(
+        "fanout-0",
+        Recipients::Subscription(SubscriptionKey::parse(SUBSCRIPTION)?),
+    )?;
+    let started = Instant::now();
+    system.publish(&[("fanout-0".to_owned(), body)]).await?;
+    let mut reported = Instant::now();
+    loop {
+        let queued = u64::from(system.inspector.queue_len(&queue).await);
+        if queued >= registrations {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!("fan-out: {queued} of {registrations} jobs queued after {timeout:?}");
+        }
+        if reported.elapsed() > Duration::from_secs(5) {
+            println!(
+                "  fan-out: {queued} of {registrations} jobs after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    Ok(FanOut {
+        registrations,
+        elapsed,
+        rate: herald_bench::stats::rate(registrations, elapsed),
+    })
+}

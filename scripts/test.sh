@@ -9,7 +9,8 @@ scripts/services.sh || exit 1
 scripts/clean-test-topology.py || true
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace "$@" 2>&1 | tee "$log"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 scripts/clean-test-topology.py || true
 awk '/^test result:/ {

@@ -353,8 +353,10 @@ async fn consumer_and_publisher_recover_when_the_broker_closes_their_connections
                     .publish_batch(&batch)
                     .await
                     .expect("publish survives the reconnect");
-                // Paced so that the broker's close lands in the middle of publishing.
-                tokio::time::sleep(Duration::from_millis(40)).await;
+                // Paced so that the broker's close lands in the middle of publishing: about 7 s
+                // of publishing, while `rabbitmqctl close_connection` alone can take seconds
+                // on a loaded machine (at 40 ms the producer once finished first in CI).
+                tokio::time::sleep(Duration::from_millis(120)).await;
             }
         })
     };

@@ -5,6 +5,8 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_runtime::amqp::headers;
@@ -337,13 +339,21 @@ async fn consumer_and_publisher_recover_when_the_broker_closes_their_connections
     let stop = CancellationToken::new();
     let consumer = tokio::spawn(h.consumer(handler, h.settings()).run(stop.clone()));
 
-    const TOTAL: u32 = 3_000;
+    // The producer publishes until told how far to go: told only after the close, so the
+    // close always lands while it is publishing, however long `rabbitmqctl` takes on a busy
+    // machine (a fixed pace once finished before the close in CI).
+    const OPEN: u32 = u32::MAX;
+    let last = Arc::new(AtomicU32::new(OPEN));
+    let sent = Arc::new(AtomicU32::new(0));
     let publisher = h.publisher();
     let producer = {
         let publisher = publisher.clone();
         let queue = h.queue();
+        let last = last.clone();
+        let sent = sent.clone();
         tokio::spawn(async move {
-            for start in (0..TOTAL).step_by(50) {
+            let mut start = 0u32;
+            while start < last.load(Ordering::SeqCst) {
                 let bodies: Vec<Vec<u8>> = (start..start + 50).map(numbered).collect();
                 let batch: Vec<Message> = bodies
                     .iter()
@@ -353,11 +363,11 @@ async fn consumer_and_publisher_recover_when_the_broker_closes_their_connections
                     .publish_batch(&batch)
                     .await
                     .expect("publish survives the reconnect");
-                // Paced so that the broker's close lands in the middle of publishing: about 7 s
-                // of publishing, while `rabbitmqctl close_connection` alone can take seconds
-                // on a loaded machine (at 40 ms the producer once finished first in CI).
-                tokio::time::sleep(Duration::from_millis(120)).await;
+                start += 50;
+                sent.store(start, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(40)).await;
             }
+            start
         })
     };
 
@@ -375,19 +385,18 @@ async fn consumer_and_publisher_recover_when_the_broker_closes_their_connections
         closed >= 2,
         "publisher and consumer connections were open, closed {closed}"
     );
-    assert!(
-        !producer.is_finished(),
-        "the close must hit while publishing is still going on"
-    );
+    assert!(!producer.is_finished(), "the producer is still publishing");
+    // 1,000 more after the close, published across the reconnect.
+    last.store(sent.load(Ordering::SeqCst) + 1_000, Ordering::SeqCst);
+    let total = producer.await.unwrap();
     let before_close = distinct.len();
-    assert!(before_close < TOTAL as usize);
+    assert!(before_close < total as usize);
 
     wait_until(&mut rx, Duration::from_secs(120), |(n, _)| {
         distinct.insert(n);
-        distinct.len() == TOTAL as usize
+        distinct.len() == total as usize
     })
     .await;
-    producer.await.unwrap();
     let reconnected = connections_with_prefix(&h.prefix).await.unwrap();
     assert!(
         reconnected.len() >= 2,
@@ -397,7 +406,7 @@ async fn consumer_and_publisher_recover_when_the_broker_closes_their_connections
     consumer.await.unwrap();
 
     let seen = seen.lock().unwrap().clone();
-    let missing: Vec<u32> = (0..TOTAL).filter(|n| !seen.contains_key(n)).collect();
+    let missing: Vec<u32> = (0..total).filter(|n| !seen.contains_key(n)).collect();
     assert!(missing.is_empty(), "lost messages: {missing:?}");
     assert_eq!(
         h.inspector.queue_len(&h.queue()).await,

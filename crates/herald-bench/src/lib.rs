@@ -4,8 +4,13 @@
 //!
 //! - `src/bin/bench-broker.rs`: publish with confirms -> consume -> ack, through the runtime
 //!   and through a plain lapin loop with the same settings, in the same run.
+//! - `src/bin/bench-e2e.rs` (with `src/e2e/`): producer -> router -> no-op sender -> tracking
+//!   -> outcome, the ratio to the baseline per broker hop, and a 100,000-registration fan-out.
+//! - [`baseline`]: the plain lapin loop both binaries measure in the same run.
 //! - [`payload`]: a realistic send-job body, so message sizes match production.
 //! - [`stats`]: medians and rates.
+
+pub mod baseline;
 
 pub mod payload {
     use chrono::Utc;

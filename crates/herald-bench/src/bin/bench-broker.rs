@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use futures::StreamExt;
-use futures::future::join_all;
 use herald_bench::{payload, stats};
 use herald_runtime::amqp::{
     Broker, Consumer, ConsumerSettings, Context, Handler, Message, Outcome, Publisher, Rejection,
@@ -22,12 +20,6 @@ use herald_runtime::amqp::{
 use herald_runtime::config::{AmqpConfig, Secret};
 use herald_runtime::health::Health;
 use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use messaging_core::job::SendJob;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -186,84 +178,11 @@ async fn run_herald(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f
 }
 
 async fn run_plain(args: &Args, bodies: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<f64> {
-    let (inspector, _config, topology, queue) = setup("bench-plain", args).await?;
-    let url = amqp_url();
-    let consumer_conn = Connection::connect(&url, ConnectionProperties::default()).await?;
-    let consumer_channel = consumer_conn.create_channel().await?;
-    consumer_channel
-        .basic_qos(args.prefetch, BasicQosOptions { global: false })
-        .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publisher_conn = Connection::connect(&url, ConnectionProperties::default()).await?;
-    let publisher_channel = publisher_conn.create_channel().await?;
-    publisher_channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    // Neither side's clock includes connecting.
-    inspector
-        .wait_for_consumer(&queue, Duration::from_secs(10))
-        .await;
-
-    let target = args.messages;
-    let started = Instant::now();
-    let consuming = tokio::spawn(async move {
-        let mut done = 0;
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery?;
-            let job: SendJob = serde_json::from_slice(&delivery.data)?;
-            std::hint::black_box(job);
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            done += 1;
-            if done == target {
-                break;
-            }
-        }
-        anyhow::Ok(())
-    });
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
-    let options = BasicPublishOptions {
-        mandatory: true,
-        immediate: false,
+    let settings = herald_bench::baseline::Settings {
+        messages: args.messages,
+        rounds: 1,
+        window: args.window,
+        prefetch: args.prefetch,
     };
-    for chunk in bodies.chunks(args.window) {
-        let mut confirms = Vec::with_capacity(chunk.len());
-        for body in chunk {
-            confirms.push(
-                publisher_channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        options,
-                        body,
-                        properties.clone(),
-                    )
-                    .await?,
-            );
-        }
-        for confirmation in join_all(confirms).await {
-            anyhow::ensure!(confirmation?.is_ack(), "broker nacked a message");
-        }
-    }
-    tokio::time::timeout(Duration::from_secs(600), consuming)
-        .await
-        .context("consumer finished in time")???;
-    let elapsed = started.elapsed();
-    let _ = publisher_conn.close(200, "done".into()).await;
-    let _ = consumer_conn.close(200, "done".into()).await;
-    let _ = inspector
-        .channel()
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    topology.delete(inspector.channel()).await?;
-    inspector.close().await;
-    Ok(stats::rate(args.messages, elapsed))
+    herald_bench::baseline::run_plain(&settings, bodies).await
 }

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use e2e::baseline;
 use e2e::db::BenchDb;
 use e2e::runs::{self, FanOut, Latency, Throughput};
 use e2e::system::{self, System};
+use herald_bench::baseline;
 
 /// Broker hops one notification takes on the measured path.
 const HOPS: u32 = 4;

@@ -1,6 +1,5 @@
 //! The parts of `bench-e2e` (`src/bin/bench-e2e.rs`).
 
-pub mod baseline;
 pub mod db;
 pub mod runs;
 pub mod system;

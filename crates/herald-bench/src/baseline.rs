@@ -1,17 +1,13 @@
-//! The broker baseline, measured in the same run: `bench-broker`'s plain lapin loop
-//! (publish with confirms in windows -> quorum queue -> consume -> decode -> ack per message),
-//! with the same settings.
-//!
-//! A copy of `run_plain` in `src/bin/bench-broker.rs`: one binary cannot call into another,
-//! and that function is not in `lib.rs` (yet). Keep the two alike; moving it into
-//! `herald_bench` and calling it from both binaries is the cleaner end state.
+//! The broker baseline every benchmark compares with, measured in the same run: a plain
+//! lapin loop (publish with confirms in windows -> quorum queue -> consume -> decode -> ack
+//! per message). `bench-broker` and `bench-e2e` both call [`run_plain`].
 
 use std::time::{Duration, Instant};
 
+use crate::{payload, stats};
 use anyhow::Context as _;
 use futures::StreamExt;
 use futures::future::join_all;
-use herald_bench::{payload, stats};
 use herald_runtime::amqp::Topology;
 use herald_runtime::config::{AmqpConfig, Secret};
 use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
@@ -23,7 +19,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use messaging_core::job::SendJob;
 
-/// `bench-broker`'s defaults.
+/// How the baseline runs (`bench-broker`'s flags: 30,000 messages, window 500, prefetch 200).
 pub struct Settings {
     pub messages: u64,
     pub rounds: usize,
@@ -41,10 +37,11 @@ pub async fn measure(settings: &Settings) -> anyhow::Result<(f64, Vec<f64>)> {
     Ok((stats::median(rates.clone()), rates))
 }
 
-async fn run_plain(settings: &Settings, bodies: &[Vec<u8>]) -> anyhow::Result<f64> {
+/// One round: the rate in messages per second.
+pub async fn run_plain(settings: &Settings, bodies: &[Vec<u8>]) -> anyhow::Result<f64> {
     let config = AmqpConfig {
         url: Secret::new(amqp_url()),
-        prefix: unique_prefix("bench-e2e-plain"),
+        prefix: unique_prefix("bench-plain"),
         prefetch: settings.prefetch,
         concurrency: settings.prefetch as usize,
         ..AmqpConfig::default()

@@ -73,7 +73,10 @@ INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
   SELECT gen_random_uuid(), u.tenant_id, u.id, 'email', 'email', 'operator@herald.local', true
   FROM users u JOIN tenants t ON t.id = u.tenant_id
   WHERE t.key = :'tenant' AND u.external_id = :'person'
-  ON CONFLICT (user_id, kind, value) DO NOTHING;
+  -- A local mailbox that failed once (say, while the sink was down) is marked unreachable
+  -- (R6); `just up` makes it usable again.
+  ON CONFLICT (user_id, kind, value) DO UPDATE
+    SET state = 'active', state_reason = NULL, failure_count = 0, failure_streak_started_at = NULL;
 SQL
 
 scripts/status.sh

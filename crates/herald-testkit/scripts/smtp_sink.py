@@ -10,6 +10,7 @@ Usage: smtp_sink.py --port PORT --maildir DIR
 import argparse
 import asyncio
 import mailbox
+import os
 import signal
 
 from aiosmtpd.controller import Controller
@@ -17,6 +18,10 @@ from aiosmtpd.controller import Controller
 
 class Handler:
     def __init__(self, maildir):
+        # Maildir(create=True) creates cur/new/tmp only when the directory itself is missing;
+        # an existing empty directory (`mkdir -p` by a script) would fail every delivery.
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
         self.maildir = mailbox.Maildir(maildir, create=True)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):

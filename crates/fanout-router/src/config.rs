@@ -4,6 +4,8 @@
 use herald_runtime::config::BaseConfig;
 use herald_storage::db::DatabaseConfig;
 use messaging_core::values::{TenantKey, UserId};
+use std::time::Duration;
+
 use serde::Deserialize;
 
 /// Where the router's health and metrics endpoints listen unless `HERALD_HTTP__ADDR` says
@@ -23,9 +25,13 @@ pub struct RouterConfig {
     /// That tenant's id of the person whose addresses on the legacy message's channel are the
     /// channel's default destination (an operators' group chat, an on-call mailbox, ...).
     pub legacy_user: Option<String>,
-    /// How soon a request that failed for a passing reason (database or broker unreachable)
-    /// is tried again, through the delay queues.
+    /// How soon a request or delivery event that failed for a passing reason (database or
+    /// broker unreachable) is tried again, through the delay queues. Each further attempt
+    /// waits twice as long, up to `retry_max_ms`, so the `amqp.max_attempts` attempts span
+    /// hours of outage rather than minutes.
     pub retry_after_ms: u64,
+    /// The longest wait between two attempts.
+    pub retry_max_ms: u64,
     /// R3: an address whose failures span at least this many hours, and ...
     pub address_removal_after_hours: u32,
     /// ... number at least this many, is removed from its person (and that is recorded).
@@ -41,9 +47,35 @@ impl Default for RouterConfig {
             legacy_tenant: None,
             legacy_user: None,
             retry_after_ms: 5_000,
+            retry_max_ms: 600_000,
             address_removal_after_hours: 7 * 24,
             address_removal_failures: 5,
             scheduler_poll_ms: 1_000,
+        }
+    }
+}
+
+/// How long a request or event that failed for a passing reason waits before its next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after `attempt` (1 for the first): doubling from `base`, with jitter, so the
+    /// requests a database outage held up do not all come back in the same second.
+    pub fn after(&self, attempt: u32) -> Duration {
+        herald_runtime::amqp::backoff::retry_delay(attempt, self.base, self.max)
+    }
+}
+
+/// The same wait after every attempt.
+impl From<Duration> for RetryPolicy {
+    fn from(every: Duration) -> Self {
+        RetryPolicy {
+            base: every,
+            max: every,
         }
     }
 }
@@ -93,6 +125,13 @@ impl RouterConfig {
     }
 
     /// When a failing address is removed (R3).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(self.retry_after_ms.max(1)),
+            max: Duration::from_millis(self.retry_max_ms.max(self.retry_after_ms).max(1)),
+        }
+    }
+
     pub fn removal_policy(&self) -> herald_storage::tracking::RemovalPolicy {
         herald_storage::tracking::RemovalPolicy {
             after: chrono::Duration::hours(i64::from(self.address_removal_after_hours)),

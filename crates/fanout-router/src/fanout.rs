@@ -9,9 +9,10 @@
 //! 4. those rows are marked published.
 //!
 //! The ingress message is acked only after the last batch, so a crash anywhere redelivers it,
-//! and the next pass publishes only what is still unmarked (R44). Two passes over the same
-//! message at the same moment (a relay that published a message twice) can both publish a
-//! row's job; the copies carry the same delivery id, which senders drop.
+//! and the next pass publishes only what is still unmarked (R44). One pass at a time holds a
+//! message (the ingress handler takes its [`store::FanoutLease`] first), so two copies of a
+//! request in work at once do not both publish; a job that still goes out twice (a crash
+//! between the confirm and the mark) carries the same delivery id, which senders drop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +33,9 @@ use crate::render::Templates;
 
 /// The AMQP `type` of a send job.
 const JOB_KIND: &str = "herald.send_job.v1";
+
+/// Encoded jobs held before they are published, at most (plus one job).
+const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanOutError {
@@ -272,9 +276,11 @@ impl Batch<'_> {
         }
         let keys: Vec<_> = jobs.keys().cloned().collect();
         let unpublished = store::unpublished(&fanout.pool, self.message_id, &keys).await?;
-        let mut ids = Vec::with_capacity(unpublished.len());
         let mut oversized = Vec::new();
-        let mut bodies: Vec<(Channel, Vec<u8>, Uuid)> = Vec::with_capacity(unpublished.len());
+        // Encoded jobs wait here until they reach `PUBLISH_CHUNK_BYTES`: a batch of rows
+        // bounds the rows, this bounds the bytes (a batch of 1,000 jobs near the 256 KiB queue
+        // limit would otherwise be a quarter of a gigabyte).
+        let mut chunk = Chunk::default();
         for row in unpublished {
             let Some(job) = jobs.get(&(row.user_id, row.channel, row.address)) else {
                 continue;
@@ -297,8 +303,10 @@ impl Batch<'_> {
                     oversized.push(row.id);
                 }
                 Ok(body) => {
-                    bodies.push((send.channel(), body, row.id));
-                    ids.push(row.id);
+                    chunk.push(send.channel(), body, row.id);
+                    if chunk.bytes >= PUBLISH_CHUNK_BYTES {
+                        summary.published += self.publish(std::mem::take(&mut chunk)).await?;
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, delivery_id = %row.id, "cannot encode a send job");
@@ -306,6 +314,7 @@ impl Batch<'_> {
                 }
             }
         }
+        summary.published += self.publish(chunk).await?;
         if !oversized.is_empty() {
             store::fail_unsendable(
                 &fanout.pool,
@@ -319,26 +328,50 @@ impl Batch<'_> {
             .await?;
             summary.failed += oversized.len();
         }
-        if ids.is_empty() {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Publishes a chunk of jobs with confirms, then marks their rows published. Returns how
+    /// many.
+    async fn publish(&self, chunk: Chunk) -> Result<usize, FanOutError> {
+        if chunk.ids.is_empty() {
+            return Ok(0);
         }
+        let fanout = self.fanout;
         let exchange = fanout.names.send_exchange();
-        let messages: Vec<Message> = bodies
+        let messages: Vec<Message> = chunk
+            .jobs
             .iter()
-            .map(|(channel, body, id)| {
+            .zip(&chunk.ids)
+            .map(|((channel, body), id)| {
                 Message::new(&exchange, channel.as_str(), body)
                     .message_id(id.to_string())
                     .kind(JOB_KIND)
             })
             .collect();
         fanout.publisher.publish_batch(&messages).await?;
-        store::mark_published(&fanout.pool, &ids).await?;
-        for (channel, _, _) in &bodies {
+        store::mark_published(&fanout.pool, &chunk.ids).await?;
+        for (channel, _) in &chunk.jobs {
             metrics::counter!("herald_router_jobs_published_total", "channel" => channel.as_str())
                 .increment(1);
         }
-        summary.published += ids.len();
-        Ok(())
+        Ok(chunk.ids.len())
+    }
+}
+
+/// Encoded send jobs on their way to the broker, with their delivery ids.
+#[derive(Default)]
+struct Chunk {
+    jobs: Vec<(Channel, Vec<u8>)>,
+    ids: Vec<Uuid>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn push(&mut self, channel: Channel, body: Vec<u8>, id: Uuid) {
+        self.bytes += body.len();
+        self.jobs.push((channel, body));
+        self.ids.push(id);
     }
 }
 

@@ -17,7 +17,6 @@
 //!   finds the rows the earlier one wrote.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection};
 use herald_storage::fanout::{self as store, NewRouterMessage, RouterMessage};
@@ -35,7 +34,7 @@ use serde_json::Value;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::LegacyDestination;
+use crate::config::{LegacyDestination, RetryPolicy};
 use crate::fanout::{Audience, Body, FanOut, FanOutError, Plan};
 use crate::outcome::{OutcomeError, Outcomes};
 use crate::render::Templates;
@@ -45,7 +44,7 @@ pub struct IngressHandler {
     fanout: FanOut,
     /// Where legacy messages go (R41); `None` dead-letters them with a reason.
     legacy: Option<LegacyDestination>,
-    retry_after: Duration,
+    retry: RetryPolicy,
     /// Publishes a message's outcome when fan-out finishes it (R4): a message that failed as
     /// a whole, or whose recipients all failed at once (no address). `None` in tests that
     /// look at fan-out alone.
@@ -99,13 +98,13 @@ impl IngressHandler {
         pool: PgPool,
         fanout: FanOut,
         legacy: Option<LegacyDestination>,
-        retry_after: Duration,
+        retry: impl Into<RetryPolicy>,
     ) -> Self {
         IngressHandler {
             pool,
             fanout,
             legacy,
-            retry_after,
+            retry: retry.into(),
             outcomes: None,
         }
     }
@@ -186,83 +185,164 @@ impl IngressHandler {
                 .await?;
             tracing::Span::current().record("message_id", tracing::field::display(message.id));
             if message.status != "accepted" || other_request {
-                tracing::info!(status = %message.status, "repeated request; its message is handled already");
-                count(request.source, "repeated");
-                self.publish_outcome(message.id).await?;
-                return Ok(Outcome::Ack);
+                return self.repeated(&message, request.source).await;
             }
-            if let Some(key) = subscription_key {
-                let refusal = match &subscription {
-                    None => Some((
-                        "unknown_subscription",
-                        format!("tenant {} has no subscription {key}", tenant.key),
-                    )),
-                    Some(s) if !s.enabled => Some((
-                        "subscription_disabled",
-                        format!("subscription {key} is disabled; enable it to trigger it"),
-                    )),
-                    Some(_) => None,
-                };
-                if let Some((code, reason)) = refusal {
-                    return self.fail(&message, request.source, code, &reason).await;
-                }
-            }
-            let body = match &notify.content {
-                Content::Direct(direct) => Body::Direct(Arc::new(RenderedContent {
-                    subject: direct.subject.clone(),
-                    text: direct.body.clone(),
-                    html: direct.html.clone(),
-                })),
-                Content::Template(content) => {
-                    // The key was looked up above; a template without one never validates.
-                    let Some(subscription) = &subscription else {
-                        return Ok(dead_letter("invalid", "a template needs a subscription"));
-                    };
-                    let rows = store::templates(&self.pool, tenant.id, subscription.id).await?;
-                    let templates =
-                        Templates::new(rows, &subscription.fallback_locale, &content.data);
-                    if templates.is_empty() {
-                        let reason = format!(
-                            "subscription {} has no template; add one for a channel and locale (or for any channel) to send it",
-                            subscription.key
-                        );
-                        return self.fail(&message, request.source, "no_template", &reason).await;
-                    }
-                    Body::Templates(Box::new(templates))
-                }
+            let Some(lease) = store::try_lease(&self.pool, message.id).await? else {
+                // The pass that holds it finishes the message, or dies and frees it; either
+                // way this copy comes back later and finds out which.
+                tracing::info!("another pass is fanning out this message; looking again later");
+                count(request.source, "busy");
+                return Ok(Outcome::Defer {
+                    after: self.retry.base,
+                });
             };
-            let audience = match &notify.to {
-                Recipients::Users(users) => Audience::Users(users.clone()),
-                Recipients::Subscription(_) => match &subscription {
-                    Some(s) => Audience::Subscription(s.id),
-                    None => return Ok(dead_letter("invalid", "no subscription to notify")),
-                },
+            // The holder of the lease before this one may have finished it meanwhile.
+            let message = match store::message_in_tenant(&self.pool, tenant.id, message.id).await {
+                Ok(Some(message)) if message.status == "accepted" => message,
+                Ok(Some(message)) => {
+                    lease.release().await?;
+                    return self.repeated(&message, request.source).await;
+                }
+                Ok(None) => {
+                    lease.release().await?;
+                    return Err(StoreError::NotFound.into());
+                }
+                Err(error) => return Err(error.into()),
             };
-            let summary = self
-                .fanout
-                .run(Plan {
-                    tenant_id: tenant.id,
-                    tenant: &notify.tenant,
-                    message_id: message.id,
-                    subscription_id: subscription.as_ref().map(|s| s.id),
-                    request: notify,
-                    audience,
-                    body,
-                })
-                .await?;
-            tracing::info!(
-                new_deliveries = summary.new_rows,
-                jobs = summary.published,
-                failed = summary.failed,
-                status = %summary.status,
-                "fanned out"
-            );
-            count(request.source, &summary.status);
-            self.publish_outcome(message.id).await?;
-            Ok(Outcome::Ack)
+            let result = self
+                .fan_out(
+                    tenant,
+                    &request,
+                    &message,
+                    subscription.as_ref(),
+                    subscription_key,
+                )
+                .await;
+            let result = match result {
+                Err(error) if ctx.is_last_attempt() => self.give_up(&message, error).await,
+                other => other,
+            };
+            lease.release().await?;
+            result
         }
         .instrument(span)
         .await
+    }
+
+    /// A request whose message another copy handled (or is handling under a key it shares).
+    async fn repeated(
+        &self,
+        message: &RouterMessage,
+        source: Source,
+    ) -> Result<Outcome, RouteError> {
+        tracing::info!(status = %message.status, "repeated request; its message is handled already");
+        count(source, "repeated");
+        self.publish_outcome(message.id).await?;
+        Ok(Outcome::Ack)
+    }
+
+    /// The last attempt failed too: the message records why before the runner dead-letters
+    /// the request, so the producer learns it from `GET /messages/{id}` and the outcome rather
+    /// than waiting for ever (R4). When the database is what failed, this fails as well and
+    /// the dead letter is all that is left.
+    async fn give_up(
+        &self,
+        message: &RouterMessage,
+        error: RouteError,
+    ) -> Result<Outcome, RouteError> {
+        let reason = format!("the router gave up on this message: {error}");
+        let recorded = async {
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            store::fail_message(&mut conn, message.id, "retries_exhausted", &reason).await?;
+            self.publish_outcome(message.id).await
+        }
+        .await;
+        if let Err(also) = recorded {
+            tracing::error!(%error, %also, "cannot record the give-up on the message");
+        }
+        Err(error)
+    }
+
+    /// Fans out an accepted message, holding its lease.
+    async fn fan_out(
+        &self,
+        tenant: &Tenant,
+        request: &Request<'_>,
+        message: &RouterMessage,
+        subscription: Option<&Subscription>,
+        subscription_key: Option<&SubscriptionKey>,
+    ) -> Result<Outcome, RouteError> {
+        let notify = &request.notify;
+        if let Some(key) = subscription_key {
+            let refusal = match subscription {
+                None => Some((
+                    "unknown_subscription",
+                    format!("tenant {} has no subscription {key}", tenant.key),
+                )),
+                Some(s) if !s.enabled => Some((
+                    "subscription_disabled",
+                    format!("subscription {key} is disabled; enable it to trigger it"),
+                )),
+                Some(_) => None,
+            };
+            if let Some((code, reason)) = refusal {
+                return self.fail(message, request.source, code, &reason).await;
+            }
+        }
+        let body = match &notify.content {
+            Content::Direct(direct) => Body::Direct(Arc::new(RenderedContent {
+                subject: direct.subject.clone(),
+                text: direct.body.clone(),
+                html: direct.html.clone(),
+            })),
+            Content::Template(content) => {
+                // The key was looked up above; a template without one never validates.
+                let Some(subscription) = subscription else {
+                    return Ok(dead_letter("invalid", "a template needs a subscription"));
+                };
+                let rows = store::templates(&self.pool, tenant.id, subscription.id).await?;
+                let templates = Templates::new(rows, &subscription.fallback_locale, &content.data);
+                if templates.is_empty() {
+                    let reason = format!(
+                        "subscription {} has no template; add one for a channel and locale (or for any channel) to send it",
+                        subscription.key
+                    );
+                    return self
+                        .fail(message, request.source, "no_template", &reason)
+                        .await;
+                }
+                Body::Templates(Box::new(templates))
+            }
+        };
+        let audience = match &notify.to {
+            Recipients::Users(users) => Audience::Users(users.clone()),
+            Recipients::Subscription(_) => match subscription {
+                Some(s) => Audience::Subscription(s.id),
+                None => return Ok(dead_letter("invalid", "no subscription to notify")),
+            },
+        };
+        let summary = self
+            .fanout
+            .run(Plan {
+                tenant_id: tenant.id,
+                tenant: &notify.tenant,
+                message_id: message.id,
+                subscription_id: subscription.map(|s| s.id),
+                request: notify,
+                audience,
+                body,
+            })
+            .await?;
+        tracing::info!(
+            new_deliveries = summary.new_rows,
+            jobs = summary.published,
+            failed = summary.failed,
+            status = %summary.status,
+            "fanned out"
+        );
+        count(request.source, &summary.status);
+        self.publish_outcome(message.id).await?;
+        Ok(Outcome::Ack)
     }
 
     /// An event fires every subscription bound to its type (R14), each as a message of its
@@ -430,7 +510,7 @@ impl IngressHandler {
             (Some(id), None) => Some(id),
             _ => derived("id"),
         };
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         let new = |id| NewRouterMessage {
             id,
             tenant_id: tenant.id,
@@ -465,9 +545,18 @@ impl IngressHandler {
         code: &str,
         reason: &str,
     ) -> Result<Outcome, RouteError> {
-        store::fail_message(&self.pool, message.id, code, reason).await?;
-        tracing::warn!(code, reason, "message failed");
-        count(source, "failed");
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        let status = store::fail_message(&mut conn, message.id, code, reason).await?;
+        drop(conn);
+        tracing::warn!(code, reason, %status, "message refused");
+        count(
+            source,
+            if status == "failed" {
+                "failed"
+            } else {
+                "refused_in_part"
+            },
+        );
         self.publish_outcome(message.id).await?;
         Ok(Outcome::Ack)
     }
@@ -493,7 +582,7 @@ impl Handler for IngressHandler {
                 metrics::counter!("herald_router_requests_total", "source" => "any", "result" => "retry")
                     .increment(1);
                 Outcome::Retry {
-                    after: self.retry_after,
+                    after: self.retry.after(ctx.attempt),
                     reason: error.to_string(),
                 }
             }

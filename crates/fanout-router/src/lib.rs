@@ -85,7 +85,7 @@ pub fn start(
         names.clone(),
         config.router.batch_size,
     );
-    let retry_after = Duration::from_millis(config.router.retry_after_ms);
+    let retry_after = config.router.retry_policy();
     let outcomes = Outcomes::new(
         pool.clone(),
         Publisher::new(service.broker.clone(), "outcomes"),
@@ -95,12 +95,13 @@ pub fn start(
         .with_outcomes(outcomes.clone());
     let mut settings =
         ConsumerSettings::from_config(names.ingress_queue(), service.broker.config());
-    // Each request in work holds a database connection at a time; more requests than
-    // connections would only wait for the pool and time out into retries.
+    // Each request in work holds two database connections (its fan-out lease, and one for
+    // the work); more requests than that would only wait for the pool and time out into
+    // retries.
     let connections = usize::try_from(config.database.max_connections)
         .unwrap_or(1)
         .max(1);
-    settings.concurrency = settings.concurrency.min(connections);
+    settings.concurrency = settings.concurrency.min((connections / 2).max(1));
     let ingress = Consumer::new(
         service.broker.clone(),
         service.topology.clone(),

@@ -2,8 +2,6 @@
 //! delivery records (R15) and address states (R3, R6); chat bots' contact links become
 //! addresses (R5). When the last delivery of a message is final, its outcome goes out (R4).
 
-use std::time::Duration;
-
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
 use herald_storage::addresses::{self, NewAddress};
 use herald_storage::tracking::{
@@ -14,6 +12,7 @@ use messaging_core::events::{AttemptResult, ContactLinkEvent, DeliveryEvent};
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::config::RetryPolicy;
 use crate::outcome::Outcomes;
 
 /// What arrives on the router's events queue.
@@ -27,7 +26,7 @@ pub struct TrackingHandler {
     pool: PgPool,
     outcomes: Outcomes,
     policy: RemovalPolicy,
-    retry_after: Duration,
+    retry: RetryPolicy,
 }
 
 impl TrackingHandler {
@@ -35,21 +34,22 @@ impl TrackingHandler {
         pool: PgPool,
         outcomes: Outcomes,
         policy: RemovalPolicy,
-        retry_after: Duration,
+        retry: impl Into<RetryPolicy>,
     ) -> Self {
         TrackingHandler {
             pool,
             outcomes,
             policy,
-            retry_after,
+            retry: retry.into(),
         }
     }
 
     /// A database that cannot be reached, or a broker that will not take the outcome, is a
     /// passing problem: the event waits in a delay queue and comes back.
     fn retry(&self, why: impl std::fmt::Display) -> Outcome {
+        // The wait grows with the attempt in `handle`, which knows it.
         Outcome::Retry {
-            after: self.retry_after,
+            after: self.retry.base,
             reason: why.to_string(),
         }
     }
@@ -213,8 +213,8 @@ impl Handler for TrackingHandler {
         }
     }
 
-    async fn handle(&self, event: RouterEvent, _ctx: &Context) -> Outcome {
-        match event {
+    async fn handle(&self, event: RouterEvent, ctx: &Context) -> Outcome {
+        let outcome = match event {
             RouterEvent::Delivery(event) => {
                 let span = tracing::info_span!(
                     "delivery_event",
@@ -230,6 +230,13 @@ impl Handler for TrackingHandler {
                 let span = tracing::info_span!("contact_link", channel = %event.channel);
                 self.contact(&event).instrument(span).await
             }
+        };
+        match outcome {
+            Outcome::Retry { reason, .. } => Outcome::Retry {
+                after: self.retry.after(ctx.attempt),
+                reason,
+            },
+            other => other,
         }
     }
 }

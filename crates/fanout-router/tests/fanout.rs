@@ -649,3 +649,158 @@ async fn a_second_request_with_a_key_in_flight_does_not_join_the_first_ones_fan_
     assert_eq!(h.all_jobs().await.len(), 3);
     h.finish().await;
 }
+
+/// A subscription with a template and `n` email registrations.
+async fn news_with_registrations(h: &Harness, n: usize) -> Uuid {
+    let news = h.subscription("news", "en").await;
+    h.template(news, None, "en", Some("News"), "Hello {{ name }}")
+        .await;
+    sqlx::query(
+        "WITH people AS (
+             INSERT INTO users (id, tenant_id, external_id)
+             SELECT gen_random_uuid(), $1, 'user-' || g FROM generate_series(1, $3) g
+             RETURNING id, external_id)
+         INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
+         SELECT gen_random_uuid(), $1, $2, id, 'email', external_id || '@example.org' FROM people",
+    )
+    .bind(h.tenant_id)
+    .bind(news)
+    .bind(n as i32)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    news
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn two_copies_of_a_request_in_work_at_once_fan_out_once(pool: PgPool) {
+    let h = Harness::with(pool, "two_copies", 100, None).await;
+    news_with_registrations(&h, 1500).await;
+    let body = trigger("news", json!({"name": "all"}), None);
+    let id = Uuid::now_v7().to_string();
+
+    // While another pass holds the message, a copy waits (without spending an attempt) and
+    // publishes nothing.
+    let held = herald_storage::fanout::try_lease(&h.pool, id.parse().unwrap())
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    let outcome = h.handle(&body, Some(&id)).await;
+    assert!(matches!(outcome, Outcome::Defer { .. }), "{outcome:?}");
+    assert!(h.jobs(Channel::Email).await.is_empty());
+    assert_eq!(h.message().await.1, "accepted");
+    held.release().await.unwrap();
+
+    // Two copies at once, as two consumer slots (or two routers) would run them.
+    let (a, b) = tokio::join!(h.handle(&body, Some(&id)), h.handle(&body, Some(&id)));
+    let outcomes = [a, b];
+    assert!(outcomes.contains(&Outcome::Ack), "{outcomes:?}");
+    for outcome in outcomes {
+        if outcome != Outcome::Ack {
+            assert!(matches!(outcome, Outcome::Defer { .. }), "{outcome:?}");
+            // The deferred copy comes back and finds the message done.
+            assert_eq!(h.handle(&body, Some(&id)).await, Outcome::Ack);
+        }
+    }
+    let jobs = h.jobs(Channel::Email).await;
+    let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    assert_eq!((jobs.len(), ids.len()), (1500, 1500), "each job once");
+    assert_eq!(h.message().await.1, "fanned_out");
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_refusal_after_a_partial_fan_out_fails_only_what_was_not_published(pool: PgPool) {
+    let h = Harness::new(pool, "partial_refusal").await;
+    let news = news_with_registrations(&h, 3).await;
+    let body = trigger("news", json!({"name": "all"}), None);
+    assert_eq!(h.handle(&body, Some("partial-1")).await, Outcome::Ack);
+    assert_eq!(h.jobs(Channel::Email).await.len(), 3);
+    // The first pass died after publishing two of the three jobs; then an admin disabled the
+    // subscription, and the request came back.
+    let (message_id, _, _, _) = h.message().await;
+    let unpublished = h.deliveries(message_id).await[0].0;
+    sqlx::query("UPDATE deliveries SET job_published_at = NULL WHERE id = $1")
+        .bind(unpublished)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE messages SET status = 'accepted' WHERE id = $1")
+        .bind(message_id)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE subscriptions SET enabled = false WHERE id = $1")
+        .bind(news)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+
+    assert_eq!(h.handle(&body, Some("partial-1")).await, Outcome::Ack);
+    assert!(h.jobs(Channel::Email).await.is_empty());
+    // The two jobs that went out are still on their way; the message is not failed under
+    // them, but says why the third never went out.
+    let (_, status, error_code, _) = h.message().await;
+    assert_eq!(
+        (status.as_str(), error_code.as_deref()),
+        ("fanned_out", Some("subscription_disabled"))
+    );
+    let rows = h.deliveries(message_id).await;
+    let failed: Vec<_> = rows.iter().filter(|r| r.3 == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, unpublished);
+    assert_eq!(failed[0].5.as_deref(), Some("subscription_disabled"));
+    assert_eq!(rows.iter().filter(|r| r.3 == "pending").count(), 2);
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_last_attempt_records_the_give_up_on_the_message(pool: PgPool) {
+    use herald_runtime::amqp::Handler;
+    let h = Harness::new(pool, "give_up").await;
+    ann_with_three_addresses(&h).await;
+    // Email jobs cannot be routed: every attempt fails (as with a broker that refuses them).
+    h.inspector
+        .channel()
+        .queue_unbind(
+            h.names.send_queue(Channel::Email).as_str().into(),
+            h.names.send_exchange().as_str().into(),
+            "email".into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&notify_users(&["ann"], None)).unwrap();
+    let id = Uuid::now_v7().to_string();
+
+    let first = support::context(Some(&id));
+    let outcome = h
+        .handler
+        .handle(h.handler.decode(&body).unwrap(), &first)
+        .await;
+    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    assert_eq!(h.message().await.1, "accepted", "an attempt to come");
+
+    let mut last = support::context(Some(&id));
+    last.attempt = last.max_attempts;
+    let outcome = h
+        .handler
+        .handle(h.handler.decode(&body).unwrap(), &last)
+        .await;
+    // The runner dead-letters a retry on the last attempt; the message says so first.
+    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    let (message_id, status, error_code, _) = h.message().await;
+    let rows = h.deliveries(message_id).await;
+    let email = rows.iter().find(|r| r.1.as_deref() == Some("email")).unwrap();
+    assert_eq!(
+        (email.3.as_str(), email.5.as_deref()),
+        ("failed", Some("retries_exhausted"))
+    );
+    // The batch's other jobs went out before the email job failed it, so the message goes on
+    // with them; had nothing gone out it would be `failed`.
+    assert_eq!(error_code.as_deref(), Some("retries_exhausted"));
+    let published = rows.iter().filter(|r| r.6).count();
+    let expected = if published == 0 { "failed" } else { "fanned_out" };
+    assert_eq!(status, expected, "{rows:?}");
+    h.finish().await;
+}

@@ -103,25 +103,124 @@ pub async fn insert_or_find_message(
         .ok_or_else(|| StoreError::Conflict("messages_pkey".into()))
 }
 
-/// Records why a request could not be fanned out (`unknown_subscription`, `no_template`, ...):
-/// `GET /messages/{id}` shows it to the producer (R4, R13). Only an accepted message changes.
+/// Records why a request could not be fanned out (`unknown_subscription`, `no_template`,
+/// `retries_exhausted`, ...): `GET /messages/{id}` shows it to the producer (R4, R13). Only an
+/// accepted message changes. Returns its status afterwards.
+///
+/// Deliveries an earlier, interrupted pass wrote but never published fail with the reason.
+/// When that pass published some jobs, the message is not failed as a whole: those jobs will
+/// be delivered and reported, so it goes on as a fan-out that ended there (`fanned_out`, or
+/// `completed` when nothing is pending), with the reason kept as its error.
 pub async fn fail_message(
-    db: impl PgExecutor<'_>,
+    db: &mut PgConnection,
     id: Uuid,
     code: &str,
     message: &str,
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
+    let mut tx = db.begin().await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM messages WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(status) = status else {
+        return Err(StoreError::NotFound);
+    };
+    if status != "accepted" {
+        tx.commit().await?;
+        return Ok(status);
+    }
+    // Rows an interrupted pass wrote but never published would otherwise stay pending.
     sqlx::query(
-        "UPDATE messages SET status = 'failed', error_code = $2, error_message = $3,
-             completed_at = now()
-         WHERE id = $1 AND status = 'accepted'",
+        "UPDATE deliveries SET status = 'failed', failure_class = 'permanent',
+             failure_code = $2, failure_message = $3, updated_at = now()
+         WHERE message_id = $1 AND status = 'pending' AND job_published_at IS NULL",
     )
     .bind(id)
     .bind(code)
     .bind(message)
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    let status: String = sqlx::query_scalar(
+        "UPDATE messages SET error_code = $2, error_message = $3,
+             status = CASE WHEN NOT d.published THEN 'failed'
+                           WHEN d.pending THEN 'fanned_out' ELSE 'completed' END,
+             completed_at = CASE WHEN d.published AND d.pending THEN NULL ELSE now() END
+         FROM (SELECT EXISTS (SELECT 1 FROM deliveries
+                              WHERE message_id = $1 AND job_published_at IS NOT NULL) AS published,
+                      EXISTS (SELECT 1 FROM deliveries
+                              WHERE message_id = $1 AND status = 'pending') AS pending) d
+         WHERE id = $1
+         RETURNING status",
+    )
+    .bind(id)
+    .bind(code)
+    .bind(message)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(status)
+}
+
+/// A fan-out pass's exclusive hold on its message: a session advisory lock, on a connection
+/// of its own for as long as the pass runs.
+///
+/// Two copies of one request can be in work at once (a relay that published a row twice, a
+/// producer that retried before the first copy was acked, two router replicas). Without the
+/// lease both would fan out, and a refusal or `fail_abandoned` in one could fail rows the other
+/// is about to publish. A session lock, not a transaction, because a pass to 100,000
+/// recipients commits batch by batch; and a router that dies mid-pass loses its connection,
+/// which releases the lock, so the redelivered request can take over.
+pub struct FanoutLease {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+}
+
+/// The lease on `message_id`, or `None` while another pass holds it.
+pub async fn try_lease(
+    pool: &sqlx::PgPool,
+    message_id: Uuid,
+) -> Result<Option<FanoutLease>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let (high, low) = message_id.as_u64_pair();
+    // Advisory locks take one bigint; two messages that share one merely wait for each other.
+    let key = (high ^ low) as i64;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(locked.then_some(FanoutLease {
+        conn: Some(conn),
+        key,
+    }))
+}
+
+impl FanoutLease {
+    /// Gives the lease back and the connection to the pool.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        if let Some(mut conn) = self.conn.take() {
+            let result = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if result.is_err() {
+                // The lock may still be held: this connection must not serve anyone else.
+                conn.close_on_drop();
+            }
+            result?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FanoutLease {
+    /// A pass that ended without `release` (an error path, a cancelled task) closes its
+    /// connection rather than return it to the pool still holding the lock.
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 /// Ends a fan-out: `fanned_out` while deliveries are pending, `completed` when none are (every

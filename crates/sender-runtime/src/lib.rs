@@ -14,7 +14,6 @@
 //! - [`breaker`]: the circuit breaker that pauses consuming while the provider is down and
 //!   probes until it is back.
 //! - [`recent`]: the recent-delivery cache that keeps a redelivered job from being sent twice.
-//! - [`retry`]: backoff with jitter for temporary failures.
 //! - [`events`]: delivery events on the events exchange.
 //! - [`config`]: `HERALD_SENDER__*` settings shared by all senders.
 //! - [`run`]: the sender binary's `main`: [`run::run_sender`].
@@ -27,7 +26,6 @@ pub mod events;
 pub mod limits;
 pub mod pipeline;
 pub mod recent;
-pub mod retry;
 pub mod run;
 pub mod sender;
 #[cfg(feature = "test-support")]

@@ -25,8 +25,8 @@ use crate::config::SenderConfig;
 use crate::events::Events;
 use crate::limits::Limiter;
 use crate::recent::{Claim, RecentDeliveries};
-use crate::retry::backoff;
 use crate::sender::{ChannelSender, Receipt, SendError};
+use herald_runtime::amqp::backoff::retry_delay as backoff;
 
 /// When the delivery event cannot be published, the job comes back this soon; the
 /// recent-delivery cache keeps the send itself from being repeated.

@@ -278,6 +278,7 @@ pub fn context(message_id: Option<&str>) -> Context {
         routing_key: "test".into(),
         redelivered: false,
         attempt: 1,
+        max_attempts: 30,
         first_attempt_at: Utc::now(),
         last_error: None,
         reply_to: None,

@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter, for reconnects and publish retries.
+//! Exponential backoff with jitter: for reconnects and publish retries ([`Backoff`]), and for
+//! the delay before a message's next attempt ([`retry_delay`]).
 
 use std::time::Duration;
 
@@ -38,6 +39,15 @@ impl Backoff {
     }
 }
 
+/// `base * 2^(attempt-1)` capped at `max`, then a random 80-100% of it, so deliveries that
+/// failed together do not all come back in the same instant.
+pub fn retry_delay(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let ceiling = base.saturating_mul(1u32 << exponent).min(max);
+    let millis = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(millis * 4 / 5..=millis.max(1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +63,22 @@ mod tests {
         assert!(backoff.next_delay() >= Duration::from_secs(1));
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn delays_double_with_jitter_up_to_the_cap() {
+        let base = Duration::from_secs(5);
+        let max = Duration::from_secs(3600);
+        let first = retry_delay(1, base, max);
+        assert!(
+            first >= Duration::from_secs(4) && first <= base,
+            "{first:?}"
+        );
+        let third = retry_delay(3, base, max);
+        assert!(
+            third >= Duration::from_secs(16) && third <= Duration::from_secs(20),
+            "{third:?}"
+        );
+        assert!(retry_delay(40, base, max) <= max);
     }
 }

@@ -80,6 +80,10 @@ pub struct Context {
     pub redelivered: bool,
     /// 1 on the first attempt, counting retries through the delay queues.
     pub attempt: u32,
+    /// The attempt after which a retry becomes a dead letter (`retries_exhausted`): a handler
+    /// that keeps state for the message records the give-up there before the runner
+    /// dead-letters it.
+    pub max_attempts: u32,
     pub first_attempt_at: DateTime<Utc>,
     /// Why the previous attempt asked for a retry.
     pub last_error: Option<String>,
@@ -87,6 +91,13 @@ pub struct Context {
     pub correlation_id: Option<String>,
     pub headers: FieldTable,
     pub trace: TraceContext,
+}
+
+impl Context {
+    /// A retry asked for now would be dead-lettered instead.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
 }
 
 /// A service's message handling. The runner owns everything else.
@@ -385,6 +396,7 @@ impl<H: Handler> Worker<H> {
             routing_key: delivery.routing_key.to_string(),
             redelivered: delivery.redelivered,
             attempt,
+            max_attempts: self.settings.max_attempts,
             first_attempt_at,
             last_error: headers::get_str(Some(&table), headers::LAST_ERROR),
             reply_to: props.reply_to().as_ref().map(|s| s.to_string()),

@@ -38,6 +38,14 @@ pub struct RouterConfig {
     pub address_removal_failures: u32,
     /// The longest the scheduler sleeps between looks for due schedules (R14).
     pub scheduler_poll_ms: u64,
+    /// How often the send-queue watchdog looks at each channel's send queue (its consumers
+    /// and waiting jobs, also exported as gauges).
+    pub sender_check_ms: u64,
+    /// R4 (c): a send queue without a consumer for this long is drained, and each job in it
+    /// reported as failed with class `unhealthy`, code `no_sender`, so producers learn that
+    /// nothing is sending on the channel instead of waiting forever. Measured per router
+    /// replica from when it first saw the queue without a consumer. 0: never drained.
+    pub no_sender_after_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -51,6 +59,8 @@ impl Default for RouterConfig {
             address_removal_after_hours: 7 * 24,
             address_removal_failures: 5,
             scheduler_poll_ms: 1_000,
+            sender_check_ms: 10_000,
+            no_sender_after_ms: 300_000,
         }
     }
 }
@@ -121,7 +131,17 @@ impl RouterConfig {
                 "router.scheduler_poll_ms must be at least 1".into(),
             ));
         }
+        if self.sender_check_ms == 0 {
+            return Err(InvalidConfig(
+                "router.sender_check_ms must be at least 1".into(),
+            ));
+        }
         self.legacy_destination().map(drop)
+    }
+
+    /// How long a send queue may go without a consumer before it is drained; `None`: never.
+    pub fn no_sender_after(&self) -> Option<Duration> {
+        (self.no_sender_after_ms > 0).then(|| Duration::from_millis(self.no_sender_after_ms))
     }
 
     /// When a failing address is removed (R3).
@@ -195,8 +215,11 @@ mod tests {
             jail.set_env("HERALD_ROUTER__LEGACY_TENANT", "ops");
             jail.set_env("HERALD_ROUTER__LEGACY_USER", "on-call");
             jail.set_env("HERALD_DATABASE__MAX_CONNECTIONS", "4");
+            jail.set_env("HERALD_ROUTER__NO_SENDER_AFTER_MS", "0");
             let config = Config::load().unwrap();
             assert_eq!(config.router.batch_size, 250);
+            assert_eq!(config.router.sender_check_ms, 10_000);
+            assert_eq!(config.router.no_sender_after(), None);
             assert_eq!(config.database.max_connections, 4);
             assert_eq!(config.base.http.addr.to_string(), DEFAULT_HTTP_ADDR);
             let legacy = config.router.legacy_destination().unwrap().unwrap();

@@ -13,10 +13,12 @@
 //!   states (R3, R6, R15), contact links into addresses (R5).
 //! - [`outcome`]: a finished message's outcome for its producer (R4).
 //! - [`scheduler`]: cron-like schedules fired once per due time across replicas (R14).
+//! - [`watchdog`]: send queues without a consumer: gauges, and after a while their jobs
+//!   withdrawn and reported failed as `unhealthy` / `no_sender` (R4 c).
 //!
 //! [`run`] is the binary's whole life; [`start`] builds the work on a [`Service`] that tests
-//! create themselves: the ingress and events consumers, the scheduler and an outbox relay,
-//! under the service's one shutdown token.
+//! create themselves: the ingress and events consumers, the scheduler, an outbox relay and the
+//! send-queue watchdog, under the service's one shutdown token.
 
 pub mod config;
 pub mod fanout;
@@ -25,11 +27,13 @@ pub mod outcome;
 pub mod render;
 pub mod scheduler;
 pub mod tracking;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use herald_runtime::amqp::delivery_events::Events;
 use herald_runtime::amqp::{Consumer, ConsumerSettings, Publisher};
 use herald_runtime::health::Health;
 use herald_runtime::service::Service;
@@ -43,6 +47,7 @@ use crate::ingress::IngressHandler;
 use crate::outcome::Outcomes;
 use crate::scheduler::Scheduler;
 use crate::tracking::TrackingHandler;
+use crate::watchdog::SendQueueWatchdog;
 use herald_storage::relay::OutboxRelay;
 
 pub const SERVICE_NAME: &str = "fanout-router";
@@ -135,6 +140,17 @@ pub fn start(
         pool.clone(),
         Publisher::new(service.broker.clone(), "outbox"),
     );
+    let watchdog = SendQueueWatchdog::new(
+        service.broker.clone(),
+        names.clone(),
+        pool.clone(),
+        Events::new(
+            Publisher::new(service.broker.clone(), "watchdog-events"),
+            &names,
+        ),
+        Duration::from_millis(config.router.sender_check_ms),
+        config.router.no_sender_after(),
+    );
     let shutdown = service.shutdown.clone();
     let health = service.health.clone();
     Ok(Box::pin(async move {
@@ -145,7 +161,8 @@ pub fn start(
                 ingress.run(shutdown.clone()),
                 events.run(shutdown.clone()),
                 scheduler.run(shutdown.clone()),
-                relay.run(shutdown),
+                relay.run(shutdown.clone()),
+                watchdog.run(shutdown),
             );
         }
         jobs.close().await;

@@ -791,7 +791,10 @@ async fn the_last_attempt_records_the_give_up_on_the_message(pool: PgPool) {
     assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
     let (message_id, status, error_code, _) = h.message().await;
     let rows = h.deliveries(message_id).await;
-    let email = rows.iter().find(|r| r.1.as_deref() == Some("email")).unwrap();
+    let email = rows
+        .iter()
+        .find(|r| r.1.as_deref() == Some("email"))
+        .unwrap();
     assert_eq!(
         (email.3.as_str(), email.5.as_deref()),
         ("failed", Some("retries_exhausted"))
@@ -800,7 +803,11 @@ async fn the_last_attempt_records_the_give_up_on_the_message(pool: PgPool) {
     // with them; had nothing gone out it would be `failed`.
     assert_eq!(error_code.as_deref(), Some("retries_exhausted"));
     let published = rows.iter().filter(|r| r.6).count();
-    let expected = if published == 0 { "failed" } else { "fanned_out" };
+    let expected = if published == 0 {
+        "failed"
+    } else {
+        "fanned_out"
+    };
     assert_eq!(status, expected, "{rows:?}");
     h.finish().await;
 }

@@ -9,7 +9,8 @@
 //! - [`shutdown`]: SIGINT/SIGTERM into a `CancellationToken`.
 //! - [`amqp`]: everything RabbitMQ: the topology, connections with backoff, a publisher with
 //!   pipelined confirms, and the consumer runner (prefetch, bounded concurrency, ack after
-//!   work, retry through delay queues, dead letters with reasons, reconnects, drain on stop).
+//!   work, retry through delay queues, dead letters with reasons, reconnects, drain on stop),
+//!   and delivery events, which senders and the router's send-queue watchdog both publish.
 //! - [`service`]: the start-up sequence every service shares.
 
 pub mod amqp;

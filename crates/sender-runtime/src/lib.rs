@@ -14,7 +14,6 @@
 //! - [`breaker`]: the circuit breaker that pauses consuming while the provider is down and
 //!   probes until it is back.
 //! - [`recent`]: the recent-delivery cache that keeps a redelivered job from being sent twice.
-//! - [`events`]: delivery events on the events exchange.
 //! - [`config`]: `HERALD_SENDER__*` settings shared by all senders.
 //! - [`run`]: the sender binary's `main`: [`run::run_sender`].
 //! - `testing` (feature `test-support`): a harness that runs a sender against the real broker
@@ -22,7 +21,6 @@
 
 pub mod breaker;
 pub mod config;
-pub mod events;
 pub mod limits;
 pub mod pipeline;
 pub mod recent;

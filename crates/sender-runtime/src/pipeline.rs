@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use herald_runtime::amqp::delivery_events::Events;
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
 use messaging_core::events::AttemptResult;
 use messaging_core::failure::{Failure, FailureClass};
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
 use crate::config::SenderConfig;
-use crate::events::Events;
 use crate::limits::Limiter;
 use crate::recent::{Claim, RecentDeliveries};
 use crate::sender::{ChannelSender, Receipt, SendError};

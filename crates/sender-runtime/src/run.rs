@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use futures::future::BoxFuture;
+use herald_runtime::amqp::delivery_events::Events;
 use herald_runtime::amqp::{Consumer, ConsumerSettings, Publisher};
 use herald_runtime::config::BaseConfig;
 use herald_runtime::service::Service;
@@ -12,7 +13,6 @@ use serde::Deserialize;
 
 use crate::breaker::Breaker;
 use crate::config::SenderConfig;
-use crate::events::Events;
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use crate::recent::RecentDeliveries;

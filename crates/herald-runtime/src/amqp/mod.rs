@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod connection;
 pub mod consumer;
+pub mod delivery_events;
 pub mod headers;
 pub mod publisher;
 pub mod topology;

@@ -1,11 +1,16 @@
 //! Delivery events: one per attempt outcome, on the events exchange (`delivery.<channel>.<status>`).
+//!
+//! Senders report their attempts here, and so does the router's send-queue watchdog when it
+//! withdraws jobs nothing consumes; one implementation keeps the routing key and the message
+//! id (which the router's tracking relies on) the same for both.
 
 use chrono::Utc;
-use herald_runtime::amqp::{Message, PublishError, Publisher};
 use messaging_core::EnvelopeVersion;
 use messaging_core::events::{AttemptResult, DeliveryEvent};
 use messaging_core::job::SendJob;
 use messaging_core::topology::{Names, routing};
+
+use crate::amqp::publisher::{Message, PublishError, Publisher};
 
 pub struct Events {
     publisher: Publisher,

@@ -1,0 +1,304 @@
+//! The send-queue watchdog (R4 c): a channel whose send queue nothing consumes fails its jobs
+//! as `unhealthy` / `no_sender` instead of leaving them, and their producers, waiting forever.
+//!
+//! Every `router.sender_check_ms` it passive-declares each channel's send queue and exports
+//! its consumers and ready jobs as gauges. A queue that has had no consumer for
+//! `router.no_sender_after_ms` is drained: each job gets a failed delivery event (with a
+//! confirm, through the same [`Events`] the senders use) and is acked only after that. The
+//! router's own tracking consumer then records the failure and, when nothing else of the
+//! message is pending, publishes its outcome; a sender that starts later never sends a job
+//! that was already reported failed.
+//!
+//! The time without a consumer is remembered per replica, in memory: a replica that starts
+//! waits the whole period before it drains anything. Several replicas draining at once is
+//! harmless: each job reaches one of them, and tracking drops a repeated event for a delivery
+//! that is already final.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use herald_runtime::amqp::delivery_events::Events;
+use herald_runtime::amqp::{Broker, PublishError};
+use herald_storage::PgPool;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel as AmqpChannel, Connection};
+use messaging_core::Channel;
+use messaging_core::events::AttemptResult;
+use messaging_core::failure::Failure;
+use messaging_core::job::SendJob;
+use messaging_core::topology::Names;
+use tokio_util::sync::CancellationToken;
+
+/// Jobs withdrawn from one queue per tick: bounds a tick's length, so the other channels'
+/// gauges (and shutdown) do not wait for a backlog of millions.
+const DRAIN_CAP: usize = 1000;
+
+/// Jobs withdrawn between two looks at the queue's consumers: a sender that starts during a
+/// drain takes over after at most this many.
+const RECHECK_EVERY: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("delivery event not published: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// What one tick saw of one channel's send queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueReport {
+    pub channel: Channel,
+    pub consumers: u32,
+    /// Ready jobs when the tick looked, before any drain.
+    pub messages: u32,
+    /// Jobs reported failed and acked.
+    pub withdrawn: usize,
+    /// Jobs that were not send jobs at all, handed to the queue's dead-letter queue.
+    pub dead_lettered: usize,
+}
+
+pub struct SendQueueWatchdog {
+    broker: Broker,
+    names: Names,
+    /// For the attempt number of each withdrawn job's event.
+    pool: PgPool,
+    events: Events,
+    every: Duration,
+    /// `None`: only the gauges, never a drain.
+    no_sender_after: Option<Duration>,
+    /// The watchdog's own connection, so a drain never competes with the consumers' channels;
+    /// `None` after an error, and opened again on the next tick.
+    amqp: Option<(Connection, AmqpChannel)>,
+    /// Per channel, since when its queue has had no consumer (as this replica saw it).
+    idle_since: HashMap<Channel, Instant>,
+    /// A drain stops between two jobs when shutdown begins.
+    shutdown: CancellationToken,
+}
+
+impl SendQueueWatchdog {
+    pub fn new(
+        broker: Broker,
+        names: Names,
+        pool: PgPool,
+        events: Events,
+        every: Duration,
+        no_sender_after: Option<Duration>,
+    ) -> Self {
+        SendQueueWatchdog {
+            broker,
+            names,
+            pool,
+            events,
+            every,
+            no_sender_after,
+            amqp: None,
+            idle_since: HashMap::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Ticks until shutdown. A broker or database outage is logged and tried again on the
+    /// next tick; it never ends the task. The first tick waits one period, so the consumers
+    /// have declared the topology before the watchdog looks at it.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.shutdown = shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.every) => {}
+            }
+            if let Err(error) = self.tick().await {
+                tracing::warn!(%error, "send-queue watchdog: check failed; trying again on the next tick");
+            }
+        }
+        self.disconnect().await;
+        self.events.close().await;
+    }
+
+    /// One look at every channel's send queue, now.
+    pub async fn tick(&mut self) -> Result<Vec<QueueReport>, WatchdogError> {
+        self.tick_at(Instant::now()).await
+    }
+
+    /// One look at every channel's send queue, as if it were `now`: tests move the clock
+    /// instead of waiting. Any error drops the connection; the next tick opens a new one.
+    pub async fn tick_at(&mut self, now: Instant) -> Result<Vec<QueueReport>, WatchdogError> {
+        let result = self.check_all(now).await;
+        if result.is_err() {
+            self.disconnect().await;
+        }
+        result
+    }
+
+    async fn check_all(&mut self, now: Instant) -> Result<Vec<QueueReport>, WatchdogError> {
+        let amqp = match self.amqp.take() {
+            Some(live) if live.0.status().connected() && live.1.status().connected() => live,
+            _ => {
+                let connection = self.broker.connect("watchdog").await?;
+                let channel = connection.create_channel().await?;
+                (connection, channel)
+            }
+        };
+        let channel = amqp.1.clone();
+        self.amqp = Some(amqp);
+        let mut reports = Vec::with_capacity(Channel::ALL.len());
+        for kind in Channel::ALL {
+            let queue = self.names.send_queue(kind);
+            let (consumers, messages) = declare_passive(&channel, &queue).await?;
+            let label = kind.as_str();
+            metrics::gauge!("herald_send_queue_consumers", "channel" => label)
+                .set(f64::from(consumers));
+            metrics::gauge!("herald_send_queue_messages", "channel" => label)
+                .set(f64::from(messages));
+            let mut report = QueueReport {
+                channel: kind,
+                consumers,
+                messages,
+                withdrawn: 0,
+                dead_lettered: 0,
+            };
+            if consumers > 0 {
+                self.idle_since.remove(&kind);
+            } else {
+                let since = *self.idle_since.entry(kind).or_insert(now);
+                let idle = now.saturating_duration_since(since);
+                if let Some(limit) = self.no_sender_after
+                    && idle >= limit
+                    && messages > 0
+                {
+                    self.drain(&channel, kind, &queue, idle, &mut report)
+                        .await?;
+                }
+            }
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// Withdraws up to [`DRAIN_CAP`] jobs, each reported failed before it is acked.
+    async fn drain(
+        &self,
+        channel: &AmqpChannel,
+        kind: Channel,
+        queue: &str,
+        idle: Duration,
+        report: &mut QueueReport,
+    ) -> Result<(), WatchdogError> {
+        let failure = Failure::unhealthy(
+            "no_sender",
+            format!(
+                "no {kind} sender has consumed the send queue for {} s (none is running, or its provider is down); the job was withdrawn",
+                idle.as_secs()
+            ),
+        );
+        let result = self.withdraw(channel, kind, queue, &failure, report).await;
+        if report.withdrawn + report.dead_lettered > 0 {
+            tracing::warn!(channel = %kind, withdrawn = report.withdrawn, dead_lettered = report.dead_lettered, idle_secs = idle.as_secs(), "no sender consumes the send queue; jobs withdrawn and reported failed (unhealthy, no_sender)");
+            metrics::counter!("herald_router_jobs_withdrawn_total", "channel" => kind.as_str())
+                .increment(report.withdrawn as u64);
+        }
+        result
+    }
+
+    async fn withdraw(
+        &self,
+        channel: &AmqpChannel,
+        kind: Channel,
+        queue: &str,
+        failure: &Failure,
+        report: &mut QueueReport,
+    ) -> Result<(), WatchdogError> {
+        for taken in 0..DRAIN_CAP {
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if taken > 0 && taken % RECHECK_EVERY == 0 {
+                let (consumers, _) = declare_passive(channel, queue).await?;
+                if consumers > 0 {
+                    tracing::info!(channel = %kind, "a sender started consuming; drain stopped");
+                    return Ok(());
+                }
+            }
+            let Some(message) = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                return Ok(());
+            };
+            let delivery = message.delivery;
+            let job: SendJob = match serde_json::from_slice(&delivery.data) {
+                Ok(job) => job,
+                Err(error) => {
+                    // As a sender would: the queue's dead-letter queue keeps it for a person
+                    // to look at; it can never be delivered or reported.
+                    tracing::warn!(channel = %kind, %error, "undecodable send job; dead-lettered");
+                    delivery.acker.nack(nack(false)).await?;
+                    report.dead_lettered += 1;
+                    continue;
+                }
+            };
+            let attempt = match next_attempt(&self.pool, &job).await {
+                Ok(attempt) => attempt,
+                Err(error) => {
+                    delivery.acker.nack(nack(true)).await?;
+                    return Err(error.into());
+                }
+            };
+            let result = AttemptResult::Failed {
+                failure: failure.clone(),
+            };
+            if let Err(error) = self.events.emit(&job, attempt, result).await {
+                // Unreported, so not withdrawn: the job stays for a sender or the next tick.
+                delivery.acker.nack(nack(true)).await?;
+                return Err(error.into());
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            report.withdrawn += 1;
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&mut self) {
+        if let Some((connection, _)) = self.amqp.take() {
+            let _ = connection.close(200, "watchdog stopping".into()).await;
+        }
+    }
+}
+
+/// The queue's consumers and ready messages. The consumers declare the topology; the
+/// watchdog only looks, and never creates a queue with the wrong arguments.
+async fn declare_passive(channel: &AmqpChannel, queue: &str) -> Result<(u32, u32), lapin::Error> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((declared.consumer_count(), declared.message_count()))
+}
+
+/// One past the attempts tracking has recorded: tracking ignores an event whose attempt it
+/// has already seen (a repeat), so the withdrawal must count as a new attempt. No row (a job
+/// whose delivery is gone) gets 1; tracking then ignores the event as unknown.
+async fn next_attempt(pool: &PgPool, job: &SendJob) -> Result<u32, sqlx::Error> {
+    let attempts: Option<i32> = sqlx::query_scalar("SELECT attempts FROM deliveries WHERE id = $1")
+        .bind(job.delivery_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(u32::try_from(attempts.unwrap_or(0)).unwrap_or(0) + 1)
+}
+
+fn nack(requeue: bool) -> BasicNackOptions {
+    BasicNackOptions {
+        multiple: false,
+        requeue,
+    }
+}

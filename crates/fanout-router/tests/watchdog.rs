@@ -1,0 +1,210 @@
+//! The send-queue watchdog against the real PostgreSQL and RabbitMQ: jobs nothing consumes are
+//! reported failed (unhealthy, no_sender) and the message completes (R4 c).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use fanout_router::outcome::Outcomes;
+use fanout_router::tracking::TrackingHandler;
+use fanout_router::watchdog::{QueueReport, SendQueueWatchdog};
+use herald_runtime::amqp::delivery_events::Events;
+use herald_runtime::amqp::{Broker, Handler, Outcome, Publisher};
+use herald_storage::tracking::RemovalPolicy;
+use lapin::BasicProperties;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use messaging_core::Channel;
+use messaging_core::events::{AttemptResult, DeliveryEvent};
+use messaging_core::failure::FailureClass;
+use serde_json::json;
+use sqlx::PgPool;
+use support::{Harness, context};
+
+fn watchdog(h: &Harness, no_sender_after: Duration) -> SendQueueWatchdog {
+    let broker = Broker::new(h.amqp.clone(), "test-router");
+    SendQueueWatchdog::new(
+        broker.clone(),
+        h.names.clone(),
+        h.pool.clone(),
+        Events::new(Publisher::new(broker, "watchdog-events"), &h.names),
+        Duration::from_secs(10),
+        Some(no_sender_after),
+    )
+}
+
+/// One direct message to Ann, who has the given Telegram chats; its jobs wait in the queue.
+async fn telegram_jobs(h: &Harness, chats: &[&str]) {
+    let ann = h.user("ann", None, None, "all").await;
+    for chat in chats {
+        h.address(ann, "telegram", chat).await;
+    }
+    let body = json!({
+        "version": 1, "kind": "notify", "tenant": "acme", "idempotencyKey": "m-1",
+        "to": {"users": ["ann"]}, "content": {"direct": {"body": "Hello"}}
+    });
+    assert_eq!(h.handle(&body, None).await, Outcome::Ack);
+    let queue = h.names.send_queue(Channel::Telegram);
+    assert_eq!(h.inspector.queue_len(&queue).await, chats.len() as u32);
+}
+
+/// A queue that receives every delivery event published under the test's prefix.
+async fn delivery_events(h: &Harness) -> String {
+    h.inspector
+        .temporary_queue(&h.names.events_exchange(), "delivery.#")
+        .await
+}
+
+fn telegram(reports: &[QueueReport]) -> &QueueReport {
+    reports
+        .iter()
+        .find(|r| r.channel == Channel::Telegram)
+        .expect("a report for telegram")
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn jobs_nothing_consumes_are_reported_failed_as_unhealthy_and_the_message_completes(
+    pool: PgPool,
+) {
+    let h = Harness::new(pool.clone(), "watchdog_drain").await;
+    let events = delivery_events(&h).await;
+    telegram_jobs(&h, &["4242"]).await;
+    let mut dog = watchdog(&h, Duration::from_millis(1));
+
+    // The first look only starts the clock; a later one, past the limit, drains.
+    let start = Instant::now();
+    let first = dog.tick_at(start).await.expect("first tick");
+    assert_eq!(telegram(&first).withdrawn, 0);
+    assert_eq!(telegram(&first).consumers, 0);
+    let second = dog
+        .tick_at(start + Duration::from_secs(1))
+        .await
+        .expect("second tick");
+    assert_eq!(telegram(&second).withdrawn, 1);
+    let queue = h.names.send_queue(Channel::Telegram);
+    assert_eq!(h.inspector.queue_len(&queue).await, 0);
+
+    let published = h
+        .inspector
+        .wait_get(&events, Duration::from_secs(5))
+        .await
+        .expect("a delivery event");
+    assert_eq!(
+        published.delivery.routing_key.as_str(),
+        "delivery.telegram.failed"
+    );
+    let event: DeliveryEvent = serde_json::from_slice(&published.delivery.data).unwrap();
+    assert_eq!(event.attempt, 1);
+    let AttemptResult::Failed { failure } = &event.result else {
+        panic!("a failed attempt expected: {event:?}");
+    };
+    assert_eq!(failure.class, FailureClass::Unhealthy);
+    assert_eq!(failure.code, "no_sender");
+
+    // The router's tracking consumer records it as it would any sender's event.
+    let tracker = TrackingHandler::new(
+        pool.clone(),
+        Outcomes::new(pool.clone(), h.publisher.clone(), h.names.clone()),
+        RemovalPolicy {
+            after: chrono::Duration::days(7),
+            failures: 5,
+        },
+        Duration::from_secs(1),
+    );
+    let decoded = tracker.decode(&published.delivery.data).expect("decodes");
+    assert_eq!(tracker.handle(decoded, &context(None)).await, Outcome::Ack);
+
+    let (message_id, status, _, _) = h.message().await;
+    assert_eq!(status, "completed");
+    let deliveries = h.deliveries(message_id).await;
+    assert_eq!(deliveries.len(), 1);
+    let (_, _, _, status, class, code, _) = &deliveries[0];
+    assert_eq!(
+        (status.as_str(), class.as_deref(), code.as_deref()),
+        ("failed", Some("unhealthy"), Some("no_sender"))
+    );
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_queue_with_a_consumer_is_not_drained(pool: PgPool) {
+    let h = Harness::new(pool, "watchdog_consumed").await;
+    let events = delivery_events(&h).await;
+    telegram_jobs(&h, &["4242", "4343"]).await;
+    // A sender that holds one job at a time: the other stays ready in the queue.
+    let queue = h.names.send_queue(Channel::Telegram);
+    let sender = h.inspector.connection().create_channel().await.unwrap();
+    sender
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let _consumer = sender
+        .basic_consume(
+            queue.as_str().into(),
+            "test-sender".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut dog = watchdog(&h, Duration::from_millis(1));
+
+    let start = Instant::now();
+    for later in [0, 1, 2] {
+        let reports = dog
+            .tick_at(start + Duration::from_secs(later))
+            .await
+            .expect("tick");
+        assert_eq!(telegram(&reports).consumers, 1);
+        assert_eq!(telegram(&reports).withdrawn, 0);
+    }
+    assert_eq!(h.inspector.queue_len(&queue).await, 1);
+    assert!(h.inspector.get(&events).await.is_none());
+    let _ = sender.close(200, "done".into()).await;
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_undecodable_job_goes_to_the_dead_letter_queue_without_an_event(pool: PgPool) {
+    let h = Harness::new(pool, "watchdog_poison").await;
+    let events = delivery_events(&h).await;
+    h.inspector
+        .channel()
+        .basic_publish(
+            h.names.send_exchange().as_str().into(),
+            "telegram".into(),
+            BasicPublishOptions::default(),
+            b"not a job",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let queue = h.names.send_queue(Channel::Telegram);
+    let mut dog = watchdog(&h, Duration::from_millis(1));
+
+    let start = Instant::now();
+    dog.tick_at(start).await.expect("first tick");
+    let reports = dog
+        .tick_at(start + Duration::from_secs(1))
+        .await
+        .expect("second tick");
+    assert_eq!(
+        (
+            telegram(&reports).withdrawn,
+            telegram(&reports).dead_lettered
+        ),
+        (0, 1)
+    );
+    assert_eq!(h.inspector.queue_len(&queue).await, 0);
+    let dead = h.names.dead_letter_queue(&queue);
+    assert!(
+        h.inspector
+            .wait_get(&dead, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    assert!(h.inspector.get(&events).await.is_none());
+    h.finish().await;
+}

@@ -9,6 +9,12 @@
 //!
 //! After an outage, a schedule that missed several due times fires once (for the latest),
 //! not once per missed time: a backlog of identical reminders helps nobody.
+//!
+//! Each schedule fires inside a savepoint. One that cannot fire because of its own data (a key
+//! that no longer parses, a row the database refuses) is rolled back alone, logged, and still
+//! moved to its next run: otherwise the whole batch would roll back and the same schedule would
+//! be claimed first again on every tick, and nothing behind it would ever fire. An outage still
+//! fails the whole tick, which is retried.
 
 use std::time::Duration;
 
@@ -22,6 +28,7 @@ use messaging_core::schedule::CronSchedule;
 use messaging_core::topology::Names;
 use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey};
 use serde_json::Value;
+use sqlx::{Acquire, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
 /// Schedules fired per transaction.
@@ -83,7 +90,7 @@ impl Scheduler {
         for schedule in &due {
             let next = match CronSchedule::parse(&schedule.cron, &schedule.time_zone) {
                 Ok(cron) => {
-                    self.fire(&mut tx, schedule).await?;
+                    self.fire_alone(&mut tx, schedule).await?;
                     match cron.next_after(now.max(schedule.next_run_at)) {
                         Ok(next) => Some(next),
                         Err(error) => {
@@ -103,6 +110,33 @@ impl Scheduler {
         }
         tx.commit().await?;
         Ok(due.len())
+    }
+
+    /// Fires one schedule in a savepoint of the tick's transaction. An error the same data
+    /// would cause again is the schedule's own: its run is rolled back and skipped, and the
+    /// tick goes on. Any other error fails the tick.
+    async fn fire_alone(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        schedule: &DueSchedule,
+    ) -> Result<(), StoreError> {
+        let mut savepoint = tx.begin().await?;
+        match self.fire(&mut savepoint, schedule).await {
+            Ok(()) => savepoint.commit().await?,
+            Err(
+                error @ (StoreError::Invalid(_) | StoreError::Conflict(_) | StoreError::NotFound),
+            ) => {
+                savepoint.rollback().await?;
+                tracing::error!(
+                    schedule_id = %schedule.id, due = %schedule.next_run_at, %error,
+                    "schedule cannot fire; run skipped"
+                );
+                metrics::counter!("herald_router_schedule_runs_total", "result" => "error")
+                    .increment(1);
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(())
     }
 
     async fn fire(

@@ -120,3 +120,122 @@ async fn missed_runs_fire_once_and_a_disabled_subscription_skips_its_runs(pool: 
     assert!(nexts.iter().all(|n| *n > Utc::now()));
     h.finish().await;
 }
+
+/// A schedule's (next_run_at, last_run_at, enabled).
+async fn run(pool: &PgPool, id: Uuid) -> (DateTime<Utc>, Option<DateTime<Utc>>, bool) {
+    sqlx::query_as("SELECT next_run_at, last_run_at, enabled FROM schedules WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_schedule_that_cannot_fire_is_moved_on_without_holding_up_the_others(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "scheduler_poison").await;
+    let legacy = h.subscription("legacy", "en").await;
+    let standup = h.subscription("standup", "en").await;
+    // A key from before the rule it breaks: `SubscriptionKey::parse` refuses it, so firing
+    // fails with `StoreError::Invalid`. The constraint goes only in this test's own database.
+    sqlx::query("ALTER TABLE subscriptions DROP CONSTRAINT subscriptions_key_check")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE subscriptions SET key = 'legacy-key' WHERE id = $1")
+        .bind(legacy)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The poison one is due first, so it is claimed first on every tick.
+    let poison_due = Utc::now() - chrono::Duration::minutes(2);
+    let poison = schedule(&h, legacy, "0 * * * *", poison_due).await;
+    let good = schedule(
+        &h,
+        standup,
+        "0 * * * *",
+        Utc::now() - chrono::Duration::minutes(1),
+    )
+    .await;
+
+    let s = Scheduler::new(pool.clone(), h.names.clone(), Duration::from_secs(1));
+    assert_eq!(s.tick().await.unwrap(), 2, "both claimed, the tick commits");
+    let (message_id, status, _, source) = h.message().await;
+    assert_eq!((status.as_str(), source.as_str()), ("accepted", "schedule"));
+    let request: Value = sqlx::query_scalar("SELECT request FROM messages WHERE id = $1")
+        .bind(message_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        request["to"]["subscription"], "standup",
+        "the good one fired"
+    );
+
+    for id in [poison, good] {
+        let (next, last, enabled) = run(&pool, id).await;
+        assert!(next > Utc::now(), "{id} moved to its next run");
+        assert!(enabled, "{id} gets a fresh chance at its next run");
+        assert!(last.is_some());
+    }
+    assert_eq!(
+        run(&pool, poison).await.1.map(|l| l.timestamp()),
+        Some(poison_due.timestamp()),
+        "the skipped run counts as run"
+    );
+
+    assert_eq!(
+        s.tick().await.unwrap(),
+        0,
+        "the poison schedule is not claimed again"
+    );
+    assert_eq!(h.messages().await.len(), 1);
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_run_the_database_refuses_half_way_is_rolled_back_alone(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "scheduler_refused").await;
+    let cursed = h.subscription("cursed", "en").await;
+    let standup = h.subscription("standup", "en").await;
+    // A rule this test's database enforces on the outbox row, written after the message row:
+    // the failed run must take its message row with it, and leave the transaction usable.
+    sqlx::query(
+        "ALTER TABLE outbox ADD CONSTRAINT no_cursed
+         CHECK (convert_from(payload, 'UTF8')::jsonb #>> '{to,subscription}' <> 'cursed')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let poison = schedule(
+        &h,
+        cursed,
+        "0 * * * *",
+        Utc::now() - chrono::Duration::minutes(2),
+    )
+    .await;
+    schedule(
+        &h,
+        standup,
+        "0 * * * *",
+        Utc::now() - chrono::Duration::minutes(1),
+    )
+    .await;
+
+    let s = Scheduler::new(pool.clone(), h.names.clone(), Duration::from_secs(1));
+    assert_eq!(s.tick().await.unwrap(), 2);
+    let (message_id, ..) = h.message().await;
+    let subscription: String =
+        sqlx::query_scalar("SELECT request #>> '{to,subscription}' FROM messages WHERE id = $1")
+            .bind(message_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        subscription, "standup",
+        "only the good run's message is kept"
+    );
+    let (next, ..) = run(&pool, poison).await;
+    assert!(next > Utc::now());
+    assert_eq!(s.tick().await.unwrap(), 0);
+    h.finish().await;
+}

@@ -3,9 +3,14 @@
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several API replicas relay without
 //! publishing the same row twice at once; a row is marked published only after the broker's
 //! confirm, so a crash in between publishes it again (the router drops the repeat by id).
+//!
+//! A row the broker refuses for good (nothing routes it) is counted with [`record_refusal`]
+//! and given up after a limit: `failed_at` takes it out of [`claim`], so it cannot hold up
+//! the rows behind it, and its message is marked failed.
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgExecutor};
+use uuid::Uuid;
 
 use crate::error::StoreError;
 
@@ -47,11 +52,14 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Locks up to `limit` unpublished rows, oldest first, for this transaction.
+/// Locks up to `limit` unpublished rows, oldest first, for this transaction. Rows given up
+/// are not claimed again.
 pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, exchange, routing_key, message_id, payload, reply_to, created_at FROM outbox
-         WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+         WHERE published_at IS NULL AND failed_at IS NULL
+           AND (retry_at IS NULL OR retry_at <= now())
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
@@ -66,11 +74,72 @@ pub async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<(), St
     Ok(())
 }
 
-/// Rows waiting for the broker: the outbox backlog metric.
-pub async fn backlog(db: impl PgExecutor<'_>) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(db)
-            .await?,
+/// What [`record_refusal`] did with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Refusals so far, this one included.
+    pub attempts: i32,
+    /// The limit is reached: the row is given up and its message marked failed.
+    pub given_up: bool,
+}
+
+/// Counts one refusal of a claimed row that the broker will not take (nothing routes it, or
+/// it closes the channel over it: no such exchange).
+/// At `limit` refusals the row is given up, and its message, if it still waits for the
+/// router, is marked failed with `error_code = 'unroutable'`: the tenant sees why it never
+/// went out instead of a message stuck in `accepted`.
+///
+/// Only for refusals that repeat; a broker outage must not count, or a long one would give up
+/// every row that waits it out.
+pub async fn record_refusal(
+    tx: &mut PgConnection,
+    row: &OutboxRow,
+    reason: &str,
+    limit: i32,
+) -> Result<Refusal, StoreError> {
+    let (attempts, given_up): (i32, bool) = sqlx::query_as(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+             failed_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
+             retry_at = now() + interval '15 seconds' * power(2, attempts)
+         WHERE id = $1
+         RETURNING attempts, failed_at IS NOT NULL",
     )
+    .bind(row.id)
+    .bind(reason)
+    .bind(limit)
+    .fetch_one(&mut *tx)
+    .await?;
+    // Rows written by hand or by an older producer may carry another kind of id; the row is
+    // given up all the same, there is just no message to mark.
+    if given_up && let Ok(message_id) = Uuid::parse_str(&row.message_id) {
+        sqlx::query(
+            "UPDATE messages SET status = 'failed', error_code = 'unroutable',
+                 error_message = $2, completed_at = now()
+             WHERE id = $1 AND status = 'accepted'",
+        )
+        .bind(message_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(Refusal { attempts, given_up })
+}
+
+/// Rows waiting for the broker: the outbox backlog metric. Given-up rows wait for nobody.
+pub async fn backlog(db: impl PgExecutor<'_>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// Rows given up because the broker refused them: the `herald_outbox_failed` gauge. Not zero
+/// means the topology is missing a binding or an exchange, and messages were lost to it.
+pub async fn failed(db: impl PgExecutor<'_>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NOT NULL",
+    )
+    .fetch_one(db)
+    .await?)
 }

@@ -3,11 +3,19 @@
 //! confirmed them. So `202 Accepted` holds through a broker outage: the rows wait and go out
 //! when it is back. The API and the router both run one; rows are claimed with
 //! `SKIP LOCKED`, so any number of relays share the work without publishing a row twice.
+//!
+//! A row the broker will never take (no queue bound for its routing key, or no such
+//! exchange) must not hold up the rows behind it: when a batch is refused, its rows are
+//! published one by one, the ones the broker takes are marked published, and each refused
+//! one is counted and, after [`REFUSALS`], given up (see [`outbox::record_refusal`]). A broker
+//! outage counts nothing: the rows wait for the broker, however long it takes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::outbox::OutboxRow;
 use crate::{PgPool, StoreError, outbox};
-use herald_runtime::amqp::{Message, Publisher};
+use herald_runtime::amqp::{Message, PublishError, Publisher};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +24,18 @@ use tokio_util::sync::CancellationToken;
 const BATCH: i64 = 200;
 /// The relay looks anyway this often, in case a notification was missed.
 const POLL: Duration = Duration::from_secs(1);
+/// Refusals before a row is given up. More than one, so that a binding missing for a moment
+/// (a topology being redeclared) does not lose a message at once. Passes come a second apart
+/// when idle and back to back while a backlog drains, so this spans seconds, not minutes.
+pub const REFUSALS: i32 = 5;
+/// lapin's text for an error the broker closes a channel with, over what was published on it:
+/// no such exchange (404), access refused (403), a message over the size limit (406). It says
+/// nothing about the connection: an outage brings I/O errors and connection-level ("hard")
+/// errors, never this.
+const CHANNEL_ERROR: &str = "AMQP soft error: ";
+/// lapin's text for a publish on a channel the broker has just closed. In a batch, the rows
+/// after the one that closed it fail with this, and their error hides the broker's reply.
+const CHANNEL_CLOSED: &str = "invalid channel state";
 
 pub struct OutboxRelay {
     pool: PgPool,
@@ -45,6 +65,9 @@ impl OutboxRelay {
             // that grows.
             if let Ok(waiting) = outbox::backlog(&self.pool).await {
                 metrics::gauge!("herald_outbox_backlog").set(waiting as f64);
+            }
+            if let Ok(failed) = outbox::failed(&self.pool).await {
+                metrics::gauge!("herald_outbox_failed").set(failed as f64);
             }
             match result {
                 Ok(0) => failures = 0,
@@ -96,18 +119,112 @@ impl OutboxRelay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let messages: Vec<Message> = rows
-            .iter()
-            .map(|row| {
-                Message::new(&row.exchange, &row.routing_key, &row.payload)
-                    .message_id(&row.message_id)
-                    .kind("herald.notify.v1")
-            })
-            .collect();
-        self.publisher.publish_batch(&messages).await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        outbox::mark_published(&mut tx, &ids).await?;
+        let messages: Vec<Message> = rows.iter().map(message).collect();
+        let (published, outage) = match self.publisher.publish_batch(&messages).await {
+            Ok(()) => (rows.iter().map(|r| r.id).collect(), None),
+            // The rows before the refused one may have been confirmed already and go out
+            // again now; the router drops repeats by message id.
+            Err(error) if batch_refused(&error) => self.one_by_one(&mut tx, &rows).await?,
+            Err(error) => {
+                // Dropped, the transaction would be rolled back only when its connection is
+                // next used, and the rows stay locked (skipped by every relay) until then.
+                let _ = tx.rollback().await;
+                return Err(error.into());
+            }
+        };
+        outbox::mark_published(&mut tx, &published).await?;
+        // Committed even when the broker went away half-way: what it confirmed is not sent
+        // again, and the refusals counted before were real.
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(rows.len())
+        match outage {
+            Some(error) => Err(error.into()),
+            None => Ok(published.len()),
+        }
+    }
+
+    /// Publishes each row on its own, after the broker refused their batch: one message at a
+    /// time, the broker's answer is about that message. Returns the ids it took, and the
+    /// outage that stopped the pass early, if one did (nothing is counted for it).
+    async fn one_by_one(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        rows: &[OutboxRow],
+    ) -> Result<(Vec<i64>, Option<PublishError>), StoreError> {
+        // The broker answers a publish to a missing exchange by closing the channel, which
+        // the publisher retries until its publish timeout. One such wait per exchange and
+        // pass is enough: its other rows are refused for the same reason.
+        let mut missing: HashMap<&str, String> = HashMap::new();
+        let mut published = Vec::with_capacity(rows.len());
+        for row in rows {
+            let reason = match missing.get(row.exchange.as_str()) {
+                Some(reason) => reason.clone(),
+                None => match self.publisher.publish(&message(row)).await {
+                    Ok(()) => {
+                        published.push(row.id);
+                        continue;
+                    }
+                    Err(error) => match refusal(&error) {
+                        Some(reason) => {
+                            if reason.contains("NOT_FOUND - no exchange") {
+                                missing.insert(&row.exchange, reason.clone());
+                            }
+                            reason
+                        }
+                        None => return Ok((published, Some(error))),
+                    },
+                },
+            };
+            let refusal = outbox::record_refusal(tx, row, &reason, REFUSALS).await?;
+            if refusal.given_up {
+                tracing::error!(
+                    outbox_id = row.id, message_id = %row.message_id, exchange = %row.exchange,
+                    routing_key = %row.routing_key, attempts = refusal.attempts, error = %reason,
+                    "the broker refuses this message for good; given up and marked failed"
+                );
+            } else {
+                tracing::error!(
+                    outbox_id = row.id, message_id = %row.message_id, exchange = %row.exchange,
+                    routing_key = %row.routing_key, attempts = refusal.attempts, error = %reason,
+                    "the broker refuses this message; it is tried again"
+                );
+            }
+        }
+        Ok((published, None))
+    }
+}
+
+fn message(row: &OutboxRow) -> Message<'_> {
+    Message::new(&row.exchange, &row.routing_key, &row.payload)
+        .message_id(&row.message_id)
+        .kind("herald.notify.v1")
+}
+
+/// Whether a batch failed over something in it rather than an outage: then its rows are
+/// worth publishing one by one.
+///
+/// The publisher has no variant for a channel the broker closed (a missing exchange, 404): it
+/// takes it for a broken connection, retries until its publish timeout, and reports
+/// `Unavailable` with the last error as text. That text is the only way to tell; in a batch
+/// of more than a few rows it is usually [`CHANNEL_CLOSED`] rather than the broker's reply.
+/// Taking an outage for this costs one more publish timeout in `one_by_one`, where the first
+/// row fails as an outage and nothing is counted.
+fn batch_refused(error: &PublishError) -> bool {
+    match error {
+        PublishError::Unroutable { .. } => true,
+        PublishError::Unavailable { last_error, .. } => {
+            last_error.contains(CHANNEL_ERROR) || last_error.contains(CHANNEL_CLOSED)
+        }
+    }
+}
+
+/// Why the broker will refuse this one message again, or `None` when it may take it later (an
+/// outage, a broker blocking publishers). Published alone, a message that closes the channel
+/// leaves the broker's reply as the last error (see [`batch_refused`]).
+fn refusal(error: &PublishError) -> Option<String> {
+    match error {
+        PublishError::Unroutable { .. } => Some(error.to_string()),
+        PublishError::Unavailable { last_error, .. } => last_error
+            .split_once(CHANNEL_ERROR)
+            .map(|(_, reply)| format!("the broker closed the channel: {reply}")),
     }
 }

@@ -13,8 +13,9 @@
 //!   states (R3, R6, R15), contact links into addresses (R5).
 //! - [`outcome`]: a finished message's outcome for its producer (R4).
 //! - [`scheduler`]: cron-like schedules fired once per due time across replicas (R14).
-//! - [`watchdog`]: send queues without a consumer: gauges, and after a while their jobs
-//!   withdrawn and reported failed as `unhealthy` / `no_sender` (R4 c).
+//! - [`watchdog`]: send queues without a sender (no consumer, and none paused on the standby
+//!   queue): gauges, and after a while their jobs withdrawn and reported failed as
+//!   `unhealthy` / `no_sender` (R4 c).
 //!
 //! [`run`] is the binary's whole life; [`start`] builds the work on a [`Service`] that tests
 //! create themselves: the ingress and events consumers, the scheduler, an outbox relay and the

@@ -1,13 +1,16 @@
 //! The send-queue watchdog (R4 c): a channel whose send queue nothing consumes fails its jobs
 //! as `unhealthy` / `no_sender` instead of leaving them, and their producers, waiting forever.
 //!
-//! Every `router.sender_check_ms` it passive-declares each channel's send queue and exports
-//! its consumers and ready jobs as gauges. A queue that has had no consumer for
-//! `router.no_sender_after_ms` is drained: each job gets a failed delivery event (with a
-//! confirm, through the same [`Events`] the senders use) and is acked only after that. The
-//! router's own tracking consumer then records the failure and, when nothing else of the
-//! message is pending, publishes its outcome; a sender that starts later never sends a job
-//! that was already reported failed.
+//! Every `router.sender_check_ms` it passive-declares each channel's send queue and its
+//! standby queue and exports their consumers and the ready jobs as gauges. A sender whose
+//! circuit breaker paused it consumes the standby queue instead of the send queue: it is
+//! alive and its jobs wait for the provider (up to the sender's maximum age), so it counts as
+//! a consumer. A send queue that has had no consumer on either queue for
+//! `router.no_sender_after_ms` (no sender runs, or none is configured) is drained: each job
+//! gets a failed delivery event (with a confirm, through the same [`Events`] the senders use)
+//! and is acked only after that. The router's own tracking consumer then records the failure
+//! and, when nothing else of the message is pending, publishes its outcome; a sender that
+//! starts later never sends a job that was already reported failed.
 //!
 //! The time without a consumer is remembered per replica, in memory: a replica that starts
 //! waits the whole period before it drains anything. Several replicas draining at once is
@@ -34,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 /// gauges (and shutdown) do not wait for a backlog of millions.
 const DRAIN_CAP: usize = 1000;
 
-/// Jobs withdrawn between two looks at the queue's consumers: a sender that starts during a
-/// drain takes over after at most this many.
+/// Jobs withdrawn between two looks at the queues' consumers: a sender that starts (or
+/// pauses) during a drain takes over after at most this many.
 const RECHECK_EVERY: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +55,10 @@ pub enum WatchdogError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueReport {
     pub channel: Channel,
+    /// Consumers of the send queue: senders taking jobs.
     pub consumers: u32,
+    /// Consumers of the standby queue: senders that are up but paused by their breaker.
+    pub standby_consumers: u32,
     /// Ready jobs when the tick looked, before any drain.
     pub messages: u32,
     /// Jobs reported failed and acked.
@@ -71,9 +77,11 @@ pub struct SendQueueWatchdog {
     /// `None`: only the gauges, never a drain.
     no_sender_after: Option<Duration>,
     /// The watchdog's own connection, so a drain never competes with the consumers' channels;
-    /// `None` after an error, and opened again on the next tick.
+    /// `None` after an error, and opened again on the next tick. The channel is replaced
+    /// when the broker closes it (a missing standby queue does).
     amqp: Option<(Connection, AmqpChannel)>,
-    /// Per channel, since when its queue has had no consumer (as this replica saw it).
+    /// Per channel, since when neither its send queue nor its standby queue has had a
+    /// consumer (as this replica saw it).
     idle_since: HashMap<Channel, Instant>,
     /// A drain stops between two jobs when shutdown begins.
     shutdown: CancellationToken,
@@ -135,43 +143,34 @@ impl SendQueueWatchdog {
     }
 
     async fn check_all(&mut self, now: Instant) -> Result<Vec<QueueReport>, WatchdogError> {
-        let amqp = match self.amqp.take() {
-            Some(live) if live.0.status().connected() && live.1.status().connected() => live,
-            _ => {
-                let connection = self.broker.connect("watchdog").await?;
-                let channel = connection.create_channel().await?;
-                (connection, channel)
-            }
-        };
-        let channel = amqp.1.clone();
-        self.amqp = Some(amqp);
         let mut reports = Vec::with_capacity(Channel::ALL.len());
         for kind in Channel::ALL {
-            let queue = self.names.send_queue(kind);
-            let (consumers, messages) = declare_passive(&channel, &queue).await?;
+            let look = self.look(kind).await?;
             let label = kind.as_str();
             metrics::gauge!("herald_send_queue_consumers", "channel" => label)
-                .set(f64::from(consumers));
+                .set(f64::from(look.consumers));
+            metrics::gauge!("herald_send_queue_standby_consumers", "channel" => label)
+                .set(f64::from(look.standby_consumers));
             metrics::gauge!("herald_send_queue_messages", "channel" => label)
-                .set(f64::from(messages));
+                .set(f64::from(look.messages));
             let mut report = QueueReport {
                 channel: kind,
-                consumers,
-                messages,
+                consumers: look.consumers,
+                standby_consumers: look.standby_consumers,
+                messages: look.messages,
                 withdrawn: 0,
                 dead_lettered: 0,
             };
-            if consumers > 0 {
+            if look.has_sender() {
                 self.idle_since.remove(&kind);
             } else {
                 let since = *self.idle_since.entry(kind).or_insert(now);
                 let idle = now.saturating_duration_since(since);
                 if let Some(limit) = self.no_sender_after
                     && idle >= limit
-                    && messages > 0
+                    && look.messages > 0
                 {
-                    self.drain(&channel, kind, &queue, idle, &mut report)
-                        .await?;
+                    self.drain(kind, idle, &mut report).await?;
                 }
             }
             reports.push(report);
@@ -179,23 +178,66 @@ impl SendQueueWatchdog {
         Ok(reports)
     }
 
+    /// The watchdog's channel, (re)opened as needed.
+    async fn channel(&mut self) -> Result<AmqpChannel, lapin::Error> {
+        if let Some((connection, channel)) = &mut self.amqp
+            && connection.status().connected()
+        {
+            if !channel.status().connected() {
+                *channel = connection.create_channel().await?;
+            }
+            return Ok(channel.clone());
+        }
+        self.disconnect().await;
+        let connection = self.broker.connect("watchdog").await?;
+        let channel = connection.create_channel().await?;
+        self.amqp = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+
+    /// One look at a channel's send queue and standby queue.
+    async fn look(&mut self, kind: Channel) -> Result<Look, lapin::Error> {
+        // The standby queue first: a missing one costs the channel, and the send queue's
+        // look then gets a fresh one.
+        let standby = self.names.standby_queue(kind);
+        let standby_consumers = match declare_passive(&self.channel().await?, &standby).await {
+            Ok((consumers, _)) => consumers,
+            Err(error) if is_not_found(&error) => {
+                // Declared by an older topology, before standby queues: no sender there can
+                // be paused on one. The broker closed the channel over the 404, which
+                // lapin may not have noticed yet, so replace it now.
+                tracing::debug!(queue = %standby, "no standby queue; counted as no paused sender");
+                if let Some((connection, channel)) = &mut self.amqp {
+                    *channel = connection.create_channel().await?;
+                }
+                0
+            }
+            Err(error) => return Err(error),
+        };
+        let (consumers, messages) =
+            declare_passive(&self.channel().await?, &self.names.send_queue(kind)).await?;
+        Ok(Look {
+            consumers,
+            standby_consumers,
+            messages,
+        })
+    }
+
     /// Withdraws up to [`DRAIN_CAP`] jobs, each reported failed before it is acked.
     async fn drain(
-        &self,
-        channel: &AmqpChannel,
+        &mut self,
         kind: Channel,
-        queue: &str,
         idle: Duration,
         report: &mut QueueReport,
     ) -> Result<(), WatchdogError> {
         let failure = Failure::unhealthy(
             "no_sender",
             format!(
-                "no {kind} sender has consumed the send queue for {} s (none is running, or its provider is down); the job was withdrawn",
+                "no {kind} sender has consumed the send queue for {} s (none is running, or none is configured); the job was withdrawn",
                 idle.as_secs()
             ),
         );
-        let result = self.withdraw(channel, kind, queue, &failure, report).await;
+        let result = self.withdraw(kind, &failure, report).await;
         if report.withdrawn + report.dead_lettered > 0 {
             tracing::warn!(channel = %kind, withdrawn = report.withdrawn, dead_lettered = report.dead_lettered, idle_secs = idle.as_secs(), "no sender consumes the send queue; jobs withdrawn and reported failed (unhealthy, no_sender)");
             metrics::counter!("herald_router_jobs_withdrawn_total", "channel" => kind.as_str())
@@ -205,26 +247,25 @@ impl SendQueueWatchdog {
     }
 
     async fn withdraw(
-        &self,
-        channel: &AmqpChannel,
+        &mut self,
         kind: Channel,
-        queue: &str,
         failure: &Failure,
         report: &mut QueueReport,
     ) -> Result<(), WatchdogError> {
+        let queue = self.names.send_queue(kind);
         for taken in 0..DRAIN_CAP {
             if self.shutdown.is_cancelled() {
                 return Ok(());
             }
-            if taken > 0 && taken % RECHECK_EVERY == 0 {
-                let (consumers, _) = declare_passive(channel, queue).await?;
-                if consumers > 0 {
-                    tracing::info!(channel = %kind, "a sender started consuming; drain stopped");
-                    return Ok(());
-                }
+            if taken > 0 && taken % RECHECK_EVERY == 0 && self.look(kind).await?.has_sender() {
+                tracing::info!(channel = %kind, "a sender started consuming, or is up and paused; drain stopped");
+                return Ok(());
             }
+            // Each job is acked before the next is taken, so a channel replaced by a look
+            // holds nothing unacked.
+            let channel = self.channel().await?;
             let Some(message) = channel
-                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await?
             else {
                 return Ok(());
@@ -267,6 +308,25 @@ impl SendQueueWatchdog {
             let _ = connection.close(200, "watchdog stopping".into()).await;
         }
     }
+}
+
+/// What one look saw of a channel's queues.
+struct Look {
+    consumers: u32,
+    standby_consumers: u32,
+    messages: u32,
+}
+
+impl Look {
+    /// A sender consumes the send queue, or is up and paused by its breaker: either way the
+    /// jobs are not abandoned.
+    fn has_sender(&self) -> bool {
+        self.consumers > 0 || self.standby_consumers > 0
+    }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
 }
 
 /// The queue's consumers and ready messages. The consumers declare the topology; the

@@ -1,5 +1,6 @@
 //! The send-queue watchdog against the real PostgreSQL and RabbitMQ: jobs nothing consumes are
-//! reported failed (unhealthy, no_sender) and the message completes (R4 c).
+//! reported failed (unhealthy, no_sender) and the message completes (R4 c); a sender that is
+//! up but paused (a consumer on the standby queue) keeps its jobs queued.
 
 mod support;
 
@@ -12,7 +13,9 @@ use herald_runtime::amqp::delivery_events::Events;
 use herald_runtime::amqp::{Broker, Handler, Outcome, Publisher};
 use herald_storage::tracking::RemovalPolicy;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use messaging_core::Channel;
 use messaging_core::events::{AttemptResult, DeliveryEvent};
@@ -161,6 +164,77 @@ async fn a_queue_with_a_consumer_is_not_drained(pool: PgPool) {
     assert_eq!(h.inspector.queue_len(&queue).await, 1);
     assert!(h.inspector.get(&events).await.is_none());
     let _ = sender.close(200, "done".into()).await;
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_sender_paused_on_the_standby_queue_keeps_its_jobs_queued(pool: PgPool) {
+    let h = Harness::new(pool, "watchdog_paused").await;
+    let events = delivery_events(&h).await;
+    telegram_jobs(&h, &["4242"]).await;
+    // What a sender whose breaker is open holds: no consumer on the send queue, one on the
+    // standby queue.
+    let paused = h.inspector.connection().create_channel().await.unwrap();
+    let _standby = paused
+        .basic_consume(
+            h.names.standby_queue(Channel::Telegram).as_str().into(),
+            "test-paused-sender".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut dog = watchdog(&h, Duration::from_millis(1));
+
+    let start = Instant::now();
+    for later in [0, 1, 2] {
+        let reports = dog
+            .tick_at(start + Duration::from_secs(later))
+            .await
+            .expect("tick");
+        let report = telegram(&reports);
+        assert_eq!((report.consumers, report.standby_consumers), (0, 1));
+        assert_eq!(report.withdrawn, 0);
+    }
+    let queue = h.names.send_queue(Channel::Telegram);
+    assert_eq!(h.inspector.queue_len(&queue).await, 1);
+    assert!(h.inspector.get(&events).await.is_none());
+    let _ = paused.close(200, "done".into()).await;
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_topology_without_standby_queues_counts_as_no_paused_sender(pool: PgPool) {
+    let h = Harness::new(pool, "watchdog_no_standby").await;
+    telegram_jobs(&h, &["4242"]).await;
+    // As declared by a Herald from before standby queues.
+    for kind in Channel::ALL {
+        h.inspector
+            .channel()
+            .queue_delete(
+                h.names.standby_queue(kind).as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut dog = watchdog(&h, Duration::from_millis(1));
+
+    let start = Instant::now();
+    let first = dog.tick_at(start).await.expect("first tick");
+    // Every channel was looked at: each 404 cost only a channel, not the tick.
+    assert_eq!(first.len(), Channel::ALL.len());
+    assert_eq!(telegram(&first).standby_consumers, 0);
+    let second = dog
+        .tick_at(start + Duration::from_secs(1))
+        .await
+        .expect("second tick");
+    assert_eq!(telegram(&second).withdrawn, 1);
+    let queue = h.names.send_queue(Channel::Telegram);
+    assert_eq!(h.inspector.queue_len(&queue).await, 0);
     h.finish().await;
 }
 

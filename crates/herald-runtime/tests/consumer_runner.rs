@@ -525,3 +525,128 @@ async fn a_queue_declared_with_other_arguments_is_used_and_reported_not_fatal() 
     publisher.close().await;
     h.cleanup().await;
 }
+
+/// Consumers on `queue`, as the broker counts them.
+async fn consumers(h: &Harness, queue: &str) -> u32 {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    h.inspector
+        .channel()
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
+        .consumer_count()
+}
+
+/// Waits until the work queue and the standby queue have these many consumers.
+async fn wait_for_consumers(h: &Harness, standby: &str, work: u32, standing_by: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = (consumers(h, &h.queue()).await, consumers(h, standby).await);
+        if now == (work, standing_by) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "(work, standby) consumers are {now:?}, expected {:?}",
+            (work, standing_by)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn standby_queue(h: &Harness) -> String {
+    h.topology
+        .names()
+        .standby_queue(messaging_core::Channel::Email)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consumer_holds_the_standby_queue_instead_of_its_work_queue() {
+    let h = Harness::new("standby").await;
+    let standby = standby_queue(&h);
+    let (handler, mut rx) = Recording::acking();
+    let mut settings = h.settings();
+    settings.standby_queue = Some(standby.clone());
+    let (gate, pause) = tokio::sync::watch::channel(None);
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        h.consumer(handler, settings)
+            .with_pause(pause)
+            .run(stop.clone()),
+    );
+    wait_for_consumers(&h, &standby, 1, 0).await;
+
+    gate.send_replace(Some("provider down".to_owned()));
+    wait_for_consumers(&h, &standby, 0, 1).await;
+    // Paused means paused: a job published now waits in the work queue.
+    let publisher = h.publisher();
+    publisher.publish(&h.message(&numbered(1))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.inspector.queue_len(&h.queue()).await, 1);
+
+    gate.send_replace(None);
+    wait_for_consumers(&h, &standby, 1, 0).await;
+    wait_until(&mut rx, Duration::from_secs(10), |(n, _)| n == 1).await;
+
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consumer_holds_the_standby_queue_again_after_its_connection_drops() {
+    let h = Harness::new("standby_reconnect").await;
+    let standby = standby_queue(&h);
+    let (handler, _rx) = Recording::acking();
+    let mut settings = h.settings();
+    settings.standby_queue = Some(standby.clone());
+    let (gate, pause) = tokio::sync::watch::channel(Some("provider down".to_owned()));
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        h.consumer(handler, settings)
+            .with_pause(pause)
+            .run(stop.clone()),
+    );
+    wait_for_consumers(&h, &standby, 0, 1).await;
+
+    // A pause can outlast a broker restart; the watchdog must not see the sender vanish.
+    let standby_connection = format!("{}/test/{}/standby", h.prefix, h.queue());
+    let before = connections_with_prefix(&standby_connection).await.unwrap();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let closed = close_connections_with_prefix(&standby_connection)
+        .await
+        .expect("close the standby connection");
+    assert_eq!(closed, 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = connections_with_prefix(&standby_connection).await.unwrap();
+        if now.len() == 1 && now != before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new standby connection: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_consumers(&h, &standby, 0, 1).await;
+
+    // Shutdown while paused lets go of the standby queue too.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), consumer)
+        .await
+        .expect("stops promptly while paused")
+        .unwrap();
+    wait_for_consumers(&h, &standby, 0, 0).await;
+    drop(gate);
+    h.cleanup().await;
+}

@@ -42,6 +42,13 @@ impl Names {
         format!("{}.send.{}", self.prefix, channel.as_str())
     }
 
+    /// Beside each send queue, a queue that never holds a message: a sender whose circuit
+    /// breaker paused it consumes this one instead, so the router's watchdog can tell a live
+    /// but paused sender (its jobs wait) from no sender at all (its jobs are failed).
+    pub fn standby_queue(&self, channel: Channel) -> String {
+        format!("{}.standby", self.send_queue(channel))
+    }
+
     /// Topic exchange for delivery events, contact links and outcomes.
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
@@ -76,7 +83,8 @@ impl Names {
         format!("{work_queue}.dead")
     }
 
-    /// Every work queue: the ones consumers read and that have delays and dead letters.
+    /// Every work queue: the ones consumers read and that have delays and dead letters. The
+    /// standby queues are not among them: they hold nothing, so they need neither.
     pub fn work_queues(&self) -> Vec<String> {
         let mut queues = vec![self.ingress_queue(), self.router_events_queue()];
         queues.extend(Channel::ALL.iter().map(|c| self.send_queue(*c)));
@@ -122,11 +130,13 @@ mod tests {
             names.retry_exchange(),
             names.dead_letter_exchange(),
             names.delay_queue(1000),
+            names.standby_queue(Channel::Email),
         ];
         for name in all.iter().chain(names.work_queues().iter()) {
             assert!(name.starts_with("t1234."), "{name}");
         }
         assert_eq!(names.send_queue(Channel::Sms), "t1234.send.sms");
+        assert_eq!(names.standby_queue(Channel::Sms), "t1234.send.sms.standby");
         assert_eq!(names.work_queues().len(), 2 + Channel::ALL.len());
     }
 }

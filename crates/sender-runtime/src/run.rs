@@ -84,6 +84,9 @@ pub async fn start<S: ChannelSender>(
     // A sender gives up by age (`sender.max_age_secs`) and reports it as a failed delivery;
     // the runner's attempt cap would dead-letter the job first, with no event for anyone.
     settings.max_attempts = u32::MAX;
+    // While the breaker holds the consumer, a consumer here tells the router's watchdog that
+    // this sender is alive and only waits for its provider, so it leaves the jobs queued.
+    settings.standby_queue = Some(names.standby_queue(S::CHANNEL));
     let pipeline = Pipeline {
         sender: sender.clone(),
         recent: Arc::new(RecentDeliveries::new(config.recent_capacity)),

@@ -219,6 +219,13 @@ async fn an_unhealthy_provider_opens_the_breaker_and_nothing_is_lost_when_it_ret
         waiting > 0,
         "jobs wait in the queue while the breaker is open"
     );
+    // The paused sender shows itself on the standby queue, so the router's watchdog leaves
+    // the waiting jobs alone.
+    let standby = h.names.standby_queue(messaging_core::Channel::Sms);
+    assert!(
+        h.inspector.wait_for_consumer(&standby, WAIT).await,
+        "the paused sender consumes the standby queue"
+    );
 
     fake.set_outage(None);
     let events = h
@@ -373,5 +380,13 @@ async fn an_unconfigured_sender_says_so_and_leaves_its_queue_alone() {
         .wait_queued(Duration::from_secs(2), |queued| queued == 1)
         .await;
     assert_eq!(queued, 1, "the job waits for a configured sender");
+    // Nor does it stand by: to the router's watchdog it is no sender at all.
+    let standby = h.names.standby_queue(messaging_core::Channel::Sms);
+    assert!(
+        !h.inspector
+            .wait_for_consumer(&standby, Duration::from_millis(200))
+            .await,
+        "an unconfigured sender consumes nothing"
+    );
     h.stop().await;
 }

@@ -132,6 +132,11 @@ pub struct ConsumerSettings {
     pub max_attempts: u32,
     /// Larger bodies are dead-lettered unread (`oversized`).
     pub max_body_bytes: usize,
+    /// Consumed while the pause gate holds the consumer, so the broker shows a consumer
+    /// somewhere exactly while this process is alive but paused: the router's watchdog fails
+    /// the jobs of a channel nobody consumes, and must leave a paused sender's jobs waiting.
+    /// The consumer goes with this process's connection if the process dies.
+    pub standby_queue: Option<String>,
 }
 
 impl ConsumerSettings {
@@ -142,6 +147,7 @@ impl ConsumerSettings {
             concurrency: config.concurrency.max(1),
             max_attempts: config.max_attempts.max(1),
             max_body_bytes: messaging_core::MAX_MESSAGE_BYTES,
+            standby_queue: None,
         }
     }
 }
@@ -221,15 +227,14 @@ impl<H: Handler> Consumer<H> {
             self.broker.config().reconnect_max(),
         );
         loop {
-            if let Some(gate) = self.pause.as_mut() {
+            if let Some(mut gate) = self.pause.clone() {
                 let reason = gate.borrow().clone();
                 if let Some(reason) = reason {
                     self.health
                         .set(&component, false, format!("paused: {reason}"));
                     tracing::warn!(queue = %queue, %reason, "consumer paused; messages wait in the queue");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = gate.wait_for(Option::is_none) => {}
+                    if let Paused::Shutdown = self.stand_by(&mut gate, &shutdown).await {
+                        break;
                     }
                     tracing::info!(queue = %queue, "consumer resumes");
                 }
@@ -275,6 +280,85 @@ impl<H: Handler> Consumer<H> {
         }
         worker.republisher.close().await;
         self.health.remove(&component);
+    }
+
+    /// Waits until the gate opens (or shutdown), holding a consumer on the standby queue if
+    /// there is one. A standby connection that fails or drops is tried again with backoff:
+    /// a pause can outlast a broker restart, and while no standby consumer is up the watchdog
+    /// takes this sender for absent.
+    async fn stand_by(&self, gate: &mut PauseGate, shutdown: &CancellationToken) -> Paused {
+        let Some(standby) = self.settings.standby_queue.as_deref() else {
+            return wait_paused(gate, shutdown, std::future::pending()).await;
+        };
+        let role = format!("{}/standby", self.settings.queue);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            self.broker.config().reconnect_max(),
+        );
+        loop {
+            let retry = match self.hold_standby(&role, standby).await {
+                Ok((connection, mut consumer)) => {
+                    backoff.reset();
+                    tracing::info!(queue = %standby, "paused; holding a consumer on the standby queue");
+                    let paused = wait_paused(gate, shutdown, async {
+                        // No message ever arrives; the stream ends (or errs) when the
+                        // connection or the consumer is lost.
+                        while let Some(Ok(_)) = consumer.next().await {}
+                    })
+                    .await;
+                    let _ = connection.close(200, "standby over".into()).await;
+                    if !matches!(paused, Paused::Lost) {
+                        return paused;
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!(queue = %standby, retry_in_ms = wait.as_millis() as u64, "lost the standby consumer while paused");
+                    wait
+                }
+                Err(error) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(queue = %standby, %error, retry_in_ms = wait.as_millis() as u64, "cannot consume the standby queue while paused; until it can, the router may take this sender for absent");
+                    wait
+                }
+            };
+            let paused = wait_paused(gate, shutdown, tokio::time::sleep(retry)).await;
+            if !matches!(paused, Paused::Lost) {
+                return paused;
+            }
+        }
+    }
+
+    /// Connects, declares the topology (the standby queue may have been deleted, or the
+    /// broker's topology may come from a Herald before standby queues) and consumes the
+    /// standby queue without acks: nothing is ever delivered there to ack.
+    async fn hold_standby(
+        &self,
+        role: &str,
+        standby: &str,
+    ) -> lapin::Result<(Connection, lapin::Consumer)> {
+        let connection = self.broker.connect(role).await?;
+        let consumer = async {
+            self.topology.declare(&connection).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_consume(
+                    standby.into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+        }
+        .await;
+        match consumer {
+            Ok(consumer) => Ok((connection, consumer)),
+            Err(error) => {
+                let _ = connection.close(200, "standby failed".into()).await;
+                Err(error)
+            }
+        }
     }
 
     /// One connection's life: declare, consume, drain.
@@ -355,6 +439,28 @@ impl<H: Handler> Consumer<H> {
         while in_flight.join_next().await.is_some() {}
         let _ = channel.close(200, "consumer stopping".into()).await;
         Ok(result)
+    }
+}
+
+/// How a wait while paused ended.
+enum Paused {
+    Shutdown,
+    /// The gate opened, or its sender is gone (nothing can pause the consumer any more).
+    Resumed,
+    /// What the wait held on to ended first (the standby consumer, a retry's sleep).
+    Lost,
+}
+
+/// Waits for the gate to open, shutdown, or `until`, whichever comes first.
+async fn wait_paused(
+    gate: &mut PauseGate,
+    shutdown: &CancellationToken,
+    until: impl Future<Output = ()>,
+) -> Paused {
+    tokio::select! {
+        _ = shutdown.cancelled() => Paused::Shutdown,
+        _ = gate.wait_for(Option::is_none) => Paused::Resumed,
+        _ = until => Paused::Lost,
     }
 }
 

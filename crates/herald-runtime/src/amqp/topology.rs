@@ -10,6 +10,7 @@
 //! retry:  consumer ──► {p}.delay (headers, herald-delay=<ms>) ──► {p}.delay.<ms>ms (TTL)
 //!         ──expired──► {p}.retry (direct, routing key = work queue) ──► the work queue
 //! dead:   consumer ──► {p}.dead (direct, routing key = work queue) ──► <work queue>.dead
+//! paused: sender ··consumes only··► {p}.send.<channel>.standby (unbound, never a message)
 //! ```
 //!
 //! Every service declares the whole topology on every (re)connect. Declarations are
@@ -239,6 +240,14 @@ impl Topology {
             )
             .await?;
         }
+        // Unbound: nothing is ever routed there. A paused sender only consumes it, to be seen.
+        for delivery_channel in DeliveryChannel::ALL {
+            d.queue(
+                &n.standby_queue(delivery_channel),
+                self.standby_queue_args(),
+            )
+            .await?;
+        }
         for pattern in routing::ROUTER_EVENT_BINDINGS {
             d.bind(
                 &n.router_events_queue(),
@@ -271,6 +280,7 @@ impl Topology {
             queues.push(n.dead_letter_queue(&queue));
             queues.push(queue);
         }
+        queues.extend(DeliveryChannel::ALL.iter().map(|c| n.standby_queue(*c)));
         queues.extend(
             self.delays
                 .iter()
@@ -361,6 +371,21 @@ impl Topology {
         if self.queue_type == QueueType::Quorum {
             self.at_least_once_dead_lettering(&mut args);
         }
+        args
+    }
+
+    /// Standby queues: a consumer count, never a message. Always classic, whatever
+    /// `queue_type` says: there is nothing to replicate, and a quorum queue would run a Raft
+    /// group per channel for an empty queue.
+    fn standby_queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        // Should anything ever be published there by mistake, it is dropped at once instead
+        // of piling up where nobody reads (the consumers take no messages, see consumer.rs).
+        args.insert("x-max-length".into(), AMQPValue::LongInt(0));
         args
     }
 

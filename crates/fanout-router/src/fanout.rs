@@ -132,7 +132,12 @@ impl FanOut {
             audience,
             mut body,
         } = plan;
+        // Under the message's lease, so no other pass writes rows meanwhile.
+        // Not known from the message row having been created by this request: a copy that
+        // found it could have taken the lease first and died mid-pass.
+        let first_pass = !store::has_deliveries(&self.pool, message_id).await?;
         let batch = Batch {
+            first_pass,
             fanout: self,
             tenant_id,
             tenant,
@@ -146,6 +151,8 @@ impl FanOut {
             messaging_core::ingress::Content::Template(t) => t.locale.clone(),
             messaging_core::ingress::Content::Direct(_) => None,
         };
+        // The jobs of the last batch written, published while the next one is written.
+        let mut in_flight = Chunk::default();
         match audience {
             Audience::Users(users) => {
                 let mut ids: Vec<String> = users.into_iter().map(UserId::into_inner).collect();
@@ -168,7 +175,9 @@ impl FanOut {
                 let mut planned = planned.into_iter().peekable();
                 while planned.peek().is_some() {
                     let chunk: Vec<Planned> = planned.by_ref().take(self.batch_size).collect();
-                    batch.write_and_publish(chunk, &mut summary).await?;
+                    in_flight = batch
+                        .write_and_publish(chunk, &mut summary, in_flight)
+                        .await?;
                 }
             }
             Audience::Subscription(subscription) => {
@@ -208,22 +217,25 @@ impl FanOut {
                             )
                         })
                         .collect();
-                    batch.write_and_publish(planned, &mut summary).await?;
+                    in_flight = batch
+                        .write_and_publish(planned, &mut summary, in_flight)
+                        .await?;
                     if !full {
                         break;
                     }
                 }
             }
         }
-        let abandoned = store::fail_abandoned(&self.pool, message_id, started).await?;
+        summary.published += batch.publish(in_flight).await?;
+        let (status, abandoned) =
+            store::finish_fanout(&self.pool, message_id, started, !first_pass).await?;
         if abandoned > 0 {
             tracing::warn!(
                 abandoned,
                 "deliveries of an interrupted earlier pass lost their recipient; failed them"
             );
         }
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        summary.status = store::finish_fanout(&mut conn, message_id).await?;
+        summary.status = status;
         Ok(summary)
     }
 }
@@ -237,17 +249,21 @@ struct Batch<'a> {
     subscription_id: Option<Uuid>,
     expires_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    /// No earlier pass wrote rows: a batch's new pending rows are all it has to publish.
+    first_pass: bool,
 }
 
 impl Batch<'_> {
+    /// Writes a batch's rows and encodes its jobs; returns the last chunk of them still to be
+    /// published. `previous`, the chunk the batch before returned, is published meanwhile:
+    /// the broker confirms one batch while the database writes the next, instead of each
+    /// waiting for the other.
     async fn write_and_publish(
         &self,
         planned: Vec<Planned>,
         summary: &mut Summary,
-    ) -> Result<(), FanOutError> {
-        if planned.is_empty() {
-            return Ok(());
-        }
+        previous: Chunk,
+    ) -> Result<Chunk, FanOutError> {
         let fanout = self.fanout;
         let rows: Vec<NewDelivery> = planned.iter().map(|p| p.row.clone()).collect();
         for failure in rows.iter().filter_map(|r| r.failure.as_ref()) {
@@ -255,14 +271,23 @@ impl Batch<'_> {
                 .increment(1);
         }
         summary.failed += rows.iter().filter(|r| r.failure.is_some()).count();
-        summary.new_rows += store::insert_deliveries(
-            &fanout.pool,
-            self.tenant_id,
-            self.message_id,
-            self.subscription_id,
-            &rows,
-        )
-        .await?;
+        let write = async {
+            if rows.is_empty() {
+                return Ok((0, Vec::new()));
+            }
+            store::insert_deliveries(
+                &fanout.pool,
+                self.tenant_id,
+                self.message_id,
+                self.subscription_id,
+                &rows,
+            )
+            .await
+            .map_err(FanOutError::from)
+        };
+        let (published, (new_rows, new_pending)) = tokio::try_join!(self.publish(previous), write)?;
+        summary.published += published;
+        summary.new_rows += new_rows;
 
         let mut jobs: HashMap<(Option<Uuid>, String, String), PlannedJob> = HashMap::new();
         for p in planned {
@@ -272,10 +297,14 @@ impl Batch<'_> {
             }
         }
         if jobs.is_empty() {
-            return Ok(());
+            return Ok(Chunk::default());
         }
-        let keys: Vec<_> = jobs.keys().cloned().collect();
-        let unpublished = store::unpublished(&fanout.pool, self.message_id, &keys).await?;
+        let unpublished = if self.first_pass {
+            new_pending
+        } else {
+            let keys: Vec<_> = jobs.keys().cloned().collect();
+            store::unpublished(&fanout.pool, self.message_id, &keys).await?
+        };
         let mut oversized = Vec::new();
         // Encoded jobs wait here until they reach `PUBLISH_CHUNK_BYTES`: a batch of rows
         // bounds the rows, this bounds the bytes (a batch of 1,000 jobs near the 256 KiB queue
@@ -314,7 +343,6 @@ impl Batch<'_> {
                 }
             }
         }
-        summary.published += self.publish(chunk).await?;
         if !oversized.is_empty() {
             store::fail_unsendable(
                 &fanout.pool,
@@ -328,7 +356,7 @@ impl Batch<'_> {
             .await?;
             summary.failed += oversized.len();
         }
-        Ok(())
+        Ok(chunk)
     }
 
     /// Publishes a chunk of jobs with confirms, then marks their rows published. Returns how

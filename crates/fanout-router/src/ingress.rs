@@ -49,6 +49,36 @@ pub struct IngressHandler {
     /// a whole, or whose recipients all failed at once (no address). `None` in tests that
     /// look at fan-out alone.
     outcomes: Option<Outcomes>,
+    tenants: TenantCache,
+}
+
+/// Tenants by key, for a short while: every request names its tenant, and tenants are
+/// created and deleted rarely. A deleted tenant's requests then fail on its foreign key
+/// until the entry expires; unknown keys are never cached, so a new tenant works at once.
+struct TenantCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Tenant, std::time::Instant)>>,
+}
+
+impl TenantCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    /// More keys than this (a producer inventing tenants) start the cache over.
+    const MAX: usize = 10_000;
+
+    fn get(&self, key: &str) -> Option<Tenant> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(tenant, _)| tenant.clone())
+    }
+
+    fn put(&self, tenant: Tenant) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(tenant.key.clone(), (tenant, std::time::Instant::now()));
+    }
 }
 
 /// Why a request could not be handled now.
@@ -60,6 +90,16 @@ pub enum RouteError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Outcome(#[from] OutcomeError),
+}
+
+/// The message a request belongs to.
+struct Found {
+    message: RouterMessage,
+    /// The row is another request's, found by the idempotency key only: this one is a
+    /// repeat and must not continue (or mix its own recipients into) that message's fan-out.
+    other_request: bool,
+    /// This request stored the row just now: no earlier pass can have touched it.
+    created: bool,
 }
 
 /// Where a message row comes from (`messages.source`).
@@ -106,6 +146,9 @@ impl IngressHandler {
             legacy,
             retry: retry.into(),
             outcomes: None,
+            tenants: TenantCache {
+                entries: Default::default(),
+            },
         }
     }
 
@@ -180,7 +223,11 @@ impl IngressHandler {
                 Some(key) => self.subscription(tenant.id, key).await?,
                 None => None,
             };
-            let (message, other_request) = self
+            let Found {
+                message,
+                other_request,
+                created,
+            } = self
                 .find_or_create(tenant, &request, subscription.as_ref(), ctx)
                 .await?;
             tracing::Span::current().record("message_id", tracing::field::display(message.id));
@@ -196,18 +243,23 @@ impl IngressHandler {
                     after: self.retry.base,
                 });
             };
-            // The holder of the lease before this one may have finished it meanwhile.
-            let message = match store::message_in_tenant(&self.pool, tenant.id, message.id).await {
-                Ok(Some(message)) if message.status == "accepted" => message,
-                Ok(Some(message)) => {
-                    lease.release().await?;
-                    return self.repeated(&message, request.source).await;
+            // The holder of the lease before this one may have finished it meanwhile; a row
+            // this request created just now had no holder before.
+            let message = if created {
+                message
+            } else {
+                match store::message_in_tenant(&self.pool, tenant.id, message.id).await {
+                    Ok(Some(message)) if message.status == "accepted" => message,
+                    Ok(Some(message)) => {
+                        lease.release().await?;
+                        return self.repeated(&message, request.source).await;
+                    }
+                    Ok(None) => {
+                        lease.release().await?;
+                        return Err(StoreError::NotFound.into());
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                Ok(None) => {
-                    lease.release().await?;
-                    return Err(StoreError::NotFound.into());
-                }
-                Err(error) => return Err(error.into()),
             };
             let result = self
                 .fan_out(
@@ -341,7 +393,11 @@ impl IngressHandler {
             "fanned out"
         );
         count(request.source, &summary.status);
-        self.publish_outcome(message.id).await?;
+        // A message still `fanned_out` gets its outcome from tracking, when its last delivery
+        // is final.
+        if summary.status != "fanned_out" {
+            self.publish_outcome(message.id).await?;
+        }
         Ok(Outcome::Ack)
     }
 
@@ -457,8 +513,14 @@ impl IngressHandler {
     }
 
     async fn tenant(&self, key: &str) -> Result<Option<Tenant>, StoreError> {
+        if let Some(tenant) = self.tenants.get(key) {
+            return Ok(Some(tenant));
+        }
         match tenants::by_key(&self.pool, key).await {
-            Ok(tenant) => Ok(Some(tenant)),
+            Ok(tenant) => {
+                self.tenants.put(tenant.clone());
+                Ok(Some(tenant))
+            }
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
@@ -478,28 +540,21 @@ impl IngressHandler {
 
     /// The API's row when the AMQP `message_id` names one of this tenant's messages;
     /// otherwise the row of an earlier delivery of the same request, or of the same
-    /// idempotency key; otherwise a new row. `true` with the row: it is another request's,
-    /// found by the idempotency key only, so this one is a repeat and must not continue
-    /// (or mix its own recipients into) that message's fan-out.
+    /// idempotency key; otherwise a new row.
     async fn find_or_create(
         &self,
         tenant: &Tenant,
         request: &Request<'_>,
         subscription: Option<&Subscription>,
         ctx: &Context,
-    ) -> Result<(RouterMessage, bool), StoreError> {
+    ) -> Result<Found, StoreError> {
         let amqp_id = ctx.message_id.as_deref().filter(|id| !id.is_empty());
         let as_uuid = amqp_id.and_then(|id| Uuid::parse_str(id).ok());
-        if request.discriminator.is_none()
-            && let Some(id) = as_uuid
-            && let Some(message) = store::message_in_tenant(&self.pool, tenant.id, id).await?
-        {
-            return Ok((message, false));
-        }
         // A producer's UUID message id becomes the message id, so the id `herald publish`
-        // prints is the one `GET /messages/{id}` knows. Otherwise the id is derived from the
-        // AMQP id within the tenant, so a redelivery finds its row again. Without any AMQP id
-        // only the idempotency key can tell a repeat.
+        // prints is the one `GET /messages/{id}` knows (and the API's own row, stored under
+        // that id before it was published, is found by it). Otherwise the id is derived from
+        // the AMQP id within the tenant, so a redelivery finds its row again. Without any
+        // AMQP id only the idempotency key can tell a repeat.
         let derived = |salt: &str| {
             amqp_id.map(|id| {
                 let name = format!("{id}/{}/{salt}", request.discriminator.unwrap_or(""));
@@ -522,20 +577,21 @@ impl IngressHandler {
             correlation_id: ctx.correlation_id.as_deref(),
         };
         let id = first.unwrap_or_else(Uuid::now_v7);
-        match store::insert_or_find_message(&mut conn, new(id)).await {
-            Ok((message, _)) => {
-                let other_request = message.id != id;
-                Ok((message, other_request))
-            }
+        let (message, created, id) = match store::insert_or_find_message(&mut conn, new(id)).await {
+            Ok((message, created)) => (message, created, id),
             // The producer's id is another tenant's message: use one derived for this tenant.
             Err(StoreError::Conflict(_)) => {
                 let id = derived("own").unwrap_or_else(Uuid::now_v7);
-                let (message, _) = store::insert_or_find_message(&mut conn, new(id)).await?;
-                let other_request = message.id != id;
-                Ok((message, other_request))
+                let (message, created) = store::insert_or_find_message(&mut conn, new(id)).await?;
+                (message, created, id)
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        Ok(Found {
+            other_request: message.id != id,
+            created,
+            message,
+        })
     }
 
     async fn fail(

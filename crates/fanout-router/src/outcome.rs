@@ -88,9 +88,15 @@ impl Outcomes {
         &self,
         pending: &tracking::PendingOutcome,
     ) -> Result<MessageOutcome, OutcomeError> {
-        let (sent, failed) = tracking::outcome_counts(&self.pool, pending.id).await?;
         let rows =
             tracking::outcome_recipients(&self.pool, pending.id, MAX_LISTED_RECIPIENTS).await?;
+        // A message to people lists all its deliveries; only a broadcast needs counting.
+        let (sent, failed) = if (rows.len() as i64) < MAX_LISTED_RECIPIENTS {
+            let count = |status: &str| rows.iter().filter(|r| r.status == status).count() as i64;
+            (count("sent"), count("failed"))
+        } else {
+            tracking::outcome_counts(&self.pool, pending.id).await?
+        };
         let completed_at = pending.completed_at.unwrap_or_else(chrono::Utc::now);
         let recipients = rows
             .into_iter()

@@ -82,7 +82,7 @@ impl TrackingHandler {
             occurred_at: event.occurred_at,
             result,
         };
-        let recorded = match self.record(&attempt).await {
+        let (recorded, completed) = match self.record(&attempt).await {
             Ok(recorded) => recorded,
             Err(error) => return self.store_failure(error),
         };
@@ -112,6 +112,10 @@ impl TrackingHandler {
                         .increment(1);
                     tracing::info!(delivery_id = %event.delivery_id, %state, %reason, "address state changed");
                 }
+                // Not the last delivery to finish: the outcome is not due.
+                if !completed {
+                    return Outcome::Ack;
+                }
                 message_id
             }
         };
@@ -123,14 +127,24 @@ impl TrackingHandler {
         }
     }
 
-    async fn record(&self, attempt: &Attempt<'_>) -> Result<Recorded, StoreError> {
+    /// The attempt's record, and whether it completed its message.
+    async fn record(&self, attempt: &Attempt<'_>) -> Result<(Recorded, bool), StoreError> {
         let mut tx = self.pool.begin().await?;
         let recorded = tracking::record(&mut tx, attempt, self.policy).await?;
-        if let Recorded::Applied { message_id, .. } = &recorded {
-            tracking::complete_if_done(&mut *tx, *message_id).await?;
-        }
+        let completed = match &recorded {
+            // A retry leaves the delivery pending, so it cannot complete anything.
+            Recorded::Applied { .. }
+                if matches!(attempt.result, AttemptOutcome::RetryScheduled { .. }) =>
+            {
+                false
+            }
+            Recorded::Applied { message_id, .. } => {
+                tracking::complete_if_done(&mut *tx, *message_id).await?
+            }
+            _ => false,
+        };
         tx.commit().await?;
-        Ok(recorded)
+        Ok((recorded, completed))
     }
 
     /// R5: the code names the person; the chat becomes one of their addresses, verified (the

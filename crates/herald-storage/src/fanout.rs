@@ -9,7 +9,7 @@
 //!   again after a crash publishes only the rows still unmarked.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
+use sqlx::{Acquire, FromRow, PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::error::StoreError;
@@ -167,7 +167,7 @@ pub async fn fail_message(
 ///
 /// Two copies of one request can be in work at once (a relay that published a row twice, a
 /// producer that retried before the first copy was acked, two router replicas). Without the
-/// lease both would fan out, and a refusal or `fail_abandoned` in one could fail rows the other
+/// lease both would fan out, and a refusal or the sweep at the end of one could fail rows the other
 /// is about to publish. A session lock, not a transaction, because a pass to 100,000
 /// recipients commits batch by batch; and a router that dies mid-pass loses its connection,
 /// which releases the lock, so the redelivered request can take over.
@@ -224,35 +224,32 @@ impl Drop for FanoutLease {
 }
 
 /// Ends a fan-out: `fanned_out` while deliveries are pending, `completed` when none are (every
-/// recipient failed already, or the senders were quicker than this). Returns the status.
+/// recipient failed already, or the senders were quicker than this). Returns the status and
+/// how many abandoned rows it failed.
 ///
 /// The message row is locked first, so this and whoever completes messages from delivery
 /// events (which must lock it too) see each other's work, and a message whose last delivery
 /// finished during the fan-out is not left at `fanned_out`.
-pub async fn finish_fanout(db: &mut PgConnection, id: Uuid) -> Result<String, StoreError> {
-    let mut tx = db.begin().await?;
-    let status: String = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-    if status != "accepted" {
-        tx.commit().await?;
-        return Ok(status);
-    }
-    let status: String = sqlx::query_scalar(
-        "UPDATE messages SET
-             status = CASE WHEN pending THEN 'fanned_out' ELSE 'completed' END,
-             completed_at = CASE WHEN pending THEN NULL ELSE now() END
-         FROM (SELECT EXISTS (SELECT 1 FROM deliveries WHERE message_id = $1 AND status = 'pending')
-               AS pending) p
-         WHERE id = $1
-         RETURNING status",
+///
+/// With `sweep` (a pass that found rows of an earlier, interrupted one), pending rows written
+/// before `started` that this pass did not publish fail as `recipient_changed`: their address
+/// or registration went away meanwhile, and nobody would ever publish them.
+///
+/// One round trip: `herald_finish_fanout` (migration 0005) does it in the database.
+pub async fn finish_fanout(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    started: DateTime<Utc>,
+    sweep: bool,
+) -> Result<(String, i32), StoreError> {
+    Ok(
+        sqlx::query_as("SELECT status, abandoned FROM herald_finish_fanout($1, $2, $3)")
+            .bind(id)
+            .bind(started)
+            .bind(sweep)
+            .fetch_one(db)
+            .await?,
     )
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(status)
 }
 
 /// The subscriptions an event type fires in a tenant (R14).
@@ -462,14 +459,16 @@ pub struct DeliveryFailure {
 }
 
 /// Writes one batch of delivery rows in one statement. Rows that exist already (the request
-/// is handled again) are left as they are. Returns how many were new.
+/// is handled again) are left as they are. Returns how many were new, and the new pending
+/// ones: on a message's first pass exactly the rows whose jobs are to be published, so that
+/// pass needs no [`unpublished`] query per batch.
 pub async fn insert_deliveries(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
     message_id: Uuid,
     subscription_id: Option<Uuid>,
     rows: &[NewDelivery],
-) -> Result<u64, StoreError> {
+) -> Result<(u64, Vec<UnpublishedDelivery>), StoreError> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut user_ids = Vec::with_capacity(rows.len());
     let mut address_ids = Vec::with_capacity(rows.len());
@@ -499,7 +498,8 @@ pub async fn insert_deliveries(
                      $10::text[], $11::text[])
               AS d(id, user_id, address_id, channel, address, failure_class, failure_code,
                    failure_message)
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING
+         RETURNING id, user_id, channel, address, status = 'pending' AS pending",
     )
     .bind(tenant_id)
     .bind(message_id)
@@ -512,9 +512,34 @@ pub async fn insert_deliveries(
     .bind(&classes)
     .bind(&codes)
     .bind(&messages)
-    .execute(db)
+    .fetch_all(db)
     .await?;
-    Ok(done.rows_affected())
+    let new = done.len() as u64;
+    let pending = done
+        .into_iter()
+        .filter_map(|row| {
+            let pending: bool = row.get("pending");
+            Some(UnpublishedDelivery {
+                id: row.get("id"),
+                user_id: row.get("user_id"),
+                channel: row.get::<Option<String>, _>("channel")?,
+                address: row.get::<Option<String>, _>("address")?,
+            })
+            .filter(|_| pending)
+        })
+        .collect();
+    Ok((new, pending))
+}
+
+/// Whether any delivery of the message exists: none at the start of a pass means no earlier
+/// pass got as far as writing rows, so nothing written before needs finding again.
+pub async fn has_deliveries(db: impl PgExecutor<'_>, message_id: Uuid) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deliveries WHERE message_id = $1)")
+            .bind(message_id)
+            .fetch_one(db)
+            .await?,
+    )
 }
 
 /// A pending delivery whose job the broker has not confirmed yet.
@@ -538,7 +563,8 @@ pub async fn unpublished(
     let user_ids: Vec<Option<Uuid>> = keys.iter().map(|k| k.0).collect();
     let channels: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let addresses: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
-    // The partial index `deliveries_unpublished` keeps this to the rows of the current batch.
+    // Only a pass after an interrupted one asks: `deliveries_pending` finds the message's
+    // pending rows, of which the join keeps this batch's.
     Ok(sqlx::query_as(
         "SELECT d.id, d.user_id, d.channel, d.address
          FROM deliveries d
@@ -562,29 +588,6 @@ pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<(),
         .execute(db)
         .await?;
     Ok(())
-}
-
-/// After a complete pass: rows an earlier, interrupted attempt wrote (before `started`) that
-/// this pass did not plan again, because the address or registration went away meanwhile.
-/// Nobody would ever publish them, so they fail for good instead of staying pending forever.
-pub async fn fail_abandoned(
-    db: impl PgExecutor<'_>,
-    message_id: Uuid,
-    started: DateTime<Utc>,
-) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "UPDATE deliveries SET status = 'failed', failure_class = 'permanent',
-             failure_code = 'recipient_changed',
-             failure_message = 'the address or registration was removed while the message was being fanned out',
-             updated_at = now()
-         WHERE message_id = $1 AND status = 'pending' AND job_published_at IS NULL
-           AND created_at < $2",
-    )
-    .bind(message_id)
-    .bind(started)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// Fails deliveries that cannot be sent at all (a job larger than any queue accepts), so the

@@ -70,8 +70,6 @@ struct DeliveryState {
     message_id: Uuid,
     tenant_id: Uuid,
     address_id: Option<Uuid>,
-    status: String,
-    attempts: i32,
 }
 
 /// Records one attempt in `tx` and applies its consequences to the address.
@@ -80,9 +78,14 @@ pub async fn record(
     attempt: &Attempt<'_>,
     policy: RemovalPolicy,
 ) -> Result<Recorded, StoreError> {
+    // The delivery's message, locked: every event of a message, and the end of its fan-out,
+    // take this lock first, so whoever completes the message sees every delivery's last
+    // state. One statement finds and locks it (the subquery also checks the tenant).
     let message_id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT d.message_id FROM deliveries d JOIN tenants t ON t.id = d.tenant_id
-         WHERE d.id = $1 AND t.key = $2",
+        "SELECT m.id FROM messages m
+         WHERE m.id = (SELECT d.message_id FROM deliveries d JOIN tenants t ON t.id = d.tenant_id
+                       WHERE d.id = $1 AND t.key = $2)
+         FOR UPDATE",
     )
     .bind(attempt.delivery_id)
     .bind(attempt.tenant_key)
@@ -91,22 +94,6 @@ pub async fn record(
     let Some(message_id) = message_id else {
         return Ok(Recorded::Unknown);
     };
-    sqlx::query("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE")
-        .bind(message_id)
-        .execute(&mut *tx)
-        .await?;
-    let row: DeliveryState = sqlx::query_as(
-        "SELECT message_id, tenant_id, address_id, status, attempts FROM deliveries
-         WHERE id = $1 FOR UPDATE",
-    )
-    .bind(attempt.delivery_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    // Final is final; among pending states only a later attempt counts (a repeated event
-    // must not count its failure twice towards removal).
-    if row.status != "pending" || attempt.attempt <= row.attempts {
-        return Ok(Recorded::Stale { message_id });
-    }
     let (status, failure, retry_at, sent_at) = match &attempt.result {
         AttemptOutcome::Delivered => ("sent", None, None, Some(attempt.occurred_at)),
         AttemptOutcome::RetryScheduled { failure, retry_at } => {
@@ -114,11 +101,15 @@ pub async fn record(
         }
         AttemptOutcome::Failed { failure } => ("failed", Some(*failure), None, None),
     };
-    sqlx::query(
+    // Final is final; among pending states only a later attempt counts (a repeated event
+    // must not count its failure twice towards removal). Under the message lock, so the
+    // condition cannot change between the check and the write.
+    let row: Option<DeliveryState> = sqlx::query_as(
         "UPDATE deliveries SET status = $2, attempts = $3, failure_class = $4, failure_code = $5,
              failure_message = $6, next_retry_at = $7, sent_at = coalesce($8, sent_at),
              updated_at = now()
-         WHERE id = $1",
+         WHERE id = $1 AND status = 'pending' AND attempts < $3
+         RETURNING message_id, tenant_id, address_id",
     )
     .bind(attempt.delivery_id)
     .bind(status)
@@ -128,8 +119,11 @@ pub async fn record(
     .bind(failure.map(|f| f.message))
     .bind(retry_at)
     .bind(sent_at)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some(row) = row else {
+        return Ok(Recorded::Stale { message_id });
+    };
 
     let address_change = match row.address_id {
         Some(address_id) => {

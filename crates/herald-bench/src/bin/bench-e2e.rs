@@ -64,6 +64,13 @@ struct Args {
     /// Notifications sent before measuring, to connect everything [default: 100; quick: 20].
     #[arg(long)]
     warm_up: Option<u64>,
+    /// Finished messages (one delivery each) in the database before the runs, as a running
+    /// system has them [default: 100000; quick: 1000].
+    #[arg(long)]
+    history: Option<u64>,
+    /// The router's `router.batch_size` [default: the router's].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// The router's database connections (`database.max_connections`).
     #[arg(long, default_value_t = 10)]
     db_connections: u32,
@@ -87,6 +94,7 @@ struct Plan {
     registrations: u64,
     latency_notifications: u64,
     warm_up: u64,
+    history: u64,
     baseline: baseline::Settings,
     timeout: Duration,
 }
@@ -103,6 +111,7 @@ impl Plan {
             registrations: pick(args.registrations, 100_000, 2_000),
             latency_notifications: pick(args.latency_notifications, 1_000, 50),
             warm_up: pick(args.warm_up, 100, 20),
+            history: pick(args.history, 100_000, 1_000),
             // bench-broker's settings.
             baseline: baseline::Settings {
                 messages: pick(args.baseline_messages, 30_000, 2_000),
@@ -175,13 +184,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("create the bench database")?;
     println!(
-        "[2/5] database {}: seeding {users} users with one SMS address each, {} registrations",
+        "[2/5] database {}: seeding {users} users with one SMS address each, {} registrations, {} finished messages as history",
         db.name,
         if args.no_fanout {
             0
         } else {
             plan.registrations
-        }
+        },
+        plan.history
     );
     let result = async {
         db.seed(
@@ -191,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 plan.registrations
             },
+            plan.history,
         )
         .await
         .context("seed the database")?;
@@ -217,6 +228,7 @@ async fn measure(
 ) -> anyhow::Result<(Throughput, Latency, Option<FanOut>)> {
     let settings = system::Settings {
         db_connections: args.db_connections,
+        batch_size: args.batch_size,
     };
     let mut system = System::start(&db.url, &settings)
         .await

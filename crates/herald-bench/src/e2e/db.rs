@@ -59,9 +59,15 @@ impl BenchDb {
         Ok(db)
     }
 
-    /// The tenant, `users` people `u1..=u<users>` with one SMS address each, and a
-    /// subscription with the first `registrations` of them registered by SMS.
-    pub async fn seed(&self, users: u64, registrations: u64) -> anyhow::Result<()> {
+    /// The tenant, `users` people `u1..=u<users>` with one SMS address each, a subscription
+    /// with the first `registrations` of them registered by SMS, and `history` finished
+    /// messages of a day ago with one sent delivery each.
+    ///
+    /// The history is what a running system has: without it `messages` and `deliveries`
+    /// start empty, the planner's statistics say so, and for the first minute (until
+    /// autovacuum analyses them) it scans them sequentially, which measures a fresh install
+    /// rather than Herald.
+    pub async fn seed(&self, users: u64, registrations: u64, history: u64) -> anyhow::Result<()> {
         let tenant = tenants::create(&self.pool, TENANT, "Benchmark").await?;
         let users = i64::try_from(users)?;
         let registrations = i64::try_from(registrations)?;
@@ -115,6 +121,26 @@ impl BenchDb {
         .execute(&self.pool)
         .await
         .context("seed registrations")?;
+        sqlx::query(
+            "WITH m AS (
+                 INSERT INTO messages (id, tenant_id, source, request, status, created_at,
+                                       completed_at, outcome_published_at)
+                 SELECT gen_random_uuid(), $1, 'amqp', '{}'::jsonb, 'completed',
+                        now() - interval '1 day', now() - interval '1 day',
+                        now() - interval '1 day'
+                 FROM generate_series(1, $2::bigint)
+                 RETURNING id, created_at)
+             INSERT INTO deliveries (id, tenant_id, message_id, channel, address, status,
+                                     attempts, sent_at, job_published_at, created_at, updated_at)
+             SELECT gen_random_uuid(), $1, m.id, 'sms', '+41790000000', 'sent', 1,
+                    m.created_at, m.created_at, m.created_at, m.created_at
+             FROM m",
+        )
+        .bind(tenant.id)
+        .bind(i64::try_from(history)?)
+        .execute(&self.pool)
+        .await
+        .context("seed history")?;
         sqlx::query("ANALYZE")
             .execute(&self.pool)
             .await

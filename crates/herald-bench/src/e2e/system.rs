@@ -69,6 +69,8 @@ pub struct Arrival {
 pub struct Settings {
     /// The router's `database.max_connections`.
     pub db_connections: u32,
+    /// The router's `router.batch_size`; `None`, its default.
+    pub batch_size: Option<usize>,
 }
 
 /// A running service: its stop token and task.
@@ -136,7 +138,13 @@ impl System {
 
         let config = fanout_router::config::Config {
             base: base.clone(),
-            router: fanout_router::config::RouterConfig::default(),
+            router: {
+                let mut router = fanout_router::config::RouterConfig::default();
+                if let Some(size) = settings.batch_size {
+                    router.batch_size = size;
+                }
+                router
+            },
             database: DatabaseConfig {
                 url: Secret::new(database_url.to_owned()),
                 max_connections: settings.db_connections,

@@ -550,19 +550,7 @@ async fn five_thousand_registrations_fan_out_in_batches_with_every_job_published
     let big = h.subscription("big_news", "en").await;
     h.template(big, None, "en", Some("News"), "Hello {{ name }}")
         .await;
-    sqlx::query(
-        "WITH people AS (
-             INSERT INTO users (id, tenant_id, external_id)
-             SELECT gen_random_uuid(), $1, 'user-' || g FROM generate_series(1, 5000) g
-             RETURNING id, external_id)
-         INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
-         SELECT gen_random_uuid(), $1, $2, id, 'email', external_id || '@example.org' FROM people",
-    )
-    .bind(h.tenant_id)
-    .bind(big)
-    .execute(&h.pool)
-    .await
-    .unwrap();
+    h.email_registrations(big, 5000).await;
 
     let outcome = h
         .handle(
@@ -655,20 +643,7 @@ async fn news_with_registrations(h: &Harness, n: usize) -> Uuid {
     let news = h.subscription("news", "en").await;
     h.template(news, None, "en", Some("News"), "Hello {{ name }}")
         .await;
-    sqlx::query(
-        "WITH people AS (
-             INSERT INTO users (id, tenant_id, external_id)
-             SELECT gen_random_uuid(), $1, 'user-' || g FROM generate_series(1, $3) g
-             RETURNING id, external_id)
-         INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
-         SELECT gen_random_uuid(), $1, $2, id, 'email', external_id || '@example.org' FROM people",
-    )
-    .bind(h.tenant_id)
-    .bind(news)
-    .bind(n as i32)
-    .execute(&h.pool)
-    .await
-    .unwrap();
+    h.email_registrations(news, n as i64).await;
     news
 }
 

@@ -183,6 +183,25 @@ impl Harness {
         .id
     }
 
+    /// `n` people `user-1..=user-<n>`, each registered to the subscription by email.
+    pub async fn email_registrations(&self, subscription_id: Uuid, n: i64) {
+        sqlx::query(
+            "WITH people AS (
+                 INSERT INTO users (id, tenant_id, external_id)
+                 SELECT gen_random_uuid(), $1, 'user-' || g FROM generate_series(1, $3) g
+                 RETURNING id, external_id)
+             INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
+             SELECT gen_random_uuid(), $1, $2, id, 'email', external_id || '@example.org'
+             FROM people",
+        )
+        .bind(self.tenant_id)
+        .bind(subscription_id)
+        .bind(n)
+        .execute(&self.pool)
+        .await
+        .expect("registrations");
+    }
+
     pub async fn register(
         &self,
         subscription_id: Uuid,

@@ -7,11 +7,9 @@
 --   with message_id and serves the same lookups;
 -- * `deliveries_unpublished`: a pass that finds rows of an earlier, interrupted pass reads the
 --   message's pending rows (`deliveries_pending`) and checks `job_published_at` on them; that
---   is rare, the index cost every row;
--- * `messages_outcome_unpublished`: outcomes are found by message id (the primary key).
+--   is rare, the index cost every row.
 DROP INDEX deliveries_by_message;
 DROP INDEX deliveries_unpublished;
-DROP INDEX messages_outcome_unpublished;
 
 -- The end of a fan-out, in one round trip: lock the message (delivery events lock it too, so
 -- neither misses the other's last change), fail what an interrupted earlier pass wrote and

@@ -194,6 +194,14 @@ impl Config {
         let base: BaseConfig = herald_runtime::config::load(&[("http.addr", DEFAULT_HTTP_ADDR)])?;
         let Sections { router, database } = herald_runtime::config::load(&[])?;
         router.validate()?;
+        // A fan-out holds its lease on one connection while it writes on others.
+        if database.max_connections < 3 {
+            return Err(InvalidConfig(format!(
+                "HERALD_DATABASE__MAX_CONNECTIONS is {}; the router needs at least 3",
+                database.max_connections
+            ))
+            .into());
+        }
         Ok(Config {
             base,
             router,

@@ -285,7 +285,10 @@ impl Batch<'_> {
             .await
             .map_err(FanOutError::from)
         };
-        let (published, (new_rows, new_pending)) = tokio::try_join!(self.publish(previous), write)?;
+        // Both run to the end even when one fails: a publish cut short after the broker took
+        // the jobs would leave them unmarked, to go out again on the next pass.
+        let (published, written) = tokio::join!(self.publish(previous), write);
+        let (published, (new_rows, new_pending)) = (published?, written?);
         summary.published += published;
         summary.new_rows += new_rows;
 

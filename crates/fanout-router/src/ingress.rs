@@ -54,7 +54,8 @@ pub struct IngressHandler {
 
 /// Tenants by key, for a short while: every request names its tenant, and tenants are
 /// created and deleted rarely. A deleted tenant's requests then fail on its foreign key
-/// until the entry expires; unknown keys are never cached, so a new tenant works at once.
+/// until the entry expires or such a failure evicts it; unknown keys are never cached, so a
+/// new tenant works at once.
 struct TenantCache {
     entries: std::sync::Mutex<std::collections::HashMap<String, (Tenant, std::time::Instant)>>,
 }
@@ -70,6 +71,11 @@ impl TenantCache {
             .get(key)
             .filter(|(_, at)| at.elapsed() < Self::TTL)
             .map(|(tenant, _)| tenant.clone())
+    }
+
+    fn forget(&self, key: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(key);
     }
 
     fn put(&self, tenant: Tenant) {
@@ -98,8 +104,6 @@ struct Found {
     /// The row is another request's, found by the idempotency key only: this one is a
     /// repeat and must not continue (or mix its own recipients into) that message's fan-out.
     other_request: bool,
-    /// This request stored the row just now: no earlier pass can have touched it.
-    created: bool,
 }
 
 /// Where a message row comes from (`messages.source`).
@@ -223,46 +227,27 @@ impl IngressHandler {
                 Some(key) => self.subscription(tenant.id, key).await?,
                 None => None,
             };
+            let found = self
+                .find_or_create(tenant, &request, subscription.as_ref(), ctx)
+                .await;
             let Found {
                 message,
                 other_request,
-                created,
-            } = self
-                .find_or_create(tenant, &request, subscription.as_ref(), ctx)
-                .await?;
+            } = match found {
+                Ok(found) => found,
+                Err(error) => {
+                    // A tenant deleted and created again under the same key fails here on its
+                    // old id until the cache forgets it.
+                    self.tenants.forget(&tenant.key);
+                    return Err(error.into());
+                }
+            };
             tracing::Span::current().record("message_id", tracing::field::display(message.id));
             if message.status != "accepted" || other_request {
                 return self.repeated(&message, request.source).await;
             }
-            let Some(lease) = store::try_lease(&self.pool, message.id).await? else {
-                // The pass that holds it finishes the message, or dies and frees it; either
-                // way this copy comes back later and finds out which.
-                tracing::info!("another pass is fanning out this message; looking again later");
-                count(request.source, "busy");
-                return Ok(Outcome::Defer {
-                    after: self.retry.base,
-                });
-            };
-            // The holder of the lease before this one may have finished it meanwhile; a row
-            // this request created just now had no holder before.
-            let message = if created {
-                message
-            } else {
-                match store::message_in_tenant(&self.pool, tenant.id, message.id).await {
-                    Ok(Some(message)) if message.status == "accepted" => message,
-                    Ok(Some(message)) => {
-                        lease.release().await?;
-                        return self.repeated(&message, request.source).await;
-                    }
-                    Ok(None) => {
-                        lease.release().await?;
-                        return Err(StoreError::NotFound.into());
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-            };
             let result = self
-                .fan_out(
+                .leased(
                     tenant,
                     &request,
                     &message,
@@ -270,12 +255,10 @@ impl IngressHandler {
                     subscription_key,
                 )
                 .await;
-            let result = match result {
-                Err(error) if ctx.is_last_attempt() => self.give_up(&message, error).await,
+            match result {
+                Err(error) if ctx.is_last_attempt() => self.give_up(&message, ctx, error).await,
                 other => other,
-            };
-            lease.release().await?;
-            result
+            }
         }
         .instrument(span)
         .await
@@ -293,19 +276,68 @@ impl IngressHandler {
         Ok(Outcome::Ack)
     }
 
+    /// Fans out the message under its lease: one pass at a time per message.
+    async fn leased(
+        &self,
+        tenant: &Tenant,
+        request: &Request<'_>,
+        message: &RouterMessage,
+        subscription: Option<&Subscription>,
+        subscription_key: Option<&SubscriptionKey>,
+    ) -> Result<Outcome, RouteError> {
+        let Some(lease) = store::try_lease(&self.pool, message.id).await? else {
+            // The pass that holds it finishes the message, or dies and frees it; either way
+            // this copy comes back later and finds out which.
+            tracing::info!("another pass is fanning out this message; looking again later");
+            count(request.source, "busy");
+            return Ok(Outcome::Defer {
+                after: self.retry.base,
+            });
+        };
+        // Whoever held the lease before may have finished the message meanwhile (even one
+        // this request created: a copy that found it can have taken the lease first).
+        let result = match store::message_in_tenant(&self.pool, tenant.id, message.id).await {
+            Ok(Some(message)) if message.status == "accepted" => {
+                self.fan_out(tenant, request, &message, subscription, subscription_key)
+                    .await
+            }
+            Ok(Some(message)) => self.repeated(&message, request.source).await,
+            Ok(None) => Err(StoreError::NotFound.into()),
+            Err(error) => Err(error.into()),
+        };
+        // The work is done (or failed) either way; a lease that cannot be given back is
+        // closed with its connection, which frees the lock as well.
+        if let Err(error) = lease.release().await {
+            tracing::warn!(%error, "cannot release the fan-out lease; its connection is closed instead");
+        }
+        result
+    }
+
     /// The last attempt failed too: the message records why before the runner dead-letters
     /// the request, so the producer learns it from `GET /messages/{id}` and the outcome rather
-    /// than waiting for ever (R4). When the database is what failed, this fails as well and
-    /// the dead letter is all that is left.
+    /// than waiting for ever (R4 c: the service was unhealthy). When the database is what
+    /// failed, this fails as well and the dead letter is all that is left. The error's detail
+    /// (hosts, SQL states) goes to the log, not to the tenant.
     async fn give_up(
         &self,
         message: &RouterMessage,
+        ctx: &Context,
         error: RouteError,
     ) -> Result<Outcome, RouteError> {
-        let reason = format!("the router gave up on this message: {error}");
+        let reason = format!(
+            "the router could not finish this message in {} attempts: its database or broker was unavailable",
+            ctx.attempt
+        );
         let recorded = async {
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-            store::fail_message(&mut conn, message.id, "retries_exhausted", &reason).await?;
+            store::fail_message(
+                &mut conn,
+                message.id,
+                "unhealthy",
+                "retries_exhausted",
+                &reason,
+            )
+            .await?;
             self.publish_outcome(message.id).await
         }
         .await;
@@ -577,19 +609,18 @@ impl IngressHandler {
             correlation_id: ctx.correlation_id.as_deref(),
         };
         let id = first.unwrap_or_else(Uuid::now_v7);
-        let (message, created, id) = match store::insert_or_find_message(&mut conn, new(id)).await {
-            Ok((message, created)) => (message, created, id),
+        let (message, id) = match store::insert_or_find_message(&mut conn, new(id)).await {
+            Ok((message, _)) => (message, id),
             // The producer's id is another tenant's message: use one derived for this tenant.
             Err(StoreError::Conflict(_)) => {
                 let id = derived("own").unwrap_or_else(Uuid::now_v7);
-                let (message, created) = store::insert_or_find_message(&mut conn, new(id)).await?;
-                (message, created, id)
+                let (message, _) = store::insert_or_find_message(&mut conn, new(id)).await?;
+                (message, id)
             }
             Err(e) => return Err(e),
         };
         Ok(Found {
             other_request: message.id != id,
-            created,
             message,
         })
     }
@@ -602,7 +633,7 @@ impl IngressHandler {
         reason: &str,
     ) -> Result<Outcome, RouteError> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        let status = store::fail_message(&mut conn, message.id, code, reason).await?;
+        let status = store::fail_message(&mut conn, message.id, "permanent", code, reason).await?;
         drop(conn);
         tracing::warn!(code, reason, %status, "message refused");
         count(

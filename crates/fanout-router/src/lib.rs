@@ -99,15 +99,16 @@ pub fn start(
     );
     let handler = IngressHandler::new(pool.clone(), fanout, legacy, retry_after)
         .with_outcomes(outcomes.clone());
+    let late_outcomes = outcomes.clone();
     let mut settings =
         ConsumerSettings::from_config(names.ingress_queue(), service.broker.config());
-    // Each request in work holds two database connections (its fan-out lease, and one for
-    // the work); more requests than that would only wait for the pool and time out into
-    // retries.
+    // Each request in work holds up to three database connections (its fan-out lease, the
+    // batch being written, and the mark of the batch being published); more requests than
+    // that would only wait for the pool and time out into retries.
     let connections = usize::try_from(config.database.max_connections)
         .unwrap_or(1)
         .max(1);
-    settings.concurrency = settings.concurrency.min((connections / 2).max(1));
+    settings.concurrency = settings.concurrency.min((connections / 3).max(1));
     let ingress = Consumer::new(
         service.broker.clone(),
         service.topology.clone(),
@@ -163,12 +164,16 @@ pub fn start(
                 events.run(shutdown.clone()),
                 scheduler.run(shutdown.clone()),
                 relay.run(shutdown.clone()),
-                watchdog.run(shutdown),
+                watchdog.run(shutdown.clone()),
+                late_outcomes.sweep(OUTCOME_SWEEP, shutdown),
             );
         }
         jobs.close().await;
     }))
 }
+
+/// How often the router looks for finished messages whose outcome nobody published.
+const OUTCOME_SWEEP: Duration = Duration::from_secs(30);
 
 /// Applies the migrations, retrying while the database is unreachable, so the router starts
 /// (not ready) during a database outage instead of crash-looping. `false`: shut down first.

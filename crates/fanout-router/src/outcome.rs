@@ -43,6 +43,45 @@ impl Outcomes {
         }
     }
 
+    /// Publishes every due outcome nobody published: a message finished more than a while
+    /// ago whose outcome publish failed for good, or one finished outside the router (the
+    /// outbox relay giving up a request). Runs until shutdown, every `every`.
+    pub async fn sweep(
+        self,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            // Older than one sweep: the usual path publishes an outcome within milliseconds of
+            // finishing the message, and must not race this one.
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(every).unwrap_or(chrono::Duration::seconds(30));
+            if let Err(error) = self.sweep_once(before).await {
+                tracing::warn!(%error, "cannot publish late outcomes");
+            }
+        }
+    }
+
+    /// One look: publishes the outcomes of messages finished before `before` and still
+    /// unpublished, up to 100. Returns how many it published.
+    pub async fn sweep_once(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, OutcomeError> {
+        let mut published = 0;
+        for message_id in tracking::unpublished_outcomes(&self.pool, before, 100).await? {
+            if self.publish_if_due(message_id).await? {
+                tracing::info!(%message_id, "late outcome published");
+                published += 1;
+            }
+        }
+        Ok(published)
+    }
+
     /// Publishes the outcome of `message_id` when it is final and not yet published.
     /// `true` when this call published it.
     pub async fn publish_if_due(&self, message_id: Uuid) -> Result<bool, OutcomeError> {
@@ -124,16 +163,19 @@ impl Outcomes {
                 },
             })
             .collect();
-        // The message failed as a whole (no template, unknown subscription, ...): nothing a
-        // retry of the same request would change.
+        // The message failed as a whole. No template, an unknown subscription, ...: nothing a
+        // retry of the same request would change (R4 b). The router or the broker gave up on
+        // it: the service was unhealthy (R4 c), and the same request may well go through later.
         let error = (pending.status == "failed").then(|| {
-            Failure::permanent(
-                pending
-                    .error_code
-                    .clone()
-                    .unwrap_or_else(|| "failed".into()),
-                pending.error_message.clone().unwrap_or_default(),
-            )
+            let code = pending
+                .error_code
+                .clone()
+                .unwrap_or_else(|| "failed".into());
+            let message = pending.error_message.clone().unwrap_or_default();
+            match code.as_str() {
+                "retries_exhausted" | "unroutable" => Failure::unhealthy(code, message),
+                _ => Failure::permanent(code, message),
+            }
         });
         Ok(MessageOutcome {
             version: EnvelopeVersion,

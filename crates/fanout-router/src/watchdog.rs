@@ -282,8 +282,16 @@ impl SendQueueWatchdog {
                     continue;
                 }
             };
+            // The attempt the sender would have made next, by the header its retries carry:
+            // tracking may not have recorded the sender's last event yet.
+            let queued_attempt = herald_runtime::amqp::headers::get_u64(
+                delivery.properties.headers().as_ref(),
+                herald_runtime::amqp::headers::ATTEMPT,
+            )
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(1);
             let attempt = match next_attempt(&self.pool, &job).await {
-                Ok(attempt) => attempt,
+                Ok(attempt) => attempt.max(queued_attempt),
                 Err(error) => {
                     delivery.acker.nack(nack(true)).await?;
                     return Err(error.into());

@@ -368,3 +368,56 @@ async fn a_contact_link_makes_the_chat_a_verified_address_once(pool: PgPool) {
     assert_eq!(count, 1);
     h.finish().await;
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_outcome_nobody_published_goes_out_with_the_sweep(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "outcome_sweep").await;
+    let outcomes = Outcomes::new(h.pool.clone(), h.publisher.clone(), h.names.clone());
+    let queue = h
+        .inspector
+        .temporary_queue(&h.names.events_exchange(), "outcome.acme")
+        .await;
+    // A message the outbox relay gave up: failed, its outcome never published.
+    let (message, _) = herald_storage::messages::accept(
+        &mut pool.acquire().await.unwrap(),
+        herald_storage::messages::NewMessage {
+            tenant_id: h.tenant_id,
+            idempotency_key: None,
+            source: "api",
+            subscription_id: None,
+            request: &json!({}),
+            exchange: "nowhere",
+            routing_key: "api",
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE messages SET status = 'failed', error_code = 'unroutable',
+             error_message = 'no queue', completed_at = now() - interval '1 minute'
+         WHERE id = $1",
+    )
+    .bind(message.id)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // Too recent for this look: the usual path gets its chance first.
+    let earlier = Utc::now() - chrono::Duration::minutes(5);
+    assert_eq!(outcomes.sweep_once(earlier).await.unwrap(), 0);
+    assert_eq!(outcomes.sweep_once(Utc::now()).await.unwrap(), 1);
+    assert_eq!(outcomes.sweep_once(Utc::now()).await.unwrap(), 0, "once");
+    let published = h
+        .inspector
+        .wait_get(&queue, Duration::from_secs(5))
+        .await
+        .expect("the outcome");
+    let outcome: MessageOutcome = serde_json::from_slice(&published.delivery.data).unwrap();
+    assert_eq!(outcome.message_id, message.id);
+    let error = outcome.error.expect("the message's error");
+    assert_eq!(
+        (error.class.as_str(), error.code.as_str()),
+        ("unhealthy", "unroutable")
+    );
+    h.finish().await;
+}

@@ -107,13 +107,16 @@ pub async fn insert_or_find_message(
 /// `retries_exhausted`, ...): `GET /messages/{id}` shows it to the producer (R4, R13). Only an
 /// accepted message changes. Returns its status afterwards.
 ///
-/// Deliveries an earlier, interrupted pass wrote but never published fail with the reason.
-/// When that pass published some jobs, the message is not failed as a whole: those jobs will
-/// be delivered and reported, so it goes on as a fan-out that ended there (`fanned_out`, or
-/// `completed` when nothing is pending), with the reason kept as its error.
+/// Deliveries an earlier, interrupted pass wrote but never published fail with the reason and
+/// `class`. When that pass published some jobs (marked, or known to a sender: a job confirmed
+/// but not marked before a crash may have been attempted already), the message is not failed
+/// as a whole: those jobs will be delivered and reported, so it goes on as a fan-out that
+/// ended there (`fanned_out`, or `completed` when nothing is pending), with the reason kept
+/// as its error.
 pub async fn fail_message(
     db: &mut PgConnection,
     id: Uuid,
+    class: &str,
     code: &str,
     message: &str,
 ) -> Result<String, StoreError> {
@@ -132,13 +135,15 @@ pub async fn fail_message(
     }
     // Rows an interrupted pass wrote but never published would otherwise stay pending.
     sqlx::query(
-        "UPDATE deliveries SET status = 'failed', failure_class = 'permanent',
+        "UPDATE deliveries SET status = 'failed', failure_class = $4,
              failure_code = $2, failure_message = $3, updated_at = now()
-         WHERE message_id = $1 AND status = 'pending' AND job_published_at IS NULL",
+         WHERE message_id = $1 AND status = 'pending' AND job_published_at IS NULL
+           AND attempts = 0",
     )
     .bind(id)
     .bind(code)
     .bind(message)
+    .bind(class)
     .execute(&mut *tx)
     .await?;
     let status: String = sqlx::query_scalar(
@@ -147,7 +152,9 @@ pub async fn fail_message(
                            WHEN d.pending THEN 'fanned_out' ELSE 'completed' END,
              completed_at = CASE WHEN d.published AND d.pending THEN NULL ELSE now() END
          FROM (SELECT EXISTS (SELECT 1 FROM deliveries
-                              WHERE message_id = $1 AND job_published_at IS NOT NULL) AS published,
+                              WHERE message_id = $1
+                                AND (job_published_at IS NOT NULL OR attempts > 0))
+                          AS published,
                       EXISTS (SELECT 1 FROM deliveries
                               WHERE message_id = $1 AND status = 'pending') AS pending) d
          WHERE id = $1
@@ -185,10 +192,18 @@ pub async fn try_lease(
     let (high, low) = message_id.as_u64_pair();
     // Advisory locks take one bigint; two messages that share one merely wait for each other.
     let key = (high ^ low) as i64;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await?;
+    // The session idles while the pass works on other connections: keepalives (server side,
+    // for this session) let the server notice within about a minute that a router host died,
+    // and free the lock, instead of after the operating system's two hours.
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock($1)
+                FROM (SELECT set_config('tcp_keepalives_idle', '30', false),
+                             set_config('tcp_keepalives_interval', '10', false),
+                             set_config('tcp_keepalives_count', '3', false)) k",
+    )
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(locked.then_some(FanoutLease {
         conn: Some(conn),
         key,
@@ -242,14 +257,15 @@ pub async fn finish_fanout(
     started: DateTime<Utc>,
     sweep: bool,
 ) -> Result<(String, i32), StoreError> {
-    Ok(
+    let (status, abandoned): (Option<String>, i32) =
         sqlx::query_as("SELECT status, abandoned FROM herald_finish_fanout($1, $2, $3)")
             .bind(id)
             .bind(started)
             .bind(sweep)
             .fetch_one(db)
-            .await?,
-    )
+            .await?;
+    // No status: the message was deleted (its tenant with it) during the fan-out.
+    Ok((status.ok_or(StoreError::NotFound)?, abandoned))
 }
 
 /// The subscriptions an event type fires in a tenant (R14).

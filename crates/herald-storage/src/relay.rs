@@ -25,8 +25,8 @@ const BATCH: i64 = 200;
 /// The relay looks anyway this often, in case a notification was missed.
 const POLL: Duration = Duration::from_secs(1);
 /// Refusals before a row is given up. More than one, so that a binding missing for a moment
-/// (a topology being redeclared) does not lose a message at once. Passes come a second apart
-/// when idle and back to back while a backlog drains, so this spans seconds, not minutes.
+/// (a topology being redeclared) does not lose a message at once; a refused row waits 15 s,
+/// doubling, before it is tried again (`outbox.retry_at`), so the five span about 4 minutes.
 pub const REFUSALS: i32 = 5;
 /// lapin's text for an error the broker closes a channel with, over what was published on it:
 /// no such exchange (404), access refused (403), a message over the size limit (406). It says

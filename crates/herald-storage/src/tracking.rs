@@ -80,12 +80,15 @@ pub async fn record(
 ) -> Result<Recorded, StoreError> {
     // The delivery's message, locked: every event of a message, and the end of its fan-out,
     // take this lock first, so whoever completes the message sees every delivery's last
-    // state. One statement finds and locks it (the subquery also checks the tenant).
+    // state. One statement finds and locks it (the subquery also checks the tenant). NO KEY
+    // UPDATE: events still queue behind each other and behind the end of the fan-out (FOR
+    // UPDATE), but not behind the fan-out's own inserts, whose foreign-key checks share the
+    // key.
     let message_id: Option<Uuid> = sqlx::query_scalar(
         "SELECT m.id FROM messages m
          WHERE m.id = (SELECT d.message_id FROM deliveries d JOIN tenants t ON t.id = d.tenant_id
                        WHERE d.id = $1 AND t.key = $2)
-         FOR UPDATE",
+         FOR NO KEY UPDATE",
     )
     .bind(attempt.delivery_id)
     .bind(attempt.tenant_key)
@@ -318,6 +321,26 @@ pub async fn outcome_counts(
     )
     .bind(message_id)
     .fetch_one(db)
+    .await?)
+}
+
+/// Finished messages whose outcome is still unpublished, finished before `before`: those
+/// whose publish failed for good (the broker refused it through every attempt) or that were
+/// finished where no outcome is published (the outbox relay giving a message up).
+pub async fn unpublished_outcomes(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM messages
+         WHERE status IN ('completed', 'failed') AND outcome_published_at IS NULL
+           AND completed_at < $1
+         ORDER BY id LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
     .await?)
 }
 

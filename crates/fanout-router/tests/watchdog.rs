@@ -58,6 +58,21 @@ async fn delivery_events(h: &Harness) -> String {
         .await
 }
 
+/// `n` looks a second apart: the first starts the clock, every later one is past the
+/// watchdog's 1 ms limit.
+async fn ticks(dog: &mut SendQueueWatchdog, n: u64) -> Vec<Vec<QueueReport>> {
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for later in 0..n {
+        let reports = dog
+            .tick_at(start + Duration::from_secs(later))
+            .await
+            .expect("tick");
+        all.push(reports);
+    }
+    all
+}
+
 fn telegram(reports: &[QueueReport]) -> &QueueReport {
     reports
         .iter()
@@ -75,14 +90,9 @@ async fn jobs_nothing_consumes_are_reported_failed_as_unhealthy_and_the_message_
     let mut dog = watchdog(&h, Duration::from_millis(1));
 
     // The first look only starts the clock; a later one, past the limit, drains.
-    let start = Instant::now();
-    let first = dog.tick_at(start).await.expect("first tick");
+    let [first, second]: [Vec<QueueReport>; 2] = ticks(&mut dog, 2).await.try_into().unwrap();
     assert_eq!(telegram(&first).withdrawn, 0);
     assert_eq!(telegram(&first).consumers, 0);
-    let second = dog
-        .tick_at(start + Duration::from_secs(1))
-        .await
-        .expect("second tick");
     assert_eq!(telegram(&second).withdrawn, 1);
     let queue = h.names.send_queue(Channel::Telegram);
     assert_eq!(h.inspector.queue_len(&queue).await, 0);
@@ -152,12 +162,7 @@ async fn a_queue_with_a_consumer_is_not_drained(pool: PgPool) {
         .unwrap();
     let mut dog = watchdog(&h, Duration::from_millis(1));
 
-    let start = Instant::now();
-    for later in [0, 1, 2] {
-        let reports = dog
-            .tick_at(start + Duration::from_secs(later))
-            .await
-            .expect("tick");
+    for reports in ticks(&mut dog, 3).await {
         assert_eq!(telegram(&reports).consumers, 1);
         assert_eq!(telegram(&reports).withdrawn, 0);
     }
@@ -189,12 +194,7 @@ async fn a_sender_paused_on_the_standby_queue_keeps_its_jobs_queued(pool: PgPool
         .unwrap();
     let mut dog = watchdog(&h, Duration::from_millis(1));
 
-    let start = Instant::now();
-    for later in [0, 1, 2] {
-        let reports = dog
-            .tick_at(start + Duration::from_secs(later))
-            .await
-            .expect("tick");
+    for reports in ticks(&mut dog, 3).await {
         let report = telegram(&reports);
         assert_eq!((report.consumers, report.standby_consumers), (0, 1));
         assert_eq!(report.withdrawn, 0);
@@ -223,15 +223,10 @@ async fn a_topology_without_standby_queues_counts_as_no_paused_sender(pool: PgPo
     }
     let mut dog = watchdog(&h, Duration::from_millis(1));
 
-    let start = Instant::now();
-    let first = dog.tick_at(start).await.expect("first tick");
+    let [first, second]: [Vec<QueueReport>; 2] = ticks(&mut dog, 2).await.try_into().unwrap();
     // Every channel was looked at: each 404 cost only a channel, not the tick.
     assert_eq!(first.len(), Channel::ALL.len());
     assert_eq!(telegram(&first).standby_consumers, 0);
-    let second = dog
-        .tick_at(start + Duration::from_secs(1))
-        .await
-        .expect("second tick");
     assert_eq!(telegram(&second).withdrawn, 1);
     let queue = h.names.send_queue(Channel::Telegram);
     assert_eq!(h.inspector.queue_len(&queue).await, 0);
@@ -258,12 +253,7 @@ async fn an_undecodable_job_goes_to_the_dead_letter_queue_without_an_event(pool:
     let queue = h.names.send_queue(Channel::Telegram);
     let mut dog = watchdog(&h, Duration::from_millis(1));
 
-    let start = Instant::now();
-    dog.tick_at(start).await.expect("first tick");
-    let reports = dog
-        .tick_at(start + Duration::from_secs(1))
-        .await
-        .expect("second tick");
+    let reports = ticks(&mut dog, 2).await.remove(1);
     assert_eq!(
         (
             telegram(&reports).withdrawn,
@@ -309,12 +299,7 @@ async fn a_withdrawn_retry_is_reported_as_the_attempt_its_sender_would_have_made
         .unwrap();
 
     let mut dog = watchdog(&h, Duration::from_millis(1));
-    let start = Instant::now();
-    dog.tick_at(start).await.expect("first tick");
-    let drained = dog
-        .tick_at(start + Duration::from_secs(1))
-        .await
-        .expect("second tick");
+    let drained = ticks(&mut dog, 2).await.remove(1);
     assert_eq!(telegram(&drained).withdrawn, 1);
     let published = h
         .inspector

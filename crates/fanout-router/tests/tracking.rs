@@ -421,3 +421,21 @@ async fn an_outcome_nobody_published_goes_out_with_the_sweep(pool: PgPool) {
     );
     h.finish().await;
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_sweep_leaves_outcomes_older_than_a_day_alone(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "outcome_sweep_old").await;
+    let outcomes = Outcomes::new(h.pool.clone(), h.publisher.clone(), h.names.clone());
+    // Finished two days ago and never answered (say, before outcomes existed).
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, source, request, status, completed_at)
+         VALUES ($1, $2, 'api', '{}', 'completed', now() - interval '2 days')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(h.tenant_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes.sweep_once(Utc::now()).await.unwrap(), 0);
+    h.finish().await;
+}

@@ -324,9 +324,11 @@ pub async fn outcome_counts(
     .await?)
 }
 
-/// Finished messages whose outcome is still unpublished, finished before `before`: those
-/// whose publish failed for good (the broker refused it through every attempt) or that were
-/// finished where no outcome is published (the outbox relay giving a message up).
+/// Finished messages whose outcome is still unpublished, finished before `before` and less
+/// than a day before it: those whose publish failed for good (the broker refused it through
+/// every attempt) or that were finished where no outcome is published (the outbox relay
+/// giving a message up). Older ones are left alone: an answer a day late helps no producer,
+/// and messages finished before outcomes existed must not all be answered at once.
 pub async fn unpublished_outcomes(
     db: impl PgExecutor<'_>,
     before: DateTime<Utc>,
@@ -335,7 +337,7 @@ pub async fn unpublished_outcomes(
     Ok(sqlx::query_scalar(
         "SELECT id FROM messages
          WHERE status IN ('completed', 'failed') AND outcome_published_at IS NULL
-           AND completed_at < $1
+           AND completed_at < $1 AND completed_at > $1 - interval '1 day'
          ORDER BY id LIMIT $2",
     )
     .bind(before)

@@ -4,6 +4,10 @@
 # and the last of those is often a crate with no tests of its own).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Docs name only links and paths that exist; a failure fails the run, after the tests ran.
+docs_report=$(python3 scripts/check-docs.py 2>&1)
+docs_status=$?
+echo "$docs_report"
 scripts/services.sh || exit 1
 # Test topologies left by earlier runs (see the script for why they must not pile up).
 scripts/clean-test-topology.py || true
@@ -21,4 +25,9 @@ awk '/^test result:/ {
        }
      }
      END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# Repeated here, where it is seen: the docs problems, and a non-zero exit even if the tests passed.
+if [ "$docs_status" -ne 0 ]; then
+  echo "$docs_report"
+  [ "$status" -ne 0 ] || status=$docs_status
+fi
 exit "$status"

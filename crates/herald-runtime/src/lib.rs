@@ -20,9 +20,11 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
-/// Installs rustls' ring provider. teloxide, serenity and reqwest each pull in rustls, and
-/// reqwest built without a provider panics unless one is installed first; every binary calls
-/// this before anything else. Repeated calls are harmless.
+/// Installs rustls' ring provider as the process default. Herald's TLS clients all use rustls
+/// (lapin, sqlx, and reqwest in `sender-sms`, lettre in `sender-email`), and reqwest is built
+/// with `rustls-no-provider`, so it panics unless a provider is installed first; every binary
+/// calls this (itself, or through `service::Service::build`) before anything else. Repeated
+/// calls are harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

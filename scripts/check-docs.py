@@ -12,10 +12,13 @@ For README.md and every docs/**/*.md (or the Markdown files given as arguments):
   (`herald-storage/src/relay.rs`, read as under `crates/`). A `:line` or `:first-last`
   suffix must be within the file.
 
+  The words of shell code blocks (```sh, ```bash, ...) are checked the same way, so
+  `just publish docs/examples/first-message.json` names a file that exists.
+
 Skipped on purpose: URLs, absolute paths, and anything with a placeholder or a glob
 (`crates/sender-<name>/`, `{p}.send.sms`, `crates/*/Cargo.toml`, `...`), since they name no
-single file; fenced code blocks; and the paths in RUNTIME_ONLY below, which exist only on a
-machine where Herald has run.
+single file; links and spans inside code blocks, and other code blocks (diagrams, JSON);
+and the paths in RUNTIME_ONLY below, which exist only on a machine where Herald has run.
 
 Prints one `file:line: message` per problem and a closing count line; exits 1 on any
 problem. Python 3 standard library only. Run from anywhere: `python3 scripts/check-docs.py`.
@@ -41,7 +44,8 @@ NOT_IN_REPO = {".git", ".local", "target"}
 
 PLACEHOLDER = re.compile(r"[<>{}*?\[\]$]|\.\.\.|…")
 LINE_SUFFIX = re.compile(r"^(.*?):L?(\d+)(?:-L?(\d+))?$")
-FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([\w+-]*)")
+SHELL_FENCES = {"sh", "bash", "shell", "console", "zsh"}
 ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 INLINE_LINK = re.compile(r"\]\(\s*(<[^>\n]*>|[^\s()]*(?:\([^\s()]*\)[^\s()]*)*)(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
@@ -60,22 +64,26 @@ def slug(heading):
 
 
 def scan(lines):
-    """Yields (line number, text outside code spans, code spans, is_heading_text) for the
-    lines outside fenced code blocks, and collects the file's anchors."""
+    """Returns (line number, text outside code spans, code spans) for the lines outside
+    fenced code blocks (and each shell code block line as one span), and the file's anchors."""
     anchors = set()
     counts = {}
     out = []
     fence = None
+    shell = False
     prev = ""
     for number, line in enumerate(lines, 1):
         match = FENCE.match(line)
         if fence:
             if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
                 fence = None
+            elif shell:
+                out.append((number, "", [line.split("#")[0]]))  # no links; words, no comment
             prev = ""
             continue
         if match:
             fence = match.group(1)
+            shell = match.group(2).lower() in SHELL_FENCES
             prev = ""
             continue
         heading = None
@@ -138,7 +146,7 @@ class Checker:
             for span in spans:
                 words = span.split()
                 for word in words if len(words) > 1 else [span]:
-                    self.check_code_path(path, number, word.rstrip(".,;:)"), span)
+                    self.check_code_path(path, number, word.strip("'\"").rstrip(".,;:)"), span)
 
     def check_link(self, path, number, target):
         target = target.strip()
@@ -189,8 +197,9 @@ class Checker:
             return  # not a repository path (a MIME type, a route, a file relative to a crate)
         resolved = os.path.join(ROOT, relative)
         if not os.path.exists(resolved):
+            span = span.strip()
             shown = span if span == word else f"{word} (in `{span}`)"
-            self.problem(path, number, f"path in backticks does not exist: {shown}")
+            self.problem(path, number, f"named path does not exist: {shown}")
             return
         if first_line is not None:
             if not os.path.isfile(resolved):

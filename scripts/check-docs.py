@@ -12,6 +12,9 @@ For README.md and every docs/**/*.md (or the Markdown files given as arguments):
   (`herald-storage/src/relay.rs`, read as under `crates/`). A `:line` or `:first-last`
   suffix must be within the file.
 
+- every requirement tag (`R4`, `R31-R36`) outside code blocks is defined in
+  docs/requirements.md (a heading `### R4`).
+
   The words of shell code blocks (```sh, ```bash, ...) are checked the same way, so
   `just publish docs/examples/first-message.json` names a file that exists.
 
@@ -51,6 +54,8 @@ SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 INLINE_LINK = re.compile(r"\]\(\s*(<[^>\n]*>|[^\s()]*(?:\([^\s()]*\)[^\s()]*)*)(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
 REF_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(<[^>]*>|\S+)")
 HTML_ANCHOR = re.compile(r"<a\s[^>]*\b(?:name|id)\s*=\s*[\"']([^\"']+)[\"']", re.I)
+REQUIREMENT_TAG = re.compile(r"\bR[0-9]{1,3}\b")
+REQUIREMENTS = os.path.join(ROOT, "docs", "requirements.md")
 CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)")
 
 
@@ -119,6 +124,10 @@ class Checker:
             for name in os.listdir(ROOT)
             if os.path.isdir(os.path.join(ROOT, name)) and name not in NOT_IN_REPO
         }
+        self.tags = set()
+        if os.path.isfile(REQUIREMENTS):
+            with open(REQUIREMENTS, encoding="utf-8") as f:
+                self.tags = set(re.findall(r"(?m)^#{2,4} (R[0-9]+)\s*$", f.read()))
         crates = os.path.join(ROOT, "crates")
         self.crates = set(os.listdir(crates)) if os.path.isdir(crates) else set()
 
@@ -143,6 +152,10 @@ class Checker:
                 targets.append(definition.group(1))
             for target in targets:
                 self.check_link(path, number, target)
+            # requirements.md itself names the gaps between the tags.
+            for tag in REQUIREMENT_TAG.findall(text) if self.tags and path != REQUIREMENTS else []:
+                if tag not in self.tags:
+                    self.problem(path, number, f"requirement {tag} is not in docs/requirements.md")
             for span in spans:
                 words = span.split()
                 for word in words if len(words) > 1 else [span]:

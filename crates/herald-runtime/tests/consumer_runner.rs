@@ -459,14 +459,12 @@ async fn shutdown_with_messages_in_flight_finishes_them_and_returns_the_rest() {
         "shutdown stopped the consumer early ({done} handled)"
     );
     // Unacked messages return to the queue as soon as the channel closes.
-    let mut left = 0;
-    for _ in 0..50 {
-        left = h.inspector.queue_len(&h.queue()).await;
-        if done + left == TOTAL {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = h
+        .inspector
+        .wait_queue_len(&h.queue(), Duration::from_secs(5), |left| {
+            done + left == TOTAL
+        })
+        .await;
     assert_eq!(
         done + left,
         TOTAL,
@@ -526,30 +524,14 @@ async fn a_queue_declared_with_other_arguments_is_used_and_reported_not_fatal() 
     h.cleanup().await;
 }
 
-/// Consumers on `queue`, as the broker counts them.
-async fn consumers(h: &Harness, queue: &str) -> u32 {
-    use lapin::options::QueueDeclareOptions;
-    use lapin::types::FieldTable;
-    h.inspector
-        .channel()
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
-        .consumer_count()
-}
-
 /// Waits until the work queue and the standby queue have these many consumers.
 async fn wait_for_consumers(h: &Harness, standby: &str, work: u32, standing_by: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = (consumers(h, &h.queue()).await, consumers(h, standby).await);
+        let now = (
+            h.inspector.consumer_count(&h.queue()).await,
+            h.inspector.consumer_count(standby).await,
+        );
         if now == (work, standing_by) {
             return;
         }
@@ -586,11 +568,24 @@ async fn a_paused_consumer_holds_the_standby_queue_instead_of_its_work_queue() {
 
     gate.send_replace(Some("provider down".to_owned()));
     wait_for_consumers(&h, &standby, 0, 1).await;
-    // Paused means paused: a job published now waits in the work queue.
+    // Paused means paused: with no consumer on the work queue nothing can take a job, so one
+    // published now is counted there by the broker and the handler never sees it.
     let publisher = h.publisher();
     publisher.publish(&h.message(&numbered(1))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(h.inspector.queue_len(&h.queue()).await, 1);
+    let queued = h
+        .inspector
+        .wait_queue_len(&h.queue(), Duration::from_secs(10), |queued| queued == 1)
+        .await;
+    assert_eq!(queued, 1, "the job waits in the work queue");
+    assert_eq!(
+        h.inspector.consumer_count(&h.queue()).await,
+        0,
+        "still paused"
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "the handler saw nothing while paused"
+    );
 
     gate.send_replace(None);
     wait_for_consumers(&h, &standby, 1, 0).await;

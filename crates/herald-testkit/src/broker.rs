@@ -54,8 +54,8 @@ impl Inspector {
         &self.connection
     }
 
-    /// Messages ready in a queue (not counting unacked ones).
-    pub async fn queue_len(&self, queue: &str) -> u32 {
+    /// The broker's view of an existing queue, read without changing it (a passive declare).
+    async fn passive_declare(&self, queue: &str) -> lapin::Result<lapin::Queue> {
         self.channel
             .queue_declare(
                 queue.into(),
@@ -66,8 +66,41 @@ impl Inspector {
                 FieldTable::default(),
             )
             .await
+    }
+
+    /// Messages ready in a queue (not counting unacked ones).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.passive_declare(queue)
+            .await
             .map(|q| q.message_count())
             .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
+    }
+
+    /// Consumers on a queue, as the broker counts them: how a test sees that a consumer
+    /// started, paused or stopped without waiting for a guessed time.
+    pub async fn consumer_count(&self, queue: &str) -> u32 {
+        self.passive_declare(queue)
+            .await
+            .map(|q| q.consumer_count())
+            .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"))
+    }
+
+    /// Polls `queue_len` until `done(len)` or `timeout` (the broker's counts lag a publish
+    /// confirm a little); returns the last length seen, for the caller to assert on.
+    pub async fn wait_queue_len(
+        &self,
+        queue: &str,
+        timeout: Duration,
+        done: impl Fn(u32) -> bool,
+    ) -> u32 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let len = self.queue_len(queue).await;
+            if done(len) || tokio::time::Instant::now() >= deadline {
+                return len;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Takes one message from a queue (acking it), or `None` when it is empty.
@@ -138,17 +171,7 @@ impl Inspector {
     pub async fn wait_for_consumer(&self, queue: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let declared = self
-                .channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
+            let declared = self.passive_declare(queue).await;
             if declared.is_ok_and(|q| q.consumer_count() > 0) {
                 return true;
             }

@@ -1,36 +1,50 @@
 #!/usr/bin/env bash
 # Makes sure the services Herald needs run on loopback: RabbitMQ and PostgreSQL, plus the
-# Python SMTP server the email tests use.
+# Python SMTP server the email tests use, and the tools the scripts call (curl, psql).
 # Idempotent: anything already running is left alone; anything missing is installed from
-# Debian's packages and started. Used by `just up`, `just test` and CI.
+# Debian's packages and started, so a fresh Debian 12 with only the Rust toolchain works.
+# Used by `just up`, `just test`, `just run` and CI. Installing needs root (or sudo).
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
+
+# apt-get, the server daemons and their control tools need root.
+as_root() {
+  if [ "$(id -u)" = 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    log "needs root (or sudo) for: $*"
+    exit 1
+  fi
+}
 
 apt_updated=0
 apt_install() {
   if [ "$apt_updated" = 0 ]; then
     log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     apt_updated=1
   fi
   log "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 ensure_rabbitmq() {
-  if port_open 5672 && rabbitmqctl -q status >/dev/null 2>&1; then
+  if port_open 5672 && as_root rabbitmqctl -q status >/dev/null 2>&1; then
     log "RabbitMQ is running"
     return
   fi
-  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  # rabbitmq-server is in sbin, which a non-root PATH may leave out.
+  [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
   if ! port_open 5672; then
     log "starting RabbitMQ"
-    rabbitmq-server -detached
+    as_root rabbitmq-server -detached
   fi
-  rabbitmqctl -q await_startup --timeout 90
+  as_root rabbitmqctl -q await_startup --timeout 90
   log "RabbitMQ is up"
 }
 
@@ -50,10 +64,15 @@ ensure_postgres() {
     # A fresh Debian cluster asks for passwords on TCP; local development and tests use
     # trust on loopback only, as the brief's machines do.
     local hba="/etc/postgresql/$version/main/pg_hba.conf"
-    sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
   fi
   log "starting PostgreSQL $version"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  # Where the package started the cluster itself (before the trust lines above), the start
+  # above does nothing: reload so they apply.
+  if [ "$installed_now" = 1 ]; then
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
+  fi
   for _ in $(seq 1 60); do
     pg_isready -q -h 127.0.0.1 -p 5432 && break
     sleep 0.5
@@ -62,9 +81,23 @@ ensure_postgres() {
   log "PostgreSQL is up"
 }
 
+# Tools the scripts call: curl (`just up`, `just status`), python3 (the SMTP sink, `just
+# mailbox`, scripts/clean-test-topology.py), and PostgreSQL's client programs (`just up`
+# creates the database with them) when a server runs but the client is not installed.
+ensure_tools() {
+  local missing=()
+  command -v curl >/dev/null || missing+=(curl)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ! command -v psql >/dev/null && port_open 5432; then missing+=(postgresql-client); fi
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 # Python packages the tests and `just up` use: aiosmtpd is the SMTP server the email
 # sender is tested against (and the local mailbox of `just up`); pika lets
-# scripts/clean-test-topology.py delete what tests declared.
+# scripts/clean-test-topology.py delete what tests declared. Both come from Debian's
+# packages for Debian's own Python, which refuses pip installs (PEP 668, "externally
+# managed"), and from pip for a Python of one's own (pyenv, a virtualenv) first on PATH,
+# since the tests run whichever `python3` PATH finds.
 ensure_python_packages() {
   local missing=()
   python3 -c "import aiosmtpd" 2>/dev/null || missing+=(aiosmtpd)
@@ -73,11 +106,16 @@ ensure_python_packages() {
     log "aiosmtpd and pika are installed"
     return
   fi
-  log "installing ${missing[*]} (pip)"
-  python3 -m pip install -q "${missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  if [ "$(python3 -c 'import sys; print(sys.prefix)')" = /usr ]; then
+    apt_install "${missing[@]/#/python3-}"
+  else
+    log "installing ${missing[*]} (pip, into $(command -v python3))"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q "${missing[@]}"
+  fi
   python3 -c "import aiosmtpd, pika" || { log "${missing[*]} could not be installed"; exit 1; }
 }
 
+ensure_tools
 ensure_rabbitmq
 ensure_postgres
 ensure_python_packages

@@ -1,8 +1,12 @@
 # Herald's commands. `just` lists them.
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Recipe arguments reach the commands as "$@", so quoted ones stay whole
+# (`just bootstrap --tenant acme --name "Acme Corp"`).
+set positional-arguments
 
+[private]
 default:
-    @just --list
+    @"{{just_executable()}}" --list
 
 # Start RabbitMQ and PostgreSQL if absent, build, and run every service in the background.
 up:
@@ -22,28 +26,54 @@ status:
 
 # Follow one service's log (after `just up`).
 logs SERVICE:
-    tail -f .local/logs/{{SERVICE}}.log
+    tail -f ".local/logs/$1.log"
 
 # Run one service in the foreground.
-run SERVICE:
+run SERVICE *ARGS:
     scripts/services.sh
-    cargo run -p {{SERVICE}}
+    @"{{just_executable()}}" _bin "$@"
 
-# The whole test suite against the real RabbitMQ and PostgreSQL.
+# The whole test suite against the real RabbitMQ and PostgreSQL (installed and started first).
 test *ARGS:
-    scripts/test.sh {{ARGS}}
+    scripts/test.sh "$@"
 
-# Create a tenant (when named) and print a new global admin API key: just bootstrap --tenant acme
+# Create a tenant (when named) and print a new global admin API key: just bootstrap --tenant acme --name "Acme Corp"
 bootstrap *ARGS:
-    cargo run -q -p subscription-api -- bootstrap {{ARGS}}
+    @"{{just_executable()}}" _bin subscription-api bootstrap "$@"
 
-# Publish a message file to the ingress exchange (checked locally first).
-publish FILE:
-    cargo run -q -p herald-cli -- publish {{FILE}}
+# Publish a message file to the ingress exchange (checked locally first; `just publish --help`).
+publish FILE *ARGS:
+    @"{{just_executable()}}" _bin herald publish "$@"
 
 # Show a queue's dead letters with their reasons (they stay in place).
-dead-letters QUEUE:
-    cargo run -q -p herald-cli -- dead-letters {{QUEUE}}
+dead-letters QUEUE *ARGS:
+    @"{{just_executable()}}" _bin herald dead-letters "$@"
+
+# Run a workspace binary from target/debug (`just up` builds them all), building first only
+# when one of its sources (cargo lists them in target/debug/<binary>.d) or the manifests are
+# newer than it. Not `cargo run -p`: a build of one package resolves the shared dependencies'
+# features for that package alone and recompiles them (and again at the next workspace build),
+# and any cargo build would wait behind a running `cargo test` for the build directory lock.
+_bin NAME *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    exe=target/debug/$1
+    shift
+    stale() {
+      [ -x "$exe" ] && [ -f "$exe.d" ] || return 0
+      local f
+      # The .d file is `target: source source ...`, with spaces in paths escaped as `\ `.
+      while IFS= read -r f; do
+        if [ "$f" -nt "$exe" ]; then return 0; fi
+      done < <(printf '%s\n' Cargo.toml Cargo.lock migrations/*
+               sed -e 's/^[^:]*: *//' -e 's/\([^\\]\) /\1\n/g' -e 's/\\ / /g' "$exe.d")
+      return 1
+    }
+    if stale; then
+      echo "[just] building the workspace's binaries first ($exe is older than its sources)" >&2
+      cargo build -q --workspace --bins
+    fi
+    exec "$exe" "$@"
 
 # Broker baseline: runtime vs plain lapin, publish -> consume -> ack, release build.
 bench-broker:
@@ -59,7 +89,7 @@ bench-senders:
 # End to end: producer -> router -> no-op sender -> outcome (rate, p50/p99 at 10% load, ratio to the broker baseline) and a 100,000-registration fan-out, release build.
 bench-e2e *ARGS:
     scripts/services.sh
-    cargo run -q --release -p herald-bench --bin bench-e2e -- {{ARGS}}
+    cargo run -q --release -p herald-bench --bin bench-e2e -- "$@"
 
 # Every benchmark.
 bench: bench-broker bench-senders bench-e2e

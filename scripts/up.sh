@@ -10,7 +10,9 @@ mkdir -p .local/logs .local/pids .local/mail
 
 # A local mailbox, so the email sender has somewhere to deliver (`just mailbox` reads it).
 # An operator's own HERALD_SMTP__* settings win.
+local_mailbox=0
 if [ -z "${HERALD_SMTP__HOST:-}" ]; then
+  local_mailbox=1
   sinkpid=.local/pids/smtp-sink.pid
   if ! { [ -f "$sinkpid" ] && kill -0 "$(cat "$sinkpid")" 2>/dev/null; }; then
     nohup python3 crates/herald-testkit/scripts/smtp_sink.py --port 1025 --maildir .local/mail \
@@ -34,6 +36,8 @@ fi
 export HERALD_ROUTER__LEGACY_TENANT="${HERALD_ROUTER__LEGACY_TENANT:-local}"
 export HERALD_ROUTER__LEGACY_USER="${HERALD_ROUTER__LEGACY_USER:-operator}"
 
+# Every binary of the workspace, the `herald` CLI and `subscription-api bootstrap` included,
+# so `just publish` and `just bootstrap` run them as built here without compiling.
 echo "[up] building" >&2
 cargo build -q --workspace --bins
 
@@ -79,4 +83,45 @@ INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
     SET state = 'active', state_reason = NULL, failure_count = 0, failure_streak_started_at = NULL;
 SQL
 
+# A ready API key for the next steps printed below: a global admin key, minted once and kept
+# in .local/api-key (.local is not committed), so every `just up` prints the same key rather
+# than adding another. A stored key the API refuses (the database was dropped since) is
+# replaced; one that cannot be checked (the API is down) is kept.
+api=http://127.0.0.1:8080
+keyfile=.local/api-key
+key=$(cat "$keyfile" 2>/dev/null || true)
+if [ -n "$key" ]; then
+  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $key" \
+    -H "Herald-Tenant: local" "$api/api/messaging/subscriptions" 2>/dev/null) || code=000
+  if [ "$code" = 401 ]; then key=""; fi
+fi
+if [ -z "$key" ]; then
+  if out=$(target/debug/subscription-api bootstrap --tenant local --name Local); then
+    key=$(printf '%s\n' "$out" | grep -o 'hk_[[:alnum:]]*' | tail -n 1 || true)
+  fi
+  if [ -n "$key" ]; then
+    (umask 077 && printf '%s\n' "$key" >"$keyfile")
+    echo "[up] created a global admin API key, kept in $keyfile" >&2
+  else
+    echo "[up] could not create an API key (see above); \`just bootstrap\` makes one" >&2
+  fi
+fi
+
 scripts/status.sh
+
+cat <<EOF
+
+Herald is running. Things to try next (\`just\` works in place of \`./run\`):
+  ./run publish docs/examples/first-message.json   publish a message to herald.ingress
+EOF
+if [ "$local_mailbox" = 1 ]; then
+  echo "  ./run mailbox                                     the mail it became, in the local mailbox"
+fi
+cat <<EOF
+  ./run status | ./run logs <service> | ./run down  readiness, a service's log, stop everything
+
+  API:     $api/api/messaging   (OpenAPI: $api/api/openapi.json, docs/api.md)
+  API key: ${key:-none, see above}   (global admin: name the tenant with Herald-Tenant)
+  curl -s $api/api/messaging/subscriptions \\
+    -H "Authorization: Bearer ${key:-hk_...}" -H "Herald-Tenant: local"
+EOF

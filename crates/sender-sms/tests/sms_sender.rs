@@ -7,10 +7,10 @@ use std::time::Duration;
 use herald_runtime::amqp::headers;
 use herald_runtime::config::Secret;
 use herald_testkit::fake_sms::{FakeSms, Fault};
-use messaging_core::Address;
 use messaging_core::events::{AttemptResult, DeliveryEvent};
 use messaging_core::failure::FailureClass;
 use messaging_core::values::E164;
+use messaging_core::{Address, Channel};
 use sender_runtime::config::SenderConfig;
 use sender_runtime::testing::{SenderHarness, quick_config};
 use sender_sms::{SmsConfig, SmsSender, SmsSettings};
@@ -49,6 +49,35 @@ fn failed(event: &DeliveryEvent) -> Option<&messaging_core::failure::Failure> {
 }
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// How many messages of `queue` the consumer runner settled with `outcome` ("ack", "retry",
+/// "dead_letter", "deferred"), read from the process's metrics. The runner counts a message
+/// only after settling it with the broker, so the count is a fact a test can wait on.
+fn settled(queue: &str, outcome: &str) -> u64 {
+    let queue = format!("queue=\"{queue}\"");
+    let outcome = format!("outcome=\"{outcome}\"");
+    herald_runtime::telemetry::metrics()
+        .render()
+        .lines()
+        .filter(|line| line.starts_with("herald_messages_total{"))
+        .filter(|line| line.contains(&queue) && line.contains(&outcome))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until the runner has settled `count` messages of `queue` with `outcome`, or panics
+/// after `timeout`.
+async fn wait_settled(queue: &str, outcome: &str, count: u64, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while settled(queue, outcome) < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue}: {} of {count} messages settled with {outcome} after {timeout:?}",
+            settled(queue, outcome)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_delivered_and_reported_with_the_provider_id() {
@@ -157,10 +186,15 @@ async fn an_invalid_number_fails_permanently_with_the_providers_reason() {
     assert_eq!(failure.class, FailureClass::Permanent);
     assert_eq!(failure.code, "invalid_address");
     assert!(failure.message.contains("21211"), "{}", failure.message);
+    // Once the job is acked, nothing is left that could be retried.
+    let queue = h.names.send_queue(Channel::Sms);
+    wait_settled(&queue, "ack", 1, WAIT).await;
+    assert_eq!(settled(&queue, "retry"), 0, "not retried");
     assert!(
-        h.next_event(Duration::from_millis(500)).await.is_none(),
-        "not retried"
+        h.next_event(Duration::ZERO).await.is_none(),
+        "no second attempt"
     );
+    assert_eq!(fake.request_times().len(), 1, "the provider was asked once");
     h.stop().await;
 }
 
@@ -221,7 +255,7 @@ async fn an_unhealthy_provider_opens_the_breaker_and_nothing_is_lost_when_it_ret
     );
     // The paused sender shows itself on the standby queue, so the router's watchdog leaves
     // the waiting jobs alone.
-    let standby = h.names.standby_queue(messaging_core::Channel::Sms);
+    let standby = h.names.standby_queue(Channel::Sms);
     assert!(
         h.inspector.wait_for_consumer(&standby, WAIT).await,
         "the paused sender consumes the standby queue"
@@ -374,19 +408,22 @@ async fn an_unconfigured_sender_says_so_and_leaves_its_queue_alone() {
         body.contains("not configured") && body.contains("HERALD_SMS__ACCOUNT_SID"),
         "{body}"
     );
+    // Readiness says the sender has decided not to consume, so a job published now waits.
     h.publish(&h.job(number(70), "waits")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let queued = h
-        .wait_queued(Duration::from_secs(2), |queued| queued == 1)
-        .await;
+    let queued = h.wait_queued(WAIT, |queued| queued == 1).await;
     assert_eq!(queued, 1, "the job waits for a configured sender");
-    // Nor does it stand by: to the router's watchdog it is no sender at all.
-    let standby = h.names.standby_queue(messaging_core::Channel::Sms);
-    assert!(
-        !h.inspector
-            .wait_for_consumer(&standby, Duration::from_millis(200))
-            .await,
+    let queue = h.names.send_queue(Channel::Sms);
+    assert_eq!(
+        h.inspector.consumer_count(&queue).await,
+        0,
         "an unconfigured sender consumes nothing"
+    );
+    // Nor does it stand by: to the router's watchdog it is no sender at all.
+    let standby = h.names.standby_queue(Channel::Sms);
+    assert_eq!(
+        h.inspector.consumer_count(&standby).await,
+        0,
+        "an unconfigured sender does not stand by"
     );
     h.stop().await;
 }

@@ -1,6 +1,9 @@
 //! Triggers and direct messages: stored with their outbox row, relayed to the real broker
 //! with confirms, and kept through a broker outage.
 
+// A test fails on the line that broke: unwrap and expect are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -13,17 +16,14 @@ use herald_testkit::broker::{Inspector, amqp_url};
 use messaging_core::ingress::{Content, Ingress, Recipients};
 use serde_json::json;
 use sqlx::PgPool;
-use support::TestApp;
+use support::{SUBSCRIPTIONS, TestApp};
 
 async fn setup(pool: PgPool) -> (TestApp, String) {
-    let app = TestApp::new(pool).await;
-    app.tenant("acme").await;
-    let admin = app.key(Some("acme"), "tenant_admin", None).await;
-    app.call(
-        "POST",
-        "/api/messaging/subscriptions",
-        Some(&admin),
-        Some(json!({"subscriptionId": "orders", "label": "Orders"})),
+    let (app, admin) = TestApp::with_acme(pool).await;
+    app.post(
+        SUBSCRIPTIONS,
+        &admin,
+        json!({"subscriptionId": "orders", "label": "Orders"}),
     )
     .await
     .expect(StatusCode::CREATED);
@@ -53,17 +53,13 @@ async fn a_trigger_is_accepted_stored_and_relayed_to_the_ingress_exchange(pool: 
     topology.declare(inspector.connection()).await.unwrap();
 
     let response = app
-        .call(
-            "POST",
+        .post(
             "/api/messaging/trigger/orders",
-            Some(&admin),
-            Some(json!({"eventParameters": {"order": 42}, "locale": "de-CH"})),
+            &admin,
+            json!({"eventParameters": {"order": 42}, "locale": "de-CH"}),
         )
         .await;
-    let message_id = response.expect(StatusCode::ACCEPTED)["messageId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message_id = response.expect_str(StatusCode::ACCEPTED, "messageId");
     assert_eq!(unpublished(&pool).await, 1);
 
     let relay = OutboxRelay::new(
@@ -97,12 +93,7 @@ async fn a_trigger_is_accepted_stored_and_relayed_to_the_ingress_exchange(pool: 
     assert_eq!(template.locale.as_ref().map(|l| l.as_str()), Some("de-CH"));
 
     let read = app
-        .call(
-            "GET",
-            &format!("/api/messaging/messages/{message_id}"),
-            Some(&admin),
-            None,
-        )
+        .get(&format!("/api/messaging/messages/{message_id}"), &admin)
         .await;
     let body = read.expect(StatusCode::OK);
     assert_eq!(body["status"], "accepted");
@@ -158,17 +149,13 @@ async fn a_message_accepted_while_the_broker_is_unreachable_is_published_once_it
 ) {
     let (app, admin) = setup(pool.clone()).await;
     let response = app
-        .call(
-            "POST",
+        .post(
             "/api/messaging/messages",
-            Some(&admin),
-            Some(json!({"userIds": ["u-1"], "content": {"direct": {"body": "Hello"}}})),
+            &admin,
+            json!({"userIds": ["u-1"], "content": {"direct": {"body": "Hello"}}}),
         )
         .await;
-    let message_id = response.expect(StatusCode::ACCEPTED)["messageId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message_id = response.expect_str(StatusCode::ACCEPTED, "messageId");
 
     // Nothing listens on port 1: the relay cannot publish, and the row stays.
     let down = OutboxRelay::new(
@@ -214,52 +201,46 @@ async fn a_message_accepted_while_the_broker_is_unreachable_is_published_once_it
 #[sqlx::test(migrations = "../../migrations")]
 async fn only_admins_trigger_and_bad_requests_are_refused(pool: PgPool) {
     let (app, admin) = setup(pool.clone()).await;
-    let user = app.key(Some("acme"), "user", Some("u-1")).await;
-    app.call(
-        "POST",
+    let user = app.user_key("acme", "u-1").await;
+    app.post(
         "/api/messaging/trigger/orders",
-        Some(&user),
-        Some(json!({"eventParameters": {}})),
+        &user,
+        json!({"eventParameters": {}}),
     )
     .await
     .expect_problem(StatusCode::FORBIDDEN, None);
-    app.call(
-        "POST",
+    app.post(
         "/api/messaging/messages",
-        Some(&user),
-        Some(json!({"userIds": ["u-1"], "content": {"direct": {"body": "x"}}})),
+        &user,
+        json!({"userIds": ["u-1"], "content": {"direct": {"body": "x"}}}),
     )
     .await
     .expect_problem(StatusCode::FORBIDDEN, None);
-    app.call(
-        "POST",
+    app.post(
         "/api/messaging/trigger/nothing",
-        Some(&admin),
-        Some(json!({"eventParameters": {}})),
+        &admin,
+        json!({"eventParameters": {}}),
     )
     .await
     .expect_problem(StatusCode::NOT_FOUND, None);
-    app.call(
-        "POST",
+    app.post(
         "/api/messaging/trigger/orders",
-        Some(&admin),
-        Some(json!({"eventParameters": [1, 2]})),
+        &admin,
+        json!({"eventParameters": [1, 2]}),
     )
     .await
     .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
-    app.call(
-        "POST",
+    app.post(
         "/api/messaging/messages",
-        Some(&admin),
-        Some(json!({"userIds": [], "content": {"direct": {"body": "x"}}})),
+        &admin,
+        json!({"userIds": [], "content": {"direct": {"body": "x"}}}),
     )
     .await
     .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
-    app.call(
-        "POST",
+    app.post(
         "/api/messaging/messages",
-        Some(&admin),
-        Some(json!({"userIds": ["u"], "content": {"template": {"data": {}}}})),
+        &admin,
+        json!({"userIds": ["u"], "content": {"template": {"data": {}}}}),
     )
     .await
     .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
@@ -273,53 +254,34 @@ async fn only_admins_trigger_and_bad_requests_are_refused(pool: PgPool) {
     .await
     .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key"));
     assert_eq!(unpublished(&pool).await, 0, "nothing refused was stored");
-    app.tenant("globex").await;
-    let other = app.key(Some("globex"), "tenant_admin", None).await;
+    let other = app.tenant_with_admin("globex").await;
     let accepted = app
-        .call(
-            "POST",
-            "/api/messaging/trigger/orders",
-            Some(&admin),
-            Some(json!({})),
-        )
+        .post("/api/messaging/trigger/orders", &admin, json!({}))
         .await;
-    let id = accepted.expect(StatusCode::ACCEPTED)["messageId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.call(
-        "GET",
-        &format!("/api/messaging/messages/{id}"),
-        Some(&other),
-        None,
-    )
-    .await
-    .expect_problem(StatusCode::NOT_FOUND, None);
+    let id = accepted.expect_str(StatusCode::ACCEPTED, "messageId");
+    app.get(&format!("/api/messaging/messages/{id}"), &other)
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, None);
 }
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn system_and_disabled_subscriptions_are_not_triggered_by_a_tenant_admin(pool: PgPool) {
     let (app, admin) = setup(pool.clone()).await;
-    let global = app.key(None, "global_admin", None).await;
+    let global = app.global_admin().await;
     let system =
         json!({"subscriptionId": "security", "label": "Security", "system": true}).to_string();
     app.call_with(
         "POST",
-        "/api/messaging/subscriptions",
+        SUBSCRIPTIONS,
         Some(&global),
         &[("herald-tenant", "acme")],
         Some(system),
     )
     .await
     .expect(StatusCode::CREATED);
-    app.call(
-        "POST",
-        "/api/messaging/trigger/security",
-        Some(&admin),
-        Some(json!({})),
-    )
-    .await
-    .expect_problem(StatusCode::FORBIDDEN, None);
+    app.post("/api/messaging/trigger/security", &admin, json!({}))
+        .await
+        .expect_problem(StatusCode::FORBIDDEN, None);
     app.call_with(
         "POST",
         "/api/messaging/trigger/security",
@@ -329,22 +291,16 @@ async fn system_and_disabled_subscriptions_are_not_triggered_by_a_tenant_admin(p
     )
     .await
     .expect(StatusCode::ACCEPTED);
-    app.call(
-        "PUT",
+    app.put(
         "/api/messaging/subscriptions/orders",
-        Some(&admin),
-        Some(json!({"label": "Orders", "enabled": false})),
+        &admin,
+        json!({"label": "Orders", "enabled": false}),
     )
     .await
     .expect(StatusCode::OK);
-    app.call(
-        "POST",
-        "/api/messaging/trigger/orders",
-        Some(&admin),
-        Some(json!({})),
-    )
-    .await
-    .expect_problem(StatusCode::CONFLICT, None);
+    app.post("/api/messaging/trigger/orders", &admin, json!({}))
+        .await
+        .expect_problem(StatusCode::CONFLICT, None);
     assert_eq!(
         unpublished(&pool).await,
         1,

@@ -20,6 +20,26 @@ use tower::ServiceExt;
 
 pub const JWT_SECRET: &str = "test-secret-of-reasonable-length";
 
+pub const SUBSCRIPTIONS: &str = "/api/messaging/subscriptions";
+pub const REGISTRATIONS: &str = "/api/messaging/registrations";
+
+pub fn subscription_path(id: &str) -> String {
+    format!("{SUBSCRIPTIONS}/{id}")
+}
+
+pub fn registration_path(id: &str) -> String {
+    format!("{REGISTRATIONS}/{id}")
+}
+
+/// The body that creates subscription `id`, labelled "Order updates".
+pub fn new_subscription(id: &str) -> Value {
+    serde_json::json!({
+        "subscriptionId": id,
+        "label": "Order updates",
+        "description": "When an order changes",
+    })
+}
+
 pub struct TestApp {
     pub router: Router,
     pub pool: PgPool,
@@ -72,8 +92,36 @@ impl TestApp {
         }
     }
 
+    /// An app with tenant `acme` and the key of its tenant admin: where most tests start.
+    pub async fn with_acme(pool: PgPool) -> (TestApp, String) {
+        let app = TestApp::new(pool).await;
+        let admin = app.tenant_with_admin("acme").await;
+        (app, admin)
+    }
+
     pub async fn tenant(&self, key: &str) {
         tenants::create(&self.pool, key, key).await.unwrap();
+    }
+
+    /// Creates tenant `tenant` and returns the key of its tenant admin.
+    pub async fn tenant_with_admin(&self, tenant: &str) -> String {
+        self.tenant(tenant).await;
+        self.tenant_admin(tenant).await
+    }
+
+    /// A new key for a tenant admin of `tenant`.
+    pub async fn tenant_admin(&self, tenant: &str) -> String {
+        self.key(Some(tenant), "tenant_admin", None).await
+    }
+
+    /// A new key for `user` of `tenant`.
+    pub async fn user_key(&self, tenant: &str, user: &str) -> String {
+        self.key(Some(tenant), "user", Some(user)).await
+    }
+
+    /// A new key for a global admin (who names its tenant with the `Herald-Tenant` header).
+    pub async fn global_admin(&self) -> String {
+        self.key(None, "global_admin", None).await
     }
 
     /// A key of `role` in `tenant` (`None` for a global admin), for `user` when role is user.
@@ -84,12 +132,65 @@ impl TestApp {
         };
         let new = NewKey {
             tenant_id,
-            role,
+            role: role.parse().expect("a role"),
             user_id: user,
             name: "test",
             created_by: "test",
         };
         api_keys::create(&self.pool, new).await.unwrap().1
+    }
+
+    pub async fn get(&self, path: &str, credential: &str) -> Response {
+        self.call("GET", path, Some(credential), None).await
+    }
+
+    pub async fn post(&self, path: &str, credential: &str, body: Value) -> Response {
+        self.call("POST", path, Some(credential), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, credential: &str, body: Value) -> Response {
+        self.call("PUT", path, Some(credential), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, credential: &str) -> Response {
+        self.call("DELETE", path, Some(credential), None).await
+    }
+
+    /// Creates subscription `id` from [`new_subscription`]; panics unless it is created.
+    pub async fn create_subscription(&self, admin: &str, id: &str) -> Value {
+        self.post(SUBSCRIPTIONS, admin, new_subscription(id))
+            .await
+            .expect(StatusCode::CREATED)
+            .clone()
+    }
+
+    /// Subscribes to `subscription` with `body` (`channel`, `address`, maybe `userId`).
+    pub async fn subscribe(&self, credential: &str, subscription: &str, body: Value) -> Response {
+        let path = format!("{}/subscribe", subscription_path(subscription));
+        self.post(&path, credential, body).await
+    }
+
+    /// Subscribes like [`TestApp::subscribe`] and returns the new registration's id; panics
+    /// unless it is created.
+    pub async fn new_registration(
+        &self,
+        credential: &str,
+        subscription: &str,
+        body: Value,
+    ) -> String {
+        self.subscribe(credential, subscription, body)
+            .await
+            .expect_str(StatusCode::CREATED, "registrationId")
+    }
+
+    /// Deletes `path` (204) and checks that it is gone (404 to a GET).
+    pub async fn delete_for_good(&self, path: &str, credential: &str) {
+        self.delete(path, credential)
+            .await
+            .expect(StatusCode::NO_CONTENT);
+        self.get(path, credential)
+            .await
+            .expect_problem(StatusCode::NOT_FOUND, None);
     }
 
     pub async fn call(
@@ -162,6 +263,23 @@ impl Response {
     pub fn expect(&self, status: StatusCode) -> &Value {
         assert_eq!(self.status, status, "body: {}", self.body);
         &self.body
+    }
+
+    /// The `items` of a page answered with 200.
+    #[track_caller]
+    pub fn items(&self) -> &Vec<Value> {
+        self.expect(StatusCode::OK)["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a page with items: {}", self.body))
+    }
+
+    /// The string `field` of a body answered with `status`, such as a new object's id.
+    #[track_caller]
+    pub fn expect_str(&self, status: StatusCode, field: &str) -> String {
+        self.expect(status)[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("a string {field}: {}", self.body))
+            .to_owned()
     }
 
     /// A problem document naming `field`.

@@ -37,7 +37,8 @@ pub fn metrics() -> PrometheusHandle {
                 .set_buckets(&[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
-                .expect("static bucket list is not empty")
+                // Refused only for an empty list; the default summaries are the fallback.
+                .unwrap_or_else(|_| PrometheusBuilder::new())
                 .build_recorder();
             let handle = recorder.handle();
             // Fails only when another recorder is installed already; then ours just records

@@ -96,7 +96,12 @@ impl OutboxRelay {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
-                notified = async { listener.as_mut().expect("checked").recv().await }, if listener.is_some() && failures == 0 => {
+                notified = async {
+                    match listener.as_mut() {
+                        Some(listener) => listener.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if listener.is_some() && failures == 0 => {
                     if notified.is_err() {
                         listener = None;
                     }

@@ -14,6 +14,9 @@
 //!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
 
+// Only tests use this crate: a broken fixture should fail the test on the spot, with the line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod broker;
 pub mod fake_sms;
 pub mod http;

@@ -1,6 +1,9 @@
 //! A harness that runs one sender, as its binary would, against the real RabbitMQ under a
 //! fresh prefix, and lets a test publish jobs and read the delivery events.
 
+// Only tests use this module: a broken fixture should fail the test on the spot, with the line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

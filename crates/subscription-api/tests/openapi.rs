@@ -1,5 +1,8 @@
 //! The OpenAPI document: served, complete, and the committed copy is current.
 
+// A test fails on the line that broke: unwrap and expect are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use axum::http::StatusCode;

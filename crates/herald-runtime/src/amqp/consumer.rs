@@ -420,7 +420,11 @@ impl<H: Handler> Consumer<H> {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
+                        // Nothing closes the semaphore; if something did, stopping (the
+                        // message goes back to the queue) beats working without a limit.
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break Stop::Lost("the in-flight limit was closed".to_owned());
+                        };
                         let worker = worker.clone();
                         in_flight.spawn(async move {
                             worker.process(delivery).await;

@@ -19,14 +19,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use herald_runtime::amqp::{Message, PublishError, Publisher};
-use herald_storage::fanout::{self as store, NewDelivery, UserRecipient};
+use herald_storage::fanout::{self as store, DeliveryKey, NewDelivery, UserRecipient};
 use herald_storage::{PgPool, StoreError};
 use messaging_core::failure::Failure;
 use messaging_core::ingress::{DeliveryMode, NotifyRequest};
 use messaging_core::job::{RenderedContent, SendJob};
 use messaging_core::topology::Names;
-use messaging_core::values::{ChatId, DiscordId, E164, Email, Jid, Locale, TenantKey, UserId};
-use messaging_core::{Address, Channel, EnvelopeVersion};
+use messaging_core::values::{Locale, TenantKey, UserId};
+use messaging_core::{Address, AddressKind, Channel, EnvelopeVersion, MessageStatus};
 use uuid::Uuid;
 
 use crate::render::Templates;
@@ -73,7 +73,7 @@ pub struct Plan<'a> {
 }
 
 /// What a fan-out did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     /// Delivery rows written by this pass (not those an earlier pass wrote).
     pub new_rows: u64,
@@ -82,7 +82,7 @@ pub struct Summary {
     /// Deliveries failed at fan-out (no address, template error, invalid address).
     pub failed: usize,
     /// The message's status afterwards: `fanned_out` or `completed`.
-    pub status: String,
+    pub status: MessageStatus,
 }
 
 /// The fan-out engine; shared by every ingress handler task.
@@ -122,7 +122,13 @@ impl FanOut {
 
     pub async fn run(&self, plan: Plan<'_>) -> Result<Summary, FanOutError> {
         let started = Utc::now();
-        let mut summary = Summary::default();
+        let mut summary = Summary {
+            new_rows: 0,
+            published: 0,
+            failed: 0,
+            // Until `finish_fanout` says what it is now.
+            status: MessageStatus::Accepted,
+        };
         let Plan {
             tenant_id,
             tenant,
@@ -181,9 +187,6 @@ impl FanOut {
                 }
             }
             Audience::Subscription(subscription) => {
-                let channel_names: Option<Vec<String>> = channels
-                    .as_ref()
-                    .map(|cs| cs.iter().map(|c| c.as_str().to_owned()).collect());
                 let page_after = |after: Uuid| {
                     store::registrations_page(
                         &self.pool,
@@ -191,7 +194,7 @@ impl FanOut {
                         subscription,
                         after,
                         self.batch_size as i64,
-                        channel_names.as_deref(),
+                        channels.as_deref(),
                     )
                 };
                 let mut page = page_after(Uuid::nil()).await?;
@@ -205,8 +208,7 @@ impl FanOut {
                                 Some(r.user_id),
                                 &r.external_id,
                                 r.address_id,
-                                &r.channel,
-                                None,
+                                AddressKind::of_channel(r.channel),
                                 &r.address,
                                 |channel| match &mut body {
                                     Body::Direct(content) => Ok(content.clone()),
@@ -304,11 +306,16 @@ impl Batch<'_> {
         summary.published += published;
         summary.new_rows += new_rows;
 
-        let mut jobs: HashMap<(Option<Uuid>, String, String), PlannedJob> = HashMap::new();
+        let mut jobs: HashMap<DeliveryKey, PlannedJob> = HashMap::new();
         for p in planned {
             if let (Some(job), Some(channel), Some(address)) = (p.job, p.row.channel, p.row.address)
             {
-                jobs.insert((p.row.user_id, channel, address), job);
+                let key = DeliveryKey {
+                    user_id: p.row.user_id,
+                    channel,
+                    address,
+                };
+                jobs.insert(key, job);
             }
         }
         if jobs.is_empty() {
@@ -326,12 +333,13 @@ impl Batch<'_> {
         // limit would otherwise be a quarter of a gigabyte).
         let mut chunk = Chunk::default();
         for row in unpublished {
-            let Some(job) = jobs.get(&(row.user_id, row.channel, row.address)) else {
+            let delivery_id = row.id;
+            let Some(job) = jobs.get(&row.key()) else {
                 continue;
             };
             let send = SendJob {
                 version: EnvelopeVersion,
-                delivery_id: row.id,
+                delivery_id,
                 message_id: self.message_id,
                 tenant: self.tenant.clone(),
                 to: job.to.clone(),
@@ -344,17 +352,17 @@ impl Batch<'_> {
                 // Larger than a send queue accepts: the sender would dead-letter it without an
                 // event, and the delivery would stay pending for ever.
                 Ok(body) if body.len() > messaging_core::MAX_MESSAGE_BYTES => {
-                    oversized.push(row.id);
+                    oversized.push(delivery_id);
                 }
                 Ok(body) => {
-                    chunk.push(send.channel(), body, row.id);
+                    chunk.push(send.channel(), body, delivery_id);
                     if chunk.bytes >= PUBLISH_CHUNK_BYTES {
                         summary.published += self.publish(std::mem::take(&mut chunk)).await?;
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%error, delivery_id = %row.id, "cannot encode a send job");
-                    oversized.push(row.id);
+                    tracing::error!(%error, %delivery_id, "cannot encode a send job");
+                    oversized.push(delivery_id);
                 }
             }
         }
@@ -429,22 +437,18 @@ fn plan_user(
     body: &mut Body,
     out: &mut Vec<Planned>,
 ) {
-    let mode = mode.unwrap_or(if person.delivery_mode == "preferred" {
-        DeliveryMode::Preferred
-    } else {
-        DeliveryMode::All
-    });
-    let wanted = |name: &str| channels.is_none_or(|cs| cs.iter().any(|c| c.as_str() == name));
+    let mode = mode.unwrap_or(person.delivery_mode);
+    let wanted = |channel: Channel| channels.is_none_or(|cs| cs.contains(&channel));
     let mut addresses: Vec<_> = person
         .addresses
         .iter()
-        .filter(|a| wanted(&a.channel))
+        .filter(|a| wanted(a.channel()))
         .collect();
     if mode == DeliveryMode::Preferred
-        && let Some(preferred) = person.preferred_channel.as_deref()
-        && addresses.iter().any(|a| a.channel == preferred)
+        && let Some(preferred) = person.preferred_channel
+        && addresses.iter().any(|a| a.channel() == preferred)
     {
-        addresses.retain(|a| a.channel == preferred);
+        addresses.retain(|a| a.channel() == preferred);
     }
     if addresses.is_empty() {
         let why = if person.addresses.is_empty() {
@@ -473,8 +477,7 @@ fn plan_user(
             Some(person.id),
             &person.external_id,
             Some(address.id),
-            &address.channel,
-            Some(&address.kind),
+            address.kind,
             &address.value,
             |channel| match body {
                 Body::Direct(content) => Ok(content.clone()),
@@ -490,35 +493,31 @@ fn plan_address(
     user_id: Option<Uuid>,
     external_id: &str,
     address_id: Option<Uuid>,
-    channel: &str,
-    kind: Option<&str>,
+    kind: AddressKind,
     value: &str,
     content: impl FnOnce(Channel) -> Result<Arc<RenderedContent>, Failure>,
 ) -> Planned {
-    let failed = |channel: &str, value: &str, failure: Failure| Planned {
+    let channel = kind.channel();
+    let failed = |value: &str, failure: Failure| Planned {
         row: NewDelivery {
             id: Uuid::now_v7(),
             user_id,
             address_id,
-            channel: Some(channel.to_owned()),
+            channel: Some(channel),
             address: Some(value.to_owned()),
             failure: Some(failure_row(&failure)),
         },
         job: None,
     };
-    let to = match parse_address(channel, kind, value) {
+    let to = match Address::from_kind(kind, value) {
         Ok(to) => to,
-        Err(reason) => {
-            // A channel the database allows but this version does not know would not fit the
-            // row's CHECK; both come from the same list, so this is an invalid value.
+        Err(invalid) => {
             return failed(
-                channel,
                 value,
-                Failure::permanent("invalid_address", reason),
+                Failure::permanent("invalid_address", invalid.to_string()),
             );
         }
     };
-    let channel = to.channel();
     // Stored normalised, so a later pass computes the same key for the same address.
     let value = to.value();
     match content(channel) {
@@ -527,7 +526,7 @@ fn plan_address(
                 id: Uuid::now_v7(),
                 user_id,
                 address_id,
-                channel: Some(channel.as_str().to_owned()),
+                channel: Some(channel),
                 address: Some(value),
                 failure: None,
             },
@@ -537,28 +536,13 @@ fn plan_address(
                 content,
             }),
         },
-        Err(failure) => failed(channel.as_str(), &value, failure),
+        Err(failure) => failed(&value, failure),
     }
-}
-
-/// An address as stored (an `addresses` row has a kind; a registration only a channel).
-fn parse_address(channel: &str, kind: Option<&str>, value: &str) -> Result<Address, String> {
-    let invalid = |e: messaging_core::values::InvalidValue| e.to_string();
-    let kind = kind.unwrap_or(channel);
-    Ok(match kind {
-        "telegram" => Address::Telegram(ChatId::parse(value).map_err(invalid)?),
-        "discord" => Address::Discord(DiscordId::parse(value).map_err(invalid)?),
-        "xmpp" => Address::Xmpp(Jid::parse(value).map_err(invalid)?),
-        "xmpp_room" => Address::XmppRoom(Jid::parse(value).map_err(invalid)?),
-        "email" => Address::Email(Email::parse(value).map_err(invalid)?),
-        "sms" => Address::Sms(E164::parse(value).map_err(invalid)?),
-        other => return Err(format!("unknown address kind {other:?}")),
-    })
 }
 
 fn failure_row(failure: &Failure) -> store::DeliveryFailure {
     store::DeliveryFailure {
-        class: failure.class.as_str().to_owned(),
+        class: failure.class,
         code: failure.code.clone(),
         message: failure.message.clone(),
     }
@@ -569,19 +553,22 @@ mod tests {
     use super::*;
     use herald_storage::fanout::ActiveAddress;
 
-    fn person(mode: &str, preferred: Option<&str>, addresses: &[(&str, &str)]) -> UserRecipient {
+    fn person(
+        mode: DeliveryMode,
+        preferred: Option<Channel>,
+        addresses: &[(AddressKind, &str)],
+    ) -> UserRecipient {
         UserRecipient {
             id: Uuid::now_v7(),
             external_id: "u-1".into(),
             locale: None,
-            preferred_channel: preferred.map(str::to_owned),
-            delivery_mode: mode.into(),
+            preferred_channel: preferred,
+            delivery_mode: mode,
             addresses: addresses
                 .iter()
                 .map(|(kind, value)| ActiveAddress {
                     id: Uuid::now_v7(),
-                    channel: if *kind == "xmpp_room" { "xmpp" } else { kind }.to_string(),
-                    kind: kind.to_string(),
+                    kind: *kind,
                     value: value.to_string(),
                 })
                 .collect(),
@@ -606,45 +593,49 @@ mod tests {
         out
     }
 
-    fn channels_of(planned: &[Planned]) -> Vec<Option<String>> {
-        planned.iter().map(|p| p.row.channel.clone()).collect()
+    fn channels_of(planned: &[Planned]) -> Vec<Option<Channel>> {
+        planned.iter().map(|p| p.row.channel).collect()
     }
 
-    const THREE: [(&str, &str); 3] = [
-        ("email", "ann@example.org"),
-        ("sms", "+41791234567"),
-        ("telegram", "42"),
+    const THREE: [(AddressKind, &str); 3] = [
+        (AddressKind::Email, "ann@example.org"),
+        (AddressKind::Sms, "+41791234567"),
+        (AddressKind::Telegram, "42"),
     ];
 
     #[test]
     fn mode_all_uses_every_active_address_on_the_requested_channels() {
-        let p = person("all", Some("sms"), &THREE);
+        let p = person(DeliveryMode::All, Some(Channel::Sms), &THREE);
         assert_eq!(plan(&p, None, None).len(), 3);
         let only = plan(&p, Some(&[Channel::Email, Channel::Discord]), None);
-        assert_eq!(channels_of(&only), [Some("email".to_owned())]);
+        assert_eq!(channels_of(&only), [Some(Channel::Email)]);
     }
 
     #[test]
     fn mode_preferred_uses_the_preferred_channel_or_falls_back_to_all() {
-        let p = person("preferred", Some("sms"), &THREE);
-        assert_eq!(channels_of(&plan(&p, None, None)), [Some("sms".to_owned())]);
+        let p = person(DeliveryMode::Preferred, Some(Channel::Sms), &THREE);
+        assert_eq!(channels_of(&plan(&p, None, None)), [Some(Channel::Sms)]);
         // The request's mode overrides the user's.
         assert_eq!(plan(&p, None, Some(DeliveryMode::All)).len(), 3);
-        let elsewhere = person("preferred", Some("discord"), &THREE);
+        let elsewhere = person(DeliveryMode::Preferred, Some(Channel::Discord), &THREE);
         assert_eq!(plan(&elsewhere, None, None).len(), 3);
     }
 
     #[test]
     fn no_address_is_a_failed_delivery_not_silence() {
-        let nobody = plan(&person("all", None, &[]), None, None);
+        let nobody = plan(&person(DeliveryMode::All, None, &[]), None, None);
         assert_eq!(nobody.len(), 1);
         let failure = nobody[0].row.failure.as_ref().unwrap();
         assert_eq!(
-            (failure.class.as_str(), failure.code.as_str()),
-            ("permanent", "no_address")
+            (failure.class, failure.code.as_str()),
+            (messaging_core::FailureClass::Permanent, "no_address")
         );
         assert!(nobody[0].row.channel.is_none() && nobody[0].job.is_none());
-        let filtered = plan(&person("all", None, &THREE), Some(&[Channel::Xmpp]), None);
+        let filtered = plan(
+            &person(DeliveryMode::All, None, &THREE),
+            Some(&[Channel::Xmpp]),
+            None,
+        );
         assert!(
             filtered[0]
                 .row
@@ -659,11 +650,11 @@ mod tests {
     #[test]
     fn a_stored_address_that_does_not_parse_fails_with_invalid_address() {
         let p = person(
-            "all",
+            DeliveryMode::All,
             None,
             &[
-                ("sms", "not a number"),
-                ("xmpp_room", "room@muc.example.org"),
+                (AddressKind::Sms, "not a number"),
+                (AddressKind::XmppRoom, "room@muc.example.org"),
             ],
         );
         let planned = plan(&p, None, None);

@@ -23,13 +23,13 @@ use herald_storage::fanout::{self as store, NewRouterMessage, RouterMessage};
 use herald_storage::subscriptions::{self, Subscription};
 use herald_storage::tenants::{self, Tenant};
 use herald_storage::{PgPool, StoreError};
-use messaging_core::EnvelopeVersion;
 use messaging_core::ingress::{
     Content, DeliveryMode, DirectContent, EventTrigger, Ingress, LegacyMessage, NotifyRequest,
     Recipients,
 };
 use messaging_core::job::RenderedContent;
 use messaging_core::values::SubscriptionKey;
+use messaging_core::{EnvelopeVersion, FailureClass, MessageSource, MessageStatus};
 use serde_json::Value;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -106,28 +106,10 @@ struct Found {
     other_request: bool,
 }
 
-/// Where a message row comes from (`messages.source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Amqp,
-    Legacy,
-    Event,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Amqp => "amqp",
-            Source::Legacy => "legacy",
-            Source::Event => "event",
-        }
-    }
-}
-
 /// One request to turn into a message: the notify request and how to store it.
 struct Request<'a> {
     notify: NotifyRequest,
-    source: Source,
+    source: MessageSource,
     /// What is stored as the message's request: what the producer sent.
     original: &'a Value,
     /// The key the message row is unique by in its tenant.
@@ -177,7 +159,7 @@ impl IngressHandler {
                 let idempotency_key = notify.idempotency_key.as_ref().map(|k| k.to_string());
                 let request = Request {
                     notify,
-                    source: Source::Amqp,
+                    source: MessageSource::Amqp,
                     original: &original,
                     idempotency_key,
                     discriminator: None,
@@ -243,7 +225,7 @@ impl IngressHandler {
                 }
             };
             tracing::Span::current().record("message_id", tracing::field::display(message.id));
-            if message.status != "accepted" || other_request {
+            if message.status != MessageStatus::Accepted || other_request {
                 return self.repeated(&message, request.source).await;
             }
             let result = self
@@ -268,7 +250,7 @@ impl IngressHandler {
     async fn repeated(
         &self,
         message: &RouterMessage,
-        source: Source,
+        source: MessageSource,
     ) -> Result<Outcome, RouteError> {
         tracing::info!(status = %message.status, "repeated request; its message is handled already");
         count(source, "repeated");
@@ -297,7 +279,7 @@ impl IngressHandler {
         // Whoever held the lease before may have finished the message meanwhile (even one
         // this request created: a copy that found it can have taken the lease first).
         let result = match store::message_in_tenant(&self.pool, tenant.id, message.id).await {
-            Ok(Some(message)) if message.status == "accepted" => {
+            Ok(Some(message)) if message.status == MessageStatus::Accepted => {
                 self.fan_out(tenant, request, &message, subscription, subscription_key)
                     .await
             }
@@ -333,7 +315,7 @@ impl IngressHandler {
             store::fail_message(
                 &mut conn,
                 message.id,
-                "unhealthy",
+                FailureClass::Unhealthy,
                 "retries_exhausted",
                 &reason,
             )
@@ -424,10 +406,10 @@ impl IngressHandler {
             status = %summary.status,
             "fanned out"
         );
-        count(request.source, &summary.status);
+        count(request.source, summary.status.as_str());
         // A message still `fanned_out` gets its outcome from tracking, when its last delivery
         // is final.
-        if summary.status != "fanned_out" {
+        if summary.status != MessageStatus::FannedOut {
             self.publish_outcome(message.id).await?;
         }
         Ok(Outcome::Ack)
@@ -453,7 +435,7 @@ impl IngressHandler {
         if bound.is_empty() {
             // Not an error: events are published whether or not anyone subscribed to them.
             tracing::info!(tenant = %tenant.key, event_type = event.event_type.as_str(), "no subscription is bound to this event type");
-            count(Source::Event, "unbound");
+            count(MessageSource::Event, "unbound");
             return Ok(Outcome::Ack);
         }
         for subscription in bound {
@@ -482,7 +464,7 @@ impl IngressHandler {
                 .map(|k| format!("event:{k}:{}", subscription.key));
             let request = Request {
                 notify,
-                source: Source::Event,
+                source: MessageSource::Event,
                 original,
                 idempotency_key,
                 discriminator: Some(&subscription.key),
@@ -536,7 +518,7 @@ impl IngressHandler {
         }
         let request = Request {
             notify,
-            source: Source::Legacy,
+            source: MessageSource::Legacy,
             original,
             idempotency_key: None,
             discriminator: None,
@@ -602,7 +584,7 @@ impl IngressHandler {
             id,
             tenant_id: tenant.id,
             idempotency_key: request.idempotency_key.as_deref(),
-            source: request.source.as_str(),
+            source: request.source,
             subscription_id: subscription.map(|s| s.id),
             request: request.original,
             reply_to: ctx.reply_to.as_deref(),
@@ -628,17 +610,19 @@ impl IngressHandler {
     async fn fail(
         &self,
         message: &RouterMessage,
-        source: Source,
+        source: MessageSource,
         code: &str,
         reason: &str,
     ) -> Result<Outcome, RouteError> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        let status = store::fail_message(&mut conn, message.id, "permanent", code, reason).await?;
+        let status =
+            store::fail_message(&mut conn, message.id, FailureClass::Permanent, code, reason)
+                .await?;
         drop(conn);
         tracing::warn!(code, reason, %status, "message refused");
         count(
             source,
-            if status == "failed" {
+            if status == MessageStatus::Failed {
                 "failed"
             } else {
                 "refused_in_part"
@@ -686,7 +670,7 @@ fn dead_letter(code: &str, reason: impl Into<String>) -> Outcome {
 /// `herald_router_requests_total{source, result}`: result is `fanned_out`, `completed`,
 /// `failed` (the message records why), `repeated`, `unbound` (an event nobody listens to),
 /// `dead_letter` or `retry`.
-fn count(source: Source, result: &str) {
+fn count(source: MessageSource, result: &str) {
     metrics::counter!("herald_router_requests_total", "source" => source.as_str(), "result" => result.to_owned())
         .increment(1);
 }

@@ -12,7 +12,7 @@ use messaging_core::events::{MessageOutcome, RecipientOutcome, RecipientResult};
 use messaging_core::failure::Failure;
 use messaging_core::topology::{Names, routing};
 use messaging_core::values::{IdempotencyKey, TenantKey, UserId};
-use messaging_core::{EnvelopeVersion, FailureClass};
+use messaging_core::{DeliveryStatus, EnvelopeVersion, FailureClass, MessageStatus};
 use uuid::Uuid;
 
 /// Recipients listed in one outcome; the counts cover all of them. A broadcast's outcome
@@ -117,7 +117,7 @@ impl Outcomes {
             }
         }
         tracking::mark_outcome_published(&self.pool, message_id).await?;
-        metrics::counter!("herald_router_outcomes_total", "status" => pending.status.clone())
+        metrics::counter!("herald_router_outcomes_total", "status" => pending.status.as_str())
             .increment(1);
         tracing::info!(%message_id, delivered = outcome.delivered, failed = outcome.failed, "outcome published");
         Ok(true)
@@ -131,31 +131,33 @@ impl Outcomes {
             tracking::outcome_recipients(&self.pool, pending.id, MAX_LISTED_RECIPIENTS).await?;
         // A message to people lists all its deliveries; only a broadcast needs counting.
         let (sent, failed) = if (rows.len() as i64) < MAX_LISTED_RECIPIENTS {
-            let count = |status: &str| rows.iter().filter(|r| r.status == status).count() as i64;
-            (count("sent"), count("failed"))
+            let count =
+                |status: DeliveryStatus| rows.iter().filter(|r| r.status == status).count() as i64;
+            (count(DeliveryStatus::Sent), count(DeliveryStatus::Failed))
         } else {
             tracking::outcome_counts(&self.pool, pending.id).await?
         };
         let completed_at = pending.completed_at.unwrap_or_else(chrono::Utc::now);
         let recipients = rows
             .into_iter()
-            .filter(|r| r.status != "pending")
+            .filter(|r| r.status != DeliveryStatus::Pending)
             .map(|r| RecipientOutcome {
                 user_id: r
                     .user_external_id
                     .as_deref()
                     .and_then(|u| UserId::parse(u).ok()),
-                channel: r.channel.as_deref().and_then(|c| c.parse().ok()),
+                channel: r.channel,
                 delivery_id: Some(r.delivery_id),
                 attempts: u32::try_from(r.attempts).unwrap_or(0),
-                result: if r.status == "sent" {
+                result: if r.status == DeliveryStatus::Sent {
                     RecipientResult::Delivered {
                         delivered_at: r.sent_at.unwrap_or(completed_at),
                     }
                 } else {
                     RecipientResult::Failed {
                         failure: Failure::new(
-                            parse_class(r.failure_class.as_deref()),
+                            // A failed row always has its class; a pending one has none.
+                            r.failure_class.unwrap_or(FailureClass::Temporary),
                             r.failure_code.unwrap_or_else(|| "failed".into()),
                             r.failure_message.unwrap_or_default(),
                         ),
@@ -166,7 +168,7 @@ impl Outcomes {
         // The message failed as a whole. No template, an unknown subscription, ...: nothing a
         // retry of the same request would change (R4 b). The router or the broker gave up on
         // it: the service was unhealthy (R4 c), and the same request may well go through later.
-        let error = (pending.status == "failed").then(|| {
+        let error = (pending.status == MessageStatus::Failed).then(|| {
             let code = pending
                 .error_code
                 .clone()
@@ -192,15 +194,5 @@ impl Outcomes {
             error,
             recipients,
         })
-    }
-}
-
-/// The stored class; an unknown word (a newer version's) reads as temporary, the class that
-/// promises least.
-fn parse_class(stored: Option<&str>) -> FailureClass {
-    match stored {
-        Some("permanent") => FailureClass::Permanent,
-        Some("unhealthy") => FailureClass::Unhealthy,
-        _ => FailureClass::Temporary,
     }
 }

@@ -35,7 +35,7 @@ pub struct Templates {
     rendered: HashMap<Uuid, Result<Arc<RenderedContent>, Failure>>,
 }
 
-/// A template row with its channel parsed once.
+/// A template row, and the channel it is for (`None`: any channel).
 struct Choice {
     channel: Option<Channel>,
     row: TemplateRow,
@@ -51,13 +51,9 @@ impl Templates {
         env.set_fuel(Some(FUEL));
         let rows = rows
             .into_iter()
-            // A channel this version does not know cannot match any recipient's channel.
-            .filter_map(|row| match row.channel.as_deref() {
-                None => Some(Choice { channel: None, row }),
-                Some(name) => name.parse().ok().map(|c| Choice {
-                    channel: Some(c),
-                    row,
-                }),
+            .map(|row| Choice {
+                channel: row.channel,
+                row,
             })
             .collect();
         Templates {
@@ -181,10 +177,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn row(channel: Option<&str>, locale: &str, subject: Option<&str>, body: &str) -> TemplateRow {
+    fn row(
+        channel: Option<Channel>,
+        locale: &str,
+        subject: Option<&str>,
+        body: &str,
+    ) -> TemplateRow {
         TemplateRow {
             id: Uuid::now_v7(),
-            channel: channel.map(str::to_owned),
+            channel,
             locale: locale.to_owned(),
             subject: subject.map(str::to_owned),
             body: body.to_owned(),
@@ -229,7 +230,7 @@ mod tests {
     fn a_channel_specific_template_comes_before_the_one_for_any_channel() {
         let rows = vec![
             row(None, "en", None, "generic"),
-            row(Some("sms"), "en", None, "short"),
+            row(Some(Channel::Sms), "en", None, "short"),
         ];
         let mut t = Templates::new(rows, "en", &Map::new());
         assert_eq!(t.render(Channel::Sms, None, None).unwrap().text, "short");
@@ -242,9 +243,9 @@ mod tests {
     #[test]
     fn a_broken_or_unmatched_template_fails_only_whoever_gets_it() {
         let rows = vec![
-            row(Some("email"), "en", None, "{% if %}"),
-            row(Some("sms"), "en", None, "Hi {{ missing }}"),
-            row(Some("telegram"), "en", None, "fine"),
+            row(Some(Channel::Email), "en", None, "{% if %}"),
+            row(Some(Channel::Sms), "en", None, "Hi {{ missing }}"),
+            row(Some(Channel::Telegram), "en", None, "fine"),
         ];
         let mut t = Templates::new(rows, "en", &Map::new());
         let broken = t.render(Channel::Email, None, None).unwrap_err();

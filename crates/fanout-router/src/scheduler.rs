@@ -22,11 +22,11 @@ use chrono::{DateTime, Utc};
 use herald_storage::messages::{self, NewMessage};
 use herald_storage::schedules::{self, DueSchedule};
 use herald_storage::{PgPool, StoreError};
-use messaging_core::EnvelopeVersion;
 use messaging_core::ingress::{Content, Ingress, NotifyRequest, Recipients, TemplateContent};
 use messaging_core::schedule::CronSchedule;
 use messaging_core::topology::Names;
 use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey};
+use messaging_core::{EnvelopeVersion, MessageSource};
 use serde_json::Value;
 use sqlx::{Acquire, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -181,7 +181,7 @@ impl Scheduler {
             NewMessage {
                 tenant_id: schedule.tenant_id,
                 idempotency_key: Some(&key),
-                source: "schedule",
+                source: MessageSource::Schedule,
                 subscription_id: Some(schedule.subscription_id),
                 request: &encoded,
                 exchange: &self.names.ingress_exchange(),

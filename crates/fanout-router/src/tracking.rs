@@ -108,7 +108,7 @@ impl TrackingHandler {
                 metrics::counter!("herald_router_events_total", "result" => event.result.status())
                     .increment(1);
                 if let Some((state, reason)) = address_change {
-                    metrics::counter!("herald_router_address_changes_total", "state" => state.clone())
+                    metrics::counter!("herald_router_address_changes_total", "state" => state.as_str())
                         .increment(1);
                     tracing::info!(delivery_id = %event.delivery_id, %state, %reason, "address state changed");
                 }
@@ -154,7 +154,7 @@ impl TrackingHandler {
         let linked = async {
             let mut tx = self.pool.begin().await?;
             let Some(redeemed) =
-                link_codes::redeem(&mut *tx, &event.link_code, event.channel.as_str()).await?
+                link_codes::redeem(&mut *tx, &event.link_code, event.channel).await?
             else {
                 return Ok(None);
             };
@@ -164,7 +164,6 @@ impl TrackingHandler {
                 NewAddress {
                     tenant_id: redeemed.tenant_id,
                     user_id: redeemed.user_id,
-                    channel: event.channel.as_str(),
                     kind: event.address.kind(),
                     value: &value,
                     display_name: event.display_name.as_deref(),
@@ -197,7 +196,7 @@ impl TrackingHandler {
 
 fn failure_ref(failure: &messaging_core::failure::Failure) -> FailureRef<'_> {
     FailureRef {
-        class: failure.class.as_str(),
+        class: failure.class,
         code: &failure.code,
         message: &failure.message,
     }

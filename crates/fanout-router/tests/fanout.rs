@@ -1,6 +1,9 @@
 //! Fan-out against the real PostgreSQL and RabbitMQ: requests become delivery rows and send
 //! jobs, exactly once per address, with the failures a producer must learn recorded.
 
+// A test fails on the line that broke: unwrap and expect are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::HashSet;
@@ -411,7 +414,7 @@ async fn a_message_stored_by_the_api_is_fanned_out_under_its_own_id(pool: PgPool
         NewMessage {
             tenant_id: h.tenant_id,
             idempotency_key: Some("api-key-1"),
-            source: "api",
+            source: messaging_core::MessageSource::Api,
             subscription_id: None,
             request: &body,
             exchange: &h.names.ingress_exchange(),
@@ -604,7 +607,7 @@ async fn a_second_request_with_a_key_in_flight_does_not_join_the_first_ones_fan_
             id: Uuid::now_v7(),
             tenant_id: h.tenant_id,
             idempotency_key: Some("k-9"),
-            source: "amqp",
+            source: messaging_core::MessageSource::Amqp,
             subscription_id: None,
             request: &first,
             reply_to: None,

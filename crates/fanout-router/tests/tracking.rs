@@ -1,6 +1,9 @@
 //! Delivery events into delivery records and address states, outcomes for producers, and
 //! contact links, against the real PostgreSQL and RabbitMQ.
 
+// A test fails on the line that broke: unwrap and expect are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -334,7 +337,7 @@ async fn a_contact_link_makes_the_chat_a_verified_address_once(pool: PgPool) {
         &mut conn,
         h.tenant_id,
         bea,
-        Some("telegram"),
+        Some(messaging_core::Channel::Telegram),
         chrono::Duration::minutes(15),
     )
     .await
@@ -383,7 +386,7 @@ async fn an_outcome_nobody_published_goes_out_with_the_sweep(pool: PgPool) {
         herald_storage::messages::NewMessage {
             tenant_id: h.tenant_id,
             idempotency_key: None,
-            source: "api",
+            source: messaging_core::MessageSource::Api,
             subscription_id: None,
             request: &json!({}),
             exchange: "nowhere",

@@ -1,6 +1,7 @@
 //! A person's addresses (R2, R3, R5, R6): one per chat, mailbox or number.
 
 use chrono::{DateTime, Utc};
+use messaging_core::{AddressKind, AddressState, Channel};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -10,12 +11,12 @@ use crate::error::{StoreError, expect_row};
 pub struct AddressRow {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub channel: String,
-    pub kind: String,
+    pub channel: Channel,
+    pub kind: AddressKind,
     pub value: String,
     pub display_name: Option<String>,
     pub verified: bool,
-    pub state: String,
+    pub state: AddressState,
     pub state_reason: Option<String>,
     pub state_changed_at: Option<DateTime<Utc>>,
     pub last_success_at: Option<DateTime<Utc>>,
@@ -27,8 +28,7 @@ pub struct AddressRow {
 pub struct NewAddress<'a> {
     pub tenant_id: Uuid,
     pub user_id: Uuid,
-    pub channel: &'a str,
-    pub kind: &'a str,
+    pub kind: AddressKind,
     pub value: &'a str,
     pub display_name: Option<&'a str>,
 }
@@ -60,7 +60,7 @@ pub async fn add(
     .bind(Uuid::now_v7())
     .bind(new.tenant_id)
     .bind(new.user_id)
-    .bind(new.channel)
+    .bind(new.kind.channel())
     .bind(new.kind)
     .bind(new.value)
     .bind(new.display_name)

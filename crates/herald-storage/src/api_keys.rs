@@ -1,6 +1,7 @@
 //! API keys (R19): random, shown once, stored hashed, revocable.
 
 use chrono::{DateTime, Utc};
+use messaging_core::Role;
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -11,7 +12,7 @@ use crate::secret;
 pub struct ApiKey {
     pub id: Uuid,
     pub tenant_id: Option<Uuid>,
-    pub role: String,
+    pub role: Role,
     pub user_id: Option<String>,
     pub name: String,
     pub prefix: String,
@@ -27,13 +28,13 @@ pub struct KeyOwner {
     pub id: Uuid,
     pub tenant_id: Option<Uuid>,
     pub tenant_key: Option<String>,
-    pub role: String,
+    pub role: Role,
     pub user_id: Option<String>,
 }
 
 pub struct NewKey<'a> {
     pub tenant_id: Option<Uuid>,
-    pub role: &'a str,
+    pub role: Role,
     pub user_id: Option<&'a str>,
     pub name: &'a str,
     pub created_by: &'a str,

@@ -1,6 +1,7 @@
 //! Delivery records (R15): one per message and address, written by the router.
 
 use chrono::{DateTime, Utc};
+use messaging_core::{Channel, DeliveryStatus, FailureClass};
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -13,10 +14,10 @@ pub struct Delivery {
     pub message_id: Uuid,
     pub subscription_key: Option<String>,
     pub user_external_id: Option<String>,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     pub address: Option<String>,
-    pub status: String,
-    pub failure_class: Option<String>,
+    pub status: DeliveryStatus,
+    pub failure_class: Option<FailureClass>,
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
     pub attempts: i32,
@@ -46,8 +47,8 @@ macro_rules! select {
 pub struct Filter {
     pub subscription_id: Option<Uuid>,
     pub user_id: Option<Uuid>,
-    pub channel: Option<String>,
-    pub status: Option<String>,
+    pub channel: Option<Channel>,
+    pub status: Option<DeliveryStatus>,
     pub from: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
 }
@@ -72,8 +73,8 @@ pub async fn list(
     .bind(tenant_id)
     .bind(filter.subscription_id)
     .bind(filter.user_id)
-    .bind(filter.channel.as_deref())
-    .bind(filter.status.as_deref())
+    .bind(filter.channel)
+    .bind(filter.status)
     .bind(filter.from)
     .bind(filter.until)
     .bind(page.after)

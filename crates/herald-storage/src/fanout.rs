@@ -9,6 +9,8 @@
 //!   again after a crash publishes only the rows still unmarked.
 
 use chrono::{DateTime, Utc};
+use messaging_core::ingress::DeliveryMode;
+use messaging_core::{AddressKind, Channel, FailureClass, MessageSource, MessageStatus};
 use sqlx::{Acquire, FromRow, PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
@@ -20,8 +22,8 @@ use crate::subscriptions::Subscription;
 pub struct RouterMessage {
     pub id: Uuid,
     pub tenant_id: Uuid,
-    pub status: String,
-    pub source: String,
+    pub status: MessageStatus,
+    pub source: MessageSource,
     pub subscription_id: Option<Uuid>,
     pub error_code: Option<String>,
 }
@@ -50,8 +52,7 @@ pub struct NewRouterMessage<'a> {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub idempotency_key: Option<&'a str>,
-    /// `amqp`, `legacy` or `event`.
-    pub source: &'a str,
+    pub source: MessageSource,
     pub subscription_id: Option<Uuid>,
     pub request: &'a serde_json::Value,
     pub reply_to: Option<&'a str>,
@@ -116,12 +117,12 @@ pub async fn insert_or_find_message(
 pub async fn fail_message(
     db: &mut PgConnection,
     id: Uuid,
-    class: &str,
+    class: FailureClass,
     code: &str,
     message: &str,
-) -> Result<String, StoreError> {
+) -> Result<MessageStatus, StoreError> {
     let mut tx = db.begin().await?;
-    let status: Option<String> =
+    let status: Option<MessageStatus> =
         sqlx::query_scalar("SELECT status FROM messages WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -129,7 +130,7 @@ pub async fn fail_message(
     let Some(status) = status else {
         return Err(StoreError::NotFound);
     };
-    if status != "accepted" {
+    if status != MessageStatus::Accepted {
         tx.commit().await?;
         return Ok(status);
     }
@@ -146,7 +147,7 @@ pub async fn fail_message(
     .bind(class)
     .execute(&mut *tx)
     .await?;
-    let status: String = sqlx::query_scalar(
+    let status: MessageStatus = sqlx::query_scalar(
         "UPDATE messages SET error_code = $2, error_message = $3,
              status = CASE WHEN NOT d.published THEN 'failed'
                            WHEN d.pending THEN 'fanned_out' ELSE 'completed' END,
@@ -256,8 +257,8 @@ pub async fn finish_fanout(
     id: Uuid,
     started: DateTime<Utc>,
     sweep: bool,
-) -> Result<(String, i32), StoreError> {
-    let (status, abandoned): (Option<String>, i32) =
+) -> Result<(MessageStatus, i32), StoreError> {
+    let (status, abandoned): (Option<MessageStatus>, i32) =
         sqlx::query_as("SELECT status, abandoned FROM herald_finish_fanout($1, $2, $3)")
             .bind(id)
             .bind(started)
@@ -289,7 +290,7 @@ pub async fn subscriptions_for_event(
 #[derive(Debug, Clone, FromRow)]
 pub struct TemplateRow {
     pub id: Uuid,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     pub locale: String,
     pub subject: Option<String>,
     pub body: String,
@@ -319,8 +320,8 @@ pub struct UserRecipient {
     pub id: Uuid,
     pub external_id: String,
     pub locale: Option<String>,
-    pub preferred_channel: Option<String>,
-    pub delivery_mode: String,
+    pub preferred_channel: Option<Channel>,
+    pub delivery_mode: DeliveryMode,
     /// Active addresses only, oldest first.
     pub addresses: Vec<ActiveAddress>,
 }
@@ -328,9 +329,14 @@ pub struct UserRecipient {
 #[derive(Debug, Clone)]
 pub struct ActiveAddress {
     pub id: Uuid,
-    pub channel: String,
-    pub kind: String,
+    pub kind: AddressKind,
     pub value: String,
+}
+
+impl ActiveAddress {
+    pub fn channel(&self) -> Channel {
+        self.kind.channel()
+    }
 }
 
 /// The named people with their active addresses. People not known yet are created (as the
@@ -358,16 +364,15 @@ pub async fn users_for_fanout(
         user_id: Uuid,
         external_id: String,
         locale: Option<String>,
-        preferred_channel: Option<String>,
-        delivery_mode: String,
+        preferred_channel: Option<Channel>,
+        delivery_mode: DeliveryMode,
         address_id: Option<Uuid>,
-        channel: Option<String>,
-        kind: Option<String>,
+        kind: Option<AddressKind>,
         value: Option<String>,
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT u.id AS user_id, u.external_id, u.locale, u.preferred_channel, u.delivery_mode,
-                a.id AS address_id, a.channel, a.kind, a.value
+                a.id AS address_id, a.kind, a.value
          FROM users u
          LEFT JOIN addresses a ON a.user_id = u.id AND a.state = 'active'
          WHERE u.tenant_id = $1 AND u.external_id = ANY($2)
@@ -390,19 +395,10 @@ pub async fn users_for_fanout(
                 addresses: Vec::new(),
             });
         }
-        if let (Some(id), Some(channel), Some(kind), Some(value), Some(user)) = (
-            row.address_id,
-            row.channel,
-            row.kind,
-            row.value,
-            users.last_mut(),
-        ) {
-            user.addresses.push(ActiveAddress {
-                id,
-                channel,
-                kind,
-                value,
-            });
+        if let (Some(id), Some(kind), Some(value), Some(user)) =
+            (row.address_id, row.kind, row.value, users.last_mut())
+        {
+            user.addresses.push(ActiveAddress { id, kind, value });
         }
     }
     Ok(users)
@@ -415,7 +411,7 @@ pub struct RegistrationRecipient {
     pub user_id: Uuid,
     pub external_id: String,
     pub locale: Option<String>,
-    pub channel: String,
+    pub channel: Channel,
     pub address: String,
     /// The person's address row for it, when there is one: delivery results then reach the
     /// address (R3, R6).
@@ -431,7 +427,7 @@ pub async fn registrations_page(
     subscription_id: Uuid,
     after: Uuid,
     limit: i64,
-    channels: Option<&[String]>,
+    channels: Option<&[Channel]>,
 ) -> Result<Vec<RegistrationRecipient>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT r.id, r.user_id, u.external_id, u.locale, r.channel, r.address, a.id AS address_id
@@ -461,15 +457,14 @@ pub struct NewDelivery {
     pub id: Uuid,
     pub user_id: Option<Uuid>,
     pub address_id: Option<Uuid>,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     pub address: Option<String>,
     pub failure: Option<DeliveryFailure>,
 }
 
 #[derive(Debug, Clone)]
 pub struct DeliveryFailure {
-    /// `temporary`, `permanent` or `unhealthy` (R4).
-    pub class: String,
+    pub class: FailureClass,
     pub code: String,
     pub message: String,
 }
@@ -497,9 +492,9 @@ pub async fn insert_deliveries(
         ids.push(row.id);
         user_ids.push(row.user_id);
         address_ids.push(row.address_id);
-        channels.push(row.channel.as_deref());
+        channels.push(row.channel);
         addresses.push(row.address.as_deref());
-        classes.push(row.failure.as_ref().map(|f| f.class.as_str()));
+        classes.push(row.failure.as_ref().map(|f| f.class));
         codes.push(row.failure.as_ref().map(|f| f.code.as_str()));
         messages.push(row.failure.as_ref().map(|f| f.message.as_str()));
     }
@@ -538,7 +533,7 @@ pub async fn insert_deliveries(
             Some(UnpublishedDelivery {
                 id: row.get("id"),
                 user_id: row.get("user_id"),
-                channel: row.get::<Option<String>, _>("channel")?,
+                channel: row.get::<Option<Channel>, _>("channel")?,
                 address: row.get::<Option<String>, _>("address")?,
             })
             .filter(|_| pending)
@@ -563,7 +558,26 @@ pub async fn has_deliveries(db: impl PgExecutor<'_>, message_id: Uuid) -> Result
 pub struct UnpublishedDelivery {
     pub id: Uuid,
     pub user_id: Option<Uuid>,
-    pub channel: String,
+    pub channel: Channel,
+    pub address: String,
+}
+
+impl UnpublishedDelivery {
+    pub fn key(self) -> DeliveryKey {
+        DeliveryKey {
+            user_id: self.user_id,
+            channel: self.channel,
+            address: self.address,
+        }
+    }
+}
+
+/// What makes a delivery unique within its message (the table's unique key): the recipient,
+/// the channel and the normalised address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub user_id: Option<Uuid>,
+    pub channel: Channel,
     pub address: String,
 }
 
@@ -574,11 +588,11 @@ pub struct UnpublishedDelivery {
 pub async fn unpublished(
     db: impl PgExecutor<'_>,
     message_id: Uuid,
-    keys: &[(Option<Uuid>, String, String)],
+    keys: &[DeliveryKey],
 ) -> Result<Vec<UnpublishedDelivery>, StoreError> {
-    let user_ids: Vec<Option<Uuid>> = keys.iter().map(|k| k.0).collect();
-    let channels: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let addresses: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    let user_ids: Vec<Option<Uuid>> = keys.iter().map(|k| k.user_id).collect();
+    let channels: Vec<Channel> = keys.iter().map(|k| k.channel).collect();
+    let addresses: Vec<&str> = keys.iter().map(|k| k.address.as_str()).collect();
     // Only a pass after an interrupted one asks: `deliveries_pending` finds the message's
     // pending rows, of which the join keeps this batch's.
     Ok(sqlx::query_as(

@@ -3,6 +3,7 @@
 //! hashed, single-use and short-lived.
 
 use chrono::{DateTime, Utc};
+use messaging_core::Channel;
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -13,7 +14,7 @@ use crate::secret;
 #[derive(Debug, Clone)]
 pub struct IssuedCode {
     pub code: String,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -22,7 +23,7 @@ pub struct IssuedCode {
 pub struct Redeemed {
     pub tenant_id: Uuid,
     pub user_id: Uuid,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
 }
 
 /// Issues a code for `user_id`, optionally only for one channel. Expired codes of the same
@@ -31,7 +32,7 @@ pub async fn issue(
     db: &mut sqlx::PgConnection,
     tenant_id: Uuid,
     user_id: Uuid,
-    channel: Option<&str>,
+    channel: Option<Channel>,
     ttl: chrono::Duration,
 ) -> Result<IssuedCode, StoreError> {
     sqlx::query(
@@ -54,7 +55,7 @@ pub async fn issue(
     .await?;
     Ok(IssuedCode {
         code,
-        channel: channel.map(str::to_owned),
+        channel,
         expires_at,
     })
 }
@@ -65,7 +66,7 @@ pub async fn issue(
 pub async fn redeem(
     db: impl PgExecutor<'_>,
     code: &str,
-    channel: &str,
+    channel: Channel,
 ) -> Result<Option<Redeemed>, StoreError> {
     let normalized = code.trim().to_ascii_uppercase();
     Ok(sqlx::query_as(

@@ -2,6 +2,7 @@
 //! so an accepted message is never lost between the database and the broker.
 
 use chrono::{DateTime, Utc};
+use messaging_core::{MessageSource, MessageStatus};
 use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -13,10 +14,10 @@ pub struct Message {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub idempotency_key: Option<String>,
-    pub source: String,
+    pub source: MessageSource,
     pub subscription_id: Option<Uuid>,
     pub request: serde_json::Value,
-    pub status: String,
+    pub status: MessageStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -26,7 +27,7 @@ pub struct Message {
 pub struct NewMessage<'a> {
     pub tenant_id: Uuid,
     pub idempotency_key: Option<&'a str>,
-    pub source: &'a str,
+    pub source: MessageSource,
     pub subscription_id: Option<Uuid>,
     /// The request as the router will read it (a versioned notify request).
     pub request: &'a serde_json::Value,

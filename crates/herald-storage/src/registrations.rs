@@ -1,6 +1,7 @@
 //! Registrations: a person subscribed on one channel address (R12).
 
 use chrono::{DateTime, Utc};
+use messaging_core::Channel;
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -16,7 +17,7 @@ pub struct Registration {
     pub subscription_key: String,
     pub user_id: Uuid,
     pub user_external_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub address: String,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
@@ -45,7 +46,7 @@ pub async fn subscribe(
     tenant_id: Uuid,
     subscription_id: Uuid,
     user_id: Uuid,
-    channel: &str,
+    channel: Channel,
     address: &str,
 ) -> Result<(Registration, bool), StoreError> {
     let (id, created): (Uuid, bool) = sqlx::query_as(
@@ -141,7 +142,7 @@ pub async fn unsubscribe(
     tenant_id: Uuid,
     subscription_id: Uuid,
     user_id: Uuid,
-    channel: Option<&str>,
+    channel: Option<Channel>,
     address: Option<&str>,
 ) -> Result<u64, StoreError> {
     let done = sqlx::query(

@@ -2,6 +2,7 @@
 //! serves every channel that has no row of its own.
 
 use chrono::{DateTime, Utc};
+use messaging_core::Channel;
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -13,7 +14,7 @@ pub struct Template {
     pub tenant_id: Uuid,
     pub subscription_id: Uuid,
     /// `None`: the default for channels without a template of their own.
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     pub locale: String,
     pub subject: Option<String>,
     pub body: String,
@@ -27,7 +28,7 @@ pub struct Template {
 pub struct TemplateKey<'a> {
     pub tenant_id: Uuid,
     pub subscription_id: Uuid,
-    pub channel: Option<&'a str>,
+    pub channel: Option<Channel>,
     pub locale: &'a str,
 }
 

@@ -6,6 +6,7 @@
 //! events of a message cannot both miss that the message is complete.
 
 use chrono::{DateTime, Utc};
+use messaging_core::{AddressState, Channel, DeliveryStatus, FailureClass, MessageStatus};
 use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -44,8 +45,7 @@ pub enum AttemptOutcome<'a> {
 
 #[derive(Debug, Clone, Copy)]
 pub struct FailureRef<'a> {
-    /// `temporary`, `permanent` or `unhealthy`.
-    pub class: &'a str,
+    pub class: FailureClass,
     pub code: &'a str,
     pub message: &'a str,
 }
@@ -61,7 +61,7 @@ pub enum Recorded {
     Applied {
         message_id: Uuid,
         /// The address's new state and why, when this attempt changed it.
-        address_change: Option<(String, String)>,
+        address_change: Option<(AddressState, String)>,
     },
 }
 
@@ -98,11 +98,14 @@ pub async fn record(
         return Ok(Recorded::Unknown);
     };
     let (status, failure, retry_at, sent_at) = match &attempt.result {
-        AttemptOutcome::Delivered => ("sent", None, None, Some(attempt.occurred_at)),
-        AttemptOutcome::RetryScheduled { failure, retry_at } => {
-            ("pending", Some(*failure), Some(*retry_at), None)
-        }
-        AttemptOutcome::Failed { failure } => ("failed", Some(*failure), None, None),
+        AttemptOutcome::Delivered => (DeliveryStatus::Sent, None, None, Some(attempt.occurred_at)),
+        AttemptOutcome::RetryScheduled { failure, retry_at } => (
+            DeliveryStatus::Pending,
+            Some(*failure),
+            Some(*retry_at),
+            None,
+        ),
+        AttemptOutcome::Failed { failure } => (DeliveryStatus::Failed, Some(*failure), None, None),
     };
     // Final is final; among pending states only a later attempt counts (a repeated event
     // must not count its failure twice towards removal). Under the message lock, so the
@@ -151,7 +154,7 @@ async fn address_effect(
     attempt: &Attempt<'_>,
     failure: Option<FailureRef<'_>>,
     policy: RemovalPolicy,
-) -> Result<Option<(String, String)>, StoreError> {
+) -> Result<Option<(AddressState, String)>, StoreError> {
     let Some(failure) = failure else {
         sqlx::query(
             "UPDATE addresses SET last_success_at = greatest(last_success_at, $2),
@@ -165,12 +168,19 @@ async fn address_effect(
         return Ok(None);
     };
     match failure.class {
-        "permanent" => {
+        FailureClass::Permanent => {
             let reason = format!("{}: {}", failure.code, failure.message);
-            change_state(tx, tenant_id, address_id, "unreachable", &reason).await
+            change_state(
+                tx,
+                tenant_id,
+                address_id,
+                AddressState::Unreachable,
+                &reason,
+            )
+            .await
         }
-        "temporary" => {
-            let (count, since, state): (i32, DateTime<Utc>, String) = sqlx::query_as(
+        FailureClass::Temporary => {
+            let (count, since, state): (i32, DateTime<Utc>, AddressState) = sqlx::query_as(
                 "UPDATE addresses SET failure_count = failure_count + 1,
                      failure_streak_started_at = coalesce(failure_streak_started_at, $2),
                      updated_at = now()
@@ -182,19 +192,19 @@ async fn address_effect(
             .fetch_one(&mut *tx)
             .await?;
             let span = attempt.occurred_at - since;
-            if state == "active" && count >= policy.failures && span >= policy.after {
+            if state == AddressState::Active && count >= policy.failures && span >= policy.after {
                 let reason = format!(
                     "unreachable since {} ({count} failed attempts, the last: {}: {})",
                     since.to_rfc3339(),
                     failure.code,
                     failure.message
                 );
-                change_state(tx, tenant_id, address_id, "removed", &reason).await
+                change_state(tx, tenant_id, address_id, AddressState::Removed, &reason).await
             } else {
                 Ok(None)
             }
         }
-        _ => Ok(None),
+        FailureClass::Unhealthy => Ok(None),
     }
 }
 
@@ -203,9 +213,9 @@ async fn change_state(
     tx: &mut PgConnection,
     tenant_id: Uuid,
     address_id: Uuid,
-    state: &str,
+    state: AddressState,
     reason: &str,
-) -> Result<Option<(String, String)>, StoreError> {
+) -> Result<Option<(AddressState, String)>, StoreError> {
     let changed = sqlx::query(
         "UPDATE addresses SET state = $2, state_reason = $3, state_changed_at = now(), updated_at = now()
          WHERE id = $1 AND state = 'active'",
@@ -227,7 +237,7 @@ async fn change_state(
     .bind(reason)
     .execute(&mut *tx)
     .await?;
-    Ok(Some((state.to_owned(), reason.to_owned())))
+    Ok(Some((state, reason.to_owned())))
 }
 
 /// Marks a fanned-out message completed when none of its deliveries is pending any more.
@@ -253,7 +263,7 @@ pub struct PendingOutcome {
     pub id: Uuid,
     pub tenant_key: String,
     pub idempotency_key: Option<String>,
-    pub status: String,
+    pub status: MessageStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub reply_to: Option<String>,
@@ -266,9 +276,9 @@ pub struct PendingOutcome {
 pub struct OutcomeRecipient {
     pub delivery_id: Uuid,
     pub user_external_id: Option<String>,
-    pub channel: Option<String>,
-    pub status: String,
-    pub failure_class: Option<String>,
+    pub channel: Option<Channel>,
+    pub status: DeliveryStatus,
+    pub failure_class: Option<FailureClass>,
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
     pub attempts: i32,

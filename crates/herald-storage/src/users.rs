@@ -1,6 +1,8 @@
 //! People, by the tenant's own id for them (R1).
 
 use chrono::{DateTime, Utc};
+use messaging_core::Channel;
+use messaging_core::ingress::DeliveryMode;
 use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
@@ -13,8 +15,8 @@ pub struct User {
     pub tenant_id: Uuid,
     pub external_id: String,
     pub locale: Option<String>,
-    pub preferred_channel: Option<String>,
-    pub delivery_mode: String,
+    pub preferred_channel: Option<Channel>,
+    pub delivery_mode: DeliveryMode,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -68,8 +70,8 @@ pub async fn list(
 
 pub struct Settings<'a> {
     pub locale: Option<&'a str>,
-    pub preferred_channel: Option<&'a str>,
-    pub delivery_mode: &'a str,
+    pub preferred_channel: Option<Channel>,
+    pub delivery_mode: DeliveryMode,
 }
 
 /// Creates the person or replaces their settings (R2: all channels or the preferred one).

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
+use crate::states::AddressKind;
 use crate::values::{ChatId, DiscordId, E164, Email, InvalidValue, Jid};
 
 /// Where one delivery goes. The variant fixes the channel, so an email address can never be
@@ -53,15 +54,23 @@ impl Address {
         })
     }
 
+    /// Parses an address as stored: its kind and its text.
+    pub fn from_kind(kind: AddressKind, raw: &str) -> Result<Address, InvalidValue> {
+        Ok(match kind {
+            AddressKind::XmppRoom => Address::XmppRoom(Jid::parse(raw)?),
+            other => Address::parse(other.channel(), raw)?,
+        })
+    }
+
     /// The kind as stored and serialized (`telegram`, …, `xmpp_room`, `email`, `sms`).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> AddressKind {
         match self {
-            Address::Telegram(_) => "telegram",
-            Address::Discord(_) => "discord",
-            Address::Xmpp(_) => "xmpp",
-            Address::XmppRoom(_) => "xmpp_room",
-            Address::Email(_) => "email",
-            Address::Sms(_) => "sms",
+            Address::Telegram(_) => AddressKind::Telegram,
+            Address::Discord(_) => AddressKind::Discord,
+            Address::Xmpp(_) => AddressKind::Xmpp,
+            Address::XmppRoom(_) => AddressKind::XmppRoom,
+            Address::Email(_) => AddressKind::Email,
+            Address::Sms(_) => AddressKind::Sms,
         }
     }
 

@@ -74,11 +74,25 @@ impl fmt::Display for Channel {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown channel {0:?}; known channels: telegram, discord, xmpp, email, sms (legacy codes TG, DISCORD, XMPP, EMAIL, SMS)"
-)]
+/// A word that names no channel. The message lists the known ones, from [`Channel::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownChannel(pub String);
+
+impl fmt::Display for UnknownChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
+        let codes: Vec<&str> = Channel::ALL.iter().map(|c| c.legacy_code()).collect();
+        write!(
+            f,
+            "unknown channel {:?}; known channels: {} (legacy codes {})",
+            self.0,
+            names.join(", "),
+            codes.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownChannel {}
 
 impl FromStr for Channel {
     type Err = UnknownChannel;
@@ -90,6 +104,8 @@ impl FromStr for Channel {
             .ok_or_else(|| UnknownChannel(s.to_owned()))
     }
 }
+
+crate::sqlx_text!(Channel);
 
 #[cfg(test)]
 mod tests {

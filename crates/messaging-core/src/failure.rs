@@ -28,6 +28,27 @@ impl FailureClass {
     }
 }
 
+impl std::str::FromStr for FailureClass {
+    type Err = crate::text_enum::UnknownWord;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            FailureClass::Temporary,
+            FailureClass::Permanent,
+            FailureClass::Unhealthy,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .ok_or_else(|| crate::text_enum::UnknownWord {
+            what: "failure class",
+            value: s.to_owned(),
+            expected: "temporary permanent unhealthy",
+        })
+    }
+}
+
+crate::sqlx_text!(FailureClass);
+
 impl std::fmt::Display for FailureClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

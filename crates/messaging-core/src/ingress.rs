@@ -100,6 +100,33 @@ pub enum DeliveryMode {
     Preferred,
 }
 
+impl DeliveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::All => "all",
+            DeliveryMode::Preferred => "preferred",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryMode {
+    type Err = crate::text_enum::UnknownWord;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(DeliveryMode::All),
+            "preferred" => Ok(DeliveryMode::Preferred),
+            _ => Err(crate::text_enum::UnknownWord {
+                what: "delivery mode",
+                value: s.to_owned(),
+                expected: "all preferred",
+            }),
+        }
+    }
+}
+
+crate::sqlx_text!(DeliveryMode);
+
 /// Something happened in another system; subscriptions bound to its type fire (R14).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

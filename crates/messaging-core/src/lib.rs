@@ -7,6 +7,9 @@
 //! - [`values`]: validated newtypes for everything that arrives from outside
 //!   (subscription keys, emails, E.164 numbers, JIDs, chat ids, locales, ...).
 //! - [`address`]: a typed destination on one channel.
+//! - [`states`]: the closed sets of words Herald stores (address kinds and states, message and
+//!   delivery statuses, sources, roles), mapped to SQL with the `sqlx` feature.
+//! - [`text_enum`]: the macros that define those enums and their SQL mapping.
 //! - [`version`]: the envelope version every queue payload carries.
 //! - [`ingress`]: what producers publish (versioned requests and events, and the legacy format),
 //!   with a decoder that says clearly what is wrong with a bad message.
@@ -24,6 +27,8 @@ pub mod ingress;
 pub mod job;
 pub mod schedule;
 pub mod schema;
+pub mod states;
+pub mod text_enum;
 pub mod topology;
 pub mod values;
 pub mod version;
@@ -31,6 +36,7 @@ pub mod version;
 pub use address::Address;
 pub use channel::Channel;
 pub use failure::FailureClass;
+pub use states::{AddressKind, AddressState, DeliveryStatus, MessageSource, MessageStatus, Role};
 pub use version::EnvelopeVersion;
 
 /// Largest message body any Herald queue accepts. Producers get a dead-letter with reason

@@ -12,7 +12,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use herald_storage::{StoreError, api_keys, tenants};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::config::AuthConfig;
@@ -21,32 +21,7 @@ use crate::startup::AppState;
 
 pub const TENANT_HEADER: &str = "herald-tenant";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    GlobalAdmin,
-    TenantAdmin,
-    User,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::GlobalAdmin => "global_admin",
-            Role::TenantAdmin => "tenant_admin",
-            Role::User => "user",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "global_admin" => Some(Role::GlobalAdmin),
-            "tenant_admin" => Some(Role::TenantAdmin),
-            "user" => Some(Role::User),
-            _ => None,
-        }
-    }
-}
+pub use messaging_core::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRef {
@@ -211,8 +186,7 @@ impl FromRequestParts<AppState> for Caller {
                 .map_err(|e| {
                     unavailable_or(e, ApiError::unauthorized("unknown or revoked API key"))
                 })?;
-            let role = Role::parse(&owner.role)
-                .ok_or_else(|| ApiError::unauthorized("the key has an unknown role"))?;
+            let role = owner.role;
             Caller {
                 role,
                 tenant: owner

@@ -59,7 +59,7 @@ async fn bootstrap(tenant: Option<String>, name: Option<String>) -> anyhow::Resu
         &pool,
         NewKey {
             tenant_id: None,
-            role: "global_admin",
+            role: messaging_core::Role::GlobalAdmin,
             user_id: None,
             name: "bootstrap",
             created_by: "bootstrap",

@@ -137,8 +137,8 @@ impl Harness {
             external_id,
             users::Settings {
                 locale,
-                preferred_channel: preferred,
-                delivery_mode: mode,
+                preferred_channel: preferred.map(|c| c.parse().expect("a channel")),
+                delivery_mode: mode.parse().expect("a delivery mode"),
             },
         )
         .await
@@ -152,8 +152,7 @@ impl Harness {
             NewAddress {
                 tenant_id: self.tenant_id,
                 user_id,
-                channel,
-                kind: channel,
+                kind: channel.parse().expect("an address kind"),
                 value,
                 display_name: None,
             },

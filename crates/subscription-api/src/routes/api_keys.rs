@@ -31,7 +31,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct KeyView {
     pub id: Uuid,
     pub name: String,
-    pub role: String,
+    #[schema(value_type = String, example = "tenant_admin")]
+    pub role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// The first characters, to tell keys apart.
@@ -128,7 +129,7 @@ async fn create(
         &state.pool,
         NewKey {
             tenant_id,
-            role: body.role.as_str(),
+            role: body.role,
             user_id: user_id.as_ref().map(|u| u.as_str()),
             name: body.name.trim(),
             created_by: &caller.actor,

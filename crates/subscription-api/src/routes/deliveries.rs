@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use herald_storage::deliveries::{self, Filter};
 use herald_storage::page::Page;
 use herald_storage::{StoreError, subscriptions};
+use messaging_core::DeliveryStatus;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -63,22 +64,17 @@ async fn list(
         cursor: query.cursor,
     }
     .request()?;
-    if let Some(status) = &query.status
-        && !matches!(status.as_str(), "pending" | "sent" | "failed")
-    {
-        return Err(ApiError::invalid(
-            "status",
-            "must be pending, sent or failed",
-        ));
-    }
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<DeliveryStatus>()
+                .map_err(|_| ApiError::invalid("status", "must be pending, sent or failed"))
+        })
+        .transpose()?;
     let mut filter = Filter {
-        channel: query
-            .channel
-            .as_deref()
-            .map(parse_channel)
-            .transpose()?
-            .map(|c| c.as_str().to_owned()),
-        status: query.status,
+        channel: query.channel.as_deref().map(parse_channel).transpose()?,
+        status,
         from: query.from,
         until: query.until,
         ..Filter::default()

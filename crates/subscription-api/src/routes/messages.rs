@@ -15,6 +15,7 @@ use messaging_core::ingress::{
     Content, DeliveryMode, Ingress, NotifyRequest, Recipients, TemplateContent,
 };
 use messaging_core::values::{IdempotencyKey, Locale, TenantKey, UserId};
+use messaging_core::{DeliveryStatus, MessageSource, MessageStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -67,7 +68,8 @@ pub struct DirectMessageRequest {
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     pub message_id: Uuid,
-    pub status: String,
+    #[schema(value_type = String, example = "accepted")]
+    pub status: MessageStatus,
     /// `true` when an earlier request with the same Idempotency-Key is answered again.
     pub repeated: bool,
 }
@@ -188,7 +190,7 @@ async fn accept(
         NewMessage {
             tenant_id: tenant.id,
             idempotency_key: request.idempotency_key.as_ref().map(|k| k.as_str()),
-            source: "api",
+            source: MessageSource::Api,
             subscription_id,
             request: &encoded,
             exchange: &state.names.ingress_exchange(),
@@ -234,8 +236,10 @@ async fn accept(
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     pub message_id: Uuid,
-    pub status: String,
-    pub source: String,
+    #[schema(value_type = String, example = "completed")]
+    pub status: MessageStatus,
+    #[schema(value_type = String, example = "api")]
+    pub source: MessageSource,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -252,9 +256,11 @@ pub struct DeliveryView {
     pub message_id: Uuid,
     pub subscription_id: Option<String>,
     pub user_id: Option<String>,
-    pub channel: Option<String>,
+    #[schema(value_type = Option<String>, example = "email")]
+    pub channel: Option<Channel>,
     pub address: Option<String>,
-    pub status: String,
+    #[schema(value_type = String, example = "sent")]
+    pub status: DeliveryStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Value>,
     pub attempts: i32,

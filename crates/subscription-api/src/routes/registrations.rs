@@ -32,7 +32,8 @@ pub struct RegistrationView {
     pub registration_id: Uuid,
     pub subscription_id: String,
     pub user_id: String,
-    pub channel: String,
+    #[schema(value_type = String, example = "email")]
+    pub channel: Channel,
     pub address: String,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,

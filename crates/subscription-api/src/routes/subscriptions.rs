@@ -293,7 +293,7 @@ async fn subscribe(
         subscription.tenant_id,
         subscription.id,
         user.id,
-        channel.as_str(),
+        channel,
         &address,
     )
     .await?;
@@ -350,7 +350,7 @@ async fn unsubscribe(
         subscription.tenant_id,
         subscription.id,
         user.id,
-        channel.map(|c| c.as_str()),
+        channel,
         address.as_deref(),
     )
     .await?;

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use herald_storage::subscriptions::Subscription;
 use herald_storage::templates::{self, Template, TemplateKey, TemplateText};
+use messaging_core::Channel;
 use messaging_core::values::Locale;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -49,7 +50,10 @@ pub struct TemplateView {
 impl From<Template> for TemplateView {
     fn from(t: Template) -> Self {
         TemplateView {
-            channel: t.channel.unwrap_or_else(|| DEFAULT_CHANNEL.to_owned()),
+            channel: t
+                .channel
+                .map_or(DEFAULT_CHANNEL, Channel::as_str)
+                .to_owned(),
             locale: t.locale,
             subject: t.subject,
             body: t.body,
@@ -105,11 +109,11 @@ async fn subscription(
     find(state, caller, raw).await
 }
 
-fn parse_key_parts(path: &TemplatePath) -> Result<(Option<String>, Locale), ApiError> {
+fn parse_key_parts(path: &TemplatePath) -> Result<(Option<Channel>, Locale), ApiError> {
     let channel = if path.channel == DEFAULT_CHANNEL {
         None
     } else {
-        Some(parse_channel(&path.channel)?.as_str().to_owned())
+        Some(parse_channel(&path.channel)?)
     };
     let locale =
         Locale::parse(&path.locale).map_err(|e| ApiError::invalid("locale", e.to_string()))?;
@@ -167,7 +171,7 @@ async fn read(
         TemplateKey {
             tenant_id: subscription.tenant_id,
             subscription_id: subscription.id,
-            channel: channel.as_deref(),
+            channel,
             locale: locale.as_str(),
         },
     )
@@ -211,7 +215,7 @@ async fn put(
         TemplateKey {
             tenant_id: subscription.tenant_id,
             subscription_id: subscription.id,
-            channel: channel.as_deref(),
+            channel,
             locale: locale.as_str(),
         },
         TemplateText {
@@ -249,7 +253,7 @@ async fn remove(
         TemplateKey {
             tenant_id: subscription.tenant_id,
             subscription_id: subscription.id,
-            channel: channel.as_deref(),
+            channel,
             locale: locale.as_str(),
         },
     )

@@ -12,7 +12,7 @@ use herald_storage::page::Page;
 use herald_storage::users::{self, Settings, User};
 use messaging_core::ingress::DeliveryMode;
 use messaging_core::values::{Jid, Locale, UserId};
-use messaging_core::{Address, Channel};
+use messaging_core::{Address, AddressKind, AddressState, Channel};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -39,8 +39,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct UserView {
     pub user_id: String,
     pub locale: Option<String>,
-    pub preferred_channel: Option<String>,
-    pub delivery_mode: String,
+    #[schema(value_type = Option<String>, example = "email")]
+    pub preferred_channel: Option<Channel>,
+    #[schema(value_type = String, example = "all")]
+    pub delivery_mode: DeliveryMode,
     pub created_at: DateTime<Utc>,
     pub modified_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,12 +68,15 @@ impl From<User> for UserView {
 #[serde(rename_all = "camelCase")]
 pub struct AddressView {
     pub address_id: Uuid,
-    pub channel: String,
-    pub kind: String,
+    #[schema(value_type = String, example = "email")]
+    pub channel: Channel,
+    #[schema(value_type = String, example = "email")]
+    pub kind: AddressKind,
     pub address: String,
     pub display_name: Option<String>,
     pub verified: bool,
-    pub state: String,
+    #[schema(value_type = String, example = "active")]
+    pub state: AddressState,
     pub state_reason: Option<String>,
     pub state_changed_at: Option<DateTime<Utc>>,
     pub last_success_at: Option<DateTime<Utc>>,
@@ -178,23 +183,20 @@ async fn put(
             })
         })
         .transpose()?;
-    let mode = match body.delivery_mode.unwrap_or(DeliveryMode::All) {
-        DeliveryMode::All => "all",
-        DeliveryMode::Preferred if preferred.is_none() => {
-            return Err(ApiError::invalid(
-                "preferredChannel",
-                "delivering on the preferred channel needs one",
-            ));
-        }
-        DeliveryMode::Preferred => "preferred",
-    };
+    let mode = body.delivery_mode.unwrap_or(DeliveryMode::All);
+    if mode == DeliveryMode::Preferred && preferred.is_none() {
+        return Err(ApiError::invalid(
+            "preferredChannel",
+            "delivering on the preferred channel needs one",
+        ));
+    }
     let user = users::put(
         &state.pool,
         tenant.id,
         person.as_str(),
         Settings {
             locale: locale.as_ref().map(|l| l.as_str()),
-            preferred_channel: preferred.map(|c| c.as_str()),
+            preferred_channel: preferred,
             delivery_mode: mode,
         },
     )
@@ -266,7 +268,6 @@ async fn add_address(
         NewAddress {
             tenant_id: tenant.id,
             user_id: user.id,
-            channel: channel.as_str(),
             kind: address.kind(),
             value: &value,
             display_name: body.display_name.as_deref(),
@@ -310,7 +311,8 @@ pub struct LinkCodeView {
     /// Shown only in this response; only its hash is stored.
     #[schema(example = "K7QX2MPA")]
     pub code: String,
-    pub channel: Option<String>,
+    #[schema(value_type = Option<String>, example = "telegram")]
+    pub channel: Option<Channel>,
     pub expires_at: DateTime<Utc>,
     /// What to tell the person.
     pub instructions: String,
@@ -350,14 +352,8 @@ async fn issue_link_code(
     let tenant = caller.tenant()?;
     let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
     let user = users::ensure(&mut *tx, tenant.id, person.as_str()).await?;
-    let issued = link_codes::issue(
-        &mut tx,
-        tenant.id,
-        user.id,
-        channel.map(|c| c.as_str()),
-        state.link_code_ttl,
-    )
-    .await?;
+    let issued =
+        link_codes::issue(&mut tx, tenant.id, user.id, channel, state.link_code_ttl).await?;
     tx.commit().await.map_err(StoreError::from)?;
     let instructions = match channel {
         Some(Channel::Telegram) | None => format!(

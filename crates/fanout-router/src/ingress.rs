@@ -19,8 +19,11 @@
 use std::sync::Arc;
 
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection};
-use herald_storage::fanout::{self as store, NewRouterMessage, RouterMessage};
+use herald_storage::event_bindings;
+use herald_storage::lease;
+use herald_storage::messages::{self, NewRouterMessage, RouterMessage};
 use herald_storage::subscriptions::{self, Subscription};
+use herald_storage::templates;
 use herald_storage::tenants::{self, Tenant};
 use herald_storage::{PgPool, StoreError};
 use messaging_core::ingress::{
@@ -104,6 +107,16 @@ struct Found {
     /// The row is another request's, found by the idempotency key only: this one is a
     /// repeat and must not continue (or mix its own recipients into) that message's fan-out.
     other_request: bool,
+}
+
+/// What travels with one request from its message row to the end of its fan-out.
+struct Work<'a> {
+    tenant: &'a Tenant,
+    request: &'a Request<'a>,
+    /// The subscription the request names (to notify, or for its templates), and the row
+    /// found for it: `None` when the tenant has no such subscription.
+    subscription_key: Option<&'a SubscriptionKey>,
+    subscription: Option<&'a Subscription>,
 }
 
 /// One request to turn into a message: the notify request and how to store it.
@@ -228,15 +241,13 @@ impl IngressHandler {
             if message.status != MessageStatus::Accepted || other_request {
                 return self.repeated(&message, request.source).await;
             }
-            let result = self
-                .leased(
-                    tenant,
-                    &request,
-                    &message,
-                    subscription.as_ref(),
-                    subscription_key,
-                )
-                .await;
+            let work = Work {
+                tenant,
+                request: &request,
+                subscription_key,
+                subscription: subscription.as_ref(),
+            };
+            let result = self.leased(&work, &message).await;
             match result {
                 Err(error) if ctx.is_last_attempt() => self.give_up(&message, ctx, error).await,
                 other => other,
@@ -261,13 +272,11 @@ impl IngressHandler {
     /// Fans out the message under its lease: one pass at a time per message.
     async fn leased(
         &self,
-        tenant: &Tenant,
-        request: &Request<'_>,
+        work: &Work<'_>,
         message: &RouterMessage,
-        subscription: Option<&Subscription>,
-        subscription_key: Option<&SubscriptionKey>,
     ) -> Result<Outcome, RouteError> {
-        let Some(lease) = store::try_lease(&self.pool, message.id).await? else {
+        let request = work.request;
+        let Some(mut lease) = lease::try_lease(&self.pool, message.id).await? else {
             // The pass that holds it finishes the message, or dies and frees it; either way
             // this copy comes back later and finds out which.
             tracing::info!("another pass is fanning out this message; looking again later");
@@ -276,14 +285,15 @@ impl IngressHandler {
                 after: self.retry.base,
             });
         };
-        // Whoever held the lease before may have finished the message meanwhile (even one
-        // this request created: a copy that found it can have taken the lease first).
-        let result = match store::message_in_tenant(&self.pool, tenant.id, message.id).await {
-            Ok(Some(message)) if message.status == MessageStatus::Accepted => {
-                self.fan_out(tenant, request, &message, subscription, subscription_key)
+        // Whoever held the lease before may have finished the message meanwhile, or died
+        // half-way (even through a message this request created: a copy that found it can
+        // have taken the lease first), so the row is read again under the lease.
+        let result = match lease.message(work.tenant.id).await {
+            Ok(Some(leased)) if leased.message.status == MessageStatus::Accepted => {
+                self.fan_out(work, &leased.message, leased.has_deliveries)
                     .await
             }
-            Ok(Some(message)) => self.repeated(&message, request.source).await,
+            Ok(Some(leased)) => self.repeated(&leased.message, request.source).await,
             Ok(None) => Err(StoreError::NotFound.into()),
             Err(error) => Err(error.into()),
         };
@@ -312,7 +322,7 @@ impl IngressHandler {
         );
         let recorded = async {
             let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-            store::fail_message(
+            messages::fail(
                 &mut conn,
                 message.id,
                 FailureClass::Unhealthy,
@@ -329,15 +339,20 @@ impl IngressHandler {
         Err(error)
     }
 
-    /// Fans out an accepted message, holding its lease.
+    /// Fans out an accepted message, holding its lease. `resumed`: an earlier pass wrote
+    /// delivery rows.
     async fn fan_out(
         &self,
-        tenant: &Tenant,
-        request: &Request<'_>,
+        work: &Work<'_>,
         message: &RouterMessage,
-        subscription: Option<&Subscription>,
-        subscription_key: Option<&SubscriptionKey>,
+        resumed: bool,
     ) -> Result<Outcome, RouteError> {
+        let Work {
+            tenant,
+            request,
+            subscription_key,
+            subscription,
+        } = *work;
         let notify = &request.notify;
         if let Some(key) = subscription_key {
             let refusal = match subscription {
@@ -366,7 +381,8 @@ impl IngressHandler {
                 let Some(subscription) = subscription else {
                     return Ok(dead_letter("invalid", "a template needs a subscription"));
                 };
-                let rows = store::templates(&self.pool, tenant.id, subscription.id).await?;
+                let rows =
+                    templates::for_subscription(&self.pool, tenant.id, subscription.id).await?;
                 let templates = Templates::new(rows, &subscription.fallback_locale, &content.data);
                 if templates.is_empty() {
                     let reason = format!(
@@ -397,6 +413,7 @@ impl IngressHandler {
                 request: notify,
                 audience,
                 body,
+                resumed,
             })
             .await?;
         tracing::info!(
@@ -429,9 +446,12 @@ impl IngressHandler {
                 format!("no tenant {:?}", event.tenant.as_str()),
             ));
         };
-        let bound =
-            store::subscriptions_for_event(&self.pool, tenant.id, event.event_type.as_str())
-                .await?;
+        let bound = event_bindings::subscriptions_for_event(
+            &self.pool,
+            tenant.id,
+            event.event_type.as_str(),
+        )
+        .await?;
         if bound.is_empty() {
             // Not an error: events are published whether or not anyone subscribed to them.
             tracing::info!(tenant = %tenant.key, event_type = event.event_type.as_str(), "no subscription is bound to this event type");
@@ -591,12 +611,12 @@ impl IngressHandler {
             correlation_id: ctx.correlation_id.as_deref(),
         };
         let id = first.unwrap_or_else(Uuid::now_v7);
-        let (message, id) = match store::insert_or_find_message(&mut conn, new(id)).await {
+        let (message, id) = match messages::insert_or_find(&mut conn, new(id)).await {
             Ok((message, _)) => (message, id),
             // The producer's id is another tenant's message: use one derived for this tenant.
             Err(StoreError::Conflict(_)) => {
                 let id = derived("own").unwrap_or_else(Uuid::now_v7);
-                let (message, _) = store::insert_or_find_message(&mut conn, new(id)).await?;
+                let (message, _) = messages::insert_or_find(&mut conn, new(id)).await?;
                 (message, id)
             }
             Err(e) => return Err(e),
@@ -616,8 +636,7 @@ impl IngressHandler {
     ) -> Result<Outcome, RouteError> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         let status =
-            store::fail_message(&mut conn, message.id, FailureClass::Permanent, code, reason)
-                .await?;
+            messages::fail(&mut conn, message.id, FailureClass::Permanent, code, reason).await?;
         drop(conn);
         tracing::warn!(code, reason, %status, "message refused");
         count(

@@ -1,13 +1,16 @@
-//! Herald's fan-out router: turns each request on `{p}.router.ingress` into one delivery row
-//! and one send job per address (R1, R2, R4, R13-R15, R41, R44).
+//! Herald's router: turns each request on `{p}.router.ingress` into one delivery row and one
+//! send job per address (R1, R2, R4, R13-R15, R41, R44), and owns everything else that needs
+//! the database behind the senders: delivery tracking, outcomes, schedules and the send-queue
+//! watchdog. (The crate keeps its first name, `fanout-router`, which deployments know.)
 //!
 //! # Layout
 //!
 //! - [`config`]: `router.*` and `database.*` besides the base settings.
 //! - [`ingress`]: the ingress consumer's handler: decode, tenant, the `messages` row (found or
 //!   created, idempotent), subscription checks, events and legacy messages, then fan-out.
-//! - [`fanout`]: recipients to delivery rows to confirmed send jobs, in batches, exactly one
-//!   job per (message, address) across redeliveries.
+//! - [`fanout`]: recipients to delivery rows to confirmed send jobs, page by page through named
+//!   stages (plan, write, match, encode, publish), exactly one job per (message, address)
+//!   across redeliveries.
 //! - [`render`]: template choice by channel and locale, and rendering with minijinja.
 //! - [`tracking`]: the events consumer: delivery events into delivery records and address
 //!   states (R3, R6, R15), contact links into addresses (R5).

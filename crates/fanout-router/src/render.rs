@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use herald_storage::fanout::TemplateRow;
+use herald_storage::templates::Template;
 use messaging_core::Channel;
 use messaging_core::failure::Failure;
 use messaging_core::job::RenderedContent;
@@ -38,12 +38,12 @@ pub struct Templates {
 /// A template row, and the channel it is for (`None`: any channel).
 struct Choice {
     channel: Option<Channel>,
-    row: TemplateRow,
+    row: Template,
 }
 
 impl Templates {
     /// `rows`: all templates of the subscription; `fallback_locale`: the subscription's.
-    pub fn new(rows: Vec<TemplateRow>, fallback_locale: &str, data: &Map<String, Value>) -> Self {
+    pub fn new(rows: Vec<Template>, fallback_locale: &str, data: &Map<String, Value>) -> Self {
         let mut env = Environment::new();
         // A misspelt or missing parameter fails the delivery with a clear `template_error`
         // instead of sending "Your order  has shipped"; `is defined` and `default` still work.
@@ -177,19 +177,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn row(
-        channel: Option<Channel>,
-        locale: &str,
-        subject: Option<&str>,
-        body: &str,
-    ) -> TemplateRow {
-        TemplateRow {
+    fn row(channel: Option<Channel>, locale: &str, subject: Option<&str>, body: &str) -> Template {
+        Template {
             id: Uuid::now_v7(),
+            tenant_id: Uuid::nil(),
+            subscription_id: Uuid::nil(),
             channel,
             locale: locale.to_owned(),
             subject: subject.map(str::to_owned),
             body: body.to_owned(),
             html: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
         }
     }
 

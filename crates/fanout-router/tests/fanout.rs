@@ -601,9 +601,9 @@ async fn a_second_request_with_a_key_in_flight_does_not_join_the_first_ones_fan_
     // The first request with key k-9 is stored and still waiting for a retry (accepted).
     let first = notify_users(&["ann"], Some("k-9"));
     let mut conn = h.pool.acquire().await.unwrap();
-    let (stored, _) = herald_storage::fanout::insert_or_find_message(
+    let (stored, _) = herald_storage::messages::insert_or_find(
         &mut conn,
-        herald_storage::fanout::NewRouterMessage {
+        herald_storage::messages::NewRouterMessage {
             id: Uuid::now_v7(),
             tenant_id: h.tenant_id,
             idempotency_key: Some("k-9"),
@@ -659,7 +659,7 @@ async fn two_copies_of_a_request_in_work_at_once_fan_out_once(pool: PgPool) {
 
     // While another pass holds the message, a copy waits (without spending an attempt) and
     // publishes nothing.
-    let held = herald_storage::fanout::try_lease(&h.pool, id.parse().unwrap())
+    let held = herald_storage::lease::try_lease(&h.pool, id.parse().unwrap())
         .await
         .unwrap()
         .expect("the lease is free");

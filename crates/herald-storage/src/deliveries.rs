@@ -1,4 +1,11 @@
-//! Delivery records (R15): one per message and address, written by the router.
+//! Delivery records (R15): one per message and address, written by the router, with the mark
+//! that their send job is published.
+//!
+//! Exactly one job per (message, address) rests on two things here:
+//! - `deliveries` is unique on (message, user, channel, address), and rows are inserted with
+//!   `ON CONFLICT DO NOTHING`, so a request handled twice writes each row once;
+//! - `job_published_at` is set only after the broker confirmed the job, so a request handled
+//!   again after a crash publishes only the rows still unmarked.
 
 use chrono::{DateTime, Utc};
 use messaging_core::{Channel, DeliveryStatus, FailureClass};
@@ -7,6 +14,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::page::{Page, PageRequest};
+use sqlx::Row;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct Delivery {
@@ -110,4 +118,196 @@ pub async fn for_message(
     .bind(message_id)
     .fetch_all(db)
     .await?)
+}
+
+/// A delivery row to write. Without `failure` it is pending and gets a send job; with one it
+/// is failed from the start (no address, template error, invalid address), so the producer
+/// learns why per recipient (R4) and nothing is published.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub address_id: Option<Uuid>,
+    pub channel: Option<Channel>,
+    pub address: Option<String>,
+    pub failure: Option<DeliveryFailure>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryFailure {
+    pub class: FailureClass,
+    pub code: String,
+    pub message: String,
+}
+
+/// Writes one batch of delivery rows in one statement. Rows that exist already (the request
+/// is handled again) are left as they are. Returns how many were new, and the new pending
+/// ones: on a message's first pass exactly the rows whose jobs are to be published, so that
+/// pass needs no [`unpublished`] query per batch.
+pub async fn insert_batch(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    message_id: Uuid,
+    subscription_id: Option<Uuid>,
+    rows: &[NewDelivery],
+) -> Result<(u64, Vec<UnpublishedDelivery>), StoreError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut user_ids = Vec::with_capacity(rows.len());
+    let mut address_ids = Vec::with_capacity(rows.len());
+    let mut channels = Vec::with_capacity(rows.len());
+    let mut addresses = Vec::with_capacity(rows.len());
+    let mut classes = Vec::with_capacity(rows.len());
+    let mut codes = Vec::with_capacity(rows.len());
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.id);
+        user_ids.push(row.user_id);
+        address_ids.push(row.address_id);
+        channels.push(row.channel);
+        addresses.push(row.address.as_deref());
+        classes.push(row.failure.as_ref().map(|f| f.class));
+        codes.push(row.failure.as_ref().map(|f| f.code.as_str()));
+        messages.push(row.failure.as_ref().map(|f| f.message.as_str()));
+    }
+    let done = sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, message_id, subscription_id, user_id, address_id,
+                                 channel, address, status, failure_class, failure_code,
+                                 failure_message)
+         SELECT d.id, $1, $2, $3, d.user_id, d.address_id, d.channel, d.address,
+                CASE WHEN d.failure_code IS NULL THEN 'pending' ELSE 'failed' END,
+                d.failure_class, d.failure_code, d.failure_message
+         FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[],
+                     $10::text[], $11::text[])
+              AS d(id, user_id, address_id, channel, address, failure_class, failure_code,
+                   failure_message)
+         ON CONFLICT DO NOTHING
+         RETURNING id, user_id, channel, address, status = 'pending' AS pending",
+    )
+    .bind(tenant_id)
+    .bind(message_id)
+    .bind(subscription_id)
+    .bind(&ids)
+    .bind(&user_ids)
+    .bind(&address_ids)
+    .bind(&channels)
+    .bind(&addresses)
+    .bind(&classes)
+    .bind(&codes)
+    .bind(&messages)
+    .fetch_all(db)
+    .await?;
+    let new = done.len() as u64;
+    let pending = done
+        .into_iter()
+        .filter_map(|row| {
+            let pending: bool = row.get("pending");
+            Some(UnpublishedDelivery {
+                id: row.get("id"),
+                user_id: row.get("user_id"),
+                channel: row.get::<Option<Channel>, _>("channel")?,
+                address: row.get::<Option<String>, _>("address")?,
+            })
+            .filter(|_| pending)
+        })
+        .collect();
+    Ok((new, pending))
+}
+
+/// Whether any delivery of the message exists: none at the start of a pass means no earlier
+/// pass got as far as writing rows, so nothing written before needs finding again.
+pub async fn exist_for(db: impl PgExecutor<'_>, message_id: Uuid) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deliveries WHERE message_id = $1)")
+            .bind(message_id)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// A pending delivery whose job the broker has not confirmed yet.
+#[derive(Debug, Clone, FromRow)]
+pub struct UnpublishedDelivery {
+    pub id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub channel: Channel,
+    pub address: String,
+}
+
+impl UnpublishedDelivery {
+    pub fn key(self) -> DeliveryKey {
+        DeliveryKey {
+            user_id: self.user_id,
+            channel: self.channel,
+            address: self.address,
+        }
+    }
+}
+
+/// What makes a delivery unique within its message (the table's unique key): the recipient,
+/// the channel and the normalised address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub user_id: Option<Uuid>,
+    pub channel: Channel,
+    pub address: String,
+}
+
+/// Of the deliveries keyed by (user, channel, address), those still pending without a
+/// published job: the new rows of this batch, and rows an earlier, interrupted attempt wrote
+/// but could not publish. Their ids are the stored ones, so a job sent again keeps its
+/// delivery id and senders drop the repeat.
+pub async fn unpublished(
+    db: impl PgExecutor<'_>,
+    message_id: Uuid,
+    keys: &[DeliveryKey],
+) -> Result<Vec<UnpublishedDelivery>, StoreError> {
+    let user_ids: Vec<Option<Uuid>> = keys.iter().map(|k| k.user_id).collect();
+    let channels: Vec<Channel> = keys.iter().map(|k| k.channel).collect();
+    let addresses: Vec<&str> = keys.iter().map(|k| k.address.as_str()).collect();
+    // Only a pass after an interrupted one asks: `deliveries_pending` finds the message's
+    // pending rows, of which the join keeps this batch's.
+    Ok(sqlx::query_as(
+        "SELECT d.id, d.user_id, d.channel, d.address
+         FROM deliveries d
+         JOIN unnest($2::uuid[], $3::text[], $4::text[]) AS k(user_id, channel, address)
+           ON d.user_id IS NOT DISTINCT FROM k.user_id AND d.channel = k.channel
+              AND d.address = k.address
+         WHERE d.message_id = $1 AND d.status = 'pending' AND d.job_published_at IS NULL",
+    )
+    .bind(message_id)
+    .bind(&user_ids)
+    .bind(&channels)
+    .bind(&addresses)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Marks deliveries whose jobs the broker confirmed.
+pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deliveries SET job_published_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Fails deliveries that cannot be sent at all (a job larger than any queue accepts), so the
+/// message can complete and its producer learns why (R4 b) instead of waiting forever.
+pub async fn fail_unsendable(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    code: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', failure_class = 'permanent', failure_code = $2,
+             failure_message = $3, updated_at = now()
+         WHERE id = ANY($1) AND status = 'pending'",
+    )
+    .bind(ids)
+    .bind(code)
+    .bind(message)
+    .execute(db)
+    .await?;
+    Ok(())
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::error::{StoreError, expect_row};
 use crate::page::{Page, PageRequest};
+use crate::subscriptions::Subscription;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct EventBinding {
@@ -84,4 +85,21 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Resul
             .execute(db)
             .await?,
     )
+}
+
+/// The subscriptions an event type fires in a tenant (R14).
+pub async fn subscriptions_for_event(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    event_type: &str,
+) -> Result<Vec<Subscription>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT s.* FROM event_bindings b JOIN subscriptions s ON s.id = b.subscription_id
+         WHERE b.tenant_id = $1 AND b.event_type = $2 AND s.tenant_id = $1
+         ORDER BY s.key",
+    )
+    .bind(tenant_id)
+    .bind(event_type)
+    .fetch_all(db)
+    .await?)
 }

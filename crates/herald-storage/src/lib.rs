@@ -7,6 +7,7 @@
 //! - [`secret`]: random tokens (API keys, link codes) and their stored hashes.
 //! - [`page`]: keyset pagination (`limit` + opaque cursor).
 //! - [`relay`]: the outbox relay, publishing accepted messages to the broker with confirms.
+//! - [`lease`]: a fan-out pass's exclusive hold on its message.
 //! - one module per table group: [`tenants`], [`api_keys`], [`users`] and their [`addresses`],
 //!   [`subscriptions`] with their [`templates`], [`schedules`] and [`event_bindings`],
 //!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
@@ -21,7 +22,7 @@ pub mod db;
 pub mod deliveries;
 pub mod error;
 pub mod event_bindings;
-pub mod fanout;
+pub mod lease;
 pub mod link_codes;
 pub mod messages;
 pub mod outbox;

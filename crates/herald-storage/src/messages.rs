@@ -1,5 +1,8 @@
-//! Accepted requests (R1, R14). A message and its outbox row are written in one transaction,
-//! so an accepted message is never lost between the database and the broker.
+//! Accepted requests (R1, R14) and their life: accepted, fanned out, completed or failed.
+//!
+//! The API writes a message and its outbox row in one transaction, so an accepted message is
+//! never lost between the database and the broker. The router finds the API's row (or records
+//! a producer's request), fails a request it cannot fan out, and ends each fan-out.
 
 use chrono::{DateTime, Utc};
 use messaging_core::{MessageSource, MessageStatus};
@@ -8,6 +11,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::outbox;
+use messaging_core::FailureClass;
+use sqlx::Acquire;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct Message {
@@ -95,4 +100,170 @@ pub async fn by_id(
             .fetch_one(db)
             .await?,
     )
+}
+
+/// What the router needs to know about a stored message.
+#[derive(Debug, Clone, FromRow)]
+pub struct RouterMessage {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub status: MessageStatus,
+    pub source: MessageSource,
+    pub subscription_id: Option<Uuid>,
+    pub error_code: Option<String>,
+}
+
+/// A request the router received straight from a producer (no row yet).
+pub struct NewRouterMessage<'a> {
+    /// Derived from the AMQP `message_id` when there is one, so a redelivered request finds
+    /// the row it created the first time.
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub idempotency_key: Option<&'a str>,
+    pub source: MessageSource,
+    pub subscription_id: Option<Uuid>,
+    pub request: &'a serde_json::Value,
+    pub reply_to: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+}
+
+/// Stores the request, or returns the message stored before under the same id or the same
+/// idempotency key (`false`: not new).
+pub async fn insert_or_find(
+    db: &mut PgConnection,
+    new: NewRouterMessage<'_>,
+) -> Result<(RouterMessage, bool), StoreError> {
+    let inserted: Option<RouterMessage> = sqlx::query_as(
+        "INSERT INTO messages (id, tenant_id, idempotency_key, source, subscription_id, request,
+                               reply_to, correlation_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT DO NOTHING
+         RETURNING id, tenant_id, status, source, subscription_id, error_code",
+    )
+    .bind(new.id)
+    .bind(new.tenant_id)
+    .bind(new.idempotency_key)
+    .bind(new.source)
+    .bind(new.subscription_id)
+    .bind(new.request)
+    .bind(new.reply_to)
+    .bind(new.correlation_id)
+    .fetch_optional(&mut *db)
+    .await?;
+    if let Some(message) = inserted {
+        return Ok((message, true));
+    }
+    // The id wins over the key: a redelivery is the same request even if a later request
+    // reused its key.
+    let existing: Option<RouterMessage> = sqlx::query_as(
+        "SELECT id, tenant_id, status, source, subscription_id, error_code FROM messages
+         WHERE tenant_id = $1 AND (id = $2 OR ($3::text IS NOT NULL AND idempotency_key = $3))
+         ORDER BY (id = $2) DESC LIMIT 1",
+    )
+    .bind(new.tenant_id)
+    .bind(new.id)
+    .bind(new.idempotency_key)
+    .fetch_optional(&mut *db)
+    .await?;
+    // Neither: the id is another tenant's. Ids are derived per tenant, so only a producer
+    // choosing ids to collide gets here; it is refused rather than merged.
+    existing
+        .map(|m| (m, false))
+        .ok_or_else(|| StoreError::Conflict("messages_pkey".into()))
+}
+
+/// Records why a request could not be fanned out (`unknown_subscription`, `no_template`,
+/// `retries_exhausted`, ...): `GET /messages/{id}` shows it to the producer (R4, R13). Only an
+/// accepted message changes. Returns its status afterwards.
+///
+/// Deliveries an earlier, interrupted pass wrote but never published fail with the reason and
+/// `class`. When that pass published some jobs (marked, or known to a sender: a job confirmed
+/// but not marked before a crash may have been attempted already), the message is not failed
+/// as a whole: those jobs will be delivered and reported, so it goes on as a fan-out that
+/// ended there (`fanned_out`, or `completed` when nothing is pending), with the reason kept
+/// as its error.
+pub async fn fail(
+    db: &mut PgConnection,
+    id: Uuid,
+    class: FailureClass,
+    code: &str,
+    message: &str,
+) -> Result<MessageStatus, StoreError> {
+    let mut tx = db.begin().await?;
+    let status: Option<MessageStatus> =
+        sqlx::query_scalar("SELECT status FROM messages WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(status) = status else {
+        return Err(StoreError::NotFound);
+    };
+    if status != MessageStatus::Accepted {
+        tx.commit().await?;
+        return Ok(status);
+    }
+    // Rows an interrupted pass wrote but never published would otherwise stay pending.
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', failure_class = $4,
+             failure_code = $2, failure_message = $3, updated_at = now()
+         WHERE message_id = $1 AND status = 'pending' AND job_published_at IS NULL
+           AND attempts = 0",
+    )
+    .bind(id)
+    .bind(code)
+    .bind(message)
+    .bind(class)
+    .execute(&mut *tx)
+    .await?;
+    let status: MessageStatus = sqlx::query_scalar(
+        "UPDATE messages SET error_code = $2, error_message = $3,
+             status = CASE WHEN NOT d.published THEN 'failed'
+                           WHEN d.pending THEN 'fanned_out' ELSE 'completed' END,
+             completed_at = CASE WHEN d.published AND d.pending THEN NULL ELSE now() END
+         FROM (SELECT EXISTS (SELECT 1 FROM deliveries
+                              WHERE message_id = $1
+                                AND (job_published_at IS NOT NULL OR attempts > 0))
+                          AS published,
+                      EXISTS (SELECT 1 FROM deliveries
+                              WHERE message_id = $1 AND status = 'pending') AS pending) d
+         WHERE id = $1
+         RETURNING status",
+    )
+    .bind(id)
+    .bind(code)
+    .bind(message)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(status)
+}
+
+/// Ends a fan-out: `fanned_out` while deliveries are pending, `completed` when none are (every
+/// recipient failed already, or the senders were quicker than this). Returns the status and
+/// how many abandoned rows it failed.
+///
+/// The message row is locked first, so this and whoever completes messages from delivery
+/// events (which must lock it too) see each other's work, and a message whose last delivery
+/// finished during the fan-out is not left at `fanned_out`.
+///
+/// With `sweep` (a pass that found rows of an earlier, interrupted one), pending rows written
+/// before `started` that this pass did not publish fail as `recipient_changed`: their address
+/// or registration went away meanwhile, and nobody would ever publish them.
+///
+/// One round trip: `herald_finish_fanout` (migration 0005) does it in the database.
+pub async fn finish_fanout(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    started: DateTime<Utc>,
+    sweep: bool,
+) -> Result<(MessageStatus, i32), StoreError> {
+    let (status, abandoned): (Option<MessageStatus>, i32) =
+        sqlx::query_as("SELECT status, abandoned FROM herald_finish_fanout($1, $2, $3)")
+            .bind(id)
+            .bind(started)
+            .bind(sweep)
+            .fetch_one(db)
+            .await?;
+    // No status: the message was deleted (its tenant with it) during the fan-out.
+    Ok((status.ok_or(StoreError::NotFound)?, abandoned))
 }

@@ -8,6 +8,8 @@ use uuid::Uuid;
 
 use crate::error::{StoreError, expect_row};
 use crate::page::{Page, PageRequest};
+use messaging_core::AddressKind;
+use sqlx::PgConnection;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct User {
@@ -112,4 +114,94 @@ pub async fn delete(
             .execute(db)
             .await?,
     )
+}
+
+/// A person named in a request, with the settings that choose their addresses (R2).
+#[derive(Debug, Clone)]
+pub struct UserRecipient {
+    pub id: Uuid,
+    pub external_id: String,
+    pub locale: Option<String>,
+    pub preferred_channel: Option<Channel>,
+    pub delivery_mode: DeliveryMode,
+    /// Active addresses only, oldest first.
+    pub addresses: Vec<ActiveAddress>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActiveAddress {
+    pub id: Uuid,
+    pub kind: AddressKind,
+    pub value: String,
+}
+
+impl ActiveAddress {
+    pub fn channel(&self) -> Channel {
+        self.kind.channel()
+    }
+}
+
+/// The named people with their active addresses. People not known yet are created (as the
+/// API does on first subscribe): the delivery row that says they have no address must name
+/// them, and it refers to the user row.
+pub async fn with_active_addresses(
+    db: &mut PgConnection,
+    tenant_id: Uuid,
+    external_ids: &[String],
+) -> Result<Vec<UserRecipient>, StoreError> {
+    let ids: Vec<Uuid> = external_ids.iter().map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, external_id)
+         SELECT n.id, $1, n.external_id FROM unnest($2::uuid[], $3::text[]) AS n(id, external_id)
+         ON CONFLICT (tenant_id, external_id) DO NOTHING",
+    )
+    .bind(tenant_id)
+    .bind(&ids)
+    .bind(external_ids)
+    .execute(&mut *db)
+    .await?;
+
+    #[derive(FromRow)]
+    struct Row {
+        user_id: Uuid,
+        external_id: String,
+        locale: Option<String>,
+        preferred_channel: Option<Channel>,
+        delivery_mode: DeliveryMode,
+        address_id: Option<Uuid>,
+        kind: Option<AddressKind>,
+        value: Option<String>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT u.id AS user_id, u.external_id, u.locale, u.preferred_channel, u.delivery_mode,
+                a.id AS address_id, a.kind, a.value
+         FROM users u
+         LEFT JOIN addresses a ON a.user_id = u.id AND a.state = 'active'
+         WHERE u.tenant_id = $1 AND u.external_id = ANY($2)
+         ORDER BY u.id, a.id",
+    )
+    .bind(tenant_id)
+    .bind(external_ids)
+    .fetch_all(&mut *db)
+    .await?;
+
+    let mut users: Vec<UserRecipient> = Vec::new();
+    for row in rows {
+        if users.last().is_none_or(|u| u.id != row.user_id) {
+            users.push(UserRecipient {
+                id: row.user_id,
+                external_id: row.external_id,
+                locale: row.locale,
+                preferred_channel: row.preferred_channel,
+                delivery_mode: row.delivery_mode,
+                addresses: Vec::new(),
+            });
+        }
+        if let (Some(id), Some(kind), Some(value), Some(user)) =
+            (row.address_id, row.kind, row.value, users.last_mut())
+        {
+            user.addresses.push(ActiveAddress { id, kind, value });
+        }
+    }
+    Ok(users)
 }

@@ -1,0 +1,389 @@
+//! Fan-out: one accepted message becomes one delivery row and one send job per address.
+//!
+//! # Stages
+//!
+//! For each page of recipients ([`pages`], the same loop for people and for registrations):
+//! 1. **plan** ([`plan`]): each recipient's addresses become planned deliveries, pending with
+//!    a job or failed (no address, template error, invalid address);
+//! 2. **write**: the page's delivery rows are inserted with `ON CONFLICT DO NOTHING` (unique
+//!    per message and address);
+//! 3. **match**: the rows still pending without a published job, with their stored ids, are
+//!    matched to their planned jobs;
+//! 4. **encode**: each job becomes bytes, gathered in chunks bounded by bytes; a job larger
+//!    than a queue accepts fails its delivery;
+//! 5. **publish**: a chunk goes to `{p}.send` (routing key: the channel) with confirms, then
+//!    its rows are marked published.
+//!
+//! One driver ([`Pipeline`]) overlaps the round trips: while page N is written, page N+1 is
+//! read and the last chunk of page N-1 is published and marked.
+//!
+//! The ingress message is acked only after the last chunk, so a crash anywhere redelivers it,
+//! and the next pass publishes only what is still unmarked (R44). One pass at a time holds a
+//! message (the ingress handler takes its [`herald_storage::lease::FanoutLease`] first), so
+//! two copies of a request in work at once do not both publish; a job that still goes out
+//! twice (a crash between the confirm and the mark) carries the same delivery id, which
+//! senders drop.
+
+mod pages;
+mod plan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use herald_runtime::amqp::{Message, PublishError, Publisher};
+use herald_storage::deliveries::{self, DeliveryKey, NewDelivery, UnpublishedDelivery};
+use herald_storage::messages;
+use herald_storage::{PgPool, StoreError};
+use messaging_core::ingress::{Content, NotifyRequest};
+use messaging_core::job::{RenderedContent, SendJob};
+use messaging_core::topology::Names;
+use messaging_core::values::TenantKey;
+use messaging_core::{Channel, EnvelopeVersion, MessageStatus};
+use uuid::Uuid;
+
+pub use pages::Audience;
+use pages::Pages;
+use plan::{Choice, Planned, PlannedJob};
+
+use crate::render::Templates;
+
+/// The AMQP `type` of a send job.
+const JOB_KIND: &str = "herald.send_job.v1";
+
+/// Encoded jobs held before they are published, at most (plus one job).
+const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanOutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot publish send jobs: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// What a message says, ready for every recipient.
+pub enum Body {
+    Direct(Arc<RenderedContent>),
+    /// Boxed: one per message, and far larger than a pointer.
+    Templates(Box<Templates>),
+}
+
+/// One message to fan out.
+pub struct Plan<'a> {
+    pub tenant_id: Uuid,
+    pub tenant: &'a TenantKey,
+    pub message_id: Uuid,
+    /// Recorded on every delivery row, for the delivery filters (R15).
+    pub subscription_id: Option<Uuid>,
+    pub request: &'a NotifyRequest,
+    pub audience: Audience,
+    pub body: Body,
+    /// An earlier pass wrote delivery rows (found under the lease): this pass must look for
+    /// its unpublished rows, and sweep those no recipient claims any more.
+    pub resumed: bool,
+}
+
+/// What a fan-out did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Delivery rows written by this pass (not those an earlier pass wrote).
+    pub new_rows: u64,
+    /// Jobs the broker confirmed in this pass.
+    pub published: usize,
+    /// Deliveries failed at fan-out (no address, template error, invalid address).
+    pub failed: usize,
+    /// The message's status afterwards: `fanned_out` or `completed`.
+    pub status: MessageStatus,
+}
+
+/// The fan-out engine; shared by every ingress handler task.
+#[derive(Clone)]
+pub struct FanOut {
+    pool: PgPool,
+    publisher: Publisher,
+    names: Names,
+    batch_size: usize,
+}
+
+impl FanOut {
+    pub fn new(pool: PgPool, publisher: Publisher, names: Names, batch_size: usize) -> Self {
+        FanOut {
+            pool,
+            publisher,
+            names,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub async fn run(&self, plan: Plan<'_>) -> Result<Summary, FanOutError> {
+        let started = Utc::now();
+        let Plan {
+            tenant_id,
+            tenant,
+            message_id,
+            subscription_id,
+            request,
+            audience,
+            mut body,
+            resumed,
+        } = plan;
+        let choice = Choice {
+            channels: request.channels.as_deref(),
+            mode: request.mode,
+            locale: match &request.content {
+                Content::Template(t) => t.locale.as_ref(),
+                Content::Direct(_) => None,
+            },
+        };
+        let mut pages = Pages::new(
+            self.pool.clone(),
+            tenant_id,
+            audience,
+            self.batch_size,
+            request.channels.clone(),
+        );
+        let mut pipeline = Pipeline {
+            fanout: self,
+            tenant_id,
+            tenant,
+            message_id,
+            subscription_id,
+            expires_at: request.expires_at,
+            created_at: started,
+            resumed,
+            in_flight: Chunk::default(),
+            summary: Summary {
+                new_rows: 0,
+                published: 0,
+                failed: 0,
+                // Until the end of the fan-out says what it is now.
+                status: MessageStatus::Accepted,
+            },
+        };
+        let mut page = pages.next().await?;
+        while !page.is_empty() {
+            let planned = plan::page(page, &choice, &mut body);
+            let (written, next) = tokio::join!(pipeline.write(planned), pages.next());
+            written?;
+            page = next?;
+        }
+        let mut summary = pipeline.finish().await?;
+        let (status, abandoned) =
+            messages::finish_fanout(&self.pool, message_id, started, resumed).await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "deliveries of an interrupted earlier pass lost their recipient; failed them"
+            );
+        }
+        summary.status = status;
+        Ok(summary)
+    }
+}
+
+/// Stages 2 to 5 for one message, and the chunk of jobs still to publish.
+struct Pipeline<'a> {
+    fanout: &'a FanOut,
+    tenant_id: Uuid,
+    tenant: &'a TenantKey,
+    message_id: Uuid,
+    subscription_id: Option<Uuid>,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    resumed: bool,
+    /// The last chunk of the page before, published while this page is written.
+    in_flight: Chunk,
+    summary: Summary,
+}
+
+impl Pipeline<'_> {
+    /// Writes a page's rows while the chunk of the page before is published, then matches and
+    /// encodes this page's jobs; full chunks go out at once, the last one waits for the next
+    /// page (or [`Pipeline::finish`]).
+    async fn write(&mut self, planned: Vec<Planned>) -> Result<(), FanOutError> {
+        let rows: Vec<NewDelivery> = planned.iter().map(|p| p.row.clone()).collect();
+        for failure in rows.iter().filter_map(|r| r.failure.as_ref()) {
+            metrics::counter!("herald_router_deliveries_failed_total", "code" => failure.code.clone())
+                .increment(1);
+        }
+        self.summary.failed += rows.iter().filter(|r| r.failure.is_some()).count();
+        let previous = std::mem::take(&mut self.in_flight);
+        // Both run to the end even when one fails: a publish cut short after the broker took
+        // the jobs would leave them unmarked, to go out again on the next pass.
+        let (published, written) = tokio::join!(self.publish(previous), self.insert(&rows));
+        let (published, (new_rows, new_pending)) = (published?, written?);
+        self.summary.published += published;
+        self.summary.new_rows += new_rows;
+
+        let jobs = jobs_by_key(planned);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let unpublished = self.unpublished(&jobs, new_pending).await?;
+        self.encode(&jobs, unpublished).await
+    }
+
+    /// Publishes what is left; returns what the pass did.
+    async fn finish(mut self) -> Result<Summary, FanOutError> {
+        let last = std::mem::take(&mut self.in_flight);
+        self.summary.published += self.publish(last).await?;
+        Ok(self.summary)
+    }
+
+    /// Stage 2: the rows, in one statement.
+    async fn insert(
+        &self,
+        rows: &[NewDelivery],
+    ) -> Result<(u64, Vec<UnpublishedDelivery>), FanOutError> {
+        if rows.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        Ok(deliveries::insert_batch(
+            &self.fanout.pool,
+            self.tenant_id,
+            self.message_id,
+            self.subscription_id,
+            rows,
+        )
+        .await?)
+    }
+
+    /// Stage 3: the rows whose jobs are still to publish. On a first pass those are exactly the
+    /// new pending rows the insert returned; a resumed pass also finds rows an interrupted one
+    /// wrote but did not publish, with their stored ids, so a job sent again keeps its
+    /// delivery id and senders drop the repeat.
+    async fn unpublished(
+        &self,
+        jobs: &HashMap<DeliveryKey, PlannedJob>,
+        new_pending: Vec<UnpublishedDelivery>,
+    ) -> Result<Vec<UnpublishedDelivery>, FanOutError> {
+        if !self.resumed {
+            return Ok(new_pending);
+        }
+        let keys: Vec<DeliveryKey> = jobs.keys().cloned().collect();
+        Ok(deliveries::unpublished(&self.fanout.pool, self.message_id, &keys).await?)
+    }
+
+    /// Stage 4: jobs to bytes, in chunks of at most `PUBLISH_CHUNK_BYTES`: a page bounds the
+    /// rows, this bounds the bytes (a page of 1,000 jobs near the 256 KiB queue limit would
+    /// otherwise be a quarter of a gigabyte). A job no queue would take fails its delivery.
+    async fn encode(
+        &mut self,
+        jobs: &HashMap<DeliveryKey, PlannedJob>,
+        unpublished: Vec<UnpublishedDelivery>,
+    ) -> Result<(), FanOutError> {
+        let mut oversized = Vec::new();
+        let mut chunk = Chunk::default();
+        for row in unpublished {
+            let delivery_id = row.id;
+            let Some(job) = jobs.get(&row.key()) else {
+                continue;
+            };
+            let send = SendJob {
+                version: EnvelopeVersion,
+                delivery_id,
+                message_id: self.message_id,
+                tenant: self.tenant.clone(),
+                to: job.to.clone(),
+                user_id: job.user_id.clone(),
+                content: (*job.content).clone(),
+                created_at: self.created_at,
+                expires_at: self.expires_at,
+            };
+            match serde_json::to_vec(&send) {
+                // Larger than a send queue accepts: the sender would dead-letter it without an
+                // event, and the delivery would stay pending for ever.
+                Ok(body) if body.len() > messaging_core::MAX_MESSAGE_BYTES => {
+                    oversized.push(delivery_id);
+                }
+                Ok(body) => {
+                    chunk.push(send.channel(), body, delivery_id);
+                    if chunk.bytes >= PUBLISH_CHUNK_BYTES {
+                        self.summary.published += self.publish(std::mem::take(&mut chunk)).await?;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, %delivery_id, "cannot encode a send job");
+                    oversized.push(delivery_id);
+                }
+            }
+        }
+        self.in_flight = chunk;
+        if !oversized.is_empty() {
+            deliveries::fail_unsendable(
+                &self.fanout.pool,
+                &oversized,
+                "oversized",
+                &format!(
+                    "the rendered message is larger than the {} bytes a send queue accepts",
+                    messaging_core::MAX_MESSAGE_BYTES
+                ),
+            )
+            .await?;
+            self.summary.failed += oversized.len();
+        }
+        Ok(())
+    }
+
+    /// Stage 5: a chunk with confirms, then its rows marked published. Returns how many.
+    async fn publish(&self, chunk: Chunk) -> Result<usize, FanOutError> {
+        if chunk.ids.is_empty() {
+            return Ok(0);
+        }
+        let fanout = self.fanout;
+        let exchange = fanout.names.send_exchange();
+        let messages: Vec<Message> = chunk
+            .jobs
+            .iter()
+            .zip(&chunk.ids)
+            .map(|((channel, body), id)| {
+                Message::new(&exchange, channel.as_str(), body)
+                    .message_id(id.to_string())
+                    .kind(JOB_KIND)
+            })
+            .collect();
+        fanout.publisher.publish_batch(&messages).await?;
+        deliveries::mark_published(&fanout.pool, &chunk.ids).await?;
+        for (channel, _) in &chunk.jobs {
+            metrics::counter!("herald_router_jobs_published_total", "channel" => channel.as_str())
+                .increment(1);
+        }
+        Ok(chunk.ids.len())
+    }
+}
+
+/// The planned jobs of a page, by the key their rows are unique on.
+fn jobs_by_key(planned: Vec<Planned>) -> HashMap<DeliveryKey, PlannedJob> {
+    planned
+        .into_iter()
+        .filter_map(|p| {
+            let key = DeliveryKey {
+                user_id: p.row.user_id,
+                channel: p.row.channel?,
+                address: p.row.address?,
+            };
+            Some((key, p.job?))
+        })
+        .collect()
+}
+
+/// Encoded send jobs on their way to the broker, with their delivery ids.
+#[derive(Default)]
+struct Chunk {
+    jobs: Vec<(Channel, Vec<u8>)>,
+    ids: Vec<Uuid>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn push(&mut self, channel: Channel, body: Vec<u8>, id: Uuid) {
+        self.bytes += body.len();
+        self.jobs.push((channel, body));
+        self.ids.push(id);
+    }
+}

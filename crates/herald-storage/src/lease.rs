@@ -1,0 +1,106 @@
+//! A fan-out pass's exclusive hold on its message (a session advisory lock).
+
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::messages::RouterMessage;
+
+/// A fan-out pass's exclusive hold on its message: a session advisory lock, on a connection
+/// of its own for as long as the pass runs.
+///
+/// Two copies of one request can be in work at once (a relay that published a row twice, a
+/// producer that retried before the first copy was acked, two router replicas). Without the
+/// lease both would fan out, and a refusal or the sweep at the end of one could fail rows the other
+/// is about to publish. A session lock, not a transaction, because a pass to 100,000
+/// recipients commits batch by batch; and a router that dies mid-pass loses its connection,
+/// which releases the lock, so the redelivered request can take over.
+pub struct FanoutLease {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+    message_id: Uuid,
+}
+
+/// The lease on `message_id`, or `None` while another pass holds it.
+pub async fn try_lease(
+    pool: &sqlx::PgPool,
+    message_id: Uuid,
+) -> Result<Option<FanoutLease>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let (high, low) = message_id.as_u64_pair();
+    // Advisory locks take one bigint; two messages that share one merely wait for each other.
+    let key = (high ^ low) as i64;
+    // The session idles while the pass works on other connections: keepalives (server side,
+    // for this session) let the server notice within about a minute that a router host died,
+    // and free the lock, instead of after the operating system's two hours.
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock($1)
+                FROM (SELECT set_config('tcp_keepalives_idle', '30', false),
+                             set_config('tcp_keepalives_interval', '10', false),
+                             set_config('tcp_keepalives_count', '3', false)) k",
+    )
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(locked.then_some(FanoutLease {
+        conn: Some(conn),
+        key,
+        message_id,
+    }))
+}
+
+/// The leased message as the pass starts: read after the lock is taken (a statement of its own,
+/// so its snapshot sees whatever the pass that held the lease before committed), on the
+/// lease's own connection.
+#[derive(Debug, Clone, FromRow)]
+pub struct LeasedMessage {
+    #[sqlx(flatten)]
+    pub message: RouterMessage,
+    /// Some delivery rows exist: an earlier pass got as far as writing rows, so this one must
+    /// find them again rather than take its inserts as the whole story.
+    pub has_deliveries: bool,
+}
+
+impl FanoutLease {
+    /// The message under this lease, `None` when it is gone (deleted with its tenant).
+    pub async fn message(&mut self, tenant_id: Uuid) -> Result<Option<LeasedMessage>, StoreError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::Invalid("the lease was released".into()));
+        };
+        Ok(sqlx::query_as(
+            "SELECT m.id, m.tenant_id, m.status, m.source, m.subscription_id, m.error_code,
+                    EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id) AS has_deliveries
+             FROM messages m WHERE m.tenant_id = $1 AND m.id = $2",
+        )
+        .bind(tenant_id)
+        .bind(self.message_id)
+        .fetch_optional(&mut **conn)
+        .await?)
+    }
+
+    /// Gives the lease back and the connection to the pool.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        if let Some(mut conn) = self.conn.take() {
+            let result = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if result.is_err() {
+                // The lock may still be held: this connection must not serve anyone else.
+                conn.close_on_drop();
+            }
+            result?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FanoutLease {
+    /// A pass that ended without `release` (an error path, a cancelled task) closes its
+    /// connection rather than return it to the pool still holding the lock.
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
+}

@@ -16,6 +16,10 @@ trap 'rm -f "$log"' EXIT
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The API against its own OpenAPI document (scripts/schemathesis.sh): after the tests, and
+# never hiding their result; either failing fails the run.
+scripts/schemathesis.sh
+fuzz_status=$?
 scripts/clean-test-topology.py || true
 awk '/^test result:/ {
        for (i = 1; i <= NF; i++) {
@@ -25,6 +29,10 @@ awk '/^test result:/ {
        }
      }
      END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+if [ "$fuzz_status" -ne 0 ]; then
+  echo "schemathesis: the API does not match its OpenAPI document (exit $fuzz_status)"
+  [ "$status" -ne 0 ] || status=$fuzz_status
+fi
 # Repeated here, where it is seen: the docs problems, and a non-zero exit even if the tests passed.
 if [ "$docs_status" -ne 0 ]; then
   echo "$docs_report"

@@ -11,6 +11,8 @@
 //! - [`routes`]: one router per resource, merged in `routes::router`.
 //! - [`limits`]: R18's request rate limits, answered with 429 and Retry-After.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers as they are registered.
+//! - [`schema`]: the document's schemas for values the handlers parse themselves (patterns,
+//!   lengths, word lists), so the document states every rule the API enforces.
 //! - [`metrics`]: requests by route and status, and their latency, for `/metrics`.
 
 pub mod auth;
@@ -22,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod schema;
 pub mod startup;
 
 pub use startup::AppState;

@@ -41,6 +41,10 @@ struct ApiDoc;
 pub fn document(paths: OpenApi) -> OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(paths);
+    let components = doc.components.get_or_insert_with(Default::default);
+    for (name, schema) in crate::schema::components() {
+        components.schemas.insert(name, schema);
+    }
     // Give the default error response to operations added by the merge as well.
     ProblemByDefault.modify(&mut doc);
     doc

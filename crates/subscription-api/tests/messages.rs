@@ -307,3 +307,78 @@ async fn system_and_disabled_subscriptions_are_not_triggered_by_a_tenant_admin(p
         "only the global admin's trigger was stored"
     );
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_direct_message_takes_the_envelope_shape_and_the_older_user_ids(pool: PgPool) {
+    let (app, admin) = setup(pool.clone()).await;
+    let body = json!({"direct": {"body": "Hello"}});
+    // The envelope's shape, as producers publish it to the broker.
+    let id = app
+        .post(
+            "/api/messaging/messages",
+            &admin,
+            json!({"to": {"users": ["u-1", "u-2"]}, "content": body}),
+        )
+        .await
+        .expect_str(StatusCode::ACCEPTED, "messageId");
+    let stored = app
+        .get(&format!("/api/messaging/messages/{id}"), &admin)
+        .await;
+    let stored = stored.expect(StatusCode::OK);
+    assert_eq!(stored["request"]["to"], json!({"users": ["u-1", "u-2"]}));
+    // The older REST spelling stores the same request.
+    let id = app
+        .post(
+            "/api/messaging/messages",
+            &admin,
+            json!({"userIds": ["u-1", "u-2"], "content": body}),
+        )
+        .await
+        .expect_str(StatusCode::ACCEPTED, "messageId");
+    let older = app
+        .get(&format!("/api/messaging/messages/{id}"), &admin)
+        .await;
+    assert_eq!(
+        older.expect(StatusCode::OK)["request"]["to"],
+        stored["request"]["to"]
+    );
+    // Errors name the field the client sent.
+    app.post(
+        "/api/messaging/messages",
+        &admin,
+        json!({"to": {"users": []}, "content": body}),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("to.users"));
+    app.post(
+        "/api/messaging/messages",
+        &admin,
+        json!({"to": {"users": ["bad\u{1}id"]}, "content": body}),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("to.users"));
+    app.post(
+        "/api/messaging/messages",
+        &admin,
+        json!({"userIds": [""], "content": body}),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("userIds"));
+    app.post(
+        "/api/messaging/messages",
+        &admin,
+        json!({"to": {"users": ["u-1"]}, "userIds": ["u-1"], "content": body}),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("userIds"));
+    // A body that is a JSON array is not read as the struct's fields in order.
+    app.call_with(
+        "POST",
+        "/api/messaging/messages",
+        Some(&admin),
+        &[],
+        Some("[null, null]".into()),
+    )
+    .await
+    .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
+}

@@ -31,7 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct KeyView {
     pub id: Uuid,
     pub name: String,
-    #[schema(value_type = String, example = "tenant_admin")]
+    #[schema(value_type = crate::schema::RoleName)]
     pub role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
@@ -71,10 +71,13 @@ pub struct CreatedKey {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewKeyRequest {
+    #[schema(value_type = crate::schema::LabelText)]
     pub name: String,
-    #[schema(value_type = String, example = "tenant_admin")]
+    #[schema(value_type = crate::schema::RoleName)]
     pub role: Role,
+    /// For role `user` only, and required there.
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::UserIdText>)]
     pub user_id: Option<String>,
 }
 

@@ -31,14 +31,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
+    /// Only this subscription's deliveries; an unknown one lists nothing.
     #[serde(default)]
     pub subscription_id: Option<String>,
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::UserIdText>)]
     pub user_id: Option<String>,
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::ChannelName>)]
     pub channel: Option<String>,
-    /// `pending`, `sent` or `failed`.
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::DeliveryStatusName>)]
     pub status: Option<String>,
     /// Created at or after this time.
     #[serde(default)]
@@ -46,9 +49,13 @@ pub struct DeliveryQuery {
     /// Created before this time.
     #[serde(default)]
     pub until: Option<DateTime<Utc>>,
+    /// Items per page, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::CursorText>)]
     pub cursor: Option<String>,
 }
 

@@ -53,8 +53,9 @@ impl From<EventBinding> for EventBindingView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewBindingRequest {
     /// Dot-separated lower-case words, as producers publish it.
-    #[schema(example = "audit.login")]
+    #[schema(value_type = crate::schema::EventTypeText, example = "audit.login")]
     pub event_type: String,
+    #[schema(value_type = crate::schema::SubscriptionIdText)]
     pub subscription_id: String,
 }
 
@@ -64,10 +65,15 @@ pub struct NewBindingRequest {
 pub struct ListQuery {
     /// Only bindings of this event type.
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::EventTypeText>)]
     pub event_type: Option<String>,
+    /// Items per page, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::CursorText>)]
     pub cursor: Option<String>,
 }
 

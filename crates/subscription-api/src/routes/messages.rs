@@ -12,7 +12,8 @@ use herald_storage::{StoreError, deliveries};
 use messaging_core::EnvelopeVersion;
 use messaging_core::channel::Channel;
 use messaging_core::ingress::{
-    Content, DeliveryMode, Ingress, NotifyRequest, Recipients, TemplateContent,
+    Content, DeliveryMode, Ingress, MAX_USERS_PER_REQUEST, NotifyRequest, Recipients,
+    TemplateContent,
 };
 use messaging_core::values::{IdempotencyKey, Locale, TenantKey, UserId};
 use messaging_core::{DeliveryStatus, MessageSource, MessageStatus};
@@ -42,33 +43,80 @@ pub struct TriggerRequest {
     pub event_parameters: Map<String, Value>,
     /// Overrides each recipient's locale.
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::LocaleText>)]
     pub locale: Option<String>,
 }
 
-/// A direct message to people by the tenant's ids for them (R1).
-#[derive(Deserialize, utoipa::ToSchema)]
+/// A direct message to people by the tenant's ids for them (R1), in the versioned envelope's
+/// shape: `to`, `content`, `channels`, `mode`, `expiresAt` mean what they mean on the broker.
+/// `userIds` is the older REST spelling of `to.users`, still read for existing clients. Its
+/// schema is [`crate::schema::DirectMessageBody`], which says the same.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DirectMessageRequest {
-    pub user_ids: Vec<String>,
-    /// `{"direct": {"subject", "body", "html"}}` or `{"template": {"subscription", "data", "locale"}}`; see docs/schemas.
-    #[schema(value_type = Object)]
+    #[serde(default)]
+    pub to: Option<DirectRecipients>,
+    /// The older spelling of `to.users`.
+    #[serde(default)]
+    pub user_ids: Option<Vec<String>>,
     pub content: Content,
     #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>, example = json!(["email", "telegram"]))]
     pub channels: Option<Vec<Channel>>,
-    #[serde(default)]
     /// `all` or `preferred` (R2); absent: each user's own setting.
-    #[schema(value_type = Option<String>)]
+    #[serde(default)]
     pub mode: Option<DeliveryMode>,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The envelope's `to` as a direct message takes it: people, not a subscription (that is
+/// the trigger route).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectRecipients {
+    pub users: Vec<String>,
+}
+
+impl DirectMessageRequest {
+    /// The recipients, with errors naming the field the client used (`to.users` or `userIds`).
+    fn users(&mut self) -> Result<Vec<UserId>, ApiError> {
+        let (field, raw) = match (self.to.take(), self.user_ids.take()) {
+            (Some(to), None) => ("to.users", to.users),
+            (None, Some(ids)) => ("userIds", ids),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "userIds",
+                    "name the recipients once: in `to.users`, or in its older spelling `userIds`",
+                ));
+            }
+            (None, None) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid body",
+                    "missing field `to`: name the recipients in `to.users`",
+                ));
+            }
+        };
+        if raw.is_empty() {
+            return Err(ApiError::invalid(field, "must name at least one user"));
+        }
+        if raw.len() > MAX_USERS_PER_REQUEST {
+            return Err(ApiError::invalid(
+                field,
+                format!("names more than {MAX_USERS_PER_REQUEST} users; use a subscription"),
+            ));
+        }
+        raw.iter()
+            .map(|u| UserId::parse(u).map_err(|e| ApiError::invalid(field, e.to_string())))
+            .collect()
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     pub message_id: Uuid,
-    #[schema(value_type = String, example = "accepted")]
+    #[schema(value_type = crate::schema::MessageStatusName)]
     pub status: MessageStatus,
     /// `true` when an earlier request with the same Idempotency-Key is answered again.
     pub repeated: bool,
@@ -87,7 +135,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
         .transpose()
 }
 
-#[utoipa::path(post, path = "/trigger/{subscription_id}", tag = "triggers", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)"), ("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key get the first answer")), request_body = TriggerRequest, responses((status = 202, description = "Stored; it reaches the broker even if the broker is down now", body = Accepted)))]
+#[utoipa::path(post, path = "/trigger/{subscription_id}", tag = "triggers", params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id (letters and `_`)"), ("Idempotency-Key" = Option<crate::schema::IdempotencyKeyHeader>, Header, description = "Repeats with the same key get the first answer")), request_body = TriggerRequest, responses((status = 202, description = "Stored; it reaches the broker even if the broker is down now", body = Accepted)))]
 async fn trigger(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,19 +185,15 @@ async fn trigger(
     accept(&state, &caller, request, Some(subscription.id)).await
 }
 
-#[utoipa::path(post, path = "/messages", tag = "messages", params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key get the first answer")), request_body = DirectMessageRequest, responses((status = 202, description = "Stored; it reaches the broker even if the broker is down now", body = Accepted)))]
+#[utoipa::path(post, path = "/messages", tag = "messages", params(("Idempotency-Key" = Option<crate::schema::IdempotencyKeyHeader>, Header, description = "Repeats with the same key get the first answer")), request_body = crate::schema::DirectMessageBody, responses((status = 202, description = "Stored; it reaches the broker even if the broker is down now", body = Accepted)))]
 async fn send(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<DirectMessageRequest>,
+    ApiJson(mut body): ApiJson<DirectMessageRequest>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let users = body
-        .user_ids
-        .iter()
-        .map(|u| UserId::parse(u).map_err(|e| ApiError::invalid("userIds", e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let users = body.users()?;
     let request = NotifyRequest {
         version: EnvelopeVersion,
         tenant: tenant_key(&caller)?,
@@ -236,9 +280,9 @@ async fn accept(
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     pub message_id: Uuid,
-    #[schema(value_type = String, example = "completed")]
+    #[schema(value_type = crate::schema::MessageStatusName)]
     pub status: MessageStatus,
-    #[schema(value_type = String, example = "api")]
+    #[schema(value_type = crate::schema::MessageSourceName)]
     pub source: MessageSource,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -256,10 +300,10 @@ pub struct DeliveryView {
     pub message_id: Uuid,
     pub subscription_id: Option<String>,
     pub user_id: Option<String>,
-    #[schema(value_type = Option<String>, example = "email")]
+    #[schema(value_type = Option<crate::schema::ChannelName>)]
     pub channel: Option<Channel>,
     pub address: Option<String>,
-    #[schema(value_type = String, example = "sent")]
+    #[schema(value_type = crate::schema::DeliveryStatusName)]
     pub status: DeliveryStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Value>,

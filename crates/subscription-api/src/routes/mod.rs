@@ -65,8 +65,10 @@ pub fn documented() -> utoipa::openapi::OpenApi {
 #[into_params(parameter_in = Query)]
 pub struct Paging {
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// The `nextCursor` of the previous page.
+    #[param(value_type = Option<crate::schema::CursorText>)]
     pub cursor: Option<String>,
 }
 
@@ -77,10 +79,16 @@ impl Paging {
     }
 }
 
-/// Text a person chose (labels, names): not blank, not too long.
+/// Text a person chose (labels, names): not blank, no control characters, not too long.
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     if value.chars().count() > max {
         return Err(ApiError::invalid(

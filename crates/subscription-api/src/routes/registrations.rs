@@ -32,7 +32,7 @@ pub struct RegistrationView {
     pub registration_id: Uuid,
     pub subscription_id: String,
     pub user_id: String,
-    #[schema(value_type = String, example = "email")]
+    #[schema(value_type = crate::schema::ChannelName)]
     pub channel: Channel,
     pub address: String,
     pub enabled: bool,
@@ -122,10 +122,15 @@ pub fn parse_address(channel: &str, address: &str) -> Result<(Channel, String), 
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::UserIdText>)]
     pub user_id: Option<String>,
+    /// Items per page, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::CursorText>)]
     pub cursor: Option<String>,
 }
 

@@ -85,6 +85,7 @@ fn yes() -> bool {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewScheduleRequest {
+    #[schema(value_type = crate::schema::SubscriptionIdText)]
     pub subscription_id: String,
     /// Five fields (minute hour day-of-month month day-of-week) or `@hourly`, `@daily`, ...
     #[schema(example = "0 9 * * MON-FRI")]
@@ -122,9 +123,13 @@ pub struct ListQuery {
     /// Only this subscription's schedules.
     #[serde(default)]
     pub subscription_id: Option<String>,
+    /// Items per page, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::CursorText>)]
     pub cursor: Option<String>,
 }
 

@@ -71,7 +71,9 @@ fn yes() -> bool {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewSubscriptionRequest {
+    #[schema(value_type = crate::schema::SubscriptionIdText)]
     pub subscription_id: String,
+    #[schema(value_type = crate::schema::LabelText)]
     pub label: String,
     #[serde(default)]
     pub description: String,
@@ -80,6 +82,7 @@ pub struct NewSubscriptionRequest {
     #[serde(default = "yes")]
     pub enabled: bool,
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::LocaleText>)]
     pub fallback_locale: Option<String>,
 }
 
@@ -88,12 +91,14 @@ pub struct NewSubscriptionRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionChange {
+    #[schema(value_type = crate::schema::LabelText)]
     pub label: String,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub enabled: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::LocaleText>)]
     pub fallback_locale: Option<String>,
 }
 
@@ -181,7 +186,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
-#[utoipa::path(get, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), responses((status = 200, body = SubscriptionView)))]
+#[utoipa::path(get, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id (letters and `_`)")), responses((status = 200, body = SubscriptionView)))]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -190,7 +195,7 @@ async fn read(
     Ok(Json(find(&state, &caller, &id).await?.into()))
 }
 
-#[utoipa::path(put, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), request_body = SubscriptionChange, responses((status = 200, body = SubscriptionView)))]
+#[utoipa::path(put, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id (letters and `_`)")), request_body = SubscriptionChange, responses((status = 200, body = SubscriptionView)))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,7 +228,7 @@ async fn update(
     Ok(Json(updated.into()))
 }
 
-#[utoipa::path(delete, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), responses((status = 204, description = "Deleted with its registrations, templates and schedules")))]
+#[utoipa::path(delete, path = "/subscriptions/{subscription_id}", tag = "subscriptions", params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id (letters and `_`)")), responses((status = 204, description = "Deleted with its registrations, templates and schedules")))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,7 +241,7 @@ async fn remove(
 }
 
 /// Admins see every registration of the subscription; a user sees only their own.
-#[utoipa::path(get, path = "/subscriptions/{subscription_id}/registrations", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)"), super::Paging), responses((status = 200, body = Page<RegistrationView>)))]
+#[utoipa::path(get, path = "/subscriptions/{subscription_id}/registrations", tag = "subscriptions", params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id (letters and `_`)"), super::Paging), responses((status = 200, body = Page<RegistrationView>)))]
 async fn list_registrations(
     State(state): State<AppState>,
     caller: Caller,
@@ -264,7 +269,8 @@ async fn list_registrations(
     Ok(Json(page.map(Into::into)))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+/// Its schema is [`crate::schema::SubscribeBody`]: the address pattern per channel.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscribeRequest {
     pub channel: String,
@@ -276,7 +282,7 @@ pub struct SubscribeRequest {
 
 /// R12: a subscription without templates can be subscribed to; subscribing again with the
 /// same address returns the registration (200) instead of creating another (201).
-#[utoipa::path(post, path = "/subscriptions/{subscription_id}/subscribe", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)")), request_body = SubscribeRequest, responses((status = 201, description = "Subscribed", body = RegistrationView), (status = 200, description = "Subscribed already", body = RegistrationView)))]
+#[utoipa::path(post, path = "/subscriptions/{subscription_id}/subscribe", tag = "subscriptions", params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id (letters and `_`)")), request_body = crate::schema::SubscribeBody, responses((status = 201, description = "Subscribed", body = RegistrationView), (status = 200, description = "Subscribed already", body = RegistrationView)))]
 async fn subscribe(
     State(state): State<AppState>,
     caller: Caller,
@@ -310,16 +316,19 @@ async fn subscribe(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UnsubscribeQuery {
+    /// Whose registrations: required for admins; a user may leave it out (their own).
     #[serde(default)]
+    #[param(value_type = crate::schema::UserIdText, required = true)]
     pub user_id: Option<String>,
     /// Only this channel's registrations (with `address`: only that one).
     #[serde(default)]
+    #[param(value_type = Option<crate::schema::ChannelName>)]
     pub channel: Option<String>,
     #[serde(default)]
     pub address: Option<String>,
 }
 
-#[utoipa::path(delete, path = "/subscriptions/{subscription_id}/unsubscribe", tag = "subscriptions", params(("subscription_id" = String, Path, description = "The subscription's id (letters and `_`)"), UnsubscribeQuery), responses((status = 204, description = "Unsubscribed")))]
+#[utoipa::path(delete, path = "/subscriptions/{subscription_id}/unsubscribe", tag = "subscriptions", params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id (letters and `_`)"), UnsubscribeQuery), responses((status = 204, description = "Unsubscribed")))]
 async fn unsubscribe(
     State(state): State<AppState>,
     caller: Caller,

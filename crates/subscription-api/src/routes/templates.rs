@@ -22,6 +22,7 @@ use super::subscriptions::{find, may_change};
 use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath};
+use crate::schema::MAX_TEMPLATE_CHARS;
 use crate::startup::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,7 +33,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The channel segment that means "every channel without a template of its own".
 const DEFAULT_CHANNEL: &str = "default";
-const MAX_TEMPLATE_CHARS: usize = 64 * 1024;
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -72,10 +72,13 @@ impl From<Template> for TemplateView {
 pub struct TemplateRequest {
     /// Email subject; chat channels show it in bold above the body.
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::TemplateText>)]
     pub subject: Option<String>,
+    #[schema(value_type = crate::schema::TemplateBody)]
     pub body: String,
     /// HTML alternative for email.
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::TemplateText>)]
     pub html: Option<String>,
 }
 
@@ -91,10 +94,13 @@ pub struct TemplatePath {
 #[allow(dead_code)] // documents the path; `TemplatePath` reads it
 struct TemplatePathDoc {
     /// The subscription's id (letters and `_`).
+    #[param(value_type = crate::schema::SubscriptionIdText)]
     subscription_id: String,
     /// `telegram`, `discord`, `xmpp`, `email`, `sms`, or `default`.
+    #[param(value_type = crate::schema::TemplateChannel)]
     channel: String,
     /// A BCP 47 language tag such as `en` or `de-CH`.
+    #[param(value_type = crate::schema::LocaleText)]
     locale: String,
 }
 
@@ -138,7 +144,7 @@ fn check_template(field: &str, text: &str) -> Result<(), ApiError> {
     get,
     path = "/subscriptions/{subscription_id}/templates",
     tag = "templates",
-    params(("subscription_id" = String, Path, description = "The subscription's id")),
+    params(("subscription_id" = crate::schema::SubscriptionIdText, Path, description = "The subscription's id")),
     responses((status = 200, description = "Every template of the subscription", body = Vec<TemplateView>)),
 )]
 async fn list(

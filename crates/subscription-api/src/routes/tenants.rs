@@ -41,7 +41,9 @@ impl From<tenants::Tenant> for TenantView {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTenant {
+    #[schema(value_type = crate::schema::TenantKeyText)]
     pub tenant: String,
+    #[schema(value_type = crate::schema::LabelText)]
     pub name: String,
 }
 

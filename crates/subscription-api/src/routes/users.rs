@@ -39,9 +39,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct UserView {
     pub user_id: String,
     pub locale: Option<String>,
-    #[schema(value_type = Option<String>, example = "email")]
+    #[schema(value_type = Option<crate::schema::ChannelName>)]
     pub preferred_channel: Option<Channel>,
-    #[schema(value_type = String, example = "all")]
+    #[schema(value_type = crate::schema::DeliveryModeName)]
     pub delivery_mode: DeliveryMode,
     pub created_at: DateTime<Utc>,
     pub modified_at: DateTime<Utc>,
@@ -68,14 +68,14 @@ impl From<User> for UserView {
 #[serde(rename_all = "camelCase")]
 pub struct AddressView {
     pub address_id: Uuid,
-    #[schema(value_type = String, example = "email")]
+    #[schema(value_type = crate::schema::ChannelName)]
     pub channel: Channel,
-    #[schema(value_type = String, example = "email")]
+    #[schema(value_type = crate::schema::AddressKindName)]
     pub kind: AddressKind,
     pub address: String,
     pub display_name: Option<String>,
     pub verified: bool,
-    #[schema(value_type = String, example = "active")]
+    #[schema(value_type = crate::schema::AddressStateName)]
     pub state: AddressState,
     pub state_reason: Option<String>,
     pub state_changed_at: Option<DateTime<Utc>>,
@@ -130,7 +130,7 @@ async fn find(state: &AppState, caller: &Caller, person: &UserId) -> Result<User
         .map_err(not_found_as("user"))
 }
 
-#[utoipa::path(get, path = "/users/{user_id}", tag = "users", params(("user_id" = String, Path, description = "The tenant's own id for the person")), responses((status = 200, description = "The person with their addresses", body = UserView)))]
+#[utoipa::path(get, path = "/users/{user_id}", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")), responses((status = 200, description = "The person with their addresses", body = UserView)))]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,18 +148,21 @@ async fn read(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserSettings {
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::LocaleText>)]
     pub locale: Option<String>,
-    /// The channel used when delivering only on the preferred one (R2).
+    /// The channel used when delivering only on the preferred one (R2). Required when
+    /// `deliveryMode` is `preferred`.
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::ChannelName>)]
     pub preferred_channel: Option<String>,
     /// `all` (default) or `preferred`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::schema::DeliveryModeName>)]
     pub delivery_mode: Option<DeliveryMode>,
 }
 
 /// Creates the person, or replaces their settings.
-#[utoipa::path(put, path = "/users/{user_id}", tag = "users", params(("user_id" = String, Path)), request_body = UserSettings, responses((status = 200, description = "Created or updated", body = UserView)))]
+#[utoipa::path(put, path = "/users/{user_id}", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")), request_body = UserSettings, responses((status = 200, description = "Created or updated", body = UserView)))]
 async fn put(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,7 +207,7 @@ async fn put(
     Ok(Json(user.into()))
 }
 
-#[utoipa::path(delete, path = "/users/{user_id}", tag = "users", params(("user_id" = String, Path)), responses((status = 204, description = "Deleted with their addresses and registrations")))]
+#[utoipa::path(delete, path = "/users/{user_id}", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")), responses((status = 204, description = "Deleted with their addresses and registrations")))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -219,7 +222,8 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+/// Its schema is [`crate::schema::NewAddressBody`]: the address pattern per channel.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewAddressRequest {
     pub channel: String,
@@ -233,7 +237,7 @@ pub struct NewAddressRequest {
 
 /// Adds an address to a person, creating the person on first mention. Chat addresses
 /// (Telegram, Discord) normally arrive through the bots' link codes (R5) instead.
-#[utoipa::path(post, path = "/users/{user_id}/addresses", tag = "users", params(("user_id" = String, Path)), request_body = NewAddressRequest, responses((status = 201, body = AddressView), (status = 200, description = "Known already (reactivated if it was removed)", body = AddressView)))]
+#[utoipa::path(post, path = "/users/{user_id}/addresses", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")), request_body = crate::schema::NewAddressBody, responses((status = 201, body = AddressView), (status = 200, description = "Known already (reactivated if it was removed)", body = AddressView)))]
 async fn add_address(
     State(state): State<AppState>,
     caller: Caller,
@@ -283,7 +287,7 @@ async fn add_address(
     Ok((status, Json(row.into())))
 }
 
-#[utoipa::path(delete, path = "/users/{user_id}/addresses/{address_id}", tag = "users", params(("user_id" = String, Path), ("address_id" = Uuid, Path)), responses((status = 204, description = "Removed")))]
+#[utoipa::path(delete, path = "/users/{user_id}/addresses/{address_id}", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person"), ("address_id" = Uuid, Path)), responses((status = 204, description = "Removed")))]
 async fn remove_address(
     State(state): State<AppState>,
     caller: Caller,
@@ -302,6 +306,7 @@ async fn remove_address(
 pub struct LinkCodeRequest {
     /// Only this chat channel may redeem the code (`telegram`, `discord`, `xmpp`); absent: any.
     #[serde(default)]
+    #[schema(value_type = Option<crate::schema::ChatChannelName>)]
     pub channel: Option<String>,
 }
 
@@ -311,7 +316,7 @@ pub struct LinkCodeView {
     /// Shown only in this response; only its hash is stored.
     #[schema(example = "K7QX2MPA")]
     pub code: String,
-    #[schema(value_type = Option<String>, example = "telegram")]
+    #[schema(value_type = Option<crate::schema::ChannelName>)]
     pub channel: Option<Channel>,
     pub expires_at: DateTime<Utc>,
     /// What to tell the person.
@@ -325,7 +330,7 @@ pub struct LinkCodeView {
     post,
     path = "/users/{user_id}/link-codes",
     tag = "users",
-    params(("user_id" = String, Path)),
+    params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")),
     request_body(content = LinkCodeRequest, description = "Optional; `{}` for any channel"),
     responses((status = 201, body = LinkCodeView)),
 )]

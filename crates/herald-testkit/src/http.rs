@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 GET, enough to probe health endpoints without pulling a client into
-//! every test.
+//! A minimal HTTP/1.1 client, enough to probe health endpoints and to POST webhooks and
+//! Discord interactions without pulling a client (and a TLS stack) into every test.
 
 use std::net::SocketAddr;
 
@@ -11,6 +11,42 @@ pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
+    read_response(stream).await
+}
+
+/// `POST` of `body` as `application/json` to a plain `http://host:port/path` URL, with extra
+/// headers; returns the status code and body. `https` is refused: the fakes talk to loopback.
+pub async fn post_json(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("only http:// URLs are supported: {url}"),
+        )
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, "/"),
+    };
+    let mut stream = TcpStream::connect(authority).await?;
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body).await?;
+    read_response(stream).await
+}
+
+async fn read_response(mut stream: TcpStream) -> std::io::Result<(u16, String)> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);

@@ -6,10 +6,21 @@
 //!   current test's connections (the broker-side fault every reconnect test needs), so that
 //!   tests running in parallel never disturb each other.
 //!
+//! - [`discord_interactions`]: plays Discord posting slash-command interactions (PING,
+//!   `/link`, `/support`, from a DM or a guild) to a bot's endpoint, signed with an ed25519
+//!   key, or with a bad or missing signature.
+//! - [`fake_discord`]: Discord's REST API (`/api/v10`) on loopback for serenity's `Http`:
+//!   DM channels, messages, bulk command overwrites; faults (429 with `retry_after`, 50007,
+//!   10013, 10003, 5xx, slow answers, dropped connections) and timestamped records.
 //! - [`fake_sms`]: a Twilio-compatible SMS provider on loopback that records what it gets and
 //!   injects faults on command (429 with retry-after, 5xx, slow answers, dropped connections,
 //!   permanent errors for chosen numbers).
-//! - [`http`]: a minimal GET for health endpoints.
+//! - [`fake_telegram`]: the Telegram Bot API on loopback for teloxide: getMe, sendMessage,
+//!   getUpdates with offsets and long polls, webhooks; injected user messages; faults
+//!   (429 with retry_after, each 403 and 400 Telegram sends, 5xx, slow answers, dropped
+//!   connections) and timestamped records.
+//! - [`http`]: a minimal HTTP/1.1 GET and JSON POST, for health endpoints, webhooks and
+//!   interactions.
 //! - [`smtp`]: a real SMTP server (aiosmtpd) on a free port, with faults chosen by recipient.
 //!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
@@ -18,6 +29,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
+pub mod discord_interactions;
+pub mod fake_discord;
 pub mod fake_sms;
+pub mod fake_telegram;
 pub mod http;
 pub mod smtp;

@@ -43,6 +43,10 @@ impl Outcomes {
         }
     }
 
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     /// Publishes every due outcome nobody published: a message finished more than a while
     /// ago whose outcome publish failed for good, or one finished outside the router (the
     /// outbox relay giving up a request). Runs until shutdown, every `every`.

@@ -1,16 +1,29 @@
 //! The router's events consumer on `{p}.router.events`: senders' delivery events become
 //! delivery records (R15) and address states (R3, R6); chat bots' contact links become
-//! addresses (R5). When the last delivery of a message is final, its outcome goes out (R4).
+//! addresses (R5), and their support requests tickets (R53). When the last delivery of a
+//! message is final, its outcome goes out (R4).
+//!
+//! What a bot must tell the person (linked, wrong code, ticket opened) goes into the outbox in
+//! the transaction that decided it, so it is sent exactly when the change is committed, and a
+//! redelivered event that finds its work done changes nothing and says nothing new.
 
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
 use herald_storage::addresses::{self, NewAddress};
 use herald_storage::tracking::{
     self, Attempt, AttemptOutcome, FailureRef, Recorded, RemovalPolicy,
 };
-use herald_storage::{PgPool, StoreError, link_codes};
-use messaging_core::events::{AttemptResult, ContactLinkEvent, DeliveryEvent};
-use serde_json::Value;
+use herald_storage::{PgPool, StoreError, link_codes, messages, outbox, support};
+use messaging_core::events::{
+    Answer, AttemptResult, ChatAnswer, ContactLinkEvent, DeliveryEvent, SupportRequestEvent,
+    short_id,
+};
+use messaging_core::ingress::{Content, Ingress, NotifyRequest, Recipients, TemplateContent};
+use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey};
+use messaging_core::{EnvelopeVersion, MessageSource};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::config::RetryPolicy;
 use crate::outcome::Outcomes;
@@ -20,6 +33,7 @@ use crate::outcome::Outcomes;
 pub enum RouterEvent {
     Delivery(Box<DeliveryEvent>),
     Contact(Box<ContactLinkEvent>),
+    Support(Box<SupportRequestEvent>),
 }
 
 pub struct TrackingHandler {
@@ -150,12 +164,24 @@ impl TrackingHandler {
     /// R5: the code names the person; the chat becomes one of their addresses, verified (the
     /// person wrote from it). Redeeming and adding are one transaction, so a failure does not
     /// use the code up.
-    async fn contact(&self, event: &ContactLinkEvent) -> Outcome {
+    /// `event_id`: the event's AMQP message id, so an event handled twice answers with the
+    /// same answer id (the bot says it once).
+    async fn contact(&self, event: &ContactLinkEvent, event_id: Option<&str>) -> Outcome {
+        let answer_id = event_id.map_or_else(Uuid::now_v7, |id| {
+            Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("herald-answer:{id}").as_bytes(),
+            )
+        });
+        let by = format!("{}:{}", event.address.kind(), event.address.value());
         let linked = async {
             let mut tx = self.pool.begin().await?;
             let Some(redeemed) =
-                link_codes::redeem(&mut *tx, &event.link_code, event.channel).await?
+                link_codes::redeem_by(&mut *tx, &event.link_code, event.channel, &by).await?
             else {
+                self.answer(&mut tx, event, answer_id, Answer::InvalidCode)
+                    .await?;
+                tx.commit().await?;
                 return Ok(None);
             };
             let value = event.address.value();
@@ -171,6 +197,8 @@ impl TrackingHandler {
             )
             .await?;
             addresses::mark_verified(&mut *tx, address.id).await?;
+            self.answer(&mut tx, event, answer_id, Answer::Linked)
+                .await?;
             tx.commit().await?;
             Ok::<_, StoreError>(Some(address.id))
         };
@@ -191,6 +219,158 @@ impl TrackingHandler {
             }
             Err(error) => self.store_failure(error),
         }
+    }
+}
+
+impl TrackingHandler {
+    /// Puts what the bot tells the person into the outbox, in `tx`.
+    async fn answer(
+        &self,
+        tx: &mut PgConnection,
+        event: &ContactLinkEvent,
+        answer_id: Uuid,
+        answer: Answer,
+    ) -> Result<(), StoreError> {
+        let answer = ChatAnswer {
+            version: EnvelopeVersion,
+            answer_id,
+            channel: event.channel,
+            chat: event.address.clone(),
+            answer,
+            created_at: chrono::Utc::now(),
+        };
+        outbox::enqueue_chat_answer(tx, &self.outcomes.names().events_exchange(), &answer).await
+    }
+
+    /// R53: a ticket in the tenant the chat is linked in, a message to the tenant's staff
+    /// through the subscription the tenant chose, and the answer to the person; one
+    /// transaction. A chat linked to nobody is told to link first.
+    async fn support(&self, event: &SupportRequestEvent) -> Outcome {
+        let opened = async {
+            let mut tx = self.pool.begin().await?;
+            let events = self.outcomes.names().events_exchange();
+            let kind = event.chat.kind();
+            let value = event.chat.value();
+            let answer = |answer| ChatAnswer {
+                version: EnvelopeVersion,
+                answer_id: Uuid::new_v5(&event.request_id, b"answer"),
+                channel: event.channel,
+                chat: event.chat.clone(),
+                answer,
+                created_at: chrono::Utc::now(),
+            };
+            let Some(chat) = support::linked_chat(&mut *tx, kind, &value).await? else {
+                outbox::enqueue_chat_answer(&mut tx, &events, &answer(Answer::NotLinked)).await?;
+                tx.commit().await?;
+                return Ok::<_, StoreError>(None);
+            };
+            let (ticket_id, new) = support::open(
+                &mut tx,
+                support::NewTicket {
+                    request_id: event.request_id,
+                    chat: &chat,
+                    channel: event.channel,
+                    chat_kind: kind,
+                    chat_value: &value,
+                    display_name: event.display_name.as_deref(),
+                    body: &event.support_text,
+                },
+            )
+            .await?;
+            if !new {
+                // A redelivery: the first one told everybody already.
+                tx.commit().await?;
+                return Ok(Some(ticket_id));
+            }
+            if let Some(message_id) = self.tell_staff(&mut tx, &chat, ticket_id, event).await? {
+                support::set_message(&mut *tx, ticket_id, message_id).await?;
+            }
+            outbox::enqueue_chat_answer(
+                &mut tx,
+                &events,
+                &answer(Answer::TicketOpened { ticket_id }),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Some(ticket_id))
+        };
+        match opened.await {
+            Ok(Some(ticket_id)) => {
+                metrics::counter!("herald_router_support_requests_total", "result" => "ticket")
+                    .increment(1);
+                tracing::info!(%ticket_id, channel = %event.channel, "support ticket opened");
+                Outcome::Ack
+            }
+            Ok(None) => {
+                metrics::counter!("herald_router_support_requests_total", "result" => "not_linked")
+                    .increment(1);
+                tracing::info!(channel = %event.channel, "support request from a chat linked to nobody");
+                Outcome::Ack
+            }
+            Err(error) => self.store_failure(error),
+        }
+    }
+
+    /// The message to the tenant's staff about a new ticket, through the subscription the
+    /// tenant chose (its templates get `ticketId`, `ticket`, `text`, `userId`, `channel` and
+    /// `displayName`). `None` when the tenant chose none: the ticket is only listed.
+    async fn tell_staff(
+        &self,
+        tx: &mut PgConnection,
+        chat: &support::LinkedChat,
+        ticket_id: Uuid,
+        event: &SupportRequestEvent,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let Some(subscription) = support::staff_subscription(&mut *tx, chat.tenant_id).await?
+        else {
+            tracing::info!(%ticket_id, "the tenant chose no subscription for support tickets; the ticket is only listed");
+            return Ok(None);
+        };
+        let invalid = |e: messaging_core::values::InvalidValue| StoreError::Invalid(e.to_string());
+        let key = format!("support:{ticket_id}");
+        let mut data = serde_json::Map::new();
+        for (name, value) in [
+            ("ticketId", json!(ticket_id)),
+            ("ticket", json!(short_id(&ticket_id))),
+            ("text", json!(event.support_text)),
+            ("userId", json!(chat.user_external_id)),
+            ("channel", json!(event.channel)),
+            ("displayName", json!(event.display_name)),
+        ] {
+            data.insert(name.to_owned(), value);
+        }
+        let request = NotifyRequest {
+            version: EnvelopeVersion,
+            tenant: TenantKey::parse(&chat.tenant_key).map_err(invalid)?,
+            idempotency_key: Some(IdempotencyKey::parse(&key).map_err(invalid)?),
+            to: Recipients::Subscription(
+                SubscriptionKey::parse(&subscription.key).map_err(invalid)?,
+            ),
+            content: Content::Template(TemplateContent {
+                subscription: None,
+                data,
+                locale: None,
+            }),
+            channels: None,
+            mode: None,
+            expires_at: None,
+        };
+        let encoded: Value =
+            serde_json::from_slice(&Ingress::Notify(request).encode()).unwrap_or_default();
+        let (message, _) = messages::accept(
+            tx,
+            messages::NewMessage {
+                tenant_id: chat.tenant_id,
+                idempotency_key: Some(&key),
+                source: MessageSource::Event,
+                subscription_id: Some(subscription.id),
+                request: &encoded,
+                exchange: &self.outcomes.names().ingress_exchange(),
+                routing_key: "support",
+            },
+        )
+        .await?;
+        Ok(Some(message.id))
     }
 }
 
@@ -218,10 +398,14 @@ impl Handler for TrackingHandler {
             serde_json::from_value(value)
                 .map(|e| RouterEvent::Contact(Box::new(e)))
                 .map_err(invalid)
+        } else if value.get("supportText").is_some() {
+            serde_json::from_value(value)
+                .map(|e| RouterEvent::Support(Box::new(e)))
+                .map_err(invalid)
         } else {
             Err(Rejection::new(
                 "unknown_event",
-                "neither a delivery event (no deliveryId) nor a contact link (no linkCode)",
+                "neither a delivery event (no deliveryId), a contact link (no linkCode) nor a support request (no supportText)",
             ))
         }
     }
@@ -241,7 +425,13 @@ impl Handler for TrackingHandler {
             }
             RouterEvent::Contact(event) => {
                 let span = tracing::info_span!("contact_link", channel = %event.channel);
-                self.contact(&event).instrument(span).await
+                self.contact(&event, ctx.message_id.as_deref())
+                    .instrument(span)
+                    .await
+            }
+            RouterEvent::Support(event) => {
+                let span = tracing::info_span!("support_request", channel = %event.channel, request_id = %event.request_id);
+                self.support(&event).instrument(span).await
             }
         };
         match outcome {

@@ -11,7 +11,8 @@
 //! - one module per table group: [`tenants`], [`api_keys`], [`users`] and their [`addresses`],
 //!   [`subscriptions`] with their [`templates`], [`schedules`] and [`event_bindings`],
 //!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
-//!   [`deliveries`] and their [`tracking`] (attempts, address states, outcomes).
+//!   [`deliveries`] and their [`tracking`] (attempts, address states, outcomes), and
+//!   [`support`] tickets with their replies.
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
@@ -32,6 +33,7 @@ pub mod relay;
 pub mod schedules;
 pub mod secret;
 pub mod subscriptions;
+pub mod support;
 pub mod templates;
 pub mod tenants;
 pub mod tracking;

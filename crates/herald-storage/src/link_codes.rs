@@ -68,15 +68,27 @@ pub async fn redeem(
     code: &str,
     channel: Channel,
 ) -> Result<Option<Redeemed>, StoreError> {
+    redeem_by(db, code, channel, "").await
+}
+
+/// [`redeem`] by a chat (`by`, the chat's `<kind>:<value>`): the same chat redeeming the same
+/// code again (the same event handled twice) gets the same answer rather than "used".
+pub async fn redeem_by(
+    db: impl PgExecutor<'_>,
+    code: &str,
+    channel: Channel,
+    by: &str,
+) -> Result<Option<Redeemed>, StoreError> {
     let normalized = code.trim().to_ascii_uppercase();
     Ok(sqlx::query_as(
-        "UPDATE link_codes SET used_at = now()
-         WHERE code_hash = $1 AND used_at IS NULL AND expires_at > now()
-           AND (channel IS NULL OR channel = $2)
+        "UPDATE link_codes SET used_at = coalesce(used_at, now()), used_by = coalesce(used_by, $3)
+         WHERE code_hash = $1 AND (channel IS NULL OR channel = $2)
+           AND ((used_at IS NULL AND expires_at > now()) OR (used_by = $3 AND $3 <> ''))
          RETURNING tenant_id, user_id, channel",
     )
     .bind(secret::hash(&normalized))
     .bind(channel)
+    .bind(by)
     .fetch_optional(db)
     .await?)
 }

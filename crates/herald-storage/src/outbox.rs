@@ -143,3 +143,21 @@ pub async fn failed(db: impl PgExecutor<'_>) -> Result<i64, StoreError> {
     .fetch_one(db)
     .await?)
 }
+
+/// Puts a chat answer (R5, R53) in the outbox: it goes to `answer.<channel>` on the events
+/// exchange once the transaction that decided it commits.
+pub async fn enqueue_chat_answer(
+    tx: &mut PgConnection,
+    events_exchange: &str,
+    answer: &messaging_core::events::ChatAnswer,
+) -> Result<(), StoreError> {
+    let payload = serde_json::to_vec(answer).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    enqueue(
+        tx,
+        events_exchange,
+        &messaging_core::topology::routing::answer(answer.channel),
+        &answer.answer_id.to_string(),
+        &payload,
+    )
+    .await
+}

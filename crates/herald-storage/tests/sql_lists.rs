@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use messaging_core::ingress::DeliveryMode;
 use messaging_core::{
     AddressKind, AddressState, Channel, DeliveryStatus, FailureClass, MessageSource, MessageStatus,
-    Role,
+    Role, TicketState,
 };
 use sqlx::PgPool;
 
@@ -66,7 +66,7 @@ async fn sql_lists_match_the_rust_enums(pool: PgPool) {
         words(AddressKind::ALL.iter().map(|k| k.as_str())),
         "herald_address_kind (a migration must list every AddressKind)"
     );
-    let checks: [(&str, &str, BTreeSet<String>); 7] = [
+    let checks: [(&str, &str, BTreeSet<String>); 8] = [
         (
             "addresses",
             "state",
@@ -108,6 +108,11 @@ async fn sql_lists_match_the_rust_enums(pool: PgPool) {
             "api_keys",
             "role",
             words(Role::ALL.iter().map(|r| r.as_str())),
+        ),
+        (
+            "support_tickets",
+            "state",
+            words(TicketState::ALL.iter().map(|s| s.as_str())),
         ),
     ];
     for (table, column, expected) in checks {

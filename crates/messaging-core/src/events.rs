@@ -80,6 +80,93 @@ pub struct ContactLinkEvent {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// A person wrote `/support <text>` to a bot (R53): the router opens a ticket for the tenant
+/// the chat is linked in, and tells the tenant's staff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SupportRequestEvent {
+    pub version: EnvelopeVersion,
+    /// Unique per request: a redelivered event opens no second ticket.
+    pub request_id: Uuid,
+    pub channel: Channel,
+    /// The chat it came from: where the answer and the staff's replies go.
+    pub chat: Address,
+    /// What the person wrote, at most [`SupportRequestEvent::MAX_TEXT`] characters.
+    pub support_text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl SupportRequestEvent {
+    /// Longer requests are cut by the bot: a ticket is a request for help, not a document.
+    pub const MAX_TEXT: usize = 4_000;
+}
+
+/// What a bot tells a person in their chat once the router has handled what they wrote. Not
+/// a delivery (it belongs to no tenant's message), so it carries its own id instead of a
+/// delivery id; the bot's runtime turns it into words ([`ChatAnswer::text`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatAnswer {
+    pub version: EnvelopeVersion,
+    pub answer_id: Uuid,
+    pub channel: Channel,
+    pub chat: Address,
+    pub answer: Answer,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum Answer {
+    /// The link code was good: this chat now receives the person's messages (R5).
+    Linked,
+    /// The code is unknown, used or expired; nothing changed.
+    InvalidCode,
+    /// A support request became a ticket (R53).
+    TicketOpened { ticket_id: Uuid },
+    /// A support request from a chat that is linked to nobody: there is no tenant to send it to.
+    NotLinked,
+    /// A staff member answered a ticket.
+    SupportReply { ticket_id: Uuid, text: String },
+}
+
+impl ChatAnswer {
+    /// The words the bot sends.
+    pub fn text(&self) -> String {
+        match &self.answer {
+            Answer::Linked => {
+                "This chat is now linked: you will get your notifications here.".to_owned()
+            }
+            Answer::InvalidCode => {
+                "That link code is unknown, already used or expired. Ask for a new one and try again."
+                    .to_owned()
+            }
+            Answer::TicketOpened { ticket_id } => format!(
+                "Thanks, your request reached the support team (ticket {}). Their answer will come here.",
+                short_id(ticket_id)
+            ),
+            Answer::NotLinked => "Link this chat first (send the link code you were given), then ask again.".to_owned(),
+            Answer::SupportReply { ticket_id, text } => {
+                format!("Support (ticket {}):\n{text}", short_id(ticket_id))
+            }
+        }
+    }
+}
+
+/// The last eight hex digits of an id: enough for a person to quote, and what the API's
+/// ticket list shows.
+pub fn short_id(id: &Uuid) -> String {
+    let simple = id.simple().to_string();
+    simple[simple.len() - 8..].to_owned()
+}
+
 /// What a producer learns when every delivery of its message is final (R4): published on the
 /// events exchange and, when the request set `reply_to`, sent there with its `correlation_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -36,7 +36,9 @@ pub mod version;
 pub use address::Address;
 pub use channel::Channel;
 pub use failure::FailureClass;
-pub use states::{AddressKind, AddressState, DeliveryStatus, MessageSource, MessageStatus, Role};
+pub use states::{
+    AddressKind, AddressState, DeliveryStatus, MessageSource, MessageStatus, Role, TicketState,
+};
 pub use version::EnvelopeVersion;
 
 /// Largest message body any Herald queue accepts. Producers get a dead-letter with reason

@@ -2,7 +2,9 @@
 
 use schemars::{JsonSchema, Schema, generate::SchemaSettings};
 
-use crate::events::{ContactLinkEvent, DeliveryEvent, MessageOutcome};
+use crate::events::{
+    ChatAnswer, ContactLinkEvent, DeliveryEvent, MessageOutcome, SupportRequestEvent,
+};
 use crate::ingress::{EventTrigger, LegacyMessage, NotifyRequest};
 use crate::job::SendJob;
 
@@ -42,6 +44,11 @@ pub fn all() -> Vec<(&'static str, Schema)> {
             "contact-link-event.v1.json",
             schema_for::<ContactLinkEvent>(None),
         ),
+        (
+            "support-request-event.v1.json",
+            schema_for::<SupportRequestEvent>(None),
+        ),
+        ("chat-answer.v1.json", schema_for::<ChatAnswer>(None)),
         (
             "message-outcome.v1.json",
             schema_for::<MessageOutcome>(None),

@@ -103,6 +103,17 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Where a support ticket is (R53).
+    pub enum TicketState("ticket state") {
+        /// Nobody answered yet.
+        Open = "open",
+        /// Staff replied at least once.
+        Answered = "answered",
+        Closed = "closed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,11 +83,24 @@ impl Names {
         format!("{work_queue}.dead")
     }
 
+    /// A chat channel's answers (what its bot tells people after the router handled what they
+    /// wrote), bound to the events exchange with `answer.<channel>`; any replica of the
+    /// channel's sender answers.
+    pub fn answers_queue(&self, channel: Channel) -> String {
+        format!("{}.answers.{}", self.prefix, channel.as_str())
+    }
+
     /// Every work queue: the ones consumers read and that have delays and dead letters. The
     /// standby queues are not among them: they hold nothing, so they need neither.
     pub fn work_queues(&self) -> Vec<String> {
         let mut queues = vec![self.ingress_queue(), self.router_events_queue()];
         queues.extend(Channel::ALL.iter().map(|c| self.send_queue(*c)));
+        queues.extend(
+            Channel::ALL
+                .iter()
+                .filter(|c| c.is_chat())
+                .map(|c| self.answers_queue(*c)),
+        );
         queues
     }
 }
@@ -111,8 +124,18 @@ pub mod routing {
         format!("outcome.{tenant}")
     }
 
+    /// `support.<channel>`: a person asked a bot for help (R53).
+    pub fn support_request(channel: Channel) -> String {
+        format!("support.{}", channel.as_str())
+    }
+
+    /// `answer.<channel>`: what a chat channel's bot tells a person.
+    pub fn answer(channel: Channel) -> String {
+        format!("answer.{}", channel.as_str())
+    }
+
     /// Patterns the router's events queue is bound with.
-    pub const ROUTER_EVENT_BINDINGS: [&str; 2] = ["delivery.#", "contact.#"];
+    pub const ROUTER_EVENT_BINDINGS: [&str; 3] = ["delivery.#", "contact.#", "support.#"];
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! # Layout
 //!
 //! - [`sender`]: the trait and its result types.
+//! - [`chat`]: the bot side of chat channels: what people write to a bot ([`chat::Inbox`]),
+//!   and the router's answers back to them ([`chat::ChatChannel`]).
 //! - [`pipeline`]: one job's way through the runtime: duplicate check, expiry and maximum
 //!   age, rate limits, the send, the delivery event, and the outcome for the consumer runner.
 //! - [`limits`]: token buckets per provider account and per recipient (R7), and the
@@ -20,6 +22,7 @@
 //!   under a fresh prefix, for each sender crate's integration tests.
 
 pub mod breaker;
+pub mod chat;
 pub mod config;
 pub mod limits;
 pub mod pipeline;
@@ -29,5 +32,6 @@ pub mod sender;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use run::run_sender;
+pub use chat::{ChatChannel, Inbound, Inbox, Incoming, Reply};
+pub use run::{run_chat_sender, run_sender};
 pub use sender::{BuildError, Built, ChannelSender, Receipt, RetryLater, SendError};

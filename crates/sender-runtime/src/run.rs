@@ -12,6 +12,7 @@ use herald_runtime::service::Service;
 use serde::Deserialize;
 
 use crate::breaker::Breaker;
+use crate::chat::{AnswerHandler, ChatChannel, Inbound, Inbox};
 use crate::config::SenderConfig;
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
@@ -48,6 +49,21 @@ pub async fn run_sender<S: ChannelSender>(
     Ok(())
 }
 
+/// The whole `main` of a chat channel's sender and bot:
+/// `run_chat_sender::<TelegramSender>("sender-telegram", "127.0.0.1:9102")`.
+pub async fn run_chat_sender<S: ChatChannel>(
+    name: &'static str,
+    default_http_addr: &str,
+) -> Result<(), RunError> {
+    let base: BaseConfig = herald_runtime::config::load(&[("http.addr", default_http_addr)])?;
+    let SenderSection { sender } = herald_runtime::config::load(&[])?;
+    let channel_config: S::Config = herald_runtime::config::load(&[])?;
+    let service = Service::build(name, base).await?;
+    let (routes, work) = start_chat::<S>(&service, sender, channel_config).await?;
+    service.run(routes, work).await?;
+    Ok(())
+}
+
 /// Builds the sender and returns its work: consuming the channel's queue until shutdown. A
 /// sender that is not configured returns work that only waits for shutdown, and says why in
 /// `/readyz`.
@@ -56,18 +72,87 @@ pub async fn start<S: ChannelSender>(
     config: SenderConfig,
     channel_config: S::Config,
 ) -> Result<BoxFuture<'static, ()>, BuildError> {
+    match build::<S>(service, channel_config).await? {
+        Some(sender) => Ok(start_sending(service, config, sender)),
+        None => Ok(wait_for_shutdown(service)),
+    }
+}
+
+/// [`start`] for a chat channel: the sending side, the bot's listener and its routes, and the
+/// consumer of the bot's answers.
+pub async fn start_chat<S: ChatChannel>(
+    service: &Service,
+    config: SenderConfig,
+    channel_config: S::Config,
+) -> Result<(Router, BoxFuture<'static, ()>), BuildError> {
+    let Some(bot) = build::<S>(service, channel_config).await? else {
+        return Ok((Router::new(), wait_for_shutdown(service)));
+    };
+    let names = service.topology.names().clone();
     let shutdown = service.shutdown.clone();
-    let component = format!("sender:{}", S::CHANNEL);
-    let sender = match S::build(channel_config).await? {
-        Built::Ready(sender) => Arc::new(sender),
+    let inbox = Inbox::new(
+        S::CHANNEL,
+        Publisher::new(service.broker.clone(), "inbox"),
+        &names,
+    );
+    let inbound = Inbound {
+        inbox: inbox.clone(),
+        health: service.health.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let routes = S::routes(bot.clone(), inbound.clone());
+    let listener = tokio::spawn(S::listen(bot.clone(), inbound));
+    let answers = Consumer::new(
+        service.broker.clone(),
+        service.topology.clone(),
+        ConsumerSettings::from_config(names.answers_queue(S::CHANNEL), service.broker.config()),
+        AnswerHandler {
+            bot: bot.clone(),
+            inbox,
+            given: Default::default(),
+        },
+        service.health.clone(),
+    );
+    let sending = start_sending(service, config, bot);
+    let work: BoxFuture<'static, ()> = Box::pin(async move {
+        tokio::join!(sending, answers.run(shutdown));
+        let _ = listener.await;
+    });
+    Ok((routes, work))
+}
+
+/// The sender, or `None` when it is not configured: then the service says why in its log and
+/// `/readyz`, and leaves its queue alone.
+async fn build<S: ChannelSender>(
+    service: &Service,
+    channel_config: S::Config,
+) -> Result<Option<Arc<S>>, BuildError> {
+    match S::build(channel_config).await? {
+        Built::Ready(sender) => Ok(Some(Arc::new(sender))),
         Built::NotConfigured(what) => {
             tracing::warn!(channel = %S::CHANNEL, "not configured, so not consuming its queue: {what}");
-            service
-                .health
-                .set(&component, false, format!("not configured: {what}"));
-            return Ok(Box::pin(async move { shutdown.cancelled().await }));
+            service.health.set(
+                &format!("sender:{}", S::CHANNEL),
+                false,
+                format!("not configured: {what}"),
+            );
+            Ok(None)
         }
-    };
+    }
+}
+
+fn wait_for_shutdown(service: &Service) -> BoxFuture<'static, ()> {
+    let shutdown = service.shutdown.clone();
+    Box::pin(async move { shutdown.cancelled().await })
+}
+
+/// Consuming the channel's send queue until shutdown.
+fn start_sending<S: ChannelSender>(
+    service: &Service,
+    config: SenderConfig,
+    sender: Arc<S>,
+) -> BoxFuture<'static, ()> {
+    let shutdown = service.shutdown.clone();
     let names = service.topology.names().clone();
     let breaker = Arc::new(Breaker::new(
         S::CHANNEL,
@@ -117,10 +202,10 @@ pub async fn start<S: ChannelSender>(
             }
         }
     });
-    Ok(Box::pin(async move {
+    Box::pin(async move {
         consumer.run(shutdown).await;
         let _ = probe.await;
         let _ = janitor.await;
         events.close().await;
-    }))
+    })
 }

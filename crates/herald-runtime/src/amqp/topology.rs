@@ -248,6 +248,15 @@ impl Topology {
             )
             .await?;
         }
+        for chat in DeliveryChannel::ALL.into_iter().filter(|c| c.is_chat()) {
+            d.bind(
+                &n.answers_queue(chat),
+                &n.events_exchange(),
+                &routing::answer(chat),
+                FieldTable::default(),
+            )
+            .await?;
+        }
         for pattern in routing::ROUTER_EVENT_BINDINGS {
             d.bind(
                 &n.router_events_queue(),

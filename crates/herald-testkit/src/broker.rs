@@ -139,6 +139,20 @@ impl Inspector {
 
     /// A server-named queue, deleted with this connection, bound to `exchange` with `key`: how
     /// a test (or benchmark) reads what is published there.
+    /// Binds `queue` to `exchange` with one more routing key.
+    pub async fn bind(&self, queue: &str, exchange: &str, key: &str) {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the queue");
+    }
+
     pub async fn temporary_queue(&self, exchange: &str, key: &str) -> String {
         let queue = self
             .channel

@@ -23,6 +23,7 @@ use messaging_core::{Address, EnvelopeVersion};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::chat::ChatChannel;
 use crate::config::SenderConfig;
 use crate::sender::ChannelSender;
 
@@ -52,6 +53,8 @@ pub struct SenderHarness {
     running: JoinHandle<std::io::Result<()>>,
     topology: herald_runtime::amqp::Topology,
     channel: messaging_core::Channel,
+    /// Bound to `contact.#` and `support.#`: what a chat sender's bot published.
+    inbound_queue: String,
 }
 
 impl SenderHarness {
@@ -59,6 +62,44 @@ impl SenderHarness {
         test: &str,
         config: SenderConfig,
         channel_config: S::Config,
+    ) -> SenderHarness {
+        Self::start_with(test, S::CHANNEL, |service| {
+            Box::pin(async move {
+                let work = crate::run::start::<S>(service, config, channel_config)
+                    .await
+                    .expect("sender builds");
+                (Router::new(), work)
+            })
+        })
+        .await
+    }
+
+    /// [`SenderHarness::start`] for a chat channel: its bot listens too, its inbound routes
+    /// are served on [`SenderHarness::http_addr`], and it answers from the answers queue.
+    pub async fn start_chat<S: ChatChannel>(
+        test: &str,
+        config: SenderConfig,
+        channel_config: S::Config,
+    ) -> SenderHarness {
+        Self::start_with(test, S::CHANNEL, |service| {
+            Box::pin(async move {
+                crate::run::start_chat::<S>(service, config, channel_config)
+                    .await
+                    .expect("sender builds")
+            })
+        })
+        .await
+    }
+
+    async fn start_with(
+        test: &str,
+        channel: messaging_core::Channel,
+        start: impl for<'s> FnOnce(
+            &'s Service,
+        ) -> futures::future::BoxFuture<
+            's,
+            (Router, futures::future::BoxFuture<'static, ()>),
+        >,
     ) -> SenderHarness {
         herald_runtime::install_crypto_provider();
         let prefix = unique_prefix(test);
@@ -93,11 +134,16 @@ impl SenderHarness {
             .temporary_queue(&names.events_exchange(), "delivery.#")
             .await;
 
+        let inbound_queue = inspector
+            .temporary_queue(&names.events_exchange(), "contact.#")
+            .await;
+        inspector
+            .bind(&inbound_queue, &names.events_exchange(), "support.#")
+            .await;
+
         let publisher = Publisher::new(service.broker.clone(), "test-producer");
-        let work = crate::run::start::<S>(&service, config, channel_config)
-            .await
-            .expect("sender builds");
-        let running = tokio::spawn(service.run(Router::new(), work));
+        let (routes, work) = start(&service).await;
+        let running = tokio::spawn(service.run(routes, work));
         SenderHarness {
             names,
             inspector,
@@ -107,8 +153,53 @@ impl SenderHarness {
             shutdown,
             running,
             topology,
-            channel: S::CHANNEL,
+            channel,
+            inbound_queue,
         }
+    }
+
+    /// The service's HTTP address: health endpoints, and a chat bot's inbound routes.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.health_addr
+    }
+
+    /// The next contact-link or support-request event the bot published (as JSON), waiting
+    /// up to `timeout`.
+    pub async fn next_inbound(&self, timeout: Duration) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self
+                .inspector
+                .channel()
+                .basic_get(
+                    self.inbound_queue.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .expect("basic.get");
+            if let Some(message) = got {
+                return Some(serde_json::from_slice(&message.delivery.data).expect("json"));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Publishes an answer as the router's outbox would: the bot should say it in `answer.chat`.
+    pub async fn publish_answer(&self, answer: &messaging_core::events::ChatAnswer) {
+        let body = serde_json::to_vec(answer).expect("serializable");
+        let message = Message::new(
+            self.names.events_exchange(),
+            messaging_core::topology::routing::answer(answer.channel),
+            &body,
+        )
+        .message_id(answer.answer_id.to_string());
+        self.publisher
+            .publish(&message)
+            .await
+            .expect("publish answer");
     }
 
     /// A job to `to` with this text, as the router would publish it.

@@ -37,11 +37,43 @@ const LENIENT: RemovalPolicy = RemovalPolicy {
 };
 
 async fn event(t: &TrackingHandler, body: Value) -> Outcome {
+    event_with_id(t, body, None).await
+}
+
+async fn event_with_id(t: &TrackingHandler, body: Value, message_id: Option<&str>) -> Outcome {
     let bytes = serde_json::to_vec(&body).unwrap();
     match t.decode(&bytes) {
-        Ok(message) => t.handle(message, &context(None)).await,
+        Ok(message) => t.handle(message, &context(message_id)).await,
         Err(rejection) => Outcome::DeadLetter(rejection),
     }
+}
+
+/// The outbox rows written so far: (exchange, routing key, message id, payload).
+async fn outbox(pool: &PgPool) -> Vec<(String, String, String, Value)> {
+    let rows: Vec<(String, String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT exchange, routing_key, message_id, payload FROM outbox ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(e, k, id, p)| (e, k, id, serde_json::from_slice(&p).unwrap()))
+        .collect()
+}
+
+/// The chat answers in the outbox: (answer id, kind, chat value).
+async fn answers(pool: &PgPool) -> Vec<(String, String, Value)> {
+    outbox(pool)
+        .await
+        .into_iter()
+        .filter(|(_, key, _, _)| key.starts_with("answer."))
+        .map(|(_, _, id, body)| {
+            (
+                id,
+                body["answer"]["kind"].as_str().unwrap().to_owned(),
+                body["chat"]["value"].clone(),
+            )
+        })
+        .collect()
 }
 
 fn delivered(job: &SendJob, attempt: u32) -> Value {
@@ -440,5 +472,174 @@ async fn the_sweep_leaves_outcomes_older_than_a_day_alone(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(outcomes.sweep_once(Utc::now()).await.unwrap(), 0);
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_contact_link_is_answered_through_the_outbox_and_a_repeat_answers_the_same(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "tracking_contact_answer").await;
+    let t = tracker(&h, LENIENT);
+    let bea = h.user("bea", None, None, "all").await;
+    let mut conn = pool.acquire().await.unwrap();
+    let issued = link_codes::issue(
+        &mut conn,
+        h.tenant_id,
+        bea,
+        None,
+        chrono::Duration::minutes(15),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let link = |code: &str, chat: i64| {
+        json!({
+            "version": 1, "channel": "telegram", "linkCode": code,
+            "address": {"kind": "telegram", "value": chat}, "occurredAt": Utc::now()
+        })
+    };
+    assert_eq!(
+        event_with_id(&t, link(&issued.code, 555), Some("ev-1")).await,
+        Outcome::Ack
+    );
+    // The same event again (a router that died before its ack): the chat redeemed this code
+    // already, so it is told "linked" again, under the same answer id.
+    assert_eq!(
+        event_with_id(&t, link(&issued.code, 555), Some("ev-1")).await,
+        Outcome::Ack
+    );
+    // Another chat with the used code, and a made-up code: "invalid".
+    assert_eq!(
+        event_with_id(&t, link(&issued.code, 556), Some("ev-2")).await,
+        Outcome::Ack
+    );
+    assert_eq!(
+        event_with_id(&t, link("ZZZZ2345", 557), Some("ev-3")).await,
+        Outcome::Ack
+    );
+    let said = answers(&pool).await;
+    let kinds: Vec<(&str, Value)> = said
+        .iter()
+        .map(|(_, k, c)| (k.as_str(), c.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("linked", json!(555)),
+            ("linked", json!(555)),
+            ("invalid_code", json!(556)),
+            ("invalid_code", json!(557)),
+        ]
+    );
+    assert_eq!(said[0].0, said[1].0, "a repeat answers with the same id");
+    let outbox = outbox(&pool).await;
+    assert!(outbox.iter().all(
+        |(exchange, key, _, _)| exchange == &h.names.events_exchange() && key == "answer.telegram"
+    ));
+    let linked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM addresses WHERE user_id = $1 AND verified AND value = '555'",
+    )
+    .bind(bea)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(linked, 1);
+    h.finish().await;
+}
+
+fn support_request(request_id: Uuid, chat: i64, text: &str) -> Value {
+    json!({
+        "version": 1, "requestId": request_id, "channel": "telegram",
+        "chat": {"kind": "telegram", "value": chat}, "supportText": text,
+        "displayName": "@bea", "occurredAt": Utc::now()
+    })
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_support_request_opens_one_ticket_tells_the_staff_and_answers(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "tracking_support").await;
+    let t = tracker(&h, LENIENT);
+    let bea = h.user("bea", None, None, "all").await;
+    let address = h.address(bea, "telegram", "4242").await;
+    herald_storage::addresses::mark_verified(&pool, address)
+        .await
+        .unwrap();
+    let staff = h.subscription("support_staff", "en").await;
+    herald_storage::support::set_staff_subscription(&pool, h.tenant_id, Some(staff))
+        .await
+        .unwrap();
+
+    let request = Uuid::now_v7();
+    let body = support_request(request, 4242, "my parcel is late");
+    assert_eq!(event(&t, body.clone()).await, Outcome::Ack);
+    // Redelivered: nothing new.
+    assert_eq!(event(&t, body).await, Outcome::Ack);
+
+    let tickets: Vec<(Uuid, String, String, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+        "SELECT id, state, body, user_id, message_id FROM support_tickets WHERE tenant_id = $1",
+    )
+    .bind(h.tenant_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tickets.len(), 1);
+    let (ticket_id, state, text, user, message_id) = tickets[0].clone();
+    assert_eq!(
+        (state.as_str(), text.as_str(), user),
+        ("open", "my parcel is late", Some(bea))
+    );
+    // The staff's message: stored, subscription support_staff, on its way to the router.
+    let message_id = message_id.expect("the staff were told");
+    let (source, subscription): (String, Option<Uuid>) =
+        sqlx::query_as("SELECT source, subscription_id FROM messages WHERE id = $1")
+            .bind(message_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((source.as_str(), subscription), ("event", Some(staff)));
+    let outbox = outbox(&pool).await;
+    let to_router: Vec<&Value> = outbox
+        .iter()
+        .filter(|(exchange, _, _, _)| exchange == &h.names.ingress_exchange())
+        .map(|(_, _, _, body)| body)
+        .collect();
+    assert_eq!(to_router.len(), 1);
+    assert_eq!(to_router[0]["to"], json!({"subscription": "support_staff"}));
+    assert_eq!(
+        to_router[0]["content"]["template"]["data"]["text"],
+        json!("my parcel is late")
+    );
+    assert_eq!(
+        to_router[0]["content"]["template"]["data"]["ticketId"],
+        json!(ticket_id)
+    );
+    // And the person is told, once.
+    let said = answers(&pool).await;
+    assert_eq!(said.len(), 1);
+    assert_eq!(
+        (said[0].1.as_str(), &said[0].2),
+        ("ticket_opened", &json!(4242))
+    );
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_support_request_from_a_chat_linked_to_nobody_is_told_to_link_first(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "tracking_support_unlinked").await;
+    let t = tracker(&h, LENIENT);
+    // An address typed in but never proven is not a link.
+    let bea = h.user("bea", None, None, "all").await;
+    h.address(bea, "telegram", "4242").await;
+    assert_eq!(
+        event(&t, support_request(Uuid::now_v7(), 4242, "hello")).await,
+        Outcome::Ack
+    );
+    let tickets: i64 = sqlx::query_scalar("SELECT count(*) FROM support_tickets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tickets, 0);
+    let said = answers(&pool).await;
+    assert_eq!(said.len(), 1);
+    assert_eq!(said[0].1, "not_linked");
     h.finish().await;
 }

@@ -574,7 +574,8 @@ async fn a_support_request_opens_one_ticket_tells_the_staff_and_answers(pool: Pg
     // Redelivered: nothing new.
     assert_eq!(event(&t, body).await, Outcome::Ack);
 
-    let tickets: Vec<(Uuid, String, String, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+    type TicketRow = (Uuid, String, String, Option<Uuid>, Option<Uuid>);
+    let tickets: Vec<TicketRow> = sqlx::query_as(
         "SELECT id, state, body, user_id, message_id FROM support_tickets WHERE tenant_id = $1",
     )
     .bind(h.tenant_id)

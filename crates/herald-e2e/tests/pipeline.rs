@@ -6,103 +6,24 @@
 // A test fails on the line that broke: unwrap and expect are how it says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use axum::body::Body;
-use axum::http::Request;
-use fanout_router::config::{Config, RouterConfig};
-use herald_runtime::config::{AmqpConfig, BaseConfig, Secret};
-use herald_runtime::service::Service;
-use herald_storage::db::DatabaseConfig;
-use herald_storage::{PgPool, api_keys, tenants};
-use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
+use std::collections::HashMap;
+
+use herald_storage::PgPool;
 use herald_testkit::smtp::SmtpSink;
-use http_body_util::BodyExt;
 use messaging_core::events::{MessageOutcome, RecipientResult};
 use messaging_core::failure::FailureClass;
 use sender_email::{EmailConfig, EmailSender, SmtpSettings, TlsMode};
-use serde_json::{Value, json};
-use subscription_api::AppState;
-use subscription_api::auth::JwtKeys;
-use subscription_api::config::{AuthConfig, LimitsConfig};
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("x-api-key", key);
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    let request = request
-        .body(
-            body.map(|b| Body::from(b.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
+use serde_json::json;
+use support::{System, WAIT};
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcome(pool: PgPool) {
-    herald_runtime::install_crypto_provider();
-    let amqp = AmqpConfig {
-        url: Secret::new(amqp_url()),
-        prefix: unique_prefix("e2e_pipeline"),
-        delays_ms: vec![100, 300, 1_000],
-        reconnect_max_ms: 1_000,
-        publish_timeout_ms: 20_000,
-        ..AmqpConfig::default()
-    };
-    let base = BaseConfig {
-        amqp: amqp.clone(),
-        ..BaseConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-
-    // The router, as its binary runs it (with the outbox relay the API's messages go through).
-    let router_service = Service::with_parts(
-        "e2e-router",
-        base.clone(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        shutdown.clone(),
-    );
-    let names = router_service.topology.names().clone();
-    let topology = router_service.topology.clone();
-    let config = Config {
-        base: base.clone(),
-        router: RouterConfig::default(),
-        database: DatabaseConfig::default(),
-    };
-    let work = fanout_router::start(&router_service, &config, pool.clone()).unwrap();
-    let router = tokio::spawn(router_service.run(axum::Router::new(), work));
+    let mut system = System::start(pool, "e2e_pipeline").await;
 
     // The email sender, against a real SMTP server.
     let sink = SmtpSink::start().await;
-    let sender_service = Service::with_parts(
-        "e2e-sender-email",
-        base.clone(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        shutdown.clone(),
-    );
     let email = EmailConfig {
         smtp: SmtpSettings {
             host: "127.0.0.1".into(),
@@ -114,74 +35,52 @@ async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcom
             ..SmtpSettings::default()
         },
     };
-    let work = sender_runtime::run::start::<EmailSender>(
-        &sender_service,
-        sender_runtime::testing::quick_config(),
-        email,
-    )
-    .await
-    .unwrap();
-    let sender = tokio::spawn(sender_service.run(axum::Router::new(), work));
-
-    // The API, in-process, on the same database and prefix.
-    let limits = LimitsConfig::default();
-    let state = AppState {
-        pool: pool.clone(),
-        jwt: Arc::new(JwtKeys::from_config(&AuthConfig::default()).unwrap()),
-        names: names.clone(),
-        limits: subscription_api::limits::RateLimits::new(&limits),
-        link_code_ttl: limits.link_code_ttl(),
-    };
-    let api = subscription_api::startup::app(state, &limits);
-
-    let inspector = Inspector::connect().await;
-    topology.declare(inspector.connection()).await.unwrap();
-    let outcomes = inspector
-        .temporary_queue(&names.events_exchange(), "outcome.acme")
+    system
+        .run("e2e-sender-email", |service| {
+            Box::pin(async move {
+                let work = sender_runtime::run::start::<EmailSender>(
+                    service,
+                    sender_runtime::testing::quick_config(),
+                    email,
+                )
+                .await
+                .unwrap();
+                (axum::Router::new(), work)
+            })
+        })
+        .await;
+    let outcomes = system
+        .inspector
+        .temporary_queue(&system.names.events_exchange(), "outcome.acme")
         .await;
 
-    tenants::create(&pool, "acme", "Acme").await.unwrap();
-    let acme = tenants::by_key(&pool, "acme").await.unwrap();
-    let (_, admin) = api_keys::create(
-        &pool,
-        api_keys::NewKey {
-            tenant_id: Some(acme.id),
-            role: messaging_core::Role::TenantAdmin,
-            user_id: None,
-            name: "e2e",
-            created_by: "e2e",
-        },
-    )
-    .await
-    .unwrap();
     // Ann has a working mailbox and one that the server refuses for good (550).
     for address in ["ann@example.org", "nosuchuser@example.org"] {
-        let (status, body) = call(
-            &api,
-            "POST",
-            "/api/messaging/users/ann/addresses",
-            &admin,
-            Some(json!({"channel": "email", "address": address})),
-        )
-        .await;
+        let (status, body) = system
+            .call(
+                "POST",
+                "/api/messaging/users/ann/addresses",
+                Some(json!({"channel": "email", "address": address})),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
     }
 
-    let (status, accepted) = call(
-        &api,
-        "POST",
-        "/api/messaging/messages",
-        &admin,
-        Some(json!({
+    let (status, accepted) = system
+        .call(
+            "POST",
+            "/api/messaging/messages",
+            Some(json!({
             "userIds": ["ann"],
             "content": {"direct": {"subject": "Order 1001", "body": "Your order has shipped."}}
-        })),
-    )
-    .await;
+            })),
+        )
+        .await;
     assert_eq!(status, 202, "{accepted}");
     let message_id = accepted["messageId"].as_str().unwrap().to_owned();
 
-    let published = inspector
+    let published = system
+        .inspector
         .wait_get(&outcomes, WAIT)
         .await
         .expect("an outcome for the producer");
@@ -208,14 +107,13 @@ async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcom
     assert!(mails[0].contains("ann@example.org"));
 
     // The producer sees the same over REST; the refused address is unreachable (R6).
-    let (status, message) = call(
-        &api,
-        "GET",
-        &format!("/api/messaging/messages/{message_id}"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, message) = system
+        .call(
+            "GET",
+            &format!("/api/messaging/messages/{message_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(message["status"], "completed", "{message}");
     let deliveries = message["deliveries"].as_array().unwrap();
@@ -226,7 +124,7 @@ async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcom
             .iter()
             .any(|d| d["status"] == "failed" && d["failure"]["class"] == "permanent")
     );
-    let (_, ann) = call(&api, "GET", "/api/messaging/users/ann", &admin, None).await;
+    let (_, ann) = system.call("GET", "/api/messaging/users/ann", None).await;
     let refused = ann["addresses"]
         .as_array()
         .unwrap()
@@ -236,9 +134,5 @@ async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcom
         .clone();
     assert_eq!(refused["state"], "unreachable", "{ann}");
 
-    shutdown.cancel();
-    let _ = router.await;
-    let _ = sender.await;
-    let _ = topology.delete(inspector.channel()).await;
-    inspector.close().await;
+    system.finish().await;
 }

@@ -15,7 +15,8 @@ use crate::error::Problem;
     info(
         title = "Herald subscription API",
         description = "Tenants, subscriptions, registrations, people and their addresses, \
-            templates, schedules, event bindings, triggers, direct messages and delivery records. \
+            templates, schedules, event bindings, triggers, direct messages, delivery records and \
+            support tickets. \
             Errors are RFC 9457 problem documents (`application/problem+json`) naming the field \
             at fault. Authenticate with an API key (`X-Api-Key`) or a JWT bearer token; a \
             global admin picks the tenant with the `Herald-Tenant` header.",
@@ -32,6 +33,7 @@ use crate::error::Problem;
         (name = "messages", description = "Direct messages and their status (R1, R4)"),
         (name = "deliveries", description = "Delivery records per recipient and channel (R15)"),
         (name = "users", description = "People, their settings, addresses and link codes (R1-R6)"),
+        (name = "support", description = "Support tickets from the chat bots, staff replies and who hears of new tickets (R53)"),
         (name = "admin", description = "Tenants and API keys (R10, R19)"),
     )
 )]

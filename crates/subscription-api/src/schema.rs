@@ -10,6 +10,7 @@
 use messaging_core::ingress::DeliveryMode;
 use messaging_core::{
     AddressKind, AddressState, Channel, DeliveryStatus, MessageSource, MessageStatus, Role,
+    TicketState,
 };
 use utoipa::openapi::schema::{
     AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema,
@@ -29,6 +30,16 @@ pub fn printable_pattern() -> String {
     format!("^[^{CONTROL}]*[^{CONTROL}{SPACE}][^{CONTROL}]*$")
 }
 
+/// What `check_message` refuses: the controls, but tab and newline (a message has lines).
+pub const CONTROL_BUT_TAB_NEWLINE: &str = r"\u0000-\u0008\u000B-\u001F\u007F-\u009F";
+
+/// Text over several lines with at least one character that is not white space; tab and
+/// newline allowed, other controls refused (`check_message`).
+pub fn message_pattern() -> String {
+    let c = CONTROL_BUT_TAB_NEWLINE;
+    format!("^[^{c}]*[^{c}{SPACE}][^{c}]*$")
+}
+
 /// Text with at least one character that is not white space (`check_text`).
 pub fn not_blank_pattern() -> String {
     // Unanchored: "contains one such character".
@@ -46,6 +57,9 @@ pub fn locale_pattern() -> String {
 
 /// The longest template text, in characters.
 pub const MAX_TEMPLATE_CHARS: usize = 64 * 1024;
+
+/// The longest staff reply to a support ticket, in characters (the table's `CHECK` too).
+pub const MAX_REPLY_CHARS: usize = 4000;
 
 pub const SUBSCRIPTION_ID_PATTERN: &str = "^[A-Za-z_]{1,64}$";
 pub const TENANT_PATTERN: &str = "^[a-z][a-z0-9-]{0,62}$";
@@ -196,6 +210,25 @@ component!(
         "An API key's or token's role.",
         Role::ALL.iter().map(|s| s.as_str())
     )
+);
+component!(
+    TicketStateName = "TicketState",
+    words(
+        "Where a support ticket is: `open` (nobody answered yet), `answered` (staff replied), \
+         `closed`.",
+        TicketState::ALL.iter().map(|s| s.as_str())
+    )
+);
+component!(
+    SupportReplyText = "SupportReplyText",
+    text(
+        "What staff write back to a person's chat: not blank, at most 4000 characters, no \
+          control characters but newline and tab."
+    )
+    .pattern(Some(message_pattern()))
+    .min_length(Some(1))
+    .max_length(Some(MAX_REPLY_CHARS))
+    .into()
 );
 component!(
     UserIdText = "UserId",
@@ -480,6 +513,8 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
         entry::<AddressStateName>(),
         entry::<AddressKindName>(),
         entry::<RoleName>(),
+        entry::<TicketStateName>(),
+        entry::<SupportReplyText>(),
         entry::<UserIdText>(),
         entry::<IdempotencyKeyText>(),
         entry::<IdempotencyKeyHeader>(),

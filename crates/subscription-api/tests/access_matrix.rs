@@ -15,7 +15,9 @@ mod support;
 
 use std::collections::BTreeSet;
 
+use herald_storage::support as tickets;
 use herald_storage::{PgPool, tenants};
+use messaging_core::{AddressKind, Channel};
 use serde_json::{Value, json};
 use support::TestApp;
 use uuid::Uuid;
@@ -60,6 +62,7 @@ struct Fixture {
     delivery: Uuid,
     api_key: Uuid,
     user_key: String,
+    ticket: Uuid,
 }
 
 impl Fixture {
@@ -74,6 +77,7 @@ impl Fixture {
             .replace("{message_id}", &self.message.to_string())
             .replace("{delivery_id}", &self.delivery.to_string())
             .replace("{id}", &self.api_key.to_string())
+            .replace("{ticket_id}", &self.ticket.to_string())
             .replace("{channel}", "default")
             .replace("{locale}", "en")
     }
@@ -197,6 +201,39 @@ async fn fixture(app: &TestApp, acme: Uuid, n: usize) -> Fixture {
     .execute(pool)
     .await
     .unwrap();
+    // A support ticket the person opened from a linked Telegram chat, as the router opens it.
+    let chat = (100_000 + n).to_string();
+    sqlx::query(
+        "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
+         VALUES ($1, $2, $3, 'telegram', 'telegram', $4, true)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(acme)
+    .bind(user_id)
+    .bind(&chat)
+    .execute(pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let linked = tickets::linked_chat(&mut *tx, AddressKind::Telegram, &chat)
+        .await
+        .unwrap()
+        .unwrap();
+    let (ticket, _) = tickets::open(
+        &mut tx,
+        tickets::NewTicket {
+            request_id: Uuid::now_v7(),
+            chat: &linked,
+            channel: Channel::Telegram,
+            chat_kind: AddressKind::Telegram,
+            chat_value: &chat,
+            display_name: None,
+            body: "help",
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let user_key = app.user_key("acme", &user).await;
     let api_key: Uuid =
         sqlx::query_scalar("SELECT id FROM api_keys WHERE user_id = $1 AND tenant_id = $2")
@@ -217,6 +254,7 @@ async fn fixture(app: &TestApp, acme: Uuid, n: usize) -> Fixture {
         delivery,
         api_key,
         user_key,
+        ticket,
     }
 }
 
@@ -448,6 +486,45 @@ fn rows() -> Vec<Row> {
             "/event-bindings/{binding_id}",
             None,
             [204, 204, 403, 404],
+            false,
+        ),
+        // The support desk is the staff's: admins only, tickets of the own tenant only.
+        row("GET", "/support/tickets", None, ADMIN_LIST, true),
+        row(
+            "GET",
+            "/support/tickets/{ticket_id}",
+            None,
+            ADMIN_READ,
+            false,
+        ),
+        row(
+            "POST",
+            "/support/tickets/{ticket_id}/replies",
+            Some(|_| json!({"text": "On its way."})),
+            [201, 201, 403, 404],
+            false,
+        ),
+        row(
+            "POST",
+            "/support/{ticket_id}/replies",
+            Some(|_| json!({"text": "On its way."})),
+            [201, 201, 403, 404],
+            false,
+        ),
+        row(
+            "POST",
+            "/support/tickets/{ticket_id}/close",
+            None,
+            [204, 204, 403, 404],
+            false,
+        ),
+        row("GET", "/support/settings", None, ADMIN_LIST, false),
+        // Another tenant's subscription id is unknown in the caller's tenant: 422.
+        row(
+            "PUT",
+            "/support/settings",
+            Some(|f| json!({"subscriptionId": f.subscription})),
+            [200, 200, 403, 422],
             false,
         ),
     ]

@@ -16,6 +16,7 @@ pub mod messages;
 pub mod registrations;
 pub mod schedules;
 pub mod subscriptions;
+pub mod support;
 pub mod templates;
 pub mod tenants;
 pub mod users;
@@ -24,13 +25,15 @@ pub mod users;
 pub const BASE: &str = "/api/messaging";
 
 /// R18: the per-caller limit covers the subscription and registration routes, and the
-/// routes that go with them (templates, users and their addresses).
+/// routes that go with them (templates, users and their addresses), and the support desk
+/// (tickets, replies, settings), which staff tools call as they please.
 fn limited() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(subscriptions::router())
         .merge(templates::router())
         .merge(registrations::router())
         .merge(users::router())
+        .merge(support::router())
 }
 
 fn unlimited() -> OpenApiRouter<AppState> {
@@ -88,6 +91,31 @@ pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> 
         return Err(ApiError::invalid(
             field,
             "must not contain control characters",
+        ));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Text a person writes to another (a staff reply): like [`check_text`], but over several
+/// lines, so newline and tab are allowed; other control characters are not (a chat would
+/// show them as garbage, or not at all).
+pub fn check_message(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters other than newline and tab",
         ));
     }
     if value.chars().count() > max {

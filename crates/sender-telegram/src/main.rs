@@ -2,10 +2,9 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    herald_runtime::service::run_idle(
+    sender_runtime::run_chat_sender::<sender_telegram::TelegramSender>(
         "sender-telegram",
         "127.0.0.1:9102",
-        "the Telegram sender does not deliver yet: its queue is left untouched",
     )
     .await?;
     Ok(())

@@ -128,6 +128,10 @@ checks.positive_data_acceptance.enabled = false
 [[operations]]
 include-path-regex = "/(messages|trigger/[^/]+)$"
 checks.positive_data_acceptance.enabled = false
+# The staff subscription must exist in the tenant (state, not shape):
+[[operations]]
+include-path-regex = "/support/settings$"
+checks.positive_data_acceptance.enabled = false
 TOML
 status=0
 # shellcheck disable=SC2086 # ST_ARGS is a list of options

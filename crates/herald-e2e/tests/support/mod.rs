@@ -110,14 +110,17 @@ impl System {
 
     /// Runs a sender (or anything built on a [`Service`]) on the system's prefix until the
     /// end of the test: `start` builds its routes and work, as the binary's `main` would.
+    /// Returns the service's HTTP address (health, and a bot's inbound routes).
     pub async fn run(
         &mut self,
         name: &'static str,
         start: impl for<'s> FnOnce(&'s Service) -> BoxFuture<'s, (axum::Router, BoxFuture<'static, ()>)>,
-    ) {
+    ) -> std::net::SocketAddr {
         let service = service(&self.base, name, &self.shutdown).await;
+        let addr = service.local_addr().unwrap();
         let (routes, work) = start(&service).await;
         self.tasks.push(tokio::spawn(service.run(routes, work)));
+        addr
     }
 
     /// A request to the API as the tenant admin: status and JSON body.

@@ -497,7 +497,6 @@ async fn the_routers_answer_is_sent_as_a_dm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "written while the shared broker hung; not yet seen passing"]
 async fn a_request_without_an_answer_in_time_is_a_provider_fault() {
     let bot = Bot::start("discord_timeout").await;
     bot.h.publish(&bot.h.job(user(56), "warm-up")).await;
@@ -518,7 +517,6 @@ async fn a_request_without_an_answer_in_time_is_a_provider_fault() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "written while the shared broker hung; not yet seen passing"]
 async fn an_outage_opens_the_breaker_and_the_probe_closes_it() {
     let bot = Bot::start("discord_breaker").await;
     let registered = bot.h.wait_readiness(WAIT, |status, _| status == 200).await;

@@ -33,7 +33,7 @@ fn discord_address(user: &Value) -> Option<&Value> {
     user["addresses"]
         .as_array()?
         .iter()
-        .find(|a| a["channel"] == "discord" && a["address"] == ANN.to_string())
+        .find(|a| a["channel"] == "discord" && a["address"].as_str() == Some(&*ANN.to_string()))
 }
 
 #[sqlx::test(migrations = "../../migrations")]

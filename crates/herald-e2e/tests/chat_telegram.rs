@@ -46,11 +46,11 @@ async fn link(system: &System, fake: &FakeTelegram, person: &str, chat: i64) {
     said(fake, chat, "linked").await;
 }
 
-fn address_of<'a>(user: &'a Value, chat: i64) -> Option<&'a Value> {
+fn address_of(user: &Value, chat: i64) -> Option<&Value> {
     user["addresses"]
         .as_array()?
         .iter()
-        .find(|a| a["channel"] == "telegram" && a["address"] == chat.to_string())
+        .find(|a| a["channel"] == "telegram" && a["address"].as_str() == Some(&*chat.to_string()))
 }
 
 async fn direct_message(system: &System, person: &str, body: &str) -> String {

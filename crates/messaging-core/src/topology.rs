@@ -160,6 +160,11 @@ mod tests {
         }
         assert_eq!(names.send_queue(Channel::Sms), "t1234.send.sms");
         assert_eq!(names.standby_queue(Channel::Sms), "t1234.send.sms.standby");
-        assert_eq!(names.work_queues().len(), 2 + Channel::ALL.len());
+        let chats = Channel::ALL.iter().filter(|c| c.is_chat()).count();
+        assert_eq!(names.work_queues().len(), 2 + Channel::ALL.len() + chats);
+        assert_eq!(
+            names.answers_queue(Channel::Telegram),
+            "t1234.answers.telegram"
+        );
     }
 }

@@ -166,19 +166,23 @@ impl SenderHarness {
     /// The next contact-link or support-request event the bot published (as JSON), waiting
     /// up to `timeout`.
     pub async fn next_inbound(&self, timeout: Duration) -> Option<serde_json::Value> {
+        self.next_body(&self.inbound_queue, timeout)
+            .await
+            .map(|body| serde_json::from_slice(&body).expect("json"))
+    }
+
+    /// The body of the next message in `queue` (taken off it), waiting up to `timeout`.
+    async fn next_body(&self, queue: &str, timeout: Duration) -> Option<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let got = self
                 .inspector
                 .channel()
-                .basic_get(
-                    self.inbound_queue.as_str().into(),
-                    BasicGetOptions { no_ack: true },
-                )
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await
                 .expect("basic.get");
             if let Some(message) = got {
-                return Some(serde_json::from_slice(&message.delivery.data).expect("json"));
+                return Some(message.delivery.data);
             }
             if tokio::time::Instant::now() >= deadline {
                 return None;
@@ -233,27 +237,9 @@ impl SenderHarness {
 
     /// The next delivery event, waiting up to `timeout`.
     pub async fn next_event(&self, timeout: Duration) -> Option<DeliveryEvent> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let got = self
-                .inspector
-                .channel()
-                .basic_get(
-                    self.events_queue.as_str().into(),
-                    BasicGetOptions { no_ack: true },
-                )
-                .await
-                .expect("basic.get");
-            if let Some(message) = got {
-                return Some(
-                    serde_json::from_slice(&message.delivery.data).expect("a delivery event"),
-                );
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.next_body(&self.events_queue, timeout)
+            .await
+            .map(|body| serde_json::from_slice(&body).expect("a delivery event"))
     }
 
     /// Events until `done` says the last one completes the set, or panics after `timeout`.

@@ -231,14 +231,7 @@ impl TrackingHandler {
         answer_id: Uuid,
         answer: Answer,
     ) -> Result<(), StoreError> {
-        let answer = ChatAnswer {
-            version: EnvelopeVersion,
-            answer_id,
-            channel: event.channel,
-            chat: event.address.clone(),
-            answer,
-            created_at: chrono::Utc::now(),
-        };
+        let answer = ChatAnswer::new(answer_id, event.address.clone(), answer);
         outbox::enqueue_chat_answer(tx, &self.outcomes.names().events_exchange(), &answer).await
     }
 
@@ -251,14 +244,8 @@ impl TrackingHandler {
             let events = self.outcomes.names().events_exchange();
             let kind = event.chat.kind();
             let value = event.chat.value();
-            let answer = |answer| ChatAnswer {
-                version: EnvelopeVersion,
-                answer_id: Uuid::new_v5(&event.request_id, b"answer"),
-                channel: event.channel,
-                chat: event.chat.clone(),
-                answer,
-                created_at: chrono::Utc::now(),
-            };
+            let answer_id = Uuid::new_v5(&event.request_id, b"answer");
+            let answer = |answer| ChatAnswer::new(answer_id, event.chat.clone(), answer);
             let Some(chat) = support::linked_chat(&mut *tx, kind, &value).await? else {
                 outbox::enqueue_chat_answer(&mut tx, &events, &answer(Answer::NotLinked)).await?;
                 tx.commit().await?;

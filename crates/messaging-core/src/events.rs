@@ -138,6 +138,19 @@ pub enum Answer {
 }
 
 impl ChatAnswer {
+    /// An answer to say in `chat` now; the channel is the chat's own, so the two cannot
+    /// disagree.
+    pub fn new(answer_id: Uuid, chat: Address, answer: Answer) -> ChatAnswer {
+        ChatAnswer {
+            version: EnvelopeVersion,
+            answer_id,
+            channel: chat.channel(),
+            chat,
+            answer,
+            created_at: Utc::now(),
+        }
+    }
+
     /// The words the bot sends.
     pub fn text(&self) -> String {
         match &self.answer {

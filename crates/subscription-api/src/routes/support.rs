@@ -14,7 +14,7 @@ use herald_storage::page::Page;
 use herald_storage::support::{self, Reply, Ticket};
 use herald_storage::{StoreError, outbox};
 use messaging_core::events::{Answer, ChatAnswer, short_id};
-use messaging_core::{Address, Channel, EnvelopeVersion, TicketState};
+use messaging_core::{Address, Channel, TicketState};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -282,18 +282,15 @@ async fn answer(
     let reply = support::reply(&mut tx, tenant_id, ticket_id, text, &caller.actor)
         .await
         .map_err(not_found_as("ticket"))?;
-    let chat_answer = ChatAnswer {
-        version: EnvelopeVersion,
-        // The reply's id: the bot drops a repeat of the same answer.
-        answer_id: reply.id,
-        channel: ticket.channel,
+    // The reply's id: the bot drops a repeat of the same answer.
+    let chat_answer = ChatAnswer::new(
+        reply.id,
         chat,
-        answer: Answer::SupportReply {
+        Answer::SupportReply {
             ticket_id,
             text: text.to_owned(),
         },
-        created_at: Utc::now(),
-    };
+    );
     outbox::enqueue_chat_answer(&mut tx, &state.names.events_exchange(), &chat_answer).await?;
     tx.commit().await.map_err(StoreError::from)?;
     tracing::info!(%ticket_id, reply_id = %reply.id, actor = %caller.actor, "support ticket answered");

@@ -1,37 +1,15 @@
 #!/usr/bin/env bash
 # Makes sure the services Herald needs run on loopback: RabbitMQ and PostgreSQL, plus the
-# Python SMTP server the email tests use, and the tools the scripts call (curl, psql).
+# Python SMTP server the email tests use, the XMPP server the XMPP tests use (Prosody, through
+# scripts/prosody.sh), and the tools the scripts call (curl, psql).
 # Idempotent: anything already running is left alone; anything missing is installed from
 # Debian's packages and started, so a fresh Debian 12 with only the Rust toolchain works.
 # Used by `just up`, `just test`, `just run` and CI. Installing needs root (or sudo).
 set -euo pipefail
 
-log() { printf '[services] %s\n' "$*" >&2; }
-
-# apt-get, the server daemons and their control tools need root.
-as_root() {
-  if [ "$(id -u)" = 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null; then
-    sudo "$@"
-  else
-    log "needs root (or sudo) for: $*"
-    exit 1
-  fi
-}
-
-apt_updated=0
-apt_install() {
-  if [ "$apt_updated" = 0 ]; then
-    log "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_updated=1
-  fi
-  log "installing $*"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+log_tag=services
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 ensure_rabbitmq() {
   if port_open 5672 && as_root rabbitmqctl -q status >/dev/null 2>&1; then
@@ -119,3 +97,5 @@ ensure_tools
 ensure_rabbitmq
 ensure_postgres
 ensure_python_packages
+# Last, and a script of its own so that it can run alone: the XMPP tests' Prosody.
+"$(dirname "$0")/prosody.sh"

@@ -21,6 +21,9 @@
 //!   connections) and timestamped records.
 //! - [`http`]: a minimal HTTP/1.1 GET and JSON POST, for health endpoints, webhooks and
 //!   interactions.
+//! - [`prosody`]: the XMPP tests' real Prosody (started by `scripts/prosody.sh` on
+//!   127.0.0.1:15222, MUC on `conference.localhost`): the bot account and a fresh account
+//!   per test.
 //! - [`smtp`]: a real SMTP server (aiosmtpd) on a free port, with faults chosen by recipient.
 //!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
@@ -34,4 +37,5 @@ pub mod fake_discord;
 pub mod fake_sms;
 pub mod fake_telegram;
 pub mod http;
+pub mod prosody;
 pub mod smtp;

@@ -11,8 +11,8 @@
 //! - one module per table group: [`tenants`], [`api_keys`], [`users`] and their [`addresses`],
 //!   [`subscriptions`] with their [`templates`], [`schedules`] and [`event_bindings`],
 //!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
-//!   [`deliveries`] and their [`tracking`] (attempts, address states, outcomes), and
-//!   [`support`] tickets with their replies.
+//!   [`deliveries`] and their [`tracking`] (attempts, address states, outcomes),
+//!   [`support`] tickets with their replies, and the help-desk [`rooms`] with their history.
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
@@ -30,6 +30,7 @@ pub mod outbox;
 pub mod page;
 pub mod registrations;
 pub mod relay;
+pub mod rooms;
 pub mod schedules;
 pub mod secret;
 pub mod subscriptions;

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use messaging_core::ingress::DeliveryMode;
 use messaging_core::{
     AddressKind, AddressState, Channel, DeliveryStatus, FailureClass, MessageSource, MessageStatus,
-    Role, TicketState,
+    Role, RoomChangeKind, RoomState, TicketState,
 };
 use sqlx::PgPool;
 
@@ -66,7 +66,7 @@ async fn sql_lists_match_the_rust_enums(pool: PgPool) {
         words(AddressKind::ALL.iter().map(|k| k.as_str())),
         "herald_address_kind (a migration must list every AddressKind)"
     );
-    let checks: [(&str, &str, BTreeSet<String>); 8] = [
+    let checks: [(&str, &str, BTreeSet<String>); 11] = [
         (
             "addresses",
             "state",
@@ -113,6 +113,21 @@ async fn sql_lists_match_the_rust_enums(pool: PgPool) {
             "support_tickets",
             "state",
             words(TicketState::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "help_desk_rooms",
+            "state",
+            words(RoomState::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "help_desk_room_changes",
+            "state",
+            words(RoomState::ALL.iter().map(|s| s.as_str())),
+        ),
+        (
+            "help_desk_room_changes",
+            "kind",
+            words(RoomChangeKind::ALL.iter().map(|k| k.as_str())),
         ),
     ];
     for (table, column, expected) in checks {

@@ -8,7 +8,8 @@ use uuid::Uuid;
 use crate::address::Address;
 use crate::channel::Channel;
 use crate::failure::Failure;
-use crate::values::{IdempotencyKey, TenantKey, UserId};
+use crate::states::RoomState;
+use crate::values::{IdempotencyKey, Jid, TenantKey, UserId};
 use crate::version::EnvelopeVersion;
 
 /// The result of one attempt to deliver one job. A sender emits one per attempt; the router
@@ -255,4 +256,80 @@ mod tests {
         };
         assert_eq!(failure.class, FailureClass::Temporary);
     }
+}
+
+/// What the XMPP bot reports about one of its help-desk rooms (R31-R36), on routing key
+/// `room.xmpp`. The router stores the room and every change with its time; the bot never
+/// touches the database. Events of one room may arrive out of order (several router
+/// replicas): the router keeps the latest state by `occurred_at` and the whole history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomEvent {
+    pub version: EnvelopeVersion,
+    /// Unique per event: a redelivered event is stored once.
+    pub event_id: Uuid,
+    /// The bot's bare JID: rooms belong to the bot that made them, and a restarted bot asks
+    /// for its rooms by it ([`RoomChange::BotStarted`]).
+    pub bot: Jid,
+    /// The room's bare JID (`name@muc-service`); the bot's own JID for `BotStarted`.
+    pub room: Jid,
+    pub change: RoomChange,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// What happened in or to a room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum RoomChange {
+    /// Created and configured, the bot inside as owner: a free room for the pool (R31). The
+    /// password is what the web application gives the people it sends in.
+    Created { password: String },
+    /// The room's state after someone came in or left (`occupant` is their nickname), as the
+    /// bot saw it.
+    State {
+        state: RoomState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        occupant: Option<String>,
+    },
+    /// A person beyond staff and client tried to come in and was kicked: recorded, the state
+    /// does not change.
+    Refused { occupant: String },
+    /// The bot (re)started and asks for its rooms that are not closed: the router answers
+    /// with a [`RoomRoster`].
+    BotStarted,
+}
+
+impl RoomEvent {
+    pub fn new(bot: Jid, room: Jid, change: RoomChange) -> RoomEvent {
+        RoomEvent {
+            version: EnvelopeVersion,
+            event_id: Uuid::now_v7(),
+            bot,
+            room,
+            change,
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+/// The router's answer to [`RoomChange::BotStarted`], on routing key `roster.xmpp`: the
+/// bot's rooms that are not closed, with what it needs to rejoin them and reconcile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomRoster {
+    pub version: EnvelopeVersion,
+    /// The bot asking; other bots ignore this roster.
+    pub bot: Jid,
+    /// The `BotStarted` event this answers: a bot that asked again ignores older answers.
+    pub in_reply_to: Uuid,
+    pub rooms: Vec<RosterRoom>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RosterRoom {
+    pub room: Jid,
+    pub password: String,
+    pub state: RoomState,
 }

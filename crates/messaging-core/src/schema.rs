@@ -3,7 +3,8 @@
 use schemars::{JsonSchema, Schema, generate::SchemaSettings};
 
 use crate::events::{
-    ChatAnswer, ContactLinkEvent, DeliveryEvent, MessageOutcome, SupportRequestEvent,
+    ChatAnswer, ContactLinkEvent, DeliveryEvent, MessageOutcome, RoomEvent, RoomRoster,
+    SupportRequestEvent,
 };
 use crate::ingress::{EventTrigger, LegacyMessage, NotifyRequest};
 use crate::job::SendJob;
@@ -49,6 +50,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
             schema_for::<SupportRequestEvent>(None),
         ),
         ("chat-answer.v1.json", schema_for::<ChatAnswer>(None)),
+        ("room-event.v1.json", schema_for::<RoomEvent>(None)),
+        ("room-roster.v1.json", schema_for::<RoomRoster>(None)),
         (
             "message-outcome.v1.json",
             schema_for::<MessageOutcome>(None),

@@ -114,6 +114,52 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Where a help-desk room is (R31-R36). Who is staff and who is client follows from the
+    /// order of arrival: the API hands a room to a staff member first (R32), so the first
+    /// person in is staff and the second the client.
+    pub enum RoomState("room state") {
+        /// In the pool: created and configured by the bot, not handed out.
+        Free = "free",
+        /// Handed to a staff member by the API; nobody has joined yet.
+        Reserved = "reserved",
+        /// The first person (the staff member) is in, waiting for a client (R32).
+        StaffWaiting = "staff_waiting",
+        /// A second person (the client) joined (R34).
+        Chatting = "chatting",
+        /// The staff member left; the client is still in.
+        StaffLeft = "staff_left",
+        /// The client left; the staff member is still in.
+        ClientLeft = "client_left",
+        /// The last person left (or the room was lost): the bot left and destroyed it. Final;
+        /// the row stays as history (R36).
+        Closed = "closed",
+    }
+}
+
+impl RoomState {
+    /// A closed room never changes again.
+    pub fn is_final(self) -> bool {
+        self == RoomState::Closed
+    }
+}
+
+text_enum! {
+    /// What one entry of a help-desk room's history records (R36).
+    pub enum RoomChangeKind("room change kind") {
+        /// The bot created the room for the pool (state `free`).
+        Created = "created",
+        /// The API handed it to a staff member (state `reserved`).
+        Reserved = "reserved",
+        /// The API gave it to a client (R33); the state does not change.
+        ClientAssigned = "client_assigned",
+        /// The bot reported a state after someone came in or left.
+        State = "state",
+        /// The bot refused (kicked) a third person; the state does not change.
+        Refused = "refused",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,13 +129,19 @@ pub mod routing {
         format!("support.{}", channel.as_str())
     }
 
+    /// `room.xmpp`: the XMPP bot reports a help-desk room's change (R31-R36).
+    pub const ROOM: &str = "room.xmpp";
+
+    /// `roster.xmpp`: the router tells a (re)started XMPP bot its open rooms.
+    pub const ROSTER: &str = "roster.xmpp";
+
     /// `answer.<channel>`: what a chat channel's bot tells a person.
     pub fn answer(channel: Channel) -> String {
         format!("answer.{}", channel.as_str())
     }
 
     /// Patterns the router's events queue is bound with.
-    pub const ROUTER_EVENT_BINDINGS: [&str; 3] = ["delivery.#", "contact.#", "support.#"];
+    pub const ROUTER_EVENT_BINDINGS: [&str; 4] = ["delivery.#", "contact.#", "support.#", "room.#"];
 }
 
 #[cfg(test)]

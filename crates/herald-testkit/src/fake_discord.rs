@@ -18,6 +18,9 @@
 //!   bulk overwrite (recorded), answered with the commands with their ids.
 //! - `POST /interactions/{id}/{token}/callback`: recorded, 204.
 //!
+//! With [`FakeDiscord::enforce_limits`], requests beyond Discord's limits get 429, counted
+//! as sliding windows: 50 a second in all (global) and 5 messages per 5 s per channel.
+//!
 //! Every request needs `Authorization: Bot <token>` (except interaction callbacks, which
 //! Discord authenticates by the token in the path); otherwise 401. Answers carry Discord's
 //! `x-ratelimit-*` headers; errors are Discord's `{"code", "message"}` JSON.
@@ -32,6 +35,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+use crate::provider_limits::{KeyedWindows, SlidingWindow};
 
 /// What the fake answers instead of doing what was asked.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +80,32 @@ pub enum Endpoint {
     SendMessage,
     /// `PUT /applications/{id}/commands` (global or guild).
     OverwriteCommands,
+}
+
+/// Discord's limits for one bot. [`Default`]: the global 50 requests a second that Discord
+/// publishes, and 5 messages per 5 s per channel, the bucket Discord's headers show for
+/// `POST /channels/{id}/messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscordLimits {
+    pub global_per_second: usize,
+    pub per_channel: usize,
+    pub per_channel_window: Duration,
+}
+
+impl Default for DiscordLimits {
+    fn default() -> Self {
+        DiscordLimits {
+            global_per_second: 50,
+            per_channel: 5,
+            per_channel_window: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The windows of [`DiscordLimits`], while enforced.
+struct Windows {
+    global: SlidingWindow,
+    channels: KeyedWindows<u64>,
 }
 
 /// A message the fake accepted.
@@ -140,6 +171,7 @@ struct FakeState {
     user_faults: HashMap<u64, Fault>,
     outage: Option<Fault>,
     too_many_requests: usize,
+    limits: Option<Windows>,
     next_id: u64,
     verify_key: String,
 }
@@ -267,6 +299,15 @@ impl FakeDiscord {
     // ----- records -----
 
     /// Messages accepted, in order.
+    /// From now on requests beyond these limits get 429 (global or for the channel's bucket),
+    /// counted in [`FakeDiscord::too_many_requests_answered`].
+    pub fn enforce_limits(&self, limits: DiscordLimits) {
+        self.shared.state().limits = Some(Windows {
+            global: SlidingWindow::new(limits.global_per_second, Duration::from_secs(1)),
+            channels: KeyedWindows::new(limits.per_channel, limits.per_channel_window),
+        });
+    }
+
     pub fn sent(&self) -> Vec<DiscordMessage> {
         self.shared.state().sent.clone()
     }
@@ -501,6 +542,40 @@ async fn route(
     }
     if authorization != Some(format!("Bot {}", shared.token).as_str()) {
         return discord_error(401, 0, "401: Unauthorized");
+    }
+    let refused = {
+        let mut state = shared.state();
+        let now = Instant::now();
+        state.limits.as_mut().and_then(|limits| {
+            limits
+                .global
+                .hit(now)
+                .err()
+                .map(|wait| (wait, true))
+                .or_else(|| match segments.as_slice() {
+                    ["channels", channel, "messages"] if *method == Method::POST => {
+                        let channel = channel.parse().unwrap_or_default();
+                        limits
+                            .channels
+                            .hit(channel, now)
+                            .err()
+                            .map(|wait| (wait, false))
+                    }
+                    _ => None,
+                })
+        })
+    };
+    if let Some((wait, global)) = refused
+        && let Some(response) = answer_fault(
+            shared,
+            Fault::TooManyRequests {
+                retry_after: wait.as_secs_f64(),
+                global,
+            },
+        )
+        .await
+    {
+        return response;
     }
     let outage = shared.state().outage.clone();
     if let Some(fault) = outage

@@ -17,6 +17,9 @@
 //! - `setWebhook`, `deleteWebhook`, `getWebhookInfo`: while a webhook is set, injected
 //!   updates are POSTed to it with `X-Telegram-Bot-Api-Secret-Token`.
 //! - `setMyCommands`, `getMyCommands`, `deleteMyCommands`.
+//! - With [`FakeTelegram::enforce_limits`], `sendMessage` answers 429 beyond Telegram's
+//!   published limits, counted as sliding windows: 30 a second per bot (1,000 with
+//!   `allow_paid_broadcast`), one a second per chat, 20 a minute per group (negative chat id).
 //! - Anything else: 404 `Not Found`, which is what Telegram answers to an unknown method.
 
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +35,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
+
+use crate::provider_limits::{KeyedWindows, SlidingWindow, whole_seconds};
 
 /// The header Telegram puts the webhook's secret token in.
 pub const SECRET_TOKEN_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
@@ -71,6 +76,64 @@ pub enum Fault {
     Slow(Duration),
     /// Close the connection without answering.
     Drop,
+}
+
+/// Telegram's limits for one bot (<https://core.telegram.org/bots/faq>, "My bot is hitting
+/// limits"). [`Default`] is what Telegram publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelegramLimits {
+    pub per_bot_per_second: usize,
+    /// The bot's limit for messages sent with `allow_paid_broadcast`.
+    pub paid_per_bot_per_second: usize,
+    pub per_chat_per_second: usize,
+    pub per_group_per_minute: usize,
+}
+
+impl Default for TelegramLimits {
+    fn default() -> Self {
+        TelegramLimits {
+            per_bot_per_second: 30,
+            paid_per_bot_per_second: 1_000,
+            per_chat_per_second: 1,
+            per_group_per_minute: 20,
+        }
+    }
+}
+
+/// The windows of [`TelegramLimits`], while enforced.
+struct Windows {
+    bot: SlidingWindow,
+    paid: SlidingWindow,
+    chats: KeyedWindows<i64>,
+    groups: KeyedWindows<i64>,
+}
+
+impl Windows {
+    fn new(limits: TelegramLimits) -> Windows {
+        let second = Duration::from_secs(1);
+        Windows {
+            bot: SlidingWindow::new(limits.per_bot_per_second, second),
+            paid: SlidingWindow::new(limits.paid_per_bot_per_second, second),
+            chats: KeyedWindows::new(limits.per_chat_per_second, second),
+            groups: KeyedWindows::new(limits.per_group_per_minute, Duration::from_secs(60)),
+        }
+    }
+
+    /// Counts one message, or how long until it would be allowed. A refused message counts
+    /// nowhere, so a window consulted before a refusal by a later one keeps its hit: Telegram
+    /// does not say, and the difference is one message.
+    fn hit(&mut self, chat_id: i64, paid: bool, now: Instant) -> Result<(), Duration> {
+        if paid {
+            self.paid.hit(now)?;
+        } else {
+            self.bot.hit(now)?;
+        }
+        self.chats.hit(chat_id, now)?;
+        if chat_id < 0 {
+            self.groups.hit(chat_id, now)?;
+        }
+        Ok(())
+    }
 }
 
 /// A `sendMessage` the fake accepted.
@@ -133,6 +196,7 @@ struct FakeState {
     chat_faults: HashMap<i64, Fault>,
     outage: Option<Fault>,
     too_many_requests: usize,
+    limits: Option<Windows>,
     /// Bumped by every `getUpdates`, so that a waiting poll knows another one replaced it.
     poll_generation: u64,
 }
@@ -329,6 +393,12 @@ impl FakeTelegram {
     // ----- records -----
 
     /// Messages accepted by `sendMessage`, in order.
+    /// From now on `sendMessage` answers 429 (with `retry_after`) beyond these limits, and
+    /// the 429s count in [`FakeTelegram::too_many_requests_answered`].
+    pub fn enforce_limits(&self, limits: TelegramLimits) {
+        self.shared.state().limits = Some(Windows::new(limits));
+    }
+
     pub fn sent(&self) -> Vec<SentMessage> {
         self.shared.state().sent.clone()
     }
@@ -625,6 +695,26 @@ async fn send_message(shared: &Shared, params: &Map<String, Value>) -> Response 
             .any(|m| m.eq_ignore_ascii_case(mode))
     {
         return tg_error(400, "Bad Request: unsupported parse_mode");
+    }
+    let paid = param_bool(params, "allow_paid_broadcast");
+    let refused = {
+        let mut state = shared.state();
+        let now = Instant::now();
+        state
+            .limits
+            .as_mut()
+            .and_then(|limits| limits.hit(chat_id, paid, now).err())
+    };
+    if let Some(wait) = refused
+        && let Some(response) = answer_fault(
+            shared,
+            Fault::TooManyRequests {
+                retry_after_secs: whole_seconds(wait),
+            },
+        )
+        .await
+    {
+        return response;
     }
     let date = unix_now();
     let mut state = shared.state();

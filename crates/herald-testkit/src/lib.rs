@@ -24,6 +24,8 @@
 //! - [`prosody`]: the XMPP tests' real Prosody (started by `scripts/prosody.sh` on
 //!   127.0.0.1:15222, MUC on `conference.localhost`): the bot account and a fresh account
 //!   per test.
+//! - [`provider_limits`]: providers' rate limits as sliding windows, which the fakes enforce
+//!   when a test or benchmark asks them to.
 //! - [`smtp`]: a real SMTP server (aiosmtpd) on a free port, with faults chosen by recipient.
 //!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
@@ -38,4 +40,5 @@ pub mod fake_sms;
 pub mod fake_telegram;
 pub mod http;
 pub mod prosody;
+pub mod provider_limits;
 pub mod smtp;

@@ -1,19 +1,24 @@
 //! Rate limits (R7): never flood a person, never exceed what a provider allows.
 //!
-//! Two token buckets: one for the provider account (Telegram about 30/s per bot, Discord 50/s)
+//! Two kinds of bucket: one for the provider account (Telegram about 30/s per bot, Discord 50/s)
 //! and one per recipient (Telegram 1/s per chat, an SMS number a few per minute). A provider's
 //! 429 with retry-after stops the whole account until it has passed.
 //!
 //! The account bucket is waited for in place: while it is empty nothing could be sent anyway,
 //! so holding the job is the right backpressure. A recipient whose bucket is empty is
 //! deferred through a delay queue instead, so one busy chat never blocks everyone else.
+//!
+//! The recipient's token is taken after the account wait, right before the send: taken
+//! before it, two jobs for one chat that waited different times for the account could reach
+//! the provider closer together than the spacing. A job first only looks at its recipient's
+//! bucket ([`Limiter::recipient_wait`]), so a job that will be deferred takes no account token.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +32,7 @@ pub struct RateLimits {
 
 pub struct Limiter {
     account: DefaultDirectRateLimiter,
-    recipients: DefaultKeyedRateLimiter<String>,
+    recipients: Mutex<Recipients>,
     /// A provider's retry-after for the whole account.
     blocked_until: Mutex<Option<Instant>>,
 }
@@ -40,21 +45,28 @@ impl Limiter {
     pub fn new(limits: RateLimits) -> Self {
         let account = Quota::per_second(nonzero(limits.account_per_second))
             .allow_burst(nonzero(limits.account_burst));
-        let recipient = Quota::with_period(limits.recipient_interval.max(Duration::from_millis(1)))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(nonzero(limits.recipient_burst));
         Limiter {
             account: RateLimiter::direct(account),
-            recipients: RateLimiter::keyed(recipient),
+            recipients: Mutex::new(Recipients::new(
+                limits.recipient_interval.max(Duration::from_millis(1)),
+                limits.recipient_burst.max(1),
+            )),
             blocked_until: Mutex::new(None),
         }
     }
 
+    fn recipients(&self) -> std::sync::MutexGuard<'_, Recipients> {
+        self.recipients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long until this recipient may get a message, if it may not now. Takes nothing.
+    pub fn recipient_wait(&self, key: &str) -> Option<Duration> {
+        self.recipients().wait(key, Instant::now())
+    }
+
     /// `Ok` with a token taken for this recipient, or how long until it has one.
     pub fn recipient(&self, key: &str) -> Result<(), Duration> {
-        self.recipients
-            .check_key(&key.to_owned())
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.recipients().take(key, Instant::now())
     }
 
     /// Waits until the account may send: after any provider retry-after, then for a token.
@@ -80,8 +92,48 @@ impl Limiter {
 
     /// Forgets recipients whose buckets are full again, so memory follows active recipients.
     pub fn forget_idle_recipients(&self) {
-        self.recipients.retain_recent();
-        self.recipients.shrink_to_fit();
+        self.recipients().forget_idle(Instant::now());
+    }
+}
+
+/// One bucket per recipient, as GCRA: each recipient's "theoretical arrival time" (when its
+/// bucket is full again); a message conforms while that is at most `burst - 1` intervals
+/// ahead of now, and pushes it one interval further. Ours rather than governor's keyed
+/// limiter, which can only take a token, not look whether there is one.
+struct Recipients {
+    interval: Duration,
+    /// How far ahead of now a recipient's arrival time may be: `(burst - 1) * interval`.
+    tolerance: Duration,
+    full_at: HashMap<String, Instant>,
+}
+
+impl Recipients {
+    fn new(interval: Duration, burst: u32) -> Recipients {
+        Recipients {
+            interval,
+            tolerance: interval.saturating_mul(burst.saturating_sub(1)),
+            full_at: HashMap::new(),
+        }
+    }
+
+    fn wait(&self, key: &str, now: Instant) -> Option<Duration> {
+        let full_at = self.full_at.get(key).copied()?.max(now);
+        let wait = (full_at - now).saturating_sub(self.tolerance);
+        (!wait.is_zero()).then_some(wait)
+    }
+
+    fn take(&mut self, key: &str, now: Instant) -> Result<(), Duration> {
+        if let Some(wait) = self.wait(key, now) {
+            return Err(wait);
+        }
+        let full_at = self.full_at.get(key).copied().unwrap_or(now).max(now);
+        self.full_at.insert(key.to_owned(), full_at + self.interval);
+        Ok(())
+    }
+
+    fn forget_idle(&mut self, now: Instant) {
+        self.full_at.retain(|_, full_at| *full_at > now);
+        self.full_at.shrink_to_fit();
     }
 }
 
@@ -111,6 +163,39 @@ mod tests {
             limiter.recipient("chat-2").is_ok(),
             "other recipients are not affected"
         );
+    }
+
+    #[test]
+    fn looking_at_a_recipient_takes_nothing() {
+        let limiter = Limiter::new(limits());
+        assert_eq!(limiter.recipient_wait("chat-1"), None);
+        assert_eq!(limiter.recipient_wait("chat-1"), None);
+        assert!(limiter.recipient("chat-1").is_ok());
+        let wait = limiter.recipient_wait("chat-1").unwrap();
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_one_per_interval_and_idle_recipients_are_forgotten() {
+        let limiter = Limiter::new(RateLimits {
+            recipient_burst: 3,
+            ..limits()
+        });
+        for _ in 0..3 {
+            assert!(limiter.recipient("chat-1").is_ok());
+        }
+        assert_eq!(limiter.recipient("chat-1"), Err(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert!(limiter.recipient("chat-1").is_ok());
+        assert!(limiter.recipient("chat-1").is_err());
+        limiter.forget_idle_recipients();
+        assert_eq!(limiter.recipients().full_at.len(), 1, "not idle yet");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        limiter.forget_idle_recipients();
+        assert!(limiter.recipients().full_at.is_empty());
+        for _ in 0..3 {
+            assert!(limiter.recipient("chat-1").is_ok(), "a full burst again");
+        }
     }
 
     #[tokio::test(start_paused = true)]

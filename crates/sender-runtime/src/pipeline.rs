@@ -122,13 +122,19 @@ impl<S: ChannelSender> Pipeline<S> {
         if age >= self.config.max_age() {
             return (Outcome::Ack, Some(gave_up(ctx, age)));
         }
-        if let Err(wait) = self.limiter.recipient(&job.to.value()) {
+        let recipient = job.to.value();
+        if let Some(wait) = self.limiter.recipient_wait(&recipient) {
             return (Outcome::Defer { after: wait }, None);
         }
         tokio::select! {
             _ = self.limiter.account() => {}
             // Stopping: the job goes back to wait, not to fail.
             _ = self.shutdown.cancelled() => return (Outcome::Defer { after: Duration::ZERO }, None),
+        }
+        // Taken only now, right before the send (see `limits`): another job for this
+        // recipient may have gone while this one waited for the account.
+        if let Err(wait) = self.limiter.recipient(&recipient) {
+            return (Outcome::Defer { after: wait }, None);
         }
 
         let started = std::time::Instant::now();

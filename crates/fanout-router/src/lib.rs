@@ -13,7 +13,10 @@
 //!   across redeliveries.
 //! - [`render`]: template choice by channel and locale, and rendering with minijinja.
 //! - [`tracking`]: the events consumer: delivery events into delivery records and address
-//!   states (R3, R6, R15), contact links into addresses (R5).
+//!   states (R3, R6, R15), contact links into addresses (R5), support requests into tickets
+//!   (R53), and room events to [`rooms`].
+//! - [`rooms`]: the XMPP bot's help-desk room events into rooms and their history, and the
+//!   roster a restarted bot asks for (R31-R36).
 //! - [`outcome`]: a finished message's outcome for its producer (R4).
 //! - [`scheduler`]: cron-like schedules fired once per due time across replicas (R14).
 //! - [`watchdog`]: send queues without a sender (no consumer, and none paused on the standby
@@ -29,6 +32,7 @@ pub mod fanout;
 pub mod ingress;
 pub mod outcome;
 pub mod render;
+pub mod rooms;
 pub mod scheduler;
 pub mod tracking;
 pub mod watchdog;

@@ -47,6 +47,11 @@ impl Outcomes {
         &self.names
     }
 
+    /// The publisher (with confirms) for what the router tells others on the events exchange.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
     /// Publishes every due outcome nobody published: a message finished more than a while
     /// ago whose outcome publish failed for good, or one finished outside the router (the
     /// outbox relay giving up a request). Runs until shutdown, every `every`.

@@ -1,7 +1,8 @@
 //! The router's events consumer on `{p}.router.events`: senders' delivery events become
 //! delivery records (R15) and address states (R3, R6); chat bots' contact links become
-//! addresses (R5), and their support requests tickets (R53). When the last delivery of a
-//! message is final, its outcome goes out (R4).
+//! addresses (R5), and their support requests tickets (R53); the XMPP bot's room events
+//! become help-desk rooms with their history (R31-R36, see [`crate::rooms`]). When the last
+//! delivery of a message is final, its outcome goes out (R4).
 //!
 //! What a bot must tell the person (linked, wrong code, ticket opened) goes into the outbox in
 //! the transaction that decided it, so it is sent exactly when the change is committed, and a
@@ -14,8 +15,8 @@ use herald_storage::tracking::{
 };
 use herald_storage::{PgPool, StoreError, link_codes, messages, outbox, support};
 use messaging_core::events::{
-    Answer, AttemptResult, ChatAnswer, ContactLinkEvent, DeliveryEvent, SupportRequestEvent,
-    short_id,
+    Answer, AttemptResult, ChatAnswer, ContactLinkEvent, DeliveryEvent, RoomEvent,
+    SupportRequestEvent, short_id,
 };
 use messaging_core::ingress::{Content, Ingress, NotifyRequest, Recipients, TemplateContent};
 use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey};
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use crate::config::RetryPolicy;
 use crate::outcome::Outcomes;
+use crate::rooms::Rooms;
 
 /// What arrives on the router's events queue.
 #[derive(Debug)]
@@ -34,11 +36,13 @@ pub enum RouterEvent {
     Delivery(Box<DeliveryEvent>),
     Contact(Box<ContactLinkEvent>),
     Support(Box<SupportRequestEvent>),
+    Room(Box<RoomEvent>),
 }
 
 pub struct TrackingHandler {
     pool: PgPool,
     outcomes: Outcomes,
+    rooms: Rooms,
     policy: RemovalPolicy,
     retry: RetryPolicy,
 }
@@ -50,11 +54,20 @@ impl TrackingHandler {
         policy: RemovalPolicy,
         retry: impl Into<RetryPolicy>,
     ) -> Self {
+        let retry = retry.into();
+        // Rosters go out on the events exchange like outcomes, through the same publisher.
+        let rooms = Rooms::new(
+            pool.clone(),
+            outcomes.publisher().clone(),
+            outcomes.names().clone(),
+            retry,
+        );
         TrackingHandler {
             pool,
             outcomes,
+            rooms,
             policy,
-            retry: retry.into(),
+            retry,
         }
     }
 
@@ -372,8 +385,9 @@ fn failure_ref(failure: &messaging_core::failure::Failure) -> FailureRef<'_> {
 impl Handler for TrackingHandler {
     type Message = RouterEvent;
 
-    /// Delivery events carry `deliveryId`, contact links `linkCode`; the reason names what is
-    /// wrong with anything else.
+    /// Delivery events carry `deliveryId`, contact links `linkCode`, support requests
+    /// `supportText`, room events `room` and `change`; the reason names what is wrong with
+    /// anything else.
     fn decode(&self, body: &[u8]) -> Result<RouterEvent, Rejection> {
         let value: Value = decode_json(body)?;
         let invalid = |e: serde_json::Error| Rejection::new("invalid", e.to_string());
@@ -389,10 +403,14 @@ impl Handler for TrackingHandler {
             serde_json::from_value(value)
                 .map(|e| RouterEvent::Support(Box::new(e)))
                 .map_err(invalid)
+        } else if value.get("room").is_some() && value.get("change").is_some() {
+            serde_json::from_value(value)
+                .map(|e| RouterEvent::Room(Box::new(e)))
+                .map_err(invalid)
         } else {
             Err(Rejection::new(
                 "unknown_event",
-                "neither a delivery event (no deliveryId), a contact link (no linkCode) nor a support request (no supportText)",
+                "neither a delivery event (no deliveryId), a contact link (no linkCode), a support request (no supportText) nor a room event (no room and change)",
             ))
         }
     }
@@ -419,6 +437,10 @@ impl Handler for TrackingHandler {
             RouterEvent::Support(event) => {
                 let span = tracing::info_span!("support_request", channel = %event.channel, request_id = %event.request_id);
                 self.support(&event).instrument(span).await
+            }
+            RouterEvent::Room(event) => {
+                let span = tracing::info_span!("room_event", room = %event.room, event_id = %event.event_id);
+                self.rooms.handle(&event).instrument(span).await
             }
         };
         match outcome {

@@ -7,19 +7,24 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The problem's `type`: `about:blank`, or a URI of its own where a client must tell
+    /// this problem from others with the same status (see [`ApiError::with_type`]).
+    pub kind: &'static str,
     pub status: StatusCode,
     pub title: &'static str,
     pub detail: String,
     /// The request field at fault, for validation errors.
     pub field: Option<String>,
-    /// Seconds for the `Retry-After` header of a 429.
+    /// Seconds for the `Retry-After` header (a 429, an empty room pool's 503).
     pub retry_after: Option<u64>,
 }
 
 /// An RFC 9457 problem document: every error this API answers.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Problem {
-    /// Always `about:blank`: the status and title say what happened.
+    /// `about:blank` (the status and title say what happened), or a URI naming a problem a
+    /// client acts on: `tag:herald,2026:no-free-room` (503) and
+    /// `tag:herald,2026:no-staff-available` (409) of the help-desk rooms.
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub title: String,
@@ -33,12 +38,26 @@ pub struct Problem {
 impl ApiError {
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
         ApiError {
+            kind: "about:blank",
             status,
             title,
             detail: detail.into(),
             field: None,
             retry_after: None,
         }
+    }
+
+    /// A problem type of its own, for a problem a client tells apart by more than its status
+    /// (an empty room pool from a database outage, both 503).
+    pub fn with_type(mut self, uri: &'static str) -> Self {
+        self.kind = uri;
+        self
+    }
+
+    /// With `Retry-After` (whole seconds).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -118,7 +137,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {
-            kind: "about:blank",
+            kind: self.kind,
             title: self.title.to_owned(),
             status: self.status.as_u16(),
             detail: self.detail,

@@ -97,7 +97,7 @@ pub async fn per_caller(State(state): State<AppState>, request: Request, next: N
     next.run(request).await
 }
 
-/// Adds `Retry-After` to a 429 problem response.
+/// Adds `Retry-After` to a problem response (a 429, or an empty room pool's 503).
 pub fn with_retry_after(mut response: Response, seconds: u64) -> Response {
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);

@@ -15,8 +15,8 @@ use crate::error::Problem;
     info(
         title = "Herald subscription API",
         description = "Tenants, subscriptions, registrations, people and their addresses, \
-            templates, schedules, event bindings, triggers, direct messages, delivery records and \
-            support tickets. \
+            templates, schedules, event bindings, triggers, direct messages, delivery records, \
+            support tickets and help-desk rooms. \
             Errors are RFC 9457 problem documents (`application/problem+json`) naming the field \
             at fault. Authenticate with an API key (`X-Api-Key`) or a JWT bearer token; a \
             global admin picks the tenant with the `Herald-Tenant` header.",
@@ -34,6 +34,7 @@ use crate::error::Problem;
         (name = "deliveries", description = "Delivery records per recipient and channel (R15)"),
         (name = "users", description = "People, their settings, addresses and link codes (R1-R6)"),
         (name = "support", description = "Support tickets from the chat bots, staff replies and who hears of new tickets (R53)"),
+        (name = "help-desk", description = "XMPP help-desk rooms for staff and clients: a free room for a staff member, the longest-waiting staff member's room for a client, the rooms and their history (R31-R36)"),
         (name = "admin", description = "Tenants and API keys (R10, R19)"),
     )
 )]

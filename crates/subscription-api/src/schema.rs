@@ -10,7 +10,7 @@
 use messaging_core::ingress::DeliveryMode;
 use messaging_core::{
     AddressKind, AddressState, Channel, DeliveryStatus, MessageSource, MessageStatus, Role,
-    TicketState,
+    RoomChangeKind, RoomState, TicketState,
 };
 use utoipa::openapi::schema::{
     AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema,
@@ -217,6 +217,25 @@ component!(
         "Where a support ticket is: `open` (nobody answered yet), `answered` (staff replied), \
          `closed`.",
         TicketState::ALL.iter().map(|s| s.as_str())
+    )
+);
+component!(
+    RoomStateName = "RoomState",
+    words(
+        "Where a help-desk room is: `free` (in the pool), `reserved` (handed to a staff member, \
+         nobody in yet), `staff_waiting` (the staff member is in), `chatting` (the client came \
+         in), `staff_left` or `client_left` (one of them left), `closed` (both left; the room \
+         is destroyed and kept as history).",
+        RoomState::ALL.iter().map(|s| s.as_str())
+    )
+);
+component!(
+    RoomChangeKindName = "RoomChangeKind",
+    words(
+        "What a room's history entry records: `created` (by the bot, for the pool), \
+         `reserved` (for a staff member), `client_assigned`, `state` (someone came in or \
+         left), `refused` (a third person was kicked).",
+        RoomChangeKind::ALL.iter().map(|s| s.as_str())
     )
 );
 component!(
@@ -514,6 +533,8 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
         entry::<AddressKindName>(),
         entry::<RoleName>(),
         entry::<TicketStateName>(),
+        entry::<RoomStateName>(),
+        entry::<RoomChangeKindName>(),
         entry::<SupportReplyText>(),
         entry::<UserIdText>(),
         entry::<IdempotencyKeyText>(),

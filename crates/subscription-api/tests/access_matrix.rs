@@ -16,8 +16,10 @@ mod support;
 use std::collections::BTreeSet;
 
 use herald_storage::support as tickets;
-use herald_storage::{PgPool, tenants};
-use messaging_core::{AddressKind, Channel};
+use herald_storage::{PgPool, rooms, tenants};
+use messaging_core::events::{RoomChange, RoomEvent};
+use messaging_core::values::Jid;
+use messaging_core::{AddressKind, Channel, RoomState};
 use serde_json::{Value, json};
 use support::TestApp;
 use uuid::Uuid;
@@ -63,6 +65,7 @@ struct Fixture {
     api_key: Uuid,
     user_key: String,
     ticket: Uuid,
+    room: Uuid,
 }
 
 impl Fixture {
@@ -78,6 +81,7 @@ impl Fixture {
             .replace("{delivery_id}", &self.delivery.to_string())
             .replace("{id}", &self.api_key.to_string())
             .replace("{ticket_id}", &self.ticket.to_string())
+            .replace("{room_id}", &self.room.to_string())
             .replace("{channel}", "default")
             .replace("{locale}", "en")
     }
@@ -234,6 +238,38 @@ async fn fixture(app: &TestApp, acme: Uuid, n: usize) -> Fixture {
     .await
     .unwrap();
     tx.commit().await.unwrap();
+    // Help-desk rooms: one free in the (shared) pool, and one reserved for the person as a
+    // staff member, who came in and waits for a client.
+    let bot_event = |room: &str, change| RoomEvent {
+        version: messaging_core::EnvelopeVersion,
+        event_id: Uuid::now_v7(),
+        bot: Jid::parse("herald@example.org").unwrap(),
+        room: Jid::parse(&format!("{room}@conference.example.org")).unwrap(),
+        change,
+        occurred_at: chrono::Utc::now(),
+    };
+    let mut tx = pool.begin().await.unwrap();
+    for room in [format!("matrix-{n}-staff"), format!("matrix-{n}-free")] {
+        let created = bot_event(
+            &room,
+            RoomChange::Created {
+                password: "pw".into(),
+            },
+        );
+        rooms::apply(&mut tx, &created).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let room = rooms::reserve(pool, acme, &user).await.unwrap().unwrap();
+    let waiting = bot_event(
+        room.room_jid.split('@').next().unwrap(),
+        RoomChange::State {
+            state: RoomState::StaffWaiting,
+            occupant: Some(user.clone()),
+        },
+    );
+    let mut tx = pool.begin().await.unwrap();
+    rooms::apply(&mut tx, &waiting).await.unwrap();
+    tx.commit().await.unwrap();
     let user_key = app.user_key("acme", &user).await;
     let api_key: Uuid =
         sqlx::query_scalar("SELECT id FROM api_keys WHERE user_id = $1 AND tenant_id = $2")
@@ -255,6 +291,7 @@ async fn fixture(app: &TestApp, acme: Uuid, n: usize) -> Fixture {
         api_key,
         user_key,
         ticket,
+        room: room.id,
     }
 }
 
@@ -519,6 +556,25 @@ fn rows() -> Vec<Row> {
             false,
         ),
         row("GET", "/support/settings", None, ADMIN_LIST, false),
+        // The help desk is the tenant's backend's: admins only. The pool of free rooms is
+        // shared by every tenant, so another tenant's admin gets a free room too, but no
+        // client of theirs gets acme's waiting staff member.
+        row("GET", "/help-desk/rooms", None, ADMIN_LIST, true),
+        row("GET", "/help-desk/rooms/{room_id}", None, ADMIN_READ, false),
+        row(
+            "POST",
+            "/help-desk/rooms/staff",
+            Some(|f| json!({"staff": format!("staff-{}", f.n)})),
+            [201, 201, 403, 201],
+            false,
+        ),
+        row(
+            "POST",
+            "/help-desk/rooms/client",
+            Some(|f| json!({"client": format!("client-{}", f.n)})),
+            [200, 200, 403, 409],
+            false,
+        ),
         // Another tenant's subscription id is unknown in the caller's tenant: 422.
         row(
             "PUT",

@@ -12,6 +12,7 @@ use herald_storage::page::PageRequest;
 pub mod api_keys;
 pub mod deliveries;
 pub mod event_bindings;
+pub mod help_desk;
 pub mod messages;
 pub mod registrations;
 pub mod schedules;
@@ -36,8 +37,11 @@ fn limited() -> OpenApiRouter<AppState> {
         .merge(support::router())
 }
 
+/// Not limited per caller: the tenant's web application hands out help-desk rooms for all its
+/// staff and clients with one key, so a per-caller bucket would throttle the whole desk.
 fn unlimited() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .merge(help_desk::router())
         .merge(tenants::router())
         .merge(api_keys::router())
         .merge(messages::router())

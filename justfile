@@ -80,10 +80,10 @@ bench-broker:
     scripts/services.sh
     cargo run -q --release -p herald-bench --bin bench-broker
 
-# Email and SMS senders: throughput (email vs Apprise on the same SMTP sink) and memory.
+# Senders: throughput (email vs Apprise on the same SMTP sink; SMS, Telegram, Discord vs fakes), Telegram and Discord at their default limits vs fakes enforcing the providers' limits, memory.
 bench-senders:
     scripts/bench-tools.sh
-    cargo build -q --release -p sender-email -p sender-sms -p herald-bench
+    cargo build -q --release -p sender-email -p sender-sms -p sender-telegram -p sender-discord -p herald-bench
     target/release/bench-senders
 
 # End to end: producer -> router -> no-op sender -> outcome (rate, p50/p99 at 10% load, ratio to the broker baseline) and a 100,000-registration fan-out, release build.

@@ -528,6 +528,16 @@ async fn an_outage_opens_the_breaker_and_the_probe_closes_it() {
     for job in &jobs {
         bot.h.publish(job).await;
     }
+    // Every first attempt failed, so none is in flight when the outage ends: only the probe
+    // can close the breaker (an attempt that got through would close it by succeeding).
+    bot.h
+        .events_until(WAIT, |e| {
+            e.iter()
+                .filter(|e| e.result.status() == "retry_scheduled")
+                .count()
+                >= jobs.len()
+        })
+        .await;
     let open = bot
         .h
         .wait_readiness(WAIT, |status, body| {

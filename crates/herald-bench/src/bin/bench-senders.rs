@@ -6,9 +6,15 @@
 //!   sink (postfix's `smtp-sink`), and in the same run the same N mails sent by Apprise
 //!   (Python) to the same sink: both figures and their ratio;
 //! - SMS throughput against the fake Twilio-compatible provider;
+//! - Telegram and Discord throughput against their fakes, with the rate limits raised;
+//! - Telegram and Discord with their default limits, against fakes that enforce the
+//!   providers' published limits (sliding windows: Telegram 30/s per bot and 1/s per chat,
+//!   Discord 50 requests/s and 5 messages per 5 s per channel): the rate the provider saw per
+//!   bot and per chat over a 30 s window, as a share of the ceiling, and the 429s it answered;
 //! - each sender's resident memory when idle and its peak while loaded.
 //!
-//! Rate limits are raised out of the way: they are policy, and this measures capacity.
+//! For the throughput figures the rate limits are raised out of the way: they are policy,
+//! and those figures measure capacity.
 
 // A benchmark's fixed inputs are valid by construction; failing on them is a broken benchmark.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,7 +29,10 @@ use herald_bench::stats;
 use herald_runtime::amqp::{Broker, Message, Publisher, Topology};
 use herald_runtime::config::{AmqpConfig, Secret};
 use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
+use herald_testkit::discord_interactions::InteractionClient;
+use herald_testkit::fake_discord::{DiscordLimits, FakeDiscord};
 use herald_testkit::fake_sms::FakeSms;
+use herald_testkit::fake_telegram::{FakeTelegram, SentMessage, TelegramLimits};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use messaging_core::job::{RenderedContent, SendJob};
@@ -35,6 +44,12 @@ struct Args {
     /// Mails (and texts) per run.
     #[arg(long, default_value_t = 2_000)]
     messages: usize,
+    /// The window over which the chat senders' rates at their default limits are measured.
+    #[arg(long, default_value_t = 30)]
+    window_secs: u64,
+    /// Only these channels (`--only telegram --only discord`); all when not given.
+    #[arg(long)]
+    only: Vec<Channel>,
 }
 
 #[tokio::main]
@@ -46,68 +61,306 @@ async fn main() -> anyhow::Result<()> {
         .context("binary directory")?
         .to_path_buf();
 
-    let sink = SmtpSink::start()?;
-    println!(
-        "bench-senders: {} messages per run; SMTP sink: postfix smtp-sink on port {}",
-        args.messages, sink.port
-    );
+    let wanted = |channel: Channel| args.only.is_empty() || args.only.contains(&channel);
+    println!("bench-senders: {} messages per run", args.messages);
+    let mut memory: Vec<(&str, Run)> = Vec::new();
 
-    // Email through Herald.
-    let email = run_sender(
-        &bin_dir,
-        Channel::Email,
-        args.messages,
-        &[
-            ("HERALD_SMTP__HOST", "127.0.0.1".into()),
-            ("HERALD_SMTP__PORT", sink.port.to_string()),
-            ("HERALD_SMTP__TLS", "none".into()),
-            ("HERALD_SMTP__FROM", "Herald <noreply@herald.test>".into()),
-        ],
-    )
-    .await
-    .context("email run")?;
+    if wanted(Channel::Email) {
+        let sink = SmtpSink::start()?;
+        println!("SMTP sink: postfix smtp-sink on port {}", sink.port);
+        let email = run_sender(
+            &bin_dir,
+            Channel::Email,
+            &addresses(Channel::Email, args.messages),
+            Load::Raised,
+            &[
+                ("HERALD_SMTP__HOST", "127.0.0.1".into()),
+                ("HERALD_SMTP__PORT", sink.port.to_string()),
+                ("HERALD_SMTP__TLS", "none".into()),
+                ("HERALD_SMTP__FROM", "Herald <noreply@herald.test>".into()),
+            ],
+        )
+        .await
+        .context("email run")?;
+        // The same mails through Apprise.
+        let apprise = apprise_rate(args.messages, sink.port).context("apprise run")?;
+        println!("email  herald:  {:>8.0} mails/s", email.rate);
+        println!(
+            "email  apprise: {:>8.0} mails/s (its default 5.5 s pause between mails switched off)",
+            apprise
+        );
+        println!("ratio herald/apprise: {:.1}", email.rate / apprise);
+        memory.push(("sender-email", email));
+    }
 
-    // The same mails through Apprise.
-    let apprise = apprise_rate(args.messages, sink.port).context("apprise run")?;
+    if wanted(Channel::Sms) {
+        // SMS through Herald, against the fake provider.
+        let fake = FakeSms::start("ACbench", "token").await;
+        let sms = run_sender(
+            &bin_dir,
+            Channel::Sms,
+            &addresses(Channel::Sms, args.messages),
+            Load::Raised,
+            &[
+                ("HERALD_SMS__BASE_URL", fake.base_url()),
+                ("HERALD_SMS__ACCOUNT_SID", "ACbench".into()),
+                ("HERALD_SMS__AUTH_TOKEN", "token".into()),
+                ("HERALD_SMS__FROM", "\"+15005550006\"".into()),
+            ],
+        )
+        .await
+        .context("sms run")?;
+        anyhow::ensure!(
+            fake.received().len() == args.messages,
+            "the fake provider got {} texts",
+            fake.received().len()
+        );
+        println!("sms    herald:  {:>8.0} texts/s (fake provider)", sms.rate);
+        memory.push(("sender-sms", sms));
+    }
 
-    // SMS through Herald, against the fake provider.
-    let fake = FakeSms::start("ACbench", "token").await;
-    let sms = run_sender(
-        &bin_dir,
-        Channel::Sms,
-        args.messages,
-        &[
-            ("HERALD_SMS__BASE_URL", fake.base_url()),
-            ("HERALD_SMS__ACCOUNT_SID", "ACbench".into()),
-            ("HERALD_SMS__AUTH_TOKEN", "token".into()),
-            ("HERALD_SMS__FROM", "\"+15005550006\"".into()),
-        ],
-    )
-    .await
-    .context("sms run")?;
-    anyhow::ensure!(
-        fake.received().len() == args.messages,
-        "the fake provider got {} texts",
-        fake.received().len()
-    );
+    // Telegram and Discord: capacity, then the default limits against enforcing fakes.
+    if wanted(Channel::Telegram) {
+        let telegram = telegram_runs(&bin_dir, args.messages, args.window_secs).await?;
+        telegram.print();
+        memory.push(("sender-telegram", telegram.capacity));
+    }
+    if wanted(Channel::Discord) {
+        let discord = discord_runs(&bin_dir, args.messages, args.window_secs).await?;
+        discord.print();
+        memory.push(("sender-discord", discord.capacity));
+    }
 
-    println!();
-    println!("email  herald:  {:>8.0} mails/s", email.rate);
-    println!(
-        "email  apprise: {:>8.0} mails/s (its default 5.5 s pause between mails switched off)",
-        apprise
-    );
-    println!("ratio herald/apprise: {:.1}", email.rate / apprise);
-    println!("sms    herald:  {:>8.0} texts/s (fake provider)", sms.rate);
-    println!(
-        "memory sender-email: idle {:.1} MiB, peak loaded {:.1} MiB",
-        email.idle_mib, email.peak_mib
-    );
-    println!(
-        "memory sender-sms:   idle {:.1} MiB, peak loaded {:.1} MiB",
-        sms.idle_mib, sms.peak_mib
-    );
+    for (name, run) in &memory {
+        println!(
+            "memory {name:<16} idle {:>5.1} MiB, peak loaded {:>5.1} MiB",
+            run.idle_mib, run.peak_mib
+        );
+    }
     Ok(())
+}
+
+/// A chat sender's figures: capacity with limits raised, and one run at the default limits.
+struct ChatFigures {
+    channel: Channel,
+    capacity: Run,
+    /// What the provider counts: Telegram messages, Discord requests.
+    unit: &'static str,
+    per_bot: f64,
+    per_bot_ceiling: f64,
+    per_chat: f64,
+    per_chat_ceiling: f64,
+    too_many_requests: usize,
+    window: Duration,
+}
+
+impl ChatFigures {
+    fn print(&self) {
+        let channel = self.channel;
+        println!(
+            "{channel:<8} herald:  {:>8.0} messages/s (fake provider, limits raised)",
+            self.capacity.rate
+        );
+        println!(
+            "{channel:<8} default limits over {} s: per bot {:.2} {}/s = {:.1}% of {}; per chat {:.3}/s = {:.1}% of {}; 429s at the fake: {}",
+            self.window.as_secs(),
+            self.per_bot,
+            self.unit,
+            100.0 * self.per_bot / self.per_bot_ceiling,
+            self.per_bot_ceiling,
+            self.per_chat,
+            100.0 * self.per_chat / self.per_chat_ceiling,
+            self.per_chat_ceiling,
+            self.too_many_requests,
+        );
+    }
+}
+
+/// The rate the provider saw over the window that starts at its first accepted request
+/// (the load outlasts the window, so the sender is busy all through it).
+fn window_rate(times: Vec<Instant>, window: Duration) -> f64 {
+    let Some(first) = times.iter().min().copied() else {
+        return 0.0;
+    };
+    let inside = times
+        .iter()
+        .filter(|at| at.duration_since(first) < window)
+        .count();
+    inside as f64 / window.as_secs_f64()
+}
+
+/// Chat ids for the per-bot figure: more distinct chats than the bot can reach in the window,
+/// so no chat's own limit binds.
+fn distinct_chats(channel: Channel, n: usize) -> Vec<Address> {
+    (0..n)
+        .map(|i| Address::parse(channel, &(1_000_000 + i).to_string()).expect("valid"))
+        .collect()
+}
+
+async fn telegram_runs(
+    bin_dir: &std::path::Path,
+    n: usize,
+    window_secs: u64,
+) -> anyhow::Result<ChatFigures> {
+    const TOKEN: &str = "424242:bench-token";
+    let env = |fake: &FakeTelegram| {
+        vec![
+            ("HERALD_TELEGRAM__BOT_TOKEN", TOKEN.to_owned()),
+            ("HERALD_TELEGRAM__API_URL", fake.api_url()),
+        ]
+    };
+    let fake = FakeTelegram::start(TOKEN).await;
+    let jobs = distinct_chats(Channel::Telegram, n);
+    let capacity = run_sender(bin_dir, Channel::Telegram, &jobs, Load::Raised, &env(&fake))
+        .await
+        .context("telegram run")?;
+    anyhow::ensure!(fake.sent().len() == n, "the fake got {}", fake.sent().len());
+
+    // At the default limits, against a fake that counts as Telegram may: one run to many
+    // chats (the bot's rate), one to a single chat (the chat's rate).
+    let window = Duration::from_secs(window_secs);
+    let (per_bot, per_chat) = (30.0, 1.0);
+    let mut too_many_requests = 0;
+    let mut default_run = async |jobs: Vec<Address>| -> anyhow::Result<Vec<SentMessage>> {
+        let fake = FakeTelegram::start(TOKEN).await;
+        fake.enforce_limits(TelegramLimits::default());
+        run_sender(
+            bin_dir,
+            Channel::Telegram,
+            &jobs,
+            Load::Default { window },
+            &env(&fake),
+        )
+        .await
+        .context("telegram run at the default limits")?;
+        too_many_requests += fake.too_many_requests_answered();
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            let requests = fake.requests_of("sendmessage");
+            let start = requests.first().map(|r| r.at);
+            let times: Vec<String> = requests
+                .iter()
+                .take(40)
+                .map(|r| {
+                    format!(
+                        "{:.0}",
+                        start.map_or(0.0, |s| r.at.duration_since(s).as_secs_f64() * 1000.0)
+                    )
+                })
+                .collect();
+            eprintln!("telegram first sends (ms): {}", times.join(" "));
+            for r in requests.iter().filter(|r| r.status != Some(200)) {
+                eprintln!(
+                    "telegram {:.3}s chat {} -> {:?}",
+                    start.map_or(0.0, |s| r.at.duration_since(s).as_secs_f64()),
+                    r.params["chat_id"],
+                    r.status
+                );
+            }
+        }
+        Ok(fake.sent())
+    };
+    let many = default_run(distinct_chats(
+        Channel::Telegram,
+        outlasting(per_bot, window),
+    ))
+    .await?;
+    let one = default_run(one_chat(Channel::Telegram, outlasting(per_chat, window))).await?;
+    Ok(ChatFigures {
+        channel: Channel::Telegram,
+        capacity,
+        unit: "messages",
+        per_bot: window_rate(many.iter().map(|m| m.at).collect(), window),
+        per_bot_ceiling: per_bot,
+        per_chat: window_rate(one.iter().map(|m| m.at).collect(), window),
+        per_chat_ceiling: per_chat,
+        too_many_requests,
+        window,
+    })
+}
+
+async fn discord_runs(
+    bin_dir: &std::path::Path,
+    n: usize,
+    window_secs: u64,
+) -> anyhow::Result<ChatFigures> {
+    const TOKEN: &str = "bench-discord-token";
+    const APPLICATION: u64 = 424_242;
+    let env = |fake: &FakeDiscord| {
+        vec![
+            ("HERALD_DISCORD__BOT_TOKEN", TOKEN.to_owned()),
+            ("HERALD_DISCORD__APPLICATION_ID", APPLICATION.to_string()),
+            // Nothing here posts interactions; the key only has to be a valid one.
+            (
+                "HERALD_DISCORD__PUBLIC_KEY",
+                InteractionClient::new(APPLICATION).public_key_hex(),
+            ),
+            ("HERALD_DISCORD__API_PROXY", fake.proxy_url()),
+        ]
+    };
+    let fake = FakeDiscord::start(TOKEN, APPLICATION).await;
+    let jobs = distinct_chats(Channel::Discord, n);
+    let mut raised = env(&fake);
+    // The sender's own request bucket too (Discord counts requests, the runtime jobs).
+    raised.push(("HERALD_DISCORD__REQUESTS_PER_SECOND", "1000000".into()));
+    let capacity = run_sender(bin_dir, Channel::Discord, &jobs, Load::Raised, &raised)
+        .await
+        .context("discord run")?;
+    anyhow::ensure!(fake.sent().len() == n, "the fake got {}", fake.sent().len());
+
+    // At the default limits, against a fake that counts as Discord does: one run to many
+    // users (the bot's requests, a first message to a user also opening the DM channel),
+    // one to a single user (that DM channel's rate).
+    let window = Duration::from_secs(window_secs);
+    let (per_bot, per_chat) = (50.0, 1.0);
+    let mut too_many_requests = 0;
+    let mut default_run = async |jobs: Vec<Address>| -> anyhow::Result<Vec<Instant>> {
+        let fake = FakeDiscord::start(TOKEN, APPLICATION).await;
+        fake.enforce_limits(DiscordLimits::default());
+        run_sender(
+            bin_dir,
+            Channel::Discord,
+            &jobs,
+            Load::Default { window },
+            &env(&fake),
+        )
+        .await
+        .context("discord run at the default limits")?;
+        too_many_requests += fake.too_many_requests_answered();
+        Ok(fake
+            .requests()
+            .iter()
+            .filter(|r| r.status == Some(200))
+            .map(|r| r.at)
+            .collect())
+    };
+    let many = default_run(distinct_chats(
+        Channel::Discord,
+        outlasting(per_bot, window),
+    ))
+    .await?;
+    let one = default_run(one_chat(Channel::Discord, outlasting(per_chat, window))).await?;
+    Ok(ChatFigures {
+        channel: Channel::Discord,
+        capacity,
+        unit: "requests",
+        per_bot: window_rate(many, window),
+        per_bot_ceiling: per_bot,
+        // The single user's requests, but its first (opening the DM) is not a message.
+        per_chat: window_rate(one.into_iter().skip(1).collect(), window),
+        per_chat_ceiling: per_chat,
+        too_many_requests,
+        window,
+    })
+}
+
+/// More jobs than the ceiling lets through in the window, so the sender is busy all
+/// through it.
+fn outlasting(per_second: f64, window: Duration) -> usize {
+    (per_second * window.as_secs_f64() * 1.3).ceil() as usize
+}
+
+fn one_chat(channel: Channel, n: usize) -> Vec<Address> {
+    vec![Address::parse(channel, "77").expect("valid"); n]
 }
 
 struct Run {
@@ -116,12 +369,23 @@ struct Run {
     peak_mib: f64,
 }
 
+/// How a run loads the sender.
+#[derive(Clone, Copy)]
+enum Load {
+    /// Limits raised; the run lasts until every job is delivered.
+    Raised,
+    /// The channel's default limits; the run lasts this long after the first delivery, and
+    /// the jobs left then are dropped with the run's queues.
+    Default { window: Duration },
+}
+
 /// Starts the sender binary under a fresh prefix, waits until it consumes, measures idle
-/// memory, publishes `n` jobs and measures until `n` delivered events, sampling memory.
+/// memory, publishes a job per address and measures until the load's end, sampling memory.
 async fn run_sender(
     bin_dir: &std::path::Path,
     channel: Channel,
-    n: usize,
+    to: &[Address],
+    load: Load,
     env: &[(&str, String)],
 ) -> anyhow::Result<Run> {
     let prefix = unique_prefix(&format!("bench-{channel}"));
@@ -144,11 +408,14 @@ async fn run_sender(
         .env("HERALD_AMQP__PREFIX", &prefix)
         .env("HERALD_HTTP__ADDR", "127.0.0.1:0")
         .env("HERALD_LOG__FILTER", "warn")
-        .env("HERALD_SENDER__ACCOUNT_PER_SECOND", "1000000")
-        .env("HERALD_SENDER__ACCOUNT_BURST", "1000000")
-        .env("HERALD_SENDER__RECIPIENT_BURST", "1000000")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    if let Load::Raised = load {
+        command
+            .env("HERALD_SENDER__ACCOUNT_PER_SECOND", "1000000")
+            .env("HERALD_SENDER__ACCOUNT_BURST", "1000000")
+            .env("HERALD_SENDER__RECIPIENT_BURST", "1000000");
+    }
     for (key, value) in env {
         command.env(key, value);
     }
@@ -166,8 +433,11 @@ async fn run_sender(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_mib = rss_mib(child.0.id())?;
 
-    let bodies: Vec<Vec<u8>> = (0..n)
-        .map(|i| serde_json::to_vec(&job(channel, i)).expect("serializable"))
+    let n = to.len();
+    let bodies: Vec<Vec<u8>> = to
+        .iter()
+        .enumerate()
+        .map(|(i, to)| serde_json::to_vec(&job(to.clone(), i)).expect("serializable"))
         .collect();
     let publisher = Publisher::new(Broker::new(config.clone(), "bench"), "bench");
     let mut consumer = inspector
@@ -200,8 +470,14 @@ async fn run_sender(
     let mut delivered = 0;
     let mut peak_mib = idle_mib;
     let mut sampled = Instant::now();
+    let mut first_delivery: Option<Instant> = None;
     use futures::StreamExt;
     while delivered < n {
+        if let (Load::Default { window }, Some(first)) = (load, first_delivery)
+            && first.elapsed() >= window
+        {
+            break;
+        }
         let next = tokio::time::timeout(Duration::from_secs(60), consumer.next())
             .await
             .context("events stopped")?;
@@ -215,6 +491,7 @@ async fn run_sender(
             messaging_core::events::AttemptResult::Delivered { .. }
         ) {
             delivered += 1;
+            first_delivery.get_or_insert_with(Instant::now);
         } else if event.result.is_final() {
             bail!("a delivery failed: {event:?}");
         }
@@ -237,13 +514,19 @@ async fn run_sender(
     })
 }
 
-fn job(channel: Channel, i: usize) -> SendJob {
-    let to = match channel {
-        Channel::Email => {
-            Address::Email(Email::parse(&format!("user{i}@example.org")).expect("valid"))
-        }
-        _ => Address::Sms(E164::parse(&format!("+4179{i:07}")).expect("valid")),
-    };
+/// `n` addresses on a channel that has no rate limits in the fakes (email, SMS).
+fn addresses(channel: Channel, n: usize) -> Vec<Address> {
+    (0..n)
+        .map(|i| match channel {
+            Channel::Email => {
+                Address::Email(Email::parse(&format!("user{i}@example.org")).expect("valid"))
+            }
+            _ => Address::Sms(E164::parse(&format!("+4179{i:07}")).expect("valid")),
+        })
+        .collect()
+}
+
+fn job(to: Address, i: usize) -> SendJob {
     SendJob {
         version: EnvelopeVersion,
         delivery_id: uuid::Uuid::now_v7(),

@@ -24,6 +24,17 @@ if [ -z "${HERALD_SMTP__HOST:-}" ]; then
   export HERALD_SMTP__FROM="${HERALD_SMTP__FROM:-Herald <noreply@herald.local>}"
 fi
 
+# The XMPP bot on the local Prosody that scripts/services.sh started (127.0.0.1:15222, the
+# account herald@localhost): any XMPP client can log in there with an account made by
+# `prosodyctl --config "$PWD/.local/prosody/prosody.cfg.lua" register NAME localhost PW`.
+# An operator's own HERALD_XMPP__* settings win.
+if [ -z "${HERALD_XMPP__JID:-}" ]; then
+  export HERALD_XMPP__JID=herald@localhost
+  export HERALD_XMPP__PASSWORD="${HERALD_XMPP_TEST_BOT_PASSWORD:-herald-bot-pw}"
+  export HERALD_XMPP__SERVER="127.0.0.1:${HERALD_XMPP_TEST_PORT:-15222}" HERALD_XMPP__TLS=none
+  export HERALD_XMPP__MUC_SERVICE=conference.localhost
+fi
+
 # The API's database (HERALD_DATABASE__URL defaults to .../herald); migrations run at start.
 if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'herald'" | grep -q 1; then
   createdb -h 127.0.0.1 -U postgres herald

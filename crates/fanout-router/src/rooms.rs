@@ -122,6 +122,7 @@ impl Rooms {
                     room: jid,
                     password: room.password,
                     state: room.state,
+                    staff: room.staff,
                 }),
                 Err(error) => {
                     tracing::warn!(room = %room.room_jid, %error, "a stored room JID does not parse; left out of the roster");

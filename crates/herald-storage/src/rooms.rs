@@ -258,6 +258,9 @@ pub struct RosterEntry {
     pub room_jid: String,
     pub password: String,
     pub state: RoomState,
+    /// The nickname of the first person in (the staff member), from the room's
+    /// `staff_waiting` change; `None` before anyone came in.
+    pub staff: Option<String>,
 }
 
 /// The bot's rooms that are not closed, oldest first: what it rejoins after a restart.
@@ -266,8 +269,12 @@ pub async fn roster(
     bot_jid: &str,
 ) -> Result<Vec<RosterEntry>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT room_jid, password, state FROM help_desk_rooms
-         WHERE bot_jid = $1 AND state <> 'closed' ORDER BY created_at, id",
+        "SELECT r.room_jid, r.password, r.state,
+                (SELECT c.occupant FROM help_desk_room_changes c
+                  WHERE c.room_id = r.id AND c.kind = 'state' AND c.state = 'staff_waiting'
+                  ORDER BY c.occurred_at LIMIT 1) AS staff
+           FROM help_desk_rooms r
+          WHERE r.bot_jid = $1 AND r.state <> 'closed' ORDER BY r.created_at, r.id",
     )
     .bind(bot_jid)
     .fetch_all(db)

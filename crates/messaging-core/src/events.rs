@@ -332,4 +332,8 @@ pub struct RosterRoom {
     pub room: Jid,
     pub password: String,
     pub state: RoomState,
+    /// The staff member's nickname (the first person in), once someone came in: after a
+    /// restart the bot tells by it who of two left while it was away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staff: Option<String>,
 }

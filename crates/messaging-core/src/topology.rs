@@ -90,10 +90,20 @@ impl Names {
         format!("{}.answers.{}", self.prefix, channel.as_str())
     }
 
+    /// The XMPP bot's own: its roster after a (re)start (`roster.xmpp` on the events
+    /// exchange), so the room pool can rejoin its rooms.
+    pub fn rooms_queue(&self) -> String {
+        format!("{}.rooms.xmpp", self.prefix)
+    }
+
     /// Every work queue: the ones consumers read and that have delays and dead letters. The
     /// standby queues are not among them: they hold nothing, so they need neither.
     pub fn work_queues(&self) -> Vec<String> {
-        let mut queues = vec![self.ingress_queue(), self.router_events_queue()];
+        let mut queues = vec![
+            self.ingress_queue(),
+            self.router_events_queue(),
+            self.rooms_queue(),
+        ];
         queues.extend(Channel::ALL.iter().map(|c| self.send_queue(*c)));
         queues.extend(
             Channel::ALL
@@ -167,7 +177,8 @@ mod tests {
         assert_eq!(names.send_queue(Channel::Sms), "t1234.send.sms");
         assert_eq!(names.standby_queue(Channel::Sms), "t1234.send.sms.standby");
         let chats = Channel::ALL.iter().filter(|c| c.is_chat()).count();
-        assert_eq!(names.work_queues().len(), 2 + Channel::ALL.len() + chats);
+        assert_eq!(names.work_queues().len(), 3 + Channel::ALL.len() + chats);
+        assert_eq!(names.rooms_queue(), "t1234.rooms.xmpp");
         assert_eq!(
             names.answers_queue(Channel::Telegram),
             "t1234.answers.telegram"

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use chrono::Utc;
 use herald_runtime::amqp::{
-    Context, Handler, Message, Outcome, PublishError, Publisher, Rejection, decode_json,
+    Broker, Context, Handler, Message, Outcome, PublishError, Publisher, Rejection, Topology,
+    decode_json,
 };
 use herald_runtime::health::Health;
 use messaging_core::events::{Answer, ChatAnswer, ContactLinkEvent, SupportRequestEvent};
@@ -66,6 +67,9 @@ pub struct Inbound {
     /// For the listener's own readiness component (`bot:<channel>`).
     pub health: Health,
     pub shutdown: CancellationToken,
+    /// For a bot that consumes a queue of its own (the XMPP room pool's roster).
+    pub broker: Broker,
+    pub topology: Topology,
 }
 
 /// One text a person wrote to the bot.
@@ -219,7 +223,9 @@ impl Inbox {
         Ok(Reply::Later)
     }
 
-    async fn publish(
+    /// Publishes an event of the bot's own on the events exchange (the XMPP bot's room
+    /// events), confirmed by the broker before this returns.
+    pub async fn publish(
         &self,
         routing_key: &str,
         event: &impl serde::Serialize,

@@ -99,6 +99,8 @@ pub async fn start_chat<S: ChatChannel>(
         inbox: inbox.clone(),
         health: service.health.clone(),
         shutdown: shutdown.clone(),
+        broker: service.broker.clone(),
+        topology: service.topology.clone(),
     };
     let routes = S::routes(bot.clone(), inbound.clone());
     let listener = tokio::spawn(S::listen(bot.clone(), inbound));

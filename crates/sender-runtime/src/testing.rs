@@ -55,6 +55,8 @@ pub struct SenderHarness {
     channel: messaging_core::Channel,
     /// Bound to `contact.#` and `support.#`: what a chat sender's bot published.
     inbound_queue: String,
+    /// Bound to `room.#`: the XMPP bot's room events.
+    room_queue: String,
 }
 
 impl SenderHarness {
@@ -141,6 +143,13 @@ impl SenderHarness {
             .bind(&inbound_queue, &names.events_exchange(), "support.#")
             .await;
 
+        let room_queue = inspector
+            .temporary_queue(
+                &names.events_exchange(),
+                messaging_core::topology::routing::ROOM,
+            )
+            .await;
+
         let publisher = Publisher::new(service.broker.clone(), "test-producer");
         let (routes, work) = start(&service).await;
         let running = tokio::spawn(service.run(routes, work));
@@ -155,6 +164,7 @@ impl SenderHarness {
             topology,
             channel,
             inbound_queue,
+            room_queue,
         }
     }
 
@@ -169,6 +179,30 @@ impl SenderHarness {
         self.next_body(&self.inbound_queue, timeout)
             .await
             .map(|body| serde_json::from_slice(&body).expect("json"))
+    }
+
+    /// The next room event the XMPP bot published, waiting up to `timeout`.
+    pub async fn next_room_event(
+        &self,
+        timeout: Duration,
+    ) -> Option<messaging_core::events::RoomEvent> {
+        self.next_body(&self.room_queue, timeout)
+            .await
+            .map(|body| serde_json::from_slice(&body).expect("a room event"))
+    }
+
+    /// Publishes a roster as the router would, in answer to a bot's `BotStarted`.
+    pub async fn publish_roster(&self, roster: &messaging_core::events::RoomRoster) {
+        let body = serde_json::to_vec(roster).expect("serializable");
+        let message = Message::new(
+            self.names.events_exchange(),
+            messaging_core::topology::routing::ROSTER,
+            &body,
+        );
+        self.publisher
+            .publish(&message)
+            .await
+            .expect("publish roster");
     }
 
     /// The body of the next message in `queue` (taken off it), waiting up to `timeout`.

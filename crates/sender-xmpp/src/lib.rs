@@ -9,6 +9,9 @@
 //!   write to the bot.
 //! - [`session`]: the one XMPP session (a task owning tokio-xmpp's client) and its handle.
 //! - [`stanzas`]: the stanzas the bot sends, and what the server's refusals mean.
+//! - [`pool`]: the help-desk room pool: creating and configuring rooms, watching presence,
+//!   reporting every change, rejoining after a restart.
+//! - [`rooms`]: one room's state machine, without I/O.
 //!
 //! # Sending
 //!
@@ -18,9 +21,9 @@
 //! the delivery fails as `unknown_recipient`.
 //!
 //! XMPP confirms no message; the server bounces what it refuses. The bot sends a ping to
-//! the server after each message and waits for its answer: the server handles one session's
-//! stanzas in order, so a local bounce arrives before that answer ([`session::Session::
-//! send_message`]).
+//! the server after each message, waits for its answer (the message has been handled then)
+//! and `bounce_wait_ms` more for a refusal, which may arrive just after the answer
+//! ([`session::Session::send_message`]).
 //!
 //! | the server's answer | kind | code |
 //! |---|---|---|
@@ -38,6 +41,8 @@
 //! roots), except with `tls = "none"`, which is accepted only for a `server` on a loopback
 //! address (a test or a local Prosody). The client reconnects by itself with backoff.
 
+pub mod pool;
+pub mod rooms;
 pub mod session;
 pub mod stanzas;
 
@@ -47,6 +52,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_runtime::amqp::{Consumer, ConsumerSettings};
 use herald_runtime::config::Secret;
 use messaging_core::job::SendJob;
 use messaging_core::{Address, Channel};
@@ -94,6 +100,17 @@ pub struct XmppSettings {
     pub tls: Tls,
     /// One request to the server (a join, an IQ, a message's barrier) may take this long.
     pub request_timeout_ms: u64,
+    /// After the server handled a message, how long a refusal of it is waited for.
+    pub bounce_wait_ms: u64,
+    /// The multi-user chat service of the help-desk rooms (`conference.example.org`). Empty:
+    /// no room pool.
+    pub muc_service: String,
+    /// Free rooms the pool keeps ready (R35).
+    pub pool_target: usize,
+    /// Rooms the pool holds at most, in any state.
+    pub pool_max: usize,
+    /// The start of every pool room's name.
+    pub room_prefix: String,
 }
 
 impl Default for XmppSettings {
@@ -106,6 +123,11 @@ impl Default for XmppSettings {
             server: String::new(),
             tls: Tls::Starttls,
             request_timeout_ms: 10_000,
+            bounce_wait_ms: 200,
+            muc_service: String::new(),
+            pool_target: 3,
+            pool_max: 20,
+            room_prefix: "helpdesk-".into(),
         }
     }
 }
@@ -134,6 +156,7 @@ pub struct XmppSender {
     incoming: Mutex<Option<mpsc::Receiver<Incoming>>>,
     /// Stops the session when the service stops.
     stop: CancellationToken,
+    pool: Option<pool::PoolSettings>,
 }
 
 /// How a join ended.
@@ -188,11 +211,13 @@ impl ChannelSender for XmppSender {
         let nickname = settings.nickname.trim().to_owned();
         ResourcePart::new(&nickname)
             .map_err(|e| invalid(format!("HERALD_XMPP__NICKNAME {nickname:?}: {e}")))?;
+        let pool = pool_settings(&settings).map_err(invalid)?;
         let client = connect(&full, &settings).map_err(invalid)?;
         let timeout = Duration::from_millis(settings.request_timeout_ms.max(1));
         let (incoming_tx, incoming) = mpsc::channel(1024);
         let stop = CancellationToken::new();
-        let session = Session::start(client, incoming_tx, timeout, stop.clone());
+        let bounce_wait = Duration::from_millis(settings.bounce_wait_ms);
+        let session = Session::start(client, incoming_tx, timeout, bounce_wait, stop.clone());
         Ok(Built::Ready(XmppSender {
             session,
             bot,
@@ -202,6 +227,7 @@ impl ChannelSender for XmppSender {
             joins: Arc::default(),
             incoming: Mutex::new(Some(incoming)),
             stop,
+            pool,
         }))
     }
 
@@ -253,6 +279,11 @@ impl XmppSender {
 
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The bot's nickname in rooms.
+    pub fn nickname(&self) -> &str {
+        &self.nickname
     }
 
     /// The stream is up, or the send fails as unhealthy (retried; repeated, the breaker opens).
@@ -380,6 +411,36 @@ impl XmppSender {
         }
     }
 
+    fn is_pool_room(&self, presence: &Presence) -> bool {
+        let (Some(settings), Some(from)) = (&self.pool, &presence.from) else {
+            return false;
+        };
+        settings.owns(&from.to_bare())
+    }
+
+    /// Starts the room pool and the consumer of its rosters, when a MUC service is set.
+    fn start_pool(self: &Arc<Self>, inbound: &Inbound) -> Option<mpsc::Sender<pool::PoolInput>> {
+        let settings = self.pool.clone()?;
+        let (tx, rx) = mpsc::channel(1024);
+        let pool = pool::Pool::new(
+            self.clone(),
+            settings,
+            inbound.inbox.clone(),
+            inbound.health.clone(),
+        )?;
+        tokio::spawn(pool.run(rx, inbound.shutdown.clone()));
+        let names = inbound.topology.names().clone();
+        let rosters = Consumer::new(
+            inbound.broker.clone(),
+            inbound.topology.clone(),
+            ConsumerSettings::from_config(names.rooms_queue(), inbound.broker.config()),
+            pool::RosterHandler { pool: tx.clone() },
+            inbound.health.clone(),
+        );
+        tokio::spawn(rosters.run(inbound.shutdown.clone()));
+        Some(tx)
+    }
+
     /// A chat message from a person: what they ask the bot (R5, R53).
     async fn person_wrote(&self, message: Message, inbound: &Inbound) {
         let Some(from) = message.from.clone() else {
@@ -433,6 +494,7 @@ impl ChatChannel for XmppSender {
             return;
         };
         let mut link = bot.session.link();
+        let pool = bot.start_pool(&inbound);
         loop {
             tokio::select! {
                 _ = inbound.shutdown.cancelled() => break,
@@ -441,6 +503,9 @@ impl ChatChannel for XmppSender {
                         break;
                     }
                     let state = link.borrow_and_update().clone();
+                    if let Some(pool) = &pool {
+                        let _ = pool.send(pool::PoolInput::Link(state.clone())).await;
+                    }
                     match state {
                         Link::Online(jid) => {
                             inbound.health.set(&component, true, format!("online as {jid}"));
@@ -457,7 +522,14 @@ impl ChatChannel for XmppSender {
                 }
                 next = incoming.recv() => match next {
                     None => break,
-                    Some(Incoming::Presence(presence)) => bot.room_presence(&presence),
+                    Some(Incoming::Presence(presence)) => {
+                        bot.room_presence(&presence);
+                        if let Some(pool) = &pool
+                            && bot.is_pool_room(&presence)
+                        {
+                            let _ = pool.send(pool::PoolInput::Presence(Box::new(presence))).await;
+                        }
+                    }
                     Some(Incoming::Message(message)) => match message.type_ {
                         MessageType::Chat | MessageType::Normal => {
                             bot.person_wrote(message, &inbound).await;
@@ -492,6 +564,37 @@ impl ChatChannel for XmppSender {
             .await
             .map(|_| ())
     }
+}
+
+/// The pool's settings, or `None` without a MUC service.
+fn pool_settings(settings: &XmppSettings) -> Result<Option<pool::PoolSettings>, String> {
+    let service = settings.muc_service.trim();
+    if service.is_empty() {
+        return Ok(None);
+    }
+    if BareJid::from_str(service).is_err() || service.contains('@') {
+        return Err(format!(
+            "HERALD_XMPP__MUC_SERVICE {service:?} is not a service's domain (conference.example.org)"
+        ));
+    }
+    if settings.pool_max == 0 || settings.pool_target > settings.pool_max {
+        return Err(format!(
+            "HERALD_XMPP__POOL_TARGET ({}) must be at most HERALD_XMPP__POOL_MAX ({}), which must be at least 1",
+            settings.pool_target, settings.pool_max
+        ));
+    }
+    let prefix = settings.room_prefix.trim();
+    if prefix.is_empty() || BareJid::from_str(&format!("{prefix}x@{service}")).is_err() {
+        return Err(format!(
+            "HERALD_XMPP__ROOM_PREFIX {prefix:?} cannot start a room name"
+        ));
+    }
+    Ok(Some(pool::PoolSettings {
+        service: service.to_owned(),
+        target: settings.pool_target,
+        max: settings.pool_max,
+        prefix: prefix.to_owned(),
+    }))
 }
 
 fn session_failure(error: SessionError) -> SendError {

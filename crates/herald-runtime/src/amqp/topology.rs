@@ -257,6 +257,13 @@ impl Topology {
             )
             .await?;
         }
+        d.bind(
+            &n.rooms_queue(),
+            &n.events_exchange(),
+            routing::ROSTER,
+            FieldTable::default(),
+        )
+        .await?;
         for pattern in routing::ROUTER_EVENT_BINDINGS {
             d.bind(
                 &n.router_events_queue(),

@@ -198,6 +198,74 @@ impl Person {
         assert!(matches!(answer, IqResponse::Result(_)), "{answer:?}");
     }
 
+    /// Joins a room with its password; waits until in (or panics with the refusal).
+    pub async fn join_room(&mut self, room: &BareJid, nick: &str, password: &str) {
+        let occupant = room.with_resource_str(nick).unwrap();
+        self.send(
+            Presence::available()
+                .with_to(Jid::from(occupant))
+                .with_payload(Muc::new().with_password(password.to_owned())),
+        )
+        .await;
+        let room_jid = room.clone();
+        let answer = self
+            .next(|s| match s {
+                Stanza::Presence(p) => {
+                    p.from.as_ref().map(|f| f.to_bare()) == Some(room_jid.clone())
+                        && (p.type_ == PresenceType::Error
+                            || p.payloads.iter().any(|e| {
+                                MucUser::try_from(e.clone())
+                                    .is_ok_and(|u| u.status.contains(&Status::SelfPresence))
+                            }))
+                }
+                _ => false,
+            })
+            .await;
+        let Stanza::Presence(presence) = answer else {
+            unreachable!()
+        };
+        assert_ne!(presence.type_, PresenceType::Error, "refused: {presence:?}");
+    }
+
+    /// Waits until this person was removed from the room (kicked, or the room destroyed).
+    pub async fn removed_from(&mut self, room: &BareJid) -> Vec<Status> {
+        let room_jid = room.clone();
+        let stanza = self
+            .next(|s| match s {
+                Stanza::Presence(p) => {
+                    p.from.as_ref().map(|f| f.to_bare()) == Some(room_jid.clone())
+                        && p.type_ == PresenceType::Unavailable
+                        && p.payloads.iter().any(|e| {
+                            MucUser::try_from(e.clone())
+                                .is_ok_and(|u| u.status.contains(&Status::SelfPresence))
+                        })
+                }
+                _ => false,
+            })
+            .await;
+        let Stanza::Presence(presence) = stanza else {
+            unreachable!()
+        };
+        presence
+            .payloads
+            .iter()
+            .find_map(|e| MucUser::try_from(e.clone()).ok())
+            .map(|u| u.status)
+            .unwrap_or_default()
+    }
+
+    /// Whether the room exists (disco#info answers, or `item-not-found`).
+    pub async fn room_exists(&self, room: &BareJid) -> bool {
+        let query = Element::builder("query", "http://jabber.org/protocol/disco#info").build();
+        match self
+            .iq(Jid::from(room.clone()), IqRequest::Get(query))
+            .await
+        {
+            IqResponse::Result(_) => true,
+            IqResponse::Error(_) => false,
+        }
+    }
+
     pub async fn leave_room(&self, room: &BareJid, nick: &str) {
         let occupant = room.with_resource_str(nick).unwrap();
         self.send(Presence::new(PresenceType::Unavailable).with_to(Jid::from(occupant)))

@@ -326,10 +326,13 @@ async fn discord_runs(
         .await
         .context("discord run at the default limits")?;
         too_many_requests += fake.too_many_requests_answered();
+        // The jobs' requests (opening DMs, messages), not the bot's start-up ones (its
+        // user, its commands), which come seconds before the first job.
         Ok(fake
             .requests()
             .iter()
-            .filter(|r| r.status == Some(200))
+            .filter(|r| r.status == Some(200) && r.method == "POST")
+            .filter(|r| r.path == "/users/@me/channels" || r.path.ends_with("/messages"))
             .map(|r| r.at)
             .collect())
     };

@@ -5,7 +5,12 @@
 //! ```text
 //! bot ──RoomEvent──► {p}.events "room.xmpp" ──► {p}.router.events ──► help_desk_rooms (+ history)
 //! bot ──BotStarted─► (the same way)             ──► roster query ──► {p}.events "roster.xmpp" ──► bot
+//! bot ──Said───────► (the same way)             ──► support_replies + outbox "answer.<channel>" ──► person's bot
 //! ```
+//!
+//! `Said` comes only from a room reserved for a support ticket (R53): what a staff member
+//! writes there is the ticket's reply, sent to the person's chat as a reply through the API
+//! would be.
 //!
 //! Each event is stored once (its `eventId`) in one transaction; a change of a room whose
 //! creation is not stored yet waits in a delay queue until it is. The roster is published
@@ -13,11 +18,13 @@
 
 use herald_runtime::amqp::{Message, Outcome, PublishError, Publisher, Rejection};
 use herald_storage::rooms::{self, Applied, ApplyError};
-use herald_storage::{PgPool, StoreError};
-use messaging_core::EnvelopeVersion;
-use messaging_core::events::{RoomChange, RoomEvent, RoomRoster, RosterRoom};
+use herald_storage::{PgPool, StoreError, outbox, support};
+use messaging_core::events::{Answer, ChatAnswer, RoomChange, RoomEvent, RoomRoster, RosterRoom};
 use messaging_core::topology::{Names, routing};
 use messaging_core::values::Jid;
+use messaging_core::{Address, EnvelopeVersion};
+use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::config::RetryPolicy;
 
@@ -56,6 +63,18 @@ impl Rooms {
         let stored = async {
             let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
             let applied = rooms::apply(&mut tx, event).await?;
+            if let (
+                Applied::Replied {
+                    tenant_id,
+                    ticket_id,
+                    reply_id,
+                },
+                RoomChange::Said { text, .. },
+            ) = (applied, &event.change)
+            {
+                self.answer_ticket(&mut tx, tenant_id, ticket_id, reply_id, text)
+                    .await?;
+            }
             tx.commit().await.map_err(StoreError::from)?;
             Ok::<_, ApplyError>(applied)
         };
@@ -67,6 +86,7 @@ impl Rooms {
                     Applied::Recorded => "recorded",
                     Applied::Repeated => "repeated",
                     Applied::NotStored => "not_stored",
+                    Applied::Replied { .. } => "replied",
                 };
                 metrics::counter!("herald_router_room_events_total", "change" => change, "result" => result)
                     .increment(1);
@@ -76,6 +96,18 @@ impl Rooms {
                     }
                     Applied::Created | Applied::Changed => {
                         tracing::info!(room = %event.room, result, "room event stored");
+                    }
+                    Applied::Replied {
+                        ticket_id,
+                        reply_id,
+                        ..
+                    } => {
+                        tracing::info!(room = %event.room, %ticket_id, %reply_id, "support ticket answered in its room");
+                    }
+                    Applied::NotStored if matches!(event.change, RoomChange::Said { .. }) => {
+                        // The bot relays ticket rooms only; its roster was older than the
+                        // reservation, or the ticket was deleted.
+                        tracing::warn!(room = %event.room, "something said in a room that answers no ticket; dropped");
                     }
                     _ => {}
                 }
@@ -105,6 +137,36 @@ impl Rooms {
         }
     }
 
+    /// R53: what staff said in a ticket's room goes to the person's chat like a reply through
+    /// the API (the reply's id is the answer's: the bot drops a repeat).
+    async fn answer_ticket(
+        &self,
+        tx: &mut PgConnection,
+        tenant_id: Uuid,
+        ticket_id: Uuid,
+        reply_id: Uuid,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        let ticket = support::by_id(&mut *tx, tenant_id, ticket_id).await?;
+        let chat = match Address::from_kind(ticket.chat_kind, &ticket.chat) {
+            Ok(chat) => chat,
+            Err(error) => {
+                // Parsed when the bot reported it: a hand-edited row. The reply stays stored.
+                tracing::error!(%ticket_id, %error, "a ticket's chat does not parse; the reply from its room is stored, not sent");
+                return Ok(());
+            }
+        };
+        let answer = ChatAnswer::new(
+            reply_id,
+            chat,
+            Answer::SupportReply {
+                ticket_id,
+                text: text.to_owned(),
+            },
+        );
+        outbox::enqueue_chat_answer(tx, &self.names.events_exchange(), &answer).await
+    }
+
     /// The bot's rooms that are not closed, to the bot, with a confirm. A bot that listens on
     /// nothing yet (no queue bound to `roster.xmpp`) gets no roster: it binds its queue before
     /// it says it started, and asks again on its next start.
@@ -123,6 +185,7 @@ impl Rooms {
                     password: room.password,
                     state: room.state,
                     staff: room.staff,
+                    ticket_id: room.ticket_id,
                 }),
                 Err(error) => {
                     tracing::warn!(room = %room.room_jid, %error, "a stored room JID does not parse; left out of the roster");
@@ -171,5 +234,6 @@ fn change_name(change: &RoomChange) -> &'static str {
         RoomChange::State { .. } => "state",
         RoomChange::Refused { .. } => "refused",
         RoomChange::BotStarted => "bot_started",
+        RoomChange::Said { .. } => "said",
     }
 }

@@ -19,10 +19,10 @@ use herald_storage::db::DatabaseConfig;
 use herald_storage::tracking::RemovalPolicy;
 use herald_storage::{rooms, tenants};
 use herald_testkit::broker::Inspector;
-use messaging_core::events::{RoomChange, RoomEvent, RoomRoster};
+use messaging_core::events::{Answer, ChatAnswer, RoomChange, RoomEvent, RoomRoster};
 use messaging_core::topology::{Names, routing};
 use messaging_core::values::Jid;
-use messaging_core::{EnvelopeVersion, RoomState};
+use messaging_core::{Channel, EnvelopeVersion, RoomState};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -402,4 +402,101 @@ async fn a_change_before_its_room_is_retried_and_a_state_the_bot_cannot_see_is_r
         .unwrap_err();
     assert_eq!(rejection.code, "invalid");
     h.finish().await;
+}
+
+/// R53: what a staff member writes in a ticket's room reaches the person's chat as the
+/// ticket's reply, once; a restarted bot learns which of its rooms answer tickets.
+#[sqlx::test(migrations = "../../migrations")]
+async fn words_in_a_tickets_room_go_to_the_persons_chat(pool: PgPool) {
+    let r = Running::start(&pool, "router_ticket_room").await;
+    let answers = r
+        .inspector
+        .temporary_queue(
+            &r.names.events_exchange(),
+            &routing::answer(Channel::Telegram),
+        )
+        .await;
+    let rosters = r
+        .inspector
+        .temporary_queue(&r.names.events_exchange(), routing::ROSTER)
+        .await;
+    let acme = tenants::create(&pool, "acme", "Acme").await.unwrap().id;
+    let ticket = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO support_tickets (id, tenant_id, request_id, channel, chat_kind, chat, body)
+         VALUES ($1, $2, $3, 'telegram', 'telegram', '4242', 'My order never came.')",
+    )
+    .bind(ticket)
+    .bind(acme)
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    r.publish(&event(
+        "t1",
+        RoomChange::Created {
+            password: "pw".into(),
+        },
+        at(-10),
+    ))
+    .await;
+    eventually(|| room_state(&pool, "t1"), Some("free".to_owned())).await;
+    rooms::reserve_for_ticket(&pool, acme, "staff-anna", ticket)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let words = event(
+        "t1",
+        RoomChange::Said {
+            occupant: "Anna".into(),
+            text: "Your parcel left today.".into(),
+        },
+        at(0),
+    );
+    // Twice, as a redelivery would: one reply, one answer.
+    r.publish(&words).await;
+    r.publish(&words).await;
+    let message = r
+        .inspector
+        .wait_get(&answers, Duration::from_secs(10))
+        .await
+        .expect("an answer to the person's chat");
+    let answer: ChatAnswer = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(answer.chat.value(), "4242");
+    assert_eq!(answer.channel, Channel::Telegram);
+    assert_eq!(
+        answer.answer,
+        Answer::SupportReply {
+            ticket_id: ticket,
+            text: "Your parcel left today.".into()
+        }
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        r.inspector
+            .wait_get(&answers, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the repeat was answered again"
+    );
+    let replies: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM support_replies WHERE ticket_id = $1")
+            .bind(ticket)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(replies, 1);
+
+    let started = event_of_bot(RoomChange::BotStarted);
+    r.publish(&started).await;
+    let message = r
+        .inspector
+        .wait_get(&rosters, Duration::from_secs(10))
+        .await
+        .expect("a roster");
+    let roster: RoomRoster = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(roster.rooms.len(), 1);
+    assert_eq!(roster.rooms[0].ticket_id, Some(ticket));
+    r.stop().await;
 }

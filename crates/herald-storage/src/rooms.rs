@@ -40,13 +40,16 @@ pub struct Room {
     pub client_assigned_at: Option<DateTime<Utc>>,
     pub state_changed_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// The support ticket the room was reserved to answer (R53), if any.
+    pub ticket_id: Option<Uuid>,
 }
 
 /// The columns of [`Room`], for every query that returns rooms.
 macro_rules! room_columns {
     () => {
         "id, room_jid, bot_jid, password, state, tenant_id, staff_ref, client_ref, created_at,
-         reserved_at, staff_waiting_since, client_assigned_at, state_changed_at, closed_at"
+         reserved_at, staff_waiting_since, client_assigned_at, state_changed_at, closed_at,
+         ticket_id"
     };
 }
 
@@ -80,8 +83,16 @@ pub enum Applied {
     Recorded,
     /// This event (or, for `Created`, this room) was stored before: nothing changed.
     Repeated,
-    /// Nothing to store (`BotStarted`, which the router answers with the roster).
+    /// Nothing to store (`BotStarted`, which the router answers with the roster; something
+    /// said in a room that answers no ticket).
     NotStored,
+    /// What a staff member said in a ticket's room, stored as the ticket's reply: the caller
+    /// sends it to the person's chat in the same transaction.
+    Replied {
+        tenant_id: Uuid,
+        ticket_id: Uuid,
+        reply_id: Uuid,
+    },
 }
 
 /// Why a bot event cannot be stored (now).
@@ -204,6 +215,38 @@ pub async fn apply(tx: &mut PgConnection, event: &RoomEvent) -> Result<Applied, 
                 Applied::Repeated
             })
         }
+        RoomChange::Said { occupant, text } => {
+            let ticket: Option<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+                "SELECT tenant_id, ticket_id FROM help_desk_rooms WHERE room_jid = $1",
+            )
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(ticket) = ticket else {
+                return Err(ApplyError::RoomNotCreated(room.to_owned()));
+            };
+            let (Some(tenant_id), Some(ticket_id)) = ticket else {
+                return Ok(Applied::NotStored);
+            };
+            let author = format!("room:{room}/{occupant}");
+            let reply = crate::support::reply_from_room(
+                tx,
+                tenant_id,
+                ticket_id,
+                text,
+                &author,
+                event.event_id,
+            )
+            .await?;
+            Ok(match reply {
+                Some(reply) => Applied::Replied {
+                    tenant_id,
+                    ticket_id,
+                    reply_id: reply.id,
+                },
+                None => Applied::Repeated,
+            })
+        }
         RoomChange::BotStarted => Ok(Applied::NotStored),
     }
 }
@@ -261,6 +304,8 @@ pub struct RosterEntry {
     /// The nickname of the first person in (the staff member), from the room's
     /// `staff_waiting` change; `None` before anyone came in.
     pub staff: Option<String>,
+    /// The support ticket the room answers: the bot relays what staff write there.
+    pub ticket_id: Option<Uuid>,
 }
 
 /// The bot's rooms that are not closed, oldest first: what it rejoins after a restart.
@@ -272,7 +317,8 @@ pub async fn roster(
         "SELECT r.room_jid, r.password, r.state,
                 (SELECT c.occupant FROM help_desk_room_changes c
                   WHERE c.room_id = r.id AND c.kind = 'state' AND c.state = 'staff_waiting'
-                  ORDER BY c.occurred_at LIMIT 1) AS staff
+                  ORDER BY c.occurred_at LIMIT 1) AS staff,
+                r.ticket_id
            FROM help_desk_rooms r
           WHERE r.bot_jid = $1 AND r.state <> 'closed' ORDER BY r.created_at, r.id",
     )
@@ -289,13 +335,34 @@ pub async fn reserve(
     tenant_id: Uuid,
     staff_ref: &str,
 ) -> Result<Option<Room>, StoreError> {
+    reserve_room(db, tenant_id, staff_ref, None).await
+}
+
+/// R53: like [`reserve`], for a staff member who answers a support ticket of the tenant in the
+/// room. The caller checked that the ticket is the tenant's. The room is never handed to a
+/// client ([`assign_client`]): the person stays on their own chat.
+pub async fn reserve_for_ticket(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    staff_ref: &str,
+    ticket_id: Uuid,
+) -> Result<Option<Room>, StoreError> {
+    reserve_room(db, tenant_id, staff_ref, Some(ticket_id)).await
+}
+
+async fn reserve_room(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    staff_ref: &str,
+    ticket_id: Option<Uuid>,
+) -> Result<Option<Room>, StoreError> {
     Ok(sqlx::query_as(concat!(
         "WITH picked AS (
              SELECT id FROM help_desk_rooms WHERE state = 'free'
              ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED),
          reserved AS (
              UPDATE help_desk_rooms r SET state = 'reserved', tenant_id = $2, staff_ref = $3,
-                 reserved_at = now(), state_changed_at = now()
+                 reserved_at = now(), state_changed_at = now(), ticket_id = $4
              FROM picked WHERE r.id = picked.id
              RETURNING r.*),
          history AS (
@@ -308,6 +375,7 @@ pub async fn reserve(
     .bind(Uuid::now_v7())
     .bind(tenant_id)
     .bind(staff_ref)
+    .bind(ticket_id)
     .fetch_optional(db)
     .await?)
 }
@@ -325,6 +393,7 @@ pub async fn assign_client(
         "WITH picked AS (
              SELECT id FROM help_desk_rooms
              WHERE tenant_id = $2 AND state = 'staff_waiting' AND client_ref IS NULL
+               AND ticket_id IS NULL
              ORDER BY staff_waiting_since, id LIMIT 1 FOR UPDATE SKIP LOCKED),
          assigned AS (
              UPDATE help_desk_rooms r SET client_ref = $3, client_assigned_at = now()

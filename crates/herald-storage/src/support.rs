@@ -232,7 +232,48 @@ pub async fn reply(
     body: &str,
     author: &str,
 ) -> Result<Reply, StoreError> {
-    expect_row(
+    record_reply(tx, tenant_id, ticket_id, body, author, None)
+        .await?
+        .ok_or(StoreError::NotFound)
+}
+
+/// A reply a staff member wrote in the ticket's help-desk room, from the bot's event: like
+/// [`reply`], and `None` when that event was stored before (a redelivery).
+pub async fn reply_from_room(
+    tx: &mut PgConnection,
+    tenant_id: Uuid,
+    ticket_id: Uuid,
+    body: &str,
+    author: &str,
+    event_id: Uuid,
+) -> Result<Option<Reply>, StoreError> {
+    record_reply(tx, tenant_id, ticket_id, body, author, Some(event_id)).await
+}
+
+async fn record_reply(
+    tx: &mut PgConnection,
+    tenant_id: Uuid,
+    ticket_id: Uuid,
+    body: &str,
+    author: &str,
+    event_id: Option<Uuid>,
+) -> Result<Option<Reply>, StoreError> {
+    let reply: Option<Reply> = sqlx::query_as(
+        "INSERT INTO support_replies (id, ticket_id, tenant_id, body, author, event_id)
+         SELECT $1, id, tenant_id, $4, $5, $6 FROM support_tickets
+          WHERE tenant_id = $3 AND id = $2
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING id, ticket_id, body, author, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(ticket_id)
+    .bind(tenant_id)
+    .bind(body)
+    .bind(author)
+    .bind(event_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if reply.is_some() {
         sqlx::query(
             "UPDATE support_tickets SET state = CASE WHEN state = 'closed' THEN state ELSE 'answered' END,
                  updated_at = now()
@@ -241,20 +282,9 @@ pub async fn reply(
         .bind(tenant_id)
         .bind(ticket_id)
         .execute(&mut *tx)
-        .await?,
-    )?;
-    Ok(sqlx::query_as(
-        "INSERT INTO support_replies (id, ticket_id, tenant_id, body, author)
-         VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, ticket_id, body, author, created_at",
-    )
-    .bind(Uuid::now_v7())
-    .bind(ticket_id)
-    .bind(tenant_id)
-    .bind(body)
-    .bind(author)
-    .fetch_one(&mut *tx)
-    .await?)
+        .await?;
+    }
+    Ok(reply)
 }
 
 /// Closes a ticket (again is fine: the first closing is kept).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use herald_storage::page::PageRequest;
 use herald_storage::rooms::{self, Applied, ApplyError, Room};
-use herald_storage::{StoreError, tenants};
+use herald_storage::{StoreError, support, tenants};
 use messaging_core::events::{RoomChange, RoomEvent};
 use messaging_core::values::Jid;
 use messaging_core::{EnvelopeVersion, RoomChangeKind, RoomState};
@@ -94,7 +94,7 @@ async fn room(pool: &PgPool, name: &str) -> Room {
         None => sqlx::query_as(
             "SELECT id, room_jid, bot_jid, password, state, tenant_id, staff_ref, client_ref,
                     created_at, reserved_at, staff_waiting_since, client_assigned_at,
-                    state_changed_at, closed_at
+                    state_changed_at, closed_at, ticket_id
              FROM help_desk_rooms WHERE id = $1",
         )
         .bind(id)
@@ -539,4 +539,108 @@ async fn a_tenant_lists_and_reads_only_its_own_rooms(pool: PgPool) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A support ticket of `tenant` from a Telegram chat, as the router opens it.
+async fn ticket(pool: &PgPool, tenant: Uuid) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO support_tickets (id, tenant_id, request_id, channel, chat_kind, chat, body)
+         VALUES ($1, $2, $3, 'telegram', 'telegram', '4242', 'My order never came.')",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(Uuid::now_v7())
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+fn said(room: &str, occupant: &str, text: &str, at: i64) -> RoomEvent {
+    event(
+        room,
+        RoomChange::Said {
+            occupant: occupant.to_owned(),
+            text: text.to_owned(),
+        },
+        at,
+    )
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn what_staff_say_in_a_tickets_room_is_its_reply_once(pool: PgPool) {
+    let acme = tenant(&pool, "acme").await;
+    let ticket = ticket(&pool, acme).await;
+    apply(&pool, &created("t1", 0)).await.unwrap();
+    let reserved = rooms::reserve_for_ticket(&pool, acme, "staff-anna", ticket)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reserved.ticket_id, Some(ticket));
+    assert_eq!(reserved.state, RoomState::Reserved);
+    apply(&pool, &state("t1", RoomState::StaffWaiting, "Anna", 10))
+        .await
+        .unwrap();
+    // The person is on Telegram: a ticket's room is never a client's.
+    assert!(
+        rooms::assign_client(&pool, acme, "client-cleo")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let words = said("t1", "Anna", "Your parcel left today.", 11);
+    let Applied::Replied {
+        tenant_id,
+        ticket_id,
+        reply_id,
+    } = apply(&pool, &words).await.unwrap()
+    else {
+        panic!("not stored as a reply")
+    };
+    assert_eq!((tenant_id, ticket_id), (acme, ticket));
+    assert_eq!(apply(&pool, &words).await.unwrap(), Applied::Repeated);
+
+    let replies = support::replies(&pool, acme, ticket).await.unwrap();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].id, reply_id);
+    assert_eq!(replies[0].body, "Your parcel left today.");
+    assert_eq!(replies[0].author, "room:t1@conference.example.org/Anna");
+    let state: String = sqlx::query_scalar("SELECT state FROM support_tickets WHERE id = $1")
+        .bind(ticket)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "answered");
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn words_in_a_room_without_a_ticket_are_not_stored(pool: PgPool) {
+    let acme = tenant(&pool, "acme").await;
+    apply(&pool, &created("plain", 0)).await.unwrap();
+    rooms::reserve(&pool, acme, "staff-anna").await.unwrap();
+    assert_eq!(
+        apply(&pool, &said("plain", "Anna", "hello", 11))
+            .await
+            .unwrap(),
+        Applied::NotStored
+    );
+    // Nor in a room still in the pool.
+    apply(&pool, &created("free", 0)).await.unwrap();
+    assert_eq!(
+        apply(&pool, &said("free", "Someone", "hello", 11))
+            .await
+            .unwrap(),
+        Applied::NotStored
+    );
+    let replies: i64 = sqlx::query_scalar("SELECT count(*) FROM support_replies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(replies, 0);
+    assert!(matches!(
+        apply(&pool, &said("unknown", "Anna", "hello", 11)).await,
+        Err(ApplyError::RoomNotCreated(_))
+    ));
 }

@@ -297,6 +297,14 @@ pub enum RoomChange {
     /// The bot (re)started and asks for its rooms that are not closed: the router answers
     /// with a [`RoomRoster`].
     BotStarted,
+    /// A staff member wrote in a room reserved to answer a support ticket ([`TicketRoom`]):
+    /// the router stores it as the ticket's reply and sends it to the person's chat (R53).
+    /// Only rooms of a ticket are relayed; what is said in other rooms never leaves them.
+    Said {
+        /// The writer's nickname in the room.
+        occupant: String,
+        text: String,
+    },
 }
 
 impl RoomEvent {
@@ -336,4 +344,29 @@ pub struct RosterRoom {
     /// restart the bot tells by it who of two left while it was away.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staff: Option<String>,
+    /// The support ticket the room answers, if any: the bot relays what staff write in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<Uuid>,
+}
+
+/// To the XMPP bot, on routing key `ticket.xmpp`: a room of its pool was reserved for a staff
+/// member to answer a support ticket (R53). The bot posts the ticket into the room and from
+/// then on reports what is written there as [`RoomChange::Said`], which the router turns
+/// into the ticket's replies. Sent again (a redelivery) it changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TicketRoom {
+    pub version: EnvelopeVersion,
+    /// The bot that owns the room; other bots ignore this.
+    pub bot: Jid,
+    pub room: Jid,
+    pub ticket_id: Uuid,
+    /// The channel the person wrote on (`telegram`, `discord`, ...).
+    pub channel: Channel,
+    /// The person's name as their chat showed it, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// What the person wrote.
+    pub text: String,
+    pub created_at: DateTime<Utc>,
 }

@@ -4,7 +4,7 @@ use schemars::{JsonSchema, Schema, generate::SchemaSettings};
 
 use crate::events::{
     ChatAnswer, ContactLinkEvent, DeliveryEvent, MessageOutcome, RoomEvent, RoomRoster,
-    SupportRequestEvent,
+    SupportRequestEvent, TicketRoom,
 };
 use crate::ingress::{EventTrigger, LegacyMessage, NotifyRequest};
 use crate::job::SendJob;
@@ -52,6 +52,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("chat-answer.v1.json", schema_for::<ChatAnswer>(None)),
         ("room-event.v1.json", schema_for::<RoomEvent>(None)),
         ("room-roster.v1.json", schema_for::<RoomRoster>(None)),
+        ("ticket-room.v1.json", schema_for::<TicketRoom>(None)),
         (
             "message-outcome.v1.json",
             schema_for::<MessageOutcome>(None),

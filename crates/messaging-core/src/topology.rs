@@ -145,6 +145,10 @@ pub mod routing {
     /// `roster.xmpp`: the router tells a (re)started XMPP bot its open rooms.
     pub const ROSTER: &str = "roster.xmpp";
 
+    /// `ticket.xmpp`: the API tells the XMPP bot that a room was reserved to answer a support
+    /// ticket (R53).
+    pub const TICKET: &str = "ticket.xmpp";
+
     /// `answer.<channel>`: what a chat channel's bot tells a person.
     pub fn answer(channel: Channel) -> String {
         format!("answer.{}", channel.as_str())

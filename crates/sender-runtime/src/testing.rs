@@ -193,16 +193,23 @@ impl SenderHarness {
 
     /// Publishes a roster as the router would, in answer to a bot's `BotStarted`.
     pub async fn publish_roster(&self, roster: &messaging_core::events::RoomRoster) {
-        let body = serde_json::to_vec(roster).expect("serializable");
-        let message = Message::new(
-            self.names.events_exchange(),
-            messaging_core::topology::routing::ROSTER,
-            &body,
-        );
+        self.publish_event(messaging_core::topology::routing::ROSTER, roster)
+            .await;
+    }
+
+    /// Publishes a ticket's room as the API would, when it reserved the room (R53).
+    pub async fn publish_ticket_room(&self, ticket: &messaging_core::events::TicketRoom) {
+        self.publish_event(messaging_core::topology::routing::TICKET, ticket)
+            .await;
+    }
+
+    async fn publish_event(&self, routing_key: &str, payload: &impl serde::Serialize) {
+        let body = serde_json::to_vec(payload).expect("serializable");
+        let message = Message::new(self.names.events_exchange(), routing_key, &body);
         self.publisher
             .publish(&message)
             .await
-            .expect("publish roster");
+            .unwrap_or_else(|e| panic!("publish on {routing_key}: {e}"));
     }
 
     /// The body of the next message in `queue` (taken off it), waiting up to `timeout`.

@@ -412,7 +412,11 @@ impl XmppSender {
     }
 
     fn is_pool_room(&self, presence: &Presence) -> bool {
-        let (Some(settings), Some(from)) = (&self.pool, &presence.from) else {
+        self.is_pool_room_jid(presence.from.as_ref())
+    }
+
+    fn is_pool_room_jid(&self, from: Option<&Jid>) -> bool {
+        let (Some(settings), Some(from)) = (&self.pool, from) else {
             return false;
         };
         settings.owns(&from.to_bare())
@@ -533,6 +537,13 @@ impl ChatChannel for XmppSender {
                     Some(Incoming::Message(message)) => match message.type_ {
                         MessageType::Chat | MessageType::Normal => {
                             bot.person_wrote(message, &inbound).await;
+                        }
+                        MessageType::Groupchat => {
+                            if let Some(pool) = &pool
+                                && bot.is_pool_room_jid(message.from.as_ref())
+                            {
+                                let _ = pool.send(pool::PoolInput::Said(Box::new(message))).await;
+                            }
                         }
                         MessageType::Error => {
                             let error = session::stanza_error(&message);

@@ -28,7 +28,7 @@ use std::time::Duration;
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
 use herald_runtime::health::Health;
 use messaging_core::RoomState;
-use messaging_core::events::{RoomChange, RoomEvent, RoomRoster};
+use messaging_core::events::{RoomChange, RoomEvent, RoomRoster, TicketRoom};
 use messaging_core::topology::routing;
 use messaging_core::values::Jid as CoreJid;
 use rand::Rng;
@@ -39,6 +39,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::IqRequest;
 use tokio_xmpp::jid::{BareJid, Jid};
+use tokio_xmpp::parsers::delay::Delay;
+use tokio_xmpp::parsers::message::Message;
 use tokio_xmpp::parsers::muc::user::{MucUser, Status};
 use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
 use uuid::Uuid;
@@ -83,8 +85,24 @@ impl PoolSettings {
 pub enum PoolInput {
     Presence(Box<Presence>),
     Roster(Box<RoomRoster>),
+    /// A room reserved to answer a support ticket (R53).
+    Ticket(Box<TicketRoom>),
+    /// A groupchat message in one of the pool's rooms.
+    Said(Box<Message>),
     Link(Link),
 }
+
+/// What reaches the bot on its rooms queue (`roster.xmpp`, `ticket.xmpp`). Both types deny
+/// unknown fields, so the shape tells them apart.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum PoolCommand {
+    Roster(RoomRoster),
+    Ticket(TicketRoom),
+}
+
+/// The longest reply a ticket stores (`support_replies.body`).
+const MAX_REPLY_CHARS: usize = 4000;
 
 /// The readiness component of the pool.
 pub const COMPONENT: &str = "pool:xmpp";
@@ -96,6 +114,15 @@ const ASK_AGAIN: Duration = Duration::from_secs(15);
 struct Slot {
     room: Room,
     phase: Phase,
+    ticket: Option<Ticket>,
+}
+
+/// The support ticket a room answers (R53).
+struct Ticket {
+    id: Uuid,
+    /// What the bot posts for the staff member, until it did. `None` after a restart: the
+    /// roster names the ticket only, and it was posted before.
+    intro: Option<String>,
 }
 
 enum Phase {
@@ -151,6 +178,8 @@ impl Pool {
                     None => break,
                     Some(PoolInput::Presence(presence)) => self.presence(*presence).await,
                     Some(PoolInput::Roster(roster)) => self.roster(*roster).await,
+                    Some(PoolInput::Ticket(ticket)) => self.ticket(*ticket).await,
+                    Some(PoolInput::Said(message)) => self.said(*message).await,
                     Some(PoolInput::Link(Link::Online(_))) if lost => {
                         // Rooms were left with the stream: ask for them again.
                         lost = false;
@@ -212,6 +241,7 @@ impl Pool {
                 Slot {
                     room: Room::known(entry.password.clone(), entry.state, entry.staff),
                     phase: Phase::Syncing(Vec::new()),
+                    ticket: entry.ticket_id.map(|id| Ticket { id, intro: None }),
                 },
             );
             if let Err(error) = self.send_join(&room, Some(&entry.password)).await {
@@ -224,6 +254,120 @@ impl Pool {
             "roster in; rejoining the pool's rooms"
         );
         self.fill().await;
+    }
+
+    /// R53: the room now answers a ticket. The bot posts the ticket for the staff member once
+    /// someone is in (the rooms keep no history, so a post into an empty room would be lost)
+    /// and relays what is written there from then on.
+    async fn ticket(&mut self, ticket: TicketRoom) {
+        if ticket.bot.bare() != self.bot_jid.bare() {
+            return;
+        }
+        let Ok(room) = BareJid::from_str(ticket.room.bare()) else {
+            return;
+        };
+        let Some(slot) = self.rooms.get_mut(&room) else {
+            tracing::warn!(%room, ticket_id = %ticket.ticket_id, "a ticket for a room the bot does not hold (closed meanwhile?); ignored");
+            return;
+        };
+        if slot
+            .ticket
+            .as_ref()
+            .is_some_and(|t| t.id == ticket.ticket_id)
+        {
+            return; // a redelivery
+        }
+        let from = ticket
+            .display_name
+            .as_deref()
+            .map(|name| format!("{name} on {}", ticket.channel))
+            .unwrap_or_else(|| format!("a person on {}", ticket.channel));
+        slot.ticket = Some(Ticket {
+            id: ticket.ticket_id,
+            intro: Some(format!(
+                "Support ticket {} from {from}:\n\n{}\n\nWhat you write in this room is sent to them as your answer.",
+                ticket.ticket_id, ticket.text
+            )),
+        });
+        // The API reserved it: no longer free for the pool, which refills.
+        if slot.room.is_free() {
+            slot.room.state = messaging_core::RoomState::Reserved;
+        }
+        tracing::info!(%room, ticket_id = %ticket.ticket_id, "room answers a support ticket");
+        self.post_ticket(&room).await;
+        self.fill().await;
+    }
+
+    /// Posts the ticket into its room once someone is in.
+    async fn post_ticket(&mut self, room: &BareJid) {
+        let Some(slot) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if slot.room.occupants().is_empty() || !matches!(slot.phase, Phase::Live) {
+            return;
+        }
+        let Some(intro) = slot.ticket.as_mut().and_then(|t| t.intro.take()) else {
+            return;
+        };
+        if let Err(error) = self
+            .bot
+            .session()
+            .send(stanzas::groupchat(room.clone(), intro))
+            .await
+        {
+            tracing::warn!(%room, %error, "could not post the ticket into its room");
+        }
+    }
+
+    /// A groupchat message in a pool room: in a ticket's room, what a person (not the bot,
+    /// whose own messages the room echoes) writes is the ticket's reply.
+    async fn said(&mut self, message: Message) {
+        let Some(from) = message.from.clone() else {
+            return;
+        };
+        let room = from.to_bare();
+        let Some(Slot {
+            ticket: Some(_), ..
+        }) = self.rooms.get(&room)
+        else {
+            return; // not a ticket's room: what is said there stays there
+        };
+        let Some(nick) = from.resource().map(|r| r.to_string()) else {
+            return; // the room itself (its subject, status messages)
+        };
+        let delayed = message
+            .payloads
+            .iter()
+            .any(|p| Delay::try_from(p.clone()).is_ok());
+        if nick == self.bot.nickname() || delayed {
+            return;
+        }
+        let Some((_, text)) = message.get_best_body_cloned(vec!["en"]) else {
+            return; // chat states
+        };
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return;
+        }
+        if text.chars().count() > MAX_REPLY_CHARS {
+            let notice = format!(
+                "{nick}, that message was not sent: an answer holds at most {MAX_REPLY_CHARS} characters. Please split it."
+            );
+            let _ = self
+                .bot
+                .session()
+                .send(stanzas::groupchat(room.clone(), notice))
+                .await;
+            return;
+        }
+        self.report(
+            &room,
+            RoomChange::Said {
+                occupant: nick,
+                text,
+            },
+        )
+        .await;
     }
 
     /// Creates rooms while fewer than `target` are free and fewer than `max` exist (R35).
@@ -251,6 +395,7 @@ impl Pool {
                 Slot {
                     room: Room::free(password),
                     phase: Phase::Creating,
+                    ticket: None,
                 },
             );
             if let Err(error) = self.send_join(&room, None).await {
@@ -330,6 +475,7 @@ impl Pool {
                     Some(Slot {
                         room: state,
                         phase: Phase::Live,
+                        ..
                     }) => state.joined(&nick),
                     _ => None,
                 };
@@ -351,6 +497,7 @@ impl Pool {
                     Some(Slot {
                         room: state,
                         phase: Phase::Live,
+                        ..
                     }) => state.left(&nick),
                     _ => None,
                 };
@@ -445,6 +592,7 @@ impl Pool {
                     },
                 )
                 .await;
+                self.post_ticket(room).await;
                 self.fill().await;
             }
             Some(Effect::Refuse(occupant)) => {
@@ -540,20 +688,24 @@ impl Pool {
     }
 }
 
-/// Hands the router's rosters to the pool.
+/// Hands the router's rosters and the API's ticket rooms to the pool.
 pub struct RosterHandler {
     pub pool: mpsc::Sender<PoolInput>,
 }
 
 impl Handler for RosterHandler {
-    type Message = RoomRoster;
+    type Message = PoolCommand;
 
-    fn decode(&self, body: &[u8]) -> Result<RoomRoster, Rejection> {
+    fn decode(&self, body: &[u8]) -> Result<PoolCommand, Rejection> {
         decode_json(body)
     }
 
-    async fn handle(&self, roster: RoomRoster, _ctx: &Context) -> Outcome {
-        match self.pool.send(PoolInput::Roster(Box::new(roster))).await {
+    async fn handle(&self, command: PoolCommand, _ctx: &Context) -> Outcome {
+        let input = match command {
+            PoolCommand::Roster(roster) => PoolInput::Roster(Box::new(roster)),
+            PoolCommand::Ticket(ticket) => PoolInput::Ticket(Box::new(ticket)),
+        };
+        match self.pool.send(input).await {
             Ok(()) => Outcome::Ack,
             // The pool is gone: the service is stopping. Another start asks again anyway.
             Err(_) => Outcome::Ack,

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_testkit::prosody::Prosody;
-use messaging_core::events::{RoomChange, RoomEvent, RoomRoster, RosterRoom};
+use messaging_core::events::{RoomChange, RoomEvent, RoomRoster, RosterRoom, TicketRoom};
 use messaging_core::values::Jid;
-use messaging_core::{EnvelopeVersion, RoomState};
+use messaging_core::{Channel, EnvelopeVersion, RoomState};
 use sender_runtime::testing::{SenderHarness, quick_config};
 use sender_xmpp::{XmppConfig, XmppSender};
 use support::{Person, WAIT, bot_config};
@@ -221,6 +221,7 @@ async fn a_restarted_bot_rejoins_its_rooms_and_reconciles() {
         password: password.to_owned(),
         state,
         staff: staff.map(str::to_owned),
+        ticket_id: None,
     };
     answer_roster(
         &h,
@@ -271,5 +272,95 @@ async fn a_restarted_bot_rejoins_its_rooms_and_reconciles() {
             break;
         }
     }
+    h.stop().await;
+}
+
+/// R53: a room reserved to answer a support ticket. The bot posts the ticket when the staff
+/// member comes in (the room keeps no history) and reports what they write there; the bot's
+/// own words and what is said in other rooms are not relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_answer_a_support_ticket_in_its_room() {
+    let prosody = Prosody::local();
+    let (config, _bot) = bot_config(&prosody).await;
+    let config = pool_config(config, &prosody, 2, 4);
+    let h =
+        SenderHarness::start_chat::<XmppSender>("xmpp_pool_ticket", quick_config(), config).await;
+    let started = answer_roster(&h, vec![]).await;
+    let rooms = created(&h, 2).await;
+    let (room, password) = rooms[0].clone();
+    let (plain, plain_password) = rooms[1].clone();
+
+    let ticket_id = uuid::Uuid::now_v7();
+    let ticket = TicketRoom {
+        version: EnvelopeVersion,
+        bot: started.bot.clone(),
+        room: Jid::parse(&room.to_string()).unwrap(),
+        ticket_id,
+        channel: Channel::Telegram,
+        display_name: Some("Cleo".into()),
+        text: "My order never came.".into(),
+        created_at: Utc::now(),
+    };
+    h.publish_ticket_room(&ticket).await;
+    // Reserved: no longer free, so the pool makes another room.
+    created(&h, 1).await;
+    // A redelivery changes nothing.
+    h.publish_ticket_room(&ticket).await;
+
+    let mut staff = Person::online(&prosody, "staff").await;
+    staff.join_room(&room, "Sam", &password).await;
+    assert_eq!(
+        state(&h).await,
+        (room.clone(), RoomState::StaffWaiting, Some("Sam".into()))
+    );
+    let (posted, body) = staff
+        .next_body(tokio_xmpp::parsers::message::MessageType::Groupchat)
+        .await;
+    assert_eq!(posted.from.unwrap().to_bare(), room);
+    assert!(body.contains("Cleo on telegram"), "{body}");
+    assert!(body.contains("My order never came."), "{body}");
+    assert!(body.contains(&ticket_id.to_string()), "{body}");
+
+    staff
+        .send(
+            tokio_xmpp::parsers::message::Message::groupchat(tokio_xmpp::jid::Jid::from(
+                room.clone(),
+            ))
+            .with_body(Default::default(), "Your parcel left today.".into()),
+        )
+        .await;
+    let said = next_event(&h).await;
+    assert_eq!(said.room.as_str(), room.to_string());
+    assert_eq!(
+        said.change,
+        RoomChange::Said {
+            occupant: "Sam".into(),
+            text: "Your parcel left today.".into()
+        }
+    );
+    // Nothing else: the ticket was posted once, the bot's own post was not relayed.
+    assert!(
+        h.next_room_event(Duration::from_millis(800))
+            .await
+            .is_none()
+    );
+
+    // What is said in a room that answers no ticket stays there.
+    staff.join_room(&plain, "Sam", &plain_password).await;
+    assert_eq!(state(&h).await.1, RoomState::StaffWaiting);
+    created(&h, 1).await; // the pool refills (4 rooms: the maximum)
+    staff
+        .send(
+            tokio_xmpp::parsers::message::Message::groupchat(tokio_xmpp::jid::Jid::from(
+                plain.clone(),
+            ))
+            .with_body(Default::default(), "private words".into()),
+        )
+        .await;
+    assert!(
+        h.next_room_event(Duration::from_millis(800))
+            .await
+            .is_none()
+    );
     h.stop().await;
 }

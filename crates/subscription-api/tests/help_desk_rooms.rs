@@ -394,3 +394,102 @@ async fn only_admins_hand_out_rooms_and_ids_are_checked(pool: PgPool) {
         .await
         .expect(StatusCode::OK);
 }
+
+/// A support ticket of `tenant` from a Telegram chat, as the router opens it.
+async fn ticket(pool: &PgPool, tenant: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO support_tickets (id, tenant_id, request_id, channel, chat_kind, chat,
+                                      display_name, body)
+         SELECT $1, id, $2, 'telegram', 'telegram', '4242', 'Cleo', 'My order never came.'
+           FROM tenants WHERE key = $3",
+    )
+    .bind(id)
+    .bind(Uuid::now_v7())
+    .bind(tenant)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+fn ticket_room(ticket: Uuid) -> String {
+    format!("/api/messaging/support/tickets/{ticket}/room")
+}
+
+/// R53: a staff member gets a room to answer a ticket in; the bot is told in the same
+/// transaction (the outbox), and the room is never handed to a client.
+#[sqlx::test(migrations = "../../migrations")]
+async fn staff_get_a_room_to_answer_a_ticket_in(pool: PgPool) {
+    let (app, admin) = TestApp::with_acme(pool.clone()).await;
+    let ticket = ticket(&pool, "acme").await;
+    app.post(&ticket_room(ticket), &admin, json!({"staff": "staff-anna"}))
+        .await
+        .expect_problem(StatusCode::SERVICE_UNAVAILABLE, None);
+
+    pool_room(&pool, "t1", 10).await;
+    let room = app
+        .post(&ticket_room(ticket), &admin, json!({"staff": "staff-anna"}))
+        .await
+        .expect(StatusCode::CREATED)
+        .clone();
+    assert_eq!(room["jid"], jid_of("t1"));
+    assert_eq!(room["password"], "pw-t1");
+    assert_eq!(room["state"], "reserved");
+    assert_eq!(room["ticketId"], ticket.to_string());
+
+    let (routing_key, message_id, payload): (String, String, Vec<u8>) = sqlx::query_as(
+        "SELECT routing_key, message_id, payload FROM outbox WHERE routing_key = 'ticket.xmpp'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(routing_key, "ticket.xmpp");
+    assert_eq!(message_id, format!("ticket-room/{}/{ticket}", jid_of("t1")));
+    let command: messaging_core::events::TicketRoom = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(command.ticket_id, ticket);
+    assert_eq!(command.room.as_str(), jid_of("t1"));
+    assert_eq!(command.bot.as_str(), "herald@example.org");
+    assert_eq!(command.text, "My order never came.");
+    assert_eq!(command.display_name.as_deref(), Some("Cleo"));
+
+    // The staff member is in; still no client gets that room.
+    seen(&pool, &jid_of("t1"), RoomState::StaffWaiting, "anna", 1).await;
+    app.post(CLIENT, &admin, json!({"client": "client-carl"}))
+        .await
+        .expect_problem(StatusCode::CONFLICT, None);
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_ticket_room_is_for_admins_and_the_tickets_own_tenant(pool: PgPool) {
+    let (app, admin) = TestApp::with_acme(pool.clone()).await;
+    pool_room(&pool, "t1", 10).await;
+    let other = app.tenant_with_admin("globex").await;
+    let theirs = ticket(&pool, "globex").await;
+    let ours = ticket(&pool, "acme").await;
+    app.post(&ticket_room(theirs), &admin, json!({"staff": "anna"}))
+        .await
+        .expect_problem(StatusCode::NOT_FOUND, None);
+    app.post(
+        &ticket_room(Uuid::now_v7()),
+        &admin,
+        json!({"staff": "anna"}),
+    )
+    .await
+    .expect_problem(StatusCode::NOT_FOUND, None);
+    app.post(
+        "/api/messaging/support/tickets/not-a-uuid/room",
+        &admin,
+        json!({"staff": "anna"}),
+    )
+    .await
+    .expect_problem(StatusCode::NOT_FOUND, None);
+    let user = app.user_key("acme", "carl").await;
+    app.post(&ticket_room(ours), &user, json!({"staff": "carl"}))
+        .await
+        .expect_problem(StatusCode::FORBIDDEN, None);
+    // Nothing was reserved by the refused requests.
+    app.post(&ticket_room(theirs), &other, json!({"staff": "gus"}))
+        .await
+        .expect(StatusCode::CREATED);
+}

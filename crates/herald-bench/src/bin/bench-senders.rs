@@ -133,8 +133,8 @@ async fn main() -> anyhow::Result<()> {
 
     for (name, run) in &memory {
         println!(
-            "memory {name:<16} idle {:>5.1} MiB, peak loaded {:>5.1} MiB",
-            run.idle_mib, run.peak_mib
+            "memory {name:<16} idle {:>5.1} MiB (heap and stacks {:>5.1}, mapped files {:>5.1}), peak loaded {:>5.1} MiB",
+            run.idle_mib, run.idle_anon_mib, run.idle_file_mib, run.peak_mib
         );
     }
     Ok(())
@@ -369,6 +369,10 @@ fn one_chat(channel: Channel, n: usize) -> Vec<Address> {
 struct Run {
     rate: f64,
     idle_mib: f64,
+    /// Resident anonymous memory (heap, stacks) when idle.
+    idle_anon_mib: f64,
+    /// Resident file-backed memory (the binary and shared libraries) when idle.
+    idle_file_mib: f64,
     peak_mib: f64,
 }
 
@@ -435,6 +439,9 @@ async fn run_sender(
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_mib = rss_mib(child.0.id())?;
+    // The split tells what a smaller idle figure would need: less heap, or a smaller binary.
+    let idle_anon_mib = status_kib(child.0.id(), "RssAnon:")? / 1024.0;
+    let idle_file_mib = status_kib(child.0.id(), "RssFile:")? / 1024.0;
 
     let n = to.len();
     let bodies: Vec<Vec<u8>> = to
@@ -513,6 +520,8 @@ async fn run_sender(
     Ok(Run {
         rate: stats::rate(n as u64, elapsed),
         idle_mib,
+        idle_anon_mib,
+        idle_file_mib,
         peak_mib,
     })
 }

@@ -257,13 +257,15 @@ impl Topology {
             )
             .await?;
         }
-        d.bind(
-            &n.rooms_queue(),
-            &n.events_exchange(),
-            routing::ROSTER,
-            FieldTable::default(),
-        )
-        .await?;
+        for key in [routing::ROSTER, routing::TICKET] {
+            d.bind(
+                &n.rooms_queue(),
+                &n.events_exchange(),
+                key,
+                FieldTable::default(),
+            )
+            .await?;
+        }
         for pattern in routing::ROUTER_EVENT_BINDINGS {
             d.bind(
                 &n.router_events_queue(),

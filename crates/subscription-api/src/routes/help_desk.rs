@@ -15,8 +15,11 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use herald_storage::page::Page;
 use herald_storage::rooms::{self, Room, RoomHistoryEntry};
-use messaging_core::values::UserId;
-use messaging_core::{RoomChangeKind, RoomState};
+use herald_storage::{StoreError, outbox, support};
+use messaging_core::events::TicketRoom;
+use messaging_core::topology::routing;
+use messaging_core::values::{Jid, UserId};
+use messaging_core::{EnvelopeVersion, RoomChangeKind, RoomState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -32,6 +35,7 @@ use crate::startup::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(for_staff))
+        .routes(routes!(for_ticket))
         .routes(routes!(for_client))
         .routes(routes!(list))
         .routes(routes!(read))
@@ -69,6 +73,8 @@ pub struct RoomView {
     pub client_assigned_at: Option<DateTime<Utc>>,
     pub state_changed_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// The support ticket the room was reserved to answer, if any.
+    pub ticket_id: Option<Uuid>,
     /// Every change, in the order it happened (only when one room is read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<RoomChangeView>>,
@@ -89,6 +95,7 @@ impl From<Room> for RoomView {
             client_assigned_at: r.client_assigned_at,
             state_changed_at: r.state_changed_at,
             closed_at: r.closed_at,
+            ticket_id: r.ticket_id,
             history: None,
         }
     }
@@ -194,17 +201,92 @@ async fn for_staff(
     let staff = person("staff", &body.staff)?;
     let Some(room) = rooms::reserve(&state.pool, tenant_id, staff.as_str()).await? else {
         tracing::warn!(%tenant_id, "no free help-desk room for a staff member: the pool is empty");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "No free room",
-            format!(
-                "every help-desk room is taken; the XMPP bot refills the pool, try again in {RETRY_AFTER_SECS} s"
-            ),
-        )
-        .with_type(NO_FREE_ROOM)
-        .with_retry_after(RETRY_AFTER_SECS));
+        return Err(no_free_room());
     };
     tracing::info!(room_id = %room.id, room = %room.room_jid, actor = %caller.actor, "help-desk room reserved for a staff member");
+    Ok((StatusCode::CREATED, Json(room.into())))
+}
+
+fn no_free_room() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "No free room",
+        format!(
+            "every help-desk room is taken; the XMPP bot refills the pool, try again in {RETRY_AFTER_SECS} s"
+        ),
+    )
+    .with_type(NO_FREE_ROOM)
+    .with_retry_after(RETRY_AFTER_SECS)
+}
+
+/// R53: reserves a free room for a staff member to answer a support ticket in. The XMPP bot
+/// posts the ticket into the room when the staff member comes in, and sends what they write
+/// there to the person's chat as the ticket's replies. The person stays on their own chat:
+/// the room is never given to a client.
+#[utoipa::path(
+    post,
+    path = "/support/tickets/{ticket_id}/room",
+    tag = "help-desk",
+    operation_id = "reserve_help_desk_room_for_ticket",
+    params(("ticket_id" = Uuid, Path, description = "The ticket's id")),
+    request_body = StaffRequest,
+    responses(
+        (status = 201, description = "Reserved for the staff member: join it with the JID and password; what they write there answers the ticket", body = RoomView),
+        (status = 404, description = "No such ticket in the tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No free room (problem type `tag:herald,2026:no-free-room`); ask again after `Retry-After` seconds.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the pool has likely been refilled (only for an empty pool)"))),
+    ),
+)]
+async fn for_ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(ticket_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<StaffRequest>,
+) -> Result<(StatusCode, Json<RoomView>), ApiError> {
+    let tenant_id = desk(&caller)?;
+    let staff = person("staff", &body.staff)?;
+    let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
+    let ticket = support::by_id(&mut *tx, tenant_id, ticket_id)
+        .await
+        .map_err(not_found_as("ticket"))?;
+    let Some(room) =
+        rooms::reserve_for_ticket(&mut *tx, tenant_id, staff.as_str(), ticket_id).await?
+    else {
+        tracing::warn!(%tenant_id, %ticket_id, "no free help-desk room for a ticket: the pool is empty");
+        return Err(no_free_room());
+    };
+    let (Ok(bot), Ok(room_jid)) = (Jid::parse(&room.bot_jid), Jid::parse(&room.room_jid)) else {
+        // Stored from parsed JIDs by the router: a hand-edited row.
+        tracing::error!(room = %room.room_jid, bot = %room.bot_jid, "a stored room or bot JID does not parse");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            "the room's stored JID is not valid; nothing was reserved",
+        ));
+    };
+    // To the bot in the reservation's transaction: a room of the ticket is always relayed.
+    let command = TicketRoom {
+        version: EnvelopeVersion,
+        bot,
+        room: room_jid,
+        ticket_id,
+        channel: ticket.channel,
+        display_name: ticket.display_name.clone(),
+        text: ticket.body.clone(),
+        created_at: Utc::now(),
+    };
+    let payload = serde_json::to_vec(&command).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    outbox::enqueue(
+        &mut tx,
+        &state.names.events_exchange(),
+        routing::TICKET,
+        &format!("ticket-room/{}/{ticket_id}", room.room_jid),
+        &payload,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(room_id = %room.id, room = %room.room_jid, %ticket_id, actor = %caller.actor, "help-desk room reserved to answer a support ticket");
     Ok((StatusCode::CREATED, Json(room.into())))
 }
 

@@ -11,6 +11,8 @@
 //!   providers' published limits (sliding windows: Telegram 30/s per bot and 1/s per chat,
 //!   Discord 50 requests/s and 5 messages per 5 s per channel): the rate the provider saw per
 //!   bot and per chat over a 30 s window, as a share of the ceiling, and the 429s it answered;
+//! - XMPP against the tests' local Prosody: messages/s to one JID and into one room, and the
+//!   time the bot takes to create and configure a pool of 50 help-desk rooms;
 //! - each sender's resident memory when idle and its peak while loaded.
 //!
 //! For the throughput figures the rate limits are raised out of the way: they are policy,
@@ -33,9 +35,12 @@ use herald_testkit::discord_interactions::InteractionClient;
 use herald_testkit::fake_discord::{DiscordLimits, FakeDiscord};
 use herald_testkit::fake_sms::FakeSms;
 use herald_testkit::fake_telegram::{FakeTelegram, SentMessage, TelegramLimits};
+use herald_testkit::prosody::Prosody;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
+use messaging_core::events::{RoomChange, RoomEvent, RoomRoster};
 use messaging_core::job::{RenderedContent, SendJob};
+use messaging_core::topology::routing;
 use messaging_core::values::{E164, Email, TenantKey};
 use messaging_core::{Address, Channel, EnvelopeVersion};
 
@@ -129,6 +134,12 @@ async fn main() -> anyhow::Result<()> {
         let discord = discord_runs(&bin_dir, args.messages, args.window_secs).await?;
         discord.print();
         memory.push(("sender-discord", discord.capacity));
+    }
+
+    if wanted(Channel::Xmpp) {
+        let xmpp = xmpp_runs(&bin_dir, args.messages).await?;
+        xmpp.print();
+        memory.push(("sender-xmpp", xmpp.to_jid));
     }
 
     for (name, run) in &memory {
@@ -356,6 +367,130 @@ async fn discord_runs(
     })
 }
 
+/// XMPP against the tests' local Prosody: one JID, one room, and a pool of rooms.
+struct XmppFigures {
+    to_jid: Run,
+    into_room: Run,
+    pool_rooms: usize,
+    pool_fill: Duration,
+}
+
+impl XmppFigures {
+    fn print(&self) {
+        println!(
+            "xmpp     herald:  {:>8.0} messages/s to one JID (local Prosody, limits raised)",
+            self.to_jid.rate
+        );
+        println!(
+            "xmpp     herald:  {:>8.0} messages/s into one room (local Prosody, limits raised)",
+            self.into_room.rate
+        );
+        println!(
+            "xmpp     pool of {} rooms created and configured in {:.2} s ({:.0} ms a room)",
+            self.pool_rooms,
+            self.pool_fill.as_secs_f64(),
+            self.pool_fill.as_secs_f64() * 1000.0 / self.pool_rooms as f64
+        );
+    }
+}
+
+async fn xmpp_runs(bin_dir: &std::path::Path, n: usize) -> anyhow::Result<XmppFigures> {
+    const POOL: usize = 50;
+    let prosody = Prosody::local();
+    // Accounts of their own: a bot of `just up` or of the tests is never disturbed.
+    let bot = prosody.register_unique("bench-bot").await;
+    let person = prosody.register_unique("bench-person").await;
+    let mut env = vec![
+        ("HERALD_XMPP__JID", bot.jid.clone()),
+        ("HERALD_XMPP__PASSWORD", bot.password.clone()),
+        (
+            "HERALD_XMPP__SERVER",
+            format!("{}:{}", prosody.host, prosody.port),
+        ),
+        ("HERALD_XMPP__TLS", "none".to_owned()),
+    ];
+    // To one JID. The person is offline: the server stores what it accepts.
+    let jid = messaging_core::values::Jid::parse(&person.jid)?;
+    let to_jid = run_sender(
+        bin_dir,
+        Channel::Xmpp,
+        &vec![Address::Xmpp(jid); n],
+        Load::Raised,
+        &env,
+    )
+    .await
+    .context("xmpp run to one JID")?;
+
+    // The pool: the bench plays the router, answering the bot's start with an empty roster,
+    // and times the rooms' creation.
+    let prefix = format!("bench-{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    env.extend([
+        ("HERALD_XMPP__MUC_SERVICE", prosody.muc_domain.clone()),
+        ("HERALD_XMPP__POOL_TARGET", POOL.to_string()),
+        ("HERALD_XMPP__POOL_MAX", POOL.to_string()),
+        ("HERALD_XMPP__ROOM_PREFIX", prefix),
+    ]);
+    let sender = Started::start(bin_dir, Channel::Xmpp, Load::Raised, &env, &[routing::ROOM])
+        .await
+        .context("xmpp pool run")?;
+    let room_events = sender.watched[0].clone();
+    let wait = Duration::from_secs(30);
+    let next_event = async || -> anyhow::Result<RoomEvent> {
+        let message = sender
+            .inspector
+            .wait_get(&room_events, wait)
+            .await
+            .context("no room event in time")?;
+        Ok(serde_json::from_slice(&message.delivery.data)?)
+    };
+    let started = next_event().await?;
+    anyhow::ensure!(
+        started.change == RoomChange::BotStarted,
+        "the bot's first room event: {:?}",
+        started.change
+    );
+    let roster = RoomRoster {
+        version: EnvelopeVersion,
+        bot: started.bot.clone(),
+        in_reply_to: started.event_id,
+        rooms: vec![],
+        created_at: chrono::Utc::now(),
+    };
+    let publisher = Publisher::new(Broker::new(sender.config.clone(), "bench"), "bench");
+    publisher
+        .publish(&Message::new(
+            sender.names.events_exchange(),
+            routing::ROSTER,
+            &serde_json::to_vec(&roster)?,
+        ))
+        .await?;
+    let asked = Instant::now();
+    let mut rooms = Vec::new();
+    while rooms.len() < POOL {
+        let event = next_event().await?;
+        if let RoomChange::Created { .. } = event.change {
+            rooms.push(event.room);
+        }
+    }
+    let pool_fill = asked.elapsed();
+    publisher.close().await;
+
+    // Into one of those rooms, the bot alone in it.
+    let room = Address::XmppRoom(rooms[0].clone());
+    let into_room = sender
+        .load(&vec![room; n], Load::Raised)
+        .await
+        .context("xmpp run into one room")?;
+    prosody.unregister(&bot).await;
+    prosody.unregister(&person).await;
+    Ok(XmppFigures {
+        to_jid,
+        into_room,
+        pool_rooms: POOL,
+        pool_fill,
+    })
+}
+
 /// More jobs than the ceiling lets through in the window, so the sender is busy all
 /// through it.
 fn outlasting(per_second: f64, window: Duration) -> usize {
@@ -395,135 +530,191 @@ async fn run_sender(
     load: Load,
     env: &[(&str, String)],
 ) -> anyhow::Result<Run> {
-    let prefix = unique_prefix(&format!("bench-{channel}"));
-    let config = AmqpConfig {
-        url: Secret::new(amqp_url()),
-        prefix: prefix.clone(),
-        ..AmqpConfig::default()
-    };
-    let topology = Topology::from_config(&config);
-    let inspector = Inspector::connect().await;
-    topology.declare(inspector.connection()).await?;
-    let names = topology.names().clone();
-    let events = inspector
-        .temporary_queue(&names.events_exchange(), &format!("delivery.{channel}.#"))
-        .await;
+    let sender = Started::start(bin_dir, channel, load, env, &[]).await?;
+    sender.load(to, load).await
+}
 
-    let binary: PathBuf = bin_dir.join(format!("sender-{channel}"));
-    let mut command = Command::new(&binary);
-    command
-        .env("HERALD_AMQP__PREFIX", &prefix)
-        .env("HERALD_HTTP__ADDR", "127.0.0.1:0")
-        .env("HERALD_LOG__FILTER", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Load::Raised = load {
+/// A sender binary running under a fresh prefix, consuming its send queue.
+struct Started {
+    channel: Channel,
+    child: ChildGuard,
+    config: AmqpConfig,
+    topology: Topology,
+    names: messaging_core::topology::Names,
+    inspector: Inspector,
+    /// Bound to the channel's delivery events.
+    events: String,
+    /// Bound, before the sender started, to the routing keys `start` was asked to watch.
+    watched: Vec<String>,
+    idle_mib: f64,
+    idle_anon_mib: f64,
+    idle_file_mib: f64,
+}
+
+impl Started {
+    async fn start(
+        bin_dir: &std::path::Path,
+        channel: Channel,
+        load: Load,
+        env: &[(&str, String)],
+        watch: &[&str],
+    ) -> anyhow::Result<Started> {
+        let prefix = unique_prefix(&format!("bench-{channel}"));
+        let config = AmqpConfig {
+            url: Secret::new(amqp_url()),
+            prefix: prefix.clone(),
+            ..AmqpConfig::default()
+        };
+        let topology = Topology::from_config(&config);
+        let inspector = Inspector::connect().await;
+        topology.declare(inspector.connection()).await?;
+        let names = topology.names().clone();
+        let events = inspector
+            .temporary_queue(&names.events_exchange(), &format!("delivery.{channel}.#"))
+            .await;
+        let mut watched = Vec::new();
+        for key in watch {
+            watched.push(
+                inspector
+                    .temporary_queue(&names.events_exchange(), key)
+                    .await,
+            );
+        }
+
+        let binary: PathBuf = bin_dir.join(format!("sender-{channel}"));
+        let mut command = Command::new(&binary);
         command
-            .env("HERALD_SENDER__ACCOUNT_PER_SECOND", "1000000")
-            .env("HERALD_SENDER__ACCOUNT_BURST", "1000000")
-            .env("HERALD_SENDER__RECIPIENT_BURST", "1000000");
-    }
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child =
-        ChildGuard(command.spawn().with_context(|| {
+            .env("HERALD_AMQP__PREFIX", &prefix)
+            .env("HERALD_HTTP__ADDR", "127.0.0.1:0")
+            .env("HERALD_LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Load::Raised = load {
+            command
+                .env("HERALD_SENDER__ACCOUNT_PER_SECOND", "1000000")
+                .env("HERALD_SENDER__ACCOUNT_BURST", "1000000")
+                .env("HERALD_SENDER__RECIPIENT_BURST", "1000000");
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = ChildGuard(command.spawn().with_context(|| {
             format!("start {} (build it with --release first)", binary.display())
         })?);
-    let queue = names.send_queue(channel);
-    anyhow::ensure!(
-        inspector
-            .wait_for_consumer(&queue, Duration::from_secs(10))
-            .await,
-        "no consumer on {queue}"
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_mib = rss_mib(child.0.id())?;
-    // The split tells what a smaller idle figure would need: less heap, or a smaller binary.
-    let idle_anon_mib = status_kib(child.0.id(), "RssAnon:")? / 1024.0;
-    let idle_file_mib = status_kib(child.0.id(), "RssFile:")? / 1024.0;
-
-    let n = to.len();
-    let bodies: Vec<Vec<u8>> = to
-        .iter()
-        .enumerate()
-        .map(|(i, to)| serde_json::to_vec(&job(to.clone(), i)).expect("serializable"))
-        .collect();
-    let publisher = Publisher::new(Broker::new(config.clone(), "bench"), "bench");
-    let mut consumer = inspector
-        .channel()
-        .basic_consume(
-            events.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let started = Instant::now();
-    let producer = {
-        let (publisher, exchange, key) = (
-            publisher.clone(),
-            names.send_exchange(),
-            channel.as_str().to_owned(),
+        let queue = names.send_queue(channel);
+        anyhow::ensure!(
+            inspector
+                .wait_for_consumer(&queue, Duration::from_secs(10))
+                .await,
+            "no consumer on {queue}"
         );
-        tokio::spawn(async move {
-            for chunk in bodies.chunks(200) {
-                let batch: Vec<Message> = chunk
-                    .iter()
-                    .map(|b| Message::new(&exchange, &key, b))
-                    .collect();
-                publisher.publish_batch(&batch).await?;
-            }
-            anyhow::Ok(())
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pid = child.0.id();
+        Ok(Started {
+            channel,
+            child,
+            config,
+            topology,
+            names,
+            inspector,
+            events,
+            watched,
+            idle_mib: rss_mib(pid)?,
+            // The split tells what a smaller idle figure would need: less heap, or a
+            // smaller binary.
+            idle_anon_mib: status_kib(pid, "RssAnon:")? / 1024.0,
+            idle_file_mib: status_kib(pid, "RssFile:")? / 1024.0,
         })
-    };
-    let mut delivered = 0;
-    let mut peak_mib = idle_mib;
-    let mut sampled = Instant::now();
-    let mut first_delivery: Option<Instant> = None;
-    use futures::StreamExt;
-    while delivered < n {
-        if let (Load::Default { window }, Some(first)) = (load, first_delivery)
-            && first.elapsed() >= window
-        {
-            break;
-        }
-        let next = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-            .await
-            .context("events stopped")?;
-        let Some(Ok(message)) = next else {
-            bail!("event stream ended")
-        };
-        message.acker.ack(BasicAckOptions::default()).await?;
-        let event: messaging_core::events::DeliveryEvent = serde_json::from_slice(&message.data)?;
-        if matches!(
-            event.result,
-            messaging_core::events::AttemptResult::Delivered { .. }
-        ) {
-            delivered += 1;
-            first_delivery.get_or_insert_with(Instant::now);
-        } else if event.result.is_final() {
-            bail!("a delivery failed: {event:?}");
-        }
-        if sampled.elapsed() > Duration::from_millis(20) {
-            peak_mib = peak_mib.max(rss_mib(child.0.id())?);
-            sampled = Instant::now();
-        }
     }
-    let elapsed = started.elapsed();
-    producer.await??;
-    peak_mib = peak_mib.max(peak_rss_mib(child.0.id())?);
-    child.stop();
-    publisher.close().await;
-    topology.delete(inspector.channel()).await?;
-    inspector.close().await;
-    Ok(Run {
-        rate: stats::rate(n as u64, elapsed),
-        idle_mib,
-        idle_anon_mib,
-        idle_file_mib,
-        peak_mib,
-    })
+
+    /// Publishes a job per address and waits for their deliveries (or the window's end).
+    async fn load(mut self, to: &[Address], load: Load) -> anyhow::Result<Run> {
+        let channel = self.channel;
+        let n = to.len();
+        let bodies: Vec<Vec<u8>> = to
+            .iter()
+            .enumerate()
+            .map(|(i, to)| serde_json::to_vec(&job(to.clone(), i)).expect("serializable"))
+            .collect();
+        let publisher = Publisher::new(Broker::new(self.config.clone(), "bench"), "bench");
+        let mut consumer = self
+            .inspector
+            .channel()
+            .basic_consume(
+                self.events.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let started = Instant::now();
+        let producer = {
+            let (publisher, exchange, key) = (
+                publisher.clone(),
+                self.names.send_exchange(),
+                channel.as_str().to_owned(),
+            );
+            tokio::spawn(async move {
+                for chunk in bodies.chunks(200) {
+                    let batch: Vec<Message> = chunk
+                        .iter()
+                        .map(|b| Message::new(&exchange, &key, b))
+                        .collect();
+                    publisher.publish_batch(&batch).await?;
+                }
+                anyhow::Ok(())
+            })
+        };
+        let pid = self.child.0.id();
+        let mut delivered = 0;
+        let mut peak_mib = self.idle_mib;
+        let mut sampled = Instant::now();
+        let mut first_delivery: Option<Instant> = None;
+        use futures::StreamExt;
+        while delivered < n {
+            if let (Load::Default { window }, Some(first)) = (load, first_delivery)
+                && first.elapsed() >= window
+            {
+                break;
+            }
+            let next = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+                .await
+                .context("events stopped")?;
+            let Some(Ok(message)) = next else {
+                bail!("event stream ended")
+            };
+            message.acker.ack(BasicAckOptions::default()).await?;
+            let event: messaging_core::events::DeliveryEvent =
+                serde_json::from_slice(&message.data)?;
+            if matches!(
+                event.result,
+                messaging_core::events::AttemptResult::Delivered { .. }
+            ) {
+                delivered += 1;
+                first_delivery.get_or_insert_with(Instant::now);
+            } else if event.result.is_final() {
+                bail!("a delivery failed: {event:?}");
+            }
+            if sampled.elapsed() > Duration::from_millis(20) {
+                peak_mib = peak_mib.max(rss_mib(pid)?);
+                sampled = Instant::now();
+            }
+        }
+        let elapsed = started.elapsed();
+        producer.await??;
+        peak_mib = peak_mib.max(peak_rss_mib(pid)?);
+        self.child.stop();
+        publisher.close().await;
+        self.topology.delete(self.inspector.channel()).await?;
+        self.inspector.close().await;
+        Ok(Run {
+            rate: stats::rate(n as u64, elapsed),
+            idle_mib: self.idle_mib,
+            idle_anon_mib: self.idle_anon_mib,
+            idle_file_mib: self.idle_file_mib,
+            peak_mib,
+        })
+    }
 }
 
 /// `n` addresses on a channel that has no rate limits in the fakes (email, SMS).

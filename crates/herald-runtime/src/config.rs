@@ -118,6 +118,11 @@ pub struct AmqpConfig {
     pub publish_timeout_ms: u64,
     /// Upper bound of the reconnect backoff.
     pub reconnect_max_ms: u64,
+    /// The largest AMQP frame this client accepts (bytes; 0: the broker's, 128 KiB for
+    /// RabbitMQ). lapin keeps two zero-filled buffers of 32 frames per connection, so
+    /// RabbitMQ's 128 KiB cost 8 MiB of resident memory per connection; Herald's messages
+    /// are a few KiB, and a larger one is simply sent in more frames.
+    pub frame_max: u32,
 }
 
 impl Default for AmqpConfig {
@@ -133,11 +138,20 @@ impl Default for AmqpConfig {
             max_attempts: 30,
             publish_timeout_ms: 60_000,
             reconnect_max_ms: 10_000,
+            frame_max: DEFAULT_FRAME_MAX,
         }
     }
 }
 
+/// 16 KiB: 1 MiB of lapin's buffers per connection instead of 8.
+pub const DEFAULT_FRAME_MAX: u32 = 16_384;
+
 impl AmqpConfig {
+    /// The frame size to ask the broker for, within AMQP's bounds; `None`: the broker's.
+    pub fn frame_max(&self) -> Option<u32> {
+        (self.frame_max != 0).then(|| self.frame_max.clamp(4_096, 131_072))
+    }
+
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
     }
@@ -228,6 +242,18 @@ mod tests {
         assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
         let config = AmqpConfig::default();
         assert!(!format!("{config:?}").contains("guest:guest"));
+    }
+
+    #[test]
+    fn the_frame_size_stays_within_amqps_bounds() {
+        let with = |frame_max| AmqpConfig {
+            frame_max,
+            ..AmqpConfig::default()
+        };
+        assert_eq!(AmqpConfig::default().frame_max(), Some(16_384));
+        assert_eq!(with(0).frame_max(), None);
+        assert_eq!(with(1).frame_max(), Some(4_096));
+        assert_eq!(with(10_000_000).frame_max(), Some(131_072));
     }
 
     #[test]

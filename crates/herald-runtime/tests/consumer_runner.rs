@@ -648,3 +648,29 @@ async fn a_paused_consumer_holds_the_standby_queue_again_after_its_connection_dr
     drop(gate);
     h.cleanup().await;
 }
+
+/// A connection asks for the configured frame size (RabbitMQ's own 128 KiB cost 8 MiB of
+/// lapin's buffers per connection), and a `frame_max` in the URL wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_use_the_configured_frame_size() {
+    let config = herald_runtime::config::AmqpConfig {
+        url: herald_runtime::config::Secret::new(herald_testkit::broker::amqp_url()),
+        prefix: herald_testkit::broker::unique_prefix("frame_max"),
+        ..Default::default()
+    };
+    let broker = herald_runtime::amqp::Broker::new(config.clone(), "test");
+    let connection = broker.connect("probe").await.unwrap();
+    assert_eq!(connection.configuration().frame_max(), 16_384);
+    connection.close(200, "done".into()).await.unwrap();
+
+    let url = herald_testkit::broker::amqp_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let config = herald_runtime::config::AmqpConfig {
+        url: herald_runtime::config::Secret::new(format!("{url}{separator}frame_max=8192")),
+        ..config
+    };
+    let broker = herald_runtime::amqp::Broker::new(config, "test");
+    let connection = broker.connect("probe").await.unwrap();
+    assert_eq!(connection.configuration().frame_max(), 8_192);
+    connection.close(200, "done".into()).await.unwrap();
+}

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +37,14 @@ impl Broker {
     pub async fn connect(&self, role: &str) -> lapin::Result<Connection> {
         let name = format!("{}/{}/{}", self.config.prefix, self.service, role);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        Connection::connect(self.config.url.expose(), properties).await
+        let mut uri: AMQPUri = self.config.url.expose().parse().map_err(|e: String| {
+            lapin::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        // A `frame_max` in the URL wins; otherwise the configured one (see `AmqpConfig`).
+        if uri.query.frame_max.is_none() {
+            uri.query.frame_max = self.config.frame_max();
+        }
+        Connection::connect_uri(uri, properties).await
     }
 
     /// Keeps trying with backoff until connected; `None` when cancelled first.

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use chrono::{TimeZone, Utc};
 use clap::{Parser, Subcommand};
-use herald_runtime::amqp::{Broker, Message, Publisher, Topology, headers};
+use herald_cli::dead_letters;
+use herald_runtime::amqp::{Broker, Message, Publisher, Topology};
 use herald_runtime::config::BaseConfig;
-use lapin::options::BasicGetOptions;
 use messaging_core::ingress::Ingress;
 
 #[derive(Parser)]
@@ -51,6 +51,7 @@ enum Command {
     /// with their reasons. They stay in the queue.
     DeadLetters {
         queue: String,
+        /// Show at most this many, oldest first (0: all of them).
         #[arg(long, default_value_t = 20)]
         count: usize,
     },
@@ -150,47 +151,43 @@ fn check(body: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// Reads up to `count` messages without acking them; closing the channel returns them all to
-/// the queue in their order.
+/// Prints the dead letters, each once, and how many the queue holds.
 async fn show_dead_letters(broker: &Broker, queue: &str, count: usize) -> anyhow::Result<()> {
-    let connection = broker.connect("dead-letters").await.context("connect")?;
-    let channel = connection.create_channel().await?;
-    let mut shown = 0;
-    while shown < count {
-        let Some(message) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .with_context(|| format!("read {queue}"))?
-        else {
-            break;
-        };
-        shown += 1;
-        let table = message.delivery.properties.headers().clone();
-        let h = table.as_ref();
-        let code = headers::get_str(h, headers::REASON_CODE)
+    let peek = dead_letters::peek(broker, queue, count).await?;
+    for (i, letter) in peek.letters.iter().enumerate() {
+        let code = letter
+            .code
+            .clone()
             .unwrap_or_else(|| "(broker: delivery limit or expiry, see x-death)".into());
-        let when = headers::get_u64(h, headers::DEAD_AT)
+        let when = letter
+            .dead_at_ms
             .and_then(|ms| Utc.timestamp_millis_opt(i64::try_from(ms).ok()?).single())
             .map_or_else(|| "?".into(), |t| t.to_rfc3339());
-        let body = String::from_utf8_lossy(&message.delivery.data);
-        let body: String = body.chars().take(300).collect();
+        let body = String::from_utf8_lossy(&letter.body);
+        let shown: String = body.chars().take(300).collect();
+        let cut = if body.chars().count() > 300 {
+            format!(" ... ({} bytes in all)", letter.body.len())
+        } else {
+            String::new()
+        };
         println!(
-            "#{shown} {code} at {when} from {}",
-            headers::get_str(h, headers::SOURCE_QUEUE).unwrap_or_default()
+            "#{} {code} at {when} from {}",
+            i + 1,
+            letter.source_queue.as_deref().unwrap_or_default()
         );
-        if let Some(reason) = headers::get_str(h, headers::REASON) {
+        if let Some(reason) = &letter.reason {
             println!("   reason: {reason}");
         }
-        println!(
-            "   attempts: {}",
-            headers::get_u64(h, headers::ATTEMPT).unwrap_or(1)
-        );
-        println!("   body: {body}");
+        if let Some(id) = &letter.message_id {
+            println!("   message id: {id}");
+        }
+        println!("   attempts: {}", letter.attempts);
+        println!("   body: {shown}{cut}");
     }
-    let _ = channel.close(200, "peek done".into()).await;
-    let _ = connection.close(200, "done".into()).await;
-    if shown == 0 {
-        println!("{queue} is empty");
-    }
+    println!(
+        "{queue}: {} dead letters, {} shown (they stay in the queue)",
+        peek.total,
+        peek.letters.len()
+    );
     Ok(())
 }

@@ -151,7 +151,9 @@ pub struct XmppSender {
     /// Rooms joined for notifications, by bare room JID.
     joined: Mutex<HashMap<BareJid, ()>>,
     /// Joins waiting for the room's answer.
-    joins: Arc<Mutex<HashMap<BareJid, oneshot::Sender<JoinResult>>>>,
+    /// The jobs waiting for the answer to a join, by room: the first sends the join, the
+    /// others wait for the same answer.
+    joins: Arc<Mutex<HashMap<BareJid, Vec<oneshot::Sender<JoinResult>>>>>,
     /// What the session hands on, taken by the listener.
     incoming: Mutex<Option<mpsc::Receiver<Incoming>>>,
     /// Stops the session when the service stops.
@@ -160,7 +162,7 @@ pub struct XmppSender {
 }
 
 /// How a join ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum JoinResult {
     /// In; `created` when the join made a new room.
     Joined {
@@ -339,22 +341,31 @@ impl XmppSender {
     }
 
     /// Sends the join presence and waits for the room's answer (our own presence, or an
-    /// error).
+    /// error). Jobs for a room that is being joined wait for that join's answer: one join
+    /// per room however many jobs arrive at once (a second join presence would replace the
+    /// first one's waiter, and the first job would see a closed session).
     async fn join(&self, room: &BareJid, password: Option<&str>) -> Result<JoinResult, SendError> {
         let occupant = self.occupant(room)?;
         let (tx, rx) = oneshot::channel();
-        self.lock_joins().insert(room.clone(), tx);
-        let sent = self.session.send(stanzas::join(occupant, password)).await;
-        if let Err(error) = sent {
+        let first = {
+            let mut joins = self.lock_joins();
+            let waiting = joins.entry(room.clone()).or_default();
+            waiting.push(tx);
+            waiting.len() == 1
+        };
+        if first && let Err(error) = self.session.send(stanzas::join(occupant, password)).await {
             self.lock_joins().remove(room);
             return Err(session_failure(error));
         }
         let answer = tokio::time::timeout(self.timeout, rx).await;
-        self.lock_joins().remove(room);
         match answer {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(session_failure(SessionError::Closed)),
-            Err(_) => Err(session_failure(SessionError::Timeout(self.timeout))),
+            Err(_) => {
+                // Nobody answered: the next job tries a new join.
+                self.lock_joins().remove(room);
+                Err(session_failure(SessionError::Timeout(self.timeout)))
+            }
         }
     }
 
@@ -370,7 +381,7 @@ impl XmppSender {
 
     fn lock_joins(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<BareJid, oneshot::Sender<JoinResult>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<BareJid, Vec<oneshot::Sender<JoinResult>>>> {
         self.joins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -407,7 +418,9 @@ impl XmppSender {
         if let Some(answer) = answer
             && let Some(waiting) = self.lock_joins().remove(&room)
         {
-            let _ = waiting.send(answer);
+            for job in waiting {
+                let _ = job.send(answer.clone());
+            }
         }
     }
 
@@ -539,7 +552,15 @@ impl ChatChannel for XmppSender {
                             bot.person_wrote(message, &inbound).await;
                         }
                         MessageType::Groupchat => {
-                            if let Some(pool) = &pool
+                            // The room echoes every message the bot sends into it; only what
+                            // people write there matters to the pool (R53).
+                            let own = message
+                                .from
+                                .as_ref()
+                                .and_then(|from| from.resource())
+                                .is_some_and(|nick| nick.as_str() == bot.nickname());
+                            if !own
+                                && let Some(pool) = &pool
                                 && bot.is_pool_room_jid(message.from.as_ref())
                             {
                                 let _ = pool.send(pool::PoolInput::Said(Box::new(message))).await;

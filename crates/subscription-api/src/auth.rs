@@ -2,21 +2,20 @@
 //!
 //! Credentials, in `Authorization: Bearer …` (or `X-Api-Key`):
 //! - an API key (`hk_…`), looked up by its hash;
-//! - a JWT (HS256 with the configured secret, or RS256 with the configured public key) with
-//!   claims `sub`, `role` (`global_admin` | `tenant_admin` | `user`), `tenant` (the tenant's
-//!   key; absent for global admins) and `user_id` (for users).
+//! - a JWT (HS256 with the configured secret, RS256 with the configured public key, or a key
+//!   of the identity provider's JWKS, see [`crate::jwt`]) with claims `sub`, `role`
+//!   (`global_admin` | `tenant_admin` | `user`), `tenant` (the tenant's key; absent for
+//!   global admins) and `user_id` (for users).
 //!
 //! A global admin names the tenant to act in with the `Herald-Tenant` header.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use herald_storage::{StoreError, api_keys, tenants};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::config::AuthConfig;
 use crate::error::ApiError;
+pub use crate::jwt::{JwtKeys, KeyError};
 use crate::startup::AppState;
 
 pub const TENANT_HEADER: &str = "herald-tenant";
@@ -75,84 +74,6 @@ impl Caller {
     }
 }
 
-/// Keys for checking JWTs, built once at start.
-pub struct JwtKeys {
-    hs256: Option<DecodingKey>,
-    rs256: Option<DecodingKey>,
-    issuer: Option<String>,
-    audience: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid auth.jwt_rs256_public_key: {0}")]
-pub struct KeyError(String);
-
-impl JwtKeys {
-    pub fn from_config(config: &AuthConfig) -> Result<JwtKeys, KeyError> {
-        let secret = config.jwt_hs256_secret.expose();
-        let hs256 = (!secret.is_empty()).then(|| DecodingKey::from_secret(secret.as_bytes()));
-        let rs256 = if config.jwt_rs256_public_key.trim().is_empty() {
-            None
-        } else {
-            Some(
-                DecodingKey::from_rsa_pem(config.jwt_rs256_public_key.as_bytes())
-                    .map_err(|e| KeyError(e.to_string()))?,
-            )
-        };
-        Ok(JwtKeys {
-            hs256,
-            rs256,
-            // Compose and Kubernetes pass unset variables as empty strings: empty means unset,
-            // not "the issuer must be the empty string".
-            issuer: config.jwt_issuer.clone().filter(|i| !i.trim().is_empty()),
-            audience: config.jwt_audience.clone().filter(|a| !a.trim().is_empty()),
-        })
-    }
-
-    /// Whether `token` would be accepted (signature, expiry, issuer and audience).
-    pub fn accepts(&self, token: &str) -> bool {
-        self.decode(token).is_ok()
-    }
-
-    fn decode(&self, token: &str) -> Result<Claims, ApiError> {
-        let invalid =
-            |e: jsonwebtoken::errors::Error| ApiError::unauthorized(format!("invalid token: {e}"));
-        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref(),
-            Algorithm::RS256 => self.rs256.as_ref(),
-            _ => None,
-        }
-        .ok_or_else(|| {
-            ApiError::unauthorized(format!(
-                "tokens signed with {:?} are not accepted here",
-                header.alg
-            ))
-        })?;
-        let mut validation = Validation::new(header.alg);
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        Ok(jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map_err(invalid)?
-            .claims)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-    role: Role,
-    #[serde(default)]
-    tenant: Option<String>,
-    #[serde(default)]
-    user_id: Option<String>,
-}
-
 /// The credential a request presents, exactly as authentication reads it (the rate limiter
 /// keys on the same value, so no header trick gives a caller a fresh bucket).
 pub fn credential(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -197,7 +118,7 @@ impl FromRequestParts<AppState> for Caller {
                 actor: format!("api-key:{}", owner.id),
             }
         } else {
-            let claims = state.jwt.decode(token)?;
+            let claims = state.jwt.decode(token).await?;
             let tenant = match (&claims.tenant, claims.role) {
                 (_, Role::GlobalAdmin) => None,
                 (Some(key), _) => {

@@ -13,17 +13,43 @@ pub struct ApiConfig {
 }
 
 /// `auth.*`: how JWT bearer tokens are checked. API keys need no settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Shared secret for HS256 tokens. Empty: HS256 tokens are refused.
     pub jwt_hs256_secret: Secret<String>,
     /// PEM public key for RS256 tokens (an identity provider's). Empty: refused.
     pub jwt_rs256_public_key: String,
-    /// Expected `iss`, when set.
+    /// An identity provider's JWKS (`https://idp.example.org/realms/x/protocol/openid-connect/certs`):
+    /// tokens naming one of its key ids are checked with that key. Empty: none.
+    pub jwt_jwks_url: String,
+    /// The shortest time between two fetches of the JWKS: a token naming an unknown key id
+    /// fetches it again (the provider rotated its keys), but not more often than this.
+    pub jwt_jwks_refresh_secs: u64,
+    /// Expected `iss`, when set; tokens without `iss` are then refused.
     pub jwt_issuer: Option<String>,
-    /// Expected `aud`, when set.
+    /// Expected `aud`, when set; tokens without `aud` are then refused.
     pub jwt_audience: Option<String>,
+    /// Seconds of clock difference allowed on `exp` and `nbf`.
+    pub jwt_leeway_secs: u64,
+    /// The claim that must be `true` in a token with the role `global_admin`. Unset: no
+    /// token is a global admin (global admins use API keys).
+    pub jwt_global_admin_claim: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_hs256_secret: Secret::default(),
+            jwt_rs256_public_key: String::new(),
+            jwt_jwks_url: String::new(),
+            jwt_jwks_refresh_secs: 30,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 30,
+            jwt_global_admin_claim: None,
+        }
+    }
 }
 
 /// `api.*`

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod json;
+pub mod jwt;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

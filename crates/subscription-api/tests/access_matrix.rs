@@ -568,6 +568,14 @@ fn rows() -> Vec<Row> {
             [201, 201, 403, 201],
             false,
         ),
+        // A room to answer a ticket in: the ticket must be the caller's tenant's.
+        row(
+            "POST",
+            "/support/tickets/{ticket_id}/room",
+            Some(|f| json!({"staff": format!("staff-{}", f.n)})),
+            [201, 201, 403, 404],
+            false,
+        ),
         row(
             "POST",
             "/help-desk/rooms/client",

@@ -231,15 +231,22 @@ struct Task {
 
 impl Task {
     async fn run(mut self, shutdown: CancellationToken) {
+        // What arrives first, then the next command. A send holds the client until the
+        // stream has written the stanza, and tokio-xmpp's stream stops writing while its
+        // queue of 16 incoming events waits to be read: with commands and events taken in
+        // turn, a burst of sends into a room (each echoed back) filled that queue and the
+        // session hung, its pings unanswered. Reading every event that is ready before each
+        // command keeps the queue empty when a send starts.
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
-                command = self.commands.recv() => match command {
-                    Some(command) => self.command(command).await,
-                    None => break,
-                },
                 event = self.client.next() => match event {
                     Some(event) => self.event(event).await,
+                    None => break,
+                },
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command).await,
                     None => break,
                 },
             }

@@ -62,13 +62,13 @@ use sender_runtime::{BuildError, Built, ChannelSender, Receipt, SendError};
 use serde::{Deserialize, Deserializer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_xmpp::Client;
-use tokio_xmpp::connect::DnsConfig;
+use tokio_xmpp::connect::{DnsConfig, StartTlsServerConnector, TcpServerConnector};
 use tokio_xmpp::jid::{BareJid, FullJid, Jid, ResourcePart};
 use tokio_xmpp::parsers::message::{Message, MessageType};
 use tokio_xmpp::parsers::muc::user::{MucUser, Status};
 use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
 use tokio_xmpp::parsers::stanza_error::StanzaError;
+use tokio_xmpp::stanzastream::StanzaStream;
 use tokio_xmpp::xmlstream::Timeouts;
 
 use crate::session::{Bounce, Incoming, Link, Session, SessionError};
@@ -214,12 +214,12 @@ impl ChannelSender for XmppSender {
         ResourcePart::new(&nickname)
             .map_err(|e| invalid(format!("HERALD_XMPP__NICKNAME {nickname:?}: {e}")))?;
         let pool = pool_settings(&settings).map_err(invalid)?;
-        let client = connect(&full, &settings).map_err(invalid)?;
+        let stream = connect(&full, &settings).map_err(invalid)?;
         let timeout = Duration::from_millis(settings.request_timeout_ms.max(1));
         let (incoming_tx, incoming) = mpsc::channel(1024);
         let stop = CancellationToken::new();
         let bounce_wait = Duration::from_millis(settings.bounce_wait_ms);
-        let session = Session::start(client, incoming_tx, timeout, bounce_wait, stop.clone());
+        let session = Session::start(stream, incoming_tx, timeout, bounce_wait, stop.clone());
         Ok(Built::Ready(XmppSender {
             session,
             bot,
@@ -641,8 +641,8 @@ fn session_failure(error: SessionError) -> SendError {
     }
 }
 
-/// The client for these settings: STARTTLS, or plain TCP to a loopback server only.
-fn connect(jid: &FullJid, settings: &XmppSettings) -> Result<Client, String> {
+/// The stream for these settings: STARTTLS, or plain TCP to a loopback server only.
+fn connect(jid: &FullJid, settings: &XmppSettings) -> Result<StanzaStream, String> {
     let server = settings.server.trim();
     let dns = if server.is_empty() {
         DnsConfig::srv_default_client(jid.domain().as_str())
@@ -652,11 +652,12 @@ fn connect(jid: &FullJid, settings: &XmppSettings) -> Result<Client, String> {
     let timeouts = Timeouts::default();
     let password = settings.password.expose().clone();
     match settings.tls {
-        Tls::Starttls => Ok(Client::new_starttls(
+        Tls::Starttls => Ok(StanzaStream::new_c2s(
+            StartTlsServerConnector::from(dns),
             Jid::from(jid.clone()),
             password,
-            dns,
             timeouts,
+            session::QUEUE_DEPTH,
         )),
         Tls::None => {
             let loopback = server
@@ -669,11 +670,12 @@ fn connect(jid: &FullJid, settings: &XmppSettings) -> Result<Client, String> {
                     "HERALD_XMPP__TLS=none is allowed only with HERALD_XMPP__SERVER on a loopback address (127.0.0.1:5222), not {server:?}"
                 ));
             }
-            Ok(Client::new_plaintext(
+            Ok(StanzaStream::new_c2s(
+                TcpServerConnector::from(dns),
                 Jid::from(jid.clone()),
                 password,
-                dns,
                 timeouts,
+                session::QUEUE_DEPTH,
             ))
         }
     }

@@ -1,14 +1,16 @@
 //! The bot's one XMPP session: a task that owns tokio-xmpp's `Client` and serves everyone
 //! else through a handle.
 //!
-//! tokio-xmpp's `Client` is a stream of events that is also where stanzas are sent; its own
-//! split halves share one lock, and the receiving half gives up (without waking) when the
-//! lock is taken. So one task owns the client and selects between the next event and the
-//! next command, and [`Session`] is the cheap, cloneable handle: send a stanza, send an IQ
-//! and await its answer, wait for a bounce of a message, wait to be online.
+//! tokio-xmpp's `StanzaStream` is a stream of events that is also where stanzas are queued;
+//! its split halves share one lock, and the receiving half gives up (without waking) when
+//! the lock is taken. So one task owns the stream and selects between the next event and
+//! the next command, and [`Session`] is the cheap, cloneable handle: send a stanza, send an
+//! IQ and await its answer, wait for a bounce of a message, wait to be online. The task
+//! matches IQ answers to their requests itself (tokio-xmpp's `Client` does that too, but
+//! waits for every write while holding the stream, which deadlocks: see [`Task::run`]).
 //!
-//! The client reconnects by itself after a stream loss; stanzas handed to it meanwhile wait
-//! in its queue (bounded by our timeouts).
+//! The stream reconnects by itself after a loss; stanzas handed to it meanwhile wait in its
+//! queue (bounded by our timeouts).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,11 +20,24 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::jid::{BareJid, Jid};
+use tokio_xmpp::minidom::Element;
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::message::{Message, MessageType};
 use tokio_xmpp::parsers::presence::Presence;
 use tokio_xmpp::parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
-use tokio_xmpp::{Client, Event, IqRequest, IqResponse, Stanza};
+use tokio_xmpp::stanzastream::{
+    Event as StreamEvent, StanzaStage, StanzaState, StanzaStream, StanzaToken,
+    StreamEvent as StreamState,
+};
+use tokio_xmpp::{IqRequest, Stanza};
+
+/// How many stanzas wait in each direction of the stream before the other side waits.
+pub const QUEUE_DEPTH: usize = 64;
+
+/// An IQ's answer: its payload, or the error the other side sent.
+type IqAnswer = oneshot::Sender<Result<Option<Element>, StanzaError>>;
+/// The IQs we wait on, by (the JID asked, id).
+type Pending = Arc<Mutex<HashMap<(Jid, String), IqAnswer>>>;
 
 /// Why a session request did not get its answer.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -52,7 +67,8 @@ enum Command {
     Iq {
         to: Jid,
         request: IqRequest,
-        done: oneshot::Sender<tokio_xmpp::IqResponseToken>,
+        id: String,
+        done: IqAnswer,
     },
 }
 
@@ -72,16 +88,17 @@ pub struct Session {
     link: watch::Receiver<Link>,
     /// Message ids we wait on for an error bounce.
     bounces: Arc<Mutex<HashMap<String, oneshot::Sender<StanzaError>>>>,
+    pending: Pending,
     timeout: Duration,
     /// How long after the server's answer a message's bounce is waited for.
     bounce_wait: Duration,
 }
 
 impl Session {
-    /// Starts the session task with this client. Messages and presences that are not
+    /// Starts the session task with this stream. Messages and presences that are not
     /// bounces go to `incoming`.
     pub fn start(
-        client: Client,
+        stream: StanzaStream,
         incoming: mpsc::Sender<Incoming>,
         timeout: Duration,
         bounce_wait: Duration,
@@ -90,18 +107,22 @@ impl Session {
         let (commands, command_rx) = mpsc::channel(256);
         let (link_tx, link) = watch::channel(Link::Connecting);
         let bounces = Arc::new(Mutex::new(HashMap::new()));
+        let pending = Pending::default();
         let task = Task {
-            client,
+            stream,
             commands: command_rx,
             link: link_tx,
             incoming,
             bounces: bounces.clone(),
+            pending: pending.clone(),
+            account: None,
         };
         tokio::spawn(task.run(shutdown));
         Session {
             commands,
             link,
             bounces,
+            pending,
             timeout,
             bounce_wait,
         }
@@ -149,21 +170,26 @@ impl Session {
         &self,
         to: Jid,
         request: IqRequest,
-    ) -> Result<Result<Option<tokio_xmpp::minidom::Element>, StanzaError>, SessionError> {
-        let (done, token) = oneshot::channel();
+    ) -> Result<Result<Option<Element>, StanzaError>, SessionError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let key = (to.clone(), id.clone());
+        let (done, answer) = oneshot::channel();
         self.commands
-            .send(Command::Iq { to, request, done })
+            .send(Command::Iq {
+                to,
+                request,
+                id,
+                done,
+            })
             .await
             .map_err(|_| SessionError::Closed)?;
-        let answer = async {
-            let token = token.await.map_err(|_| SessionError::Closed)?;
-            token.await.map_err(|e| SessionError::Stream(e.to_string()))
-        };
         match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(IqResponse::Result(payload))) => Ok(Ok(payload)),
-            Ok(Ok(IqResponse::Error(error))) => Ok(Err(error)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(SessionError::Timeout(self.timeout)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(SessionError::Closed),
+            Err(_) => {
+                pending(&self.pending).remove(&key);
+                Err(SessionError::Timeout(self.timeout))
+            }
         }
     }
 
@@ -222,26 +248,29 @@ pub enum Bounce {
 }
 
 struct Task {
-    client: Client,
+    stream: StanzaStream,
     commands: mpsc::Receiver<Command>,
     link: watch::Sender<Link>,
     incoming: mpsc::Sender<Incoming>,
     bounces: Arc<Mutex<HashMap<String, oneshot::Sender<StanzaError>>>>,
+    pending: Pending,
+    /// The bare JID the stream is bound to: IQ answers without a `from` come from it.
+    account: Option<BareJid>,
 }
 
 impl Task {
     async fn run(mut self, shutdown: CancellationToken) {
-        // What arrives first, then the next command. A send holds the client until the
-        // stream has written the stanza, and tokio-xmpp's stream stops writing while its
-        // queue of 16 incoming events waits to be read: with commands and events taken in
-        // turn, a burst of sends into a room (each echoed back) filled that queue and the
-        // session hung, its pings unanswered. Reading every event that is ready before each
-        // command keeps the queue empty when a send starts.
+        // The stream is read and fed from this one task, and nothing here waits for the
+        // stream to write: a send only queues the stanza, and a helper task waits for it to
+        // be written. (tokio-xmpp's `Client` waited for the write while holding the client,
+        // so no event was read meanwhile; its stream stops writing while its queue of
+        // incoming events is full, and a burst of messages into a room, each echoed back,
+        // hung the session.)
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                event = self.client.next() => match event {
+                event = self.stream.next() => match event {
                     Some(event) => self.event(event).await,
                     None => break,
                 },
@@ -253,42 +282,70 @@ impl Task {
         }
         let _ = self.link.send(Link::Lost("stopped".into()));
         // An orderly end: the server sends our unavailable presence to the rooms at once.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.send_end()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.close()).await;
     }
 
     async fn command(&mut self, command: Command) {
         match command {
             Command::Send { stanza, done } => {
-                let sent = self
-                    .client
-                    .send_stanza(*stanza)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| SessionError::Stream(e.to_string()));
-                let _ = done.send(sent);
+                let token = self.stream.send(stanza).await;
+                tokio::spawn(async move {
+                    let _ = done.send(written(token).await);
+                });
             }
-            Command::Iq { to, request, done } => {
-                let token = self.client.send_iq(Some(to), request).await;
-                let _ = done.send(token);
+            Command::Iq {
+                to,
+                request,
+                id,
+                done,
+            } => {
+                // Answers are matched on (sender, id), so nobody else can answer for `to`.
+                pending(&self.pending).insert((to.clone(), id.clone()), done);
+                let iq = match request {
+                    IqRequest::Get(payload) => Iq::Get {
+                        from: None,
+                        to: Some(to),
+                        id,
+                        payload,
+                    },
+                    IqRequest::Set(payload) => Iq::Set {
+                        from: None,
+                        to: Some(to),
+                        id,
+                        payload,
+                    },
+                };
+                // Queued; the answer is what the caller waits for.
+                let _ = self.stream.send(Box::new(iq.into())).await;
             }
         }
     }
 
-    async fn event(&mut self, event: Event) {
+    async fn event(&mut self, event: StreamEvent) {
         match event {
-            Event::Online { bound_jid, .. } => {
+            StreamEvent::Stream(StreamState::Reset { bound_jid, .. }) => {
                 tracing::info!(jid = %bound_jid, "XMPP session online");
+                self.account = Some(bound_jid.to_bare());
                 // Available, so that what people write to the bot's bare JID reaches it.
-                if let Err(error) = self.client.send_stanza(Presence::available().into()).await {
-                    tracing::warn!(%error, "could not send the initial presence");
-                }
+                let _ = self
+                    .stream
+                    .send(Box::new(Presence::available().into()))
+                    .await;
                 let _ = self.link.send(Link::Online(bound_jid));
             }
-            Event::Disconnected(error) => {
-                tracing::warn!(%error, "XMPP stream lost; reconnecting");
-                let _ = self.link.send(Link::Lost(error.to_string()));
+            StreamEvent::Stream(StreamState::Suspended) => {
+                tracing::warn!("XMPP stream lost; reconnecting");
+                let _ = self
+                    .link
+                    .send(Link::Lost("the connection to the server was lost".into()));
             }
-            Event::Stanza(Stanza::Message(message)) => {
+            StreamEvent::Stream(StreamState::Resumed) => {
+                tracing::info!("XMPP stream resumed");
+                if let Some(account) = &self.account {
+                    let _ = self.link.send(Link::Online(Jid::from(account.clone())));
+                }
+            }
+            StreamEvent::Stanza(Stanza::Message(message)) => {
                 if message.type_ == MessageType::Error
                     && let Some(id) = &message.id
                 {
@@ -304,38 +361,70 @@ impl Task {
                 }
                 let _ = self.incoming.send(Incoming::Message(message)).await;
             }
-            Event::Stanza(Stanza::Presence(presence)) => {
+            StreamEvent::Stanza(Stanza::Presence(presence)) => {
                 let _ = self.incoming.send(Incoming::Presence(presence)).await;
             }
-            Event::Stanza(Stanza::Iq(iq)) => self.answer_iq(iq).await,
+            StreamEvent::Stanza(Stanza::Iq(iq)) => self.iq(iq).await,
         }
     }
 
-    /// The bot offers no IQ services: a request gets `service-unavailable`, as RFC 6120
-    /// asks of a client that does not understand it. (Answers to our own IQs never get
-    /// here: the client matches them to their tokens.)
-    async fn answer_iq(&mut self, iq: Iq) {
-        let (from, id) = match iq {
-            Iq::Get { from, id, .. } | Iq::Set { from, id, .. } => (from, id),
-            Iq::Result { .. } | Iq::Error { .. } => return,
+    /// An answer to one of our requests goes to whoever waits for it. The bot offers no IQ
+    /// services: a request gets `service-unavailable`, as RFC 6120 asks of a client that
+    /// does not understand it.
+    async fn iq(&mut self, iq: Iq) {
+        let (from, id, answer) = match iq {
+            Iq::Result {
+                from, id, payload, ..
+            } => (from, id, Ok(payload)),
+            Iq::Error {
+                from, id, error, ..
+            } => (from, id, Err(error)),
+            Iq::Get { from, id, .. } | Iq::Set { from, id, .. } => {
+                let error = StanzaError::new(
+                    ErrorType::Cancel,
+                    DefinedCondition::ServiceUnavailable,
+                    "en",
+                    "",
+                );
+                let answer = Iq::Error {
+                    from: None,
+                    to: from,
+                    id,
+                    error,
+                    payload: None,
+                };
+                let _ = self.stream.send(Box::new(answer.into())).await;
+                return;
+            }
         };
-        let error = StanzaError::new(
-            ErrorType::Cancel,
-            DefinedCondition::ServiceUnavailable,
-            "en",
-            "",
-        );
-        let answer = Iq::Error {
-            from: None,
-            to: from,
-            id,
-            error,
-            payload: None,
+        // No `from` means our own account (RFC 6120 8.1.2.1).
+        let Some(from) = from.or_else(|| self.account.clone().map(Jid::from)) else {
+            return;
         };
-        if let Err(error) = self.client.send_stanza(answer.into()).await {
-            tracing::debug!(%error, "could not answer an IQ");
+        match pending(&self.pending).remove(&(from, id)) {
+            Some(waiting) => {
+                let _ = waiting.send(answer);
+            }
+            None => tracing::debug!("an IQ answer nobody waits for (timed out?)"),
         }
     }
+}
+
+/// Waits until the stream wrote the stanza (or gave up on it).
+async fn written(mut token: StanzaToken) -> Result<(), SessionError> {
+    match token.wait_for(StanzaStage::Sent).await {
+        Some(StanzaState::Sent { .. }) | Some(StanzaState::Acked { .. }) => Ok(()),
+        Some(StanzaState::Failed { error }) => {
+            Err(SessionError::Stream(error.into_io_error().to_string()))
+        }
+        Some(StanzaState::Queued) | Some(StanzaState::Dropped) | None => Err(SessionError::Stream(
+            "the stream ended before the stanza was written".into(),
+        )),
+    }
+}
+
+fn pending(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<(Jid, String), IqAnswer>> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The error inside an error message, or `undefined-condition` when it has none we can read.

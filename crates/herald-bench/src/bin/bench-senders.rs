@@ -397,7 +397,6 @@ impl XmppFigures {
 
 async fn xmpp_runs(bin_dir: &std::path::Path, n: usize) -> anyhow::Result<XmppFigures> {
     const POOL: usize = 50;
-    const ROOM_MESSAGES: usize = 300;
     let prosody = Prosody::local();
     // Accounts of their own: a bot of `just up` or of the tests is never disturbed.
     let bot = prosody.register_unique("bench-bot").await;
@@ -480,11 +479,10 @@ async fn xmpp_runs(bin_dir: &std::path::Path, n: usize) -> anyhow::Result<XmppFi
     let pool_fill = asked.elapsed();
     publisher.close().await;
 
-    // Into one of those rooms, the bot alone in it. At most ROOM_MESSAGES: longer runs
-    // stall (the sender stops reading its stream and its pings time out; open in #14).
+    // Into one of those rooms, the bot alone in it: every message comes back as an echo.
     let room = Address::XmppRoom(rooms[0].clone());
     let into_room = sender
-        .load(&vec![room; n.min(ROOM_MESSAGES)], Load::Raised)
+        .load(&vec![room; n], Load::Raised)
         .await
         .context("xmpp run into one room")?;
     online.abort();
@@ -493,7 +491,7 @@ async fn xmpp_runs(bin_dir: &std::path::Path, n: usize) -> anyhow::Result<XmppFi
     Ok(XmppFigures {
         to_jid,
         into_room,
-        room_messages: n.min(ROOM_MESSAGES),
+        room_messages: n,
         pool_rooms: POOL,
         pool_fill,
     })

@@ -8,4 +8,5 @@ HERALD_SERVICES=(
   "sender-xmpp=127.0.0.1:9104"
   "sender-email=127.0.0.1:9105"
   "sender-sms=127.0.0.1:9106"
+  "sender-teams=127.0.0.1:9107"
 )

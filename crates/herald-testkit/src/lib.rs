@@ -19,6 +19,9 @@
 //!   getUpdates with offsets and long polls, webhooks; injected user messages; faults
 //!   (429 with retry_after, each 403 and 400 Telegram sends, 5xx, slow answers, dropped
 //!   connections) and timestamped records.
+//! - [`fake_teams`]: the Bot Framework on loopback for the Teams sender: the token endpoint,
+//!   the Bot Connector's activities endpoint with its error answers and limits, the OpenID
+//!   metadata and keys, and a client posting signed (or wrongly signed) activities to a bot.
 //! - [`http`]: a minimal HTTP/1.1 GET and JSON POST, for health endpoints, webhooks and
 //!   interactions.
 //! - [`prosody`]: the XMPP tests' real Prosody (started by `scripts/prosody.sh` on
@@ -37,6 +40,7 @@ pub mod broker;
 pub mod discord_interactions;
 pub mod fake_discord;
 pub mod fake_sms;
+pub mod fake_teams;
 pub mod fake_telegram;
 pub mod http;
 pub mod prosody;

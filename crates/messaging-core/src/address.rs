@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
 use crate::states::AddressKind;
-use crate::values::{ChatId, DiscordId, E164, Email, InvalidValue, Jid};
+use crate::values::{ChatId, DiscordId, E164, Email, InvalidValue, Jid, TeamsChat};
 
 /// Where one delivery goes. The variant fixes the channel, so an email address can never be
 /// handed to the SMS sender.
@@ -29,6 +29,8 @@ pub enum Address {
     XmppRoom(Jid),
     Email(Email),
     Sms(E164),
+    /// A Teams conversation with the bot, captured from the Bot Framework (R38).
+    Teams(TeamsChat),
 }
 
 impl Address {
@@ -39,6 +41,7 @@ impl Address {
             Address::Xmpp(_) | Address::XmppRoom(_) => Channel::Xmpp,
             Address::Email(_) => Channel::Email,
             Address::Sms(_) => Channel::Sms,
+            Address::Teams(_) => Channel::Teams,
         }
     }
 
@@ -51,6 +54,7 @@ impl Address {
             Channel::Xmpp => Address::Xmpp(Jid::parse(raw)?),
             Channel::Email => Address::Email(Email::parse(raw)?),
             Channel::Sms => Address::Sms(E164::parse(raw)?),
+            Channel::Teams => Address::Teams(TeamsChat::parse(raw)?),
         })
     }
 
@@ -71,6 +75,7 @@ impl Address {
             Address::XmppRoom(_) => AddressKind::XmppRoom,
             Address::Email(_) => AddressKind::Email,
             Address::Sms(_) => AddressKind::Sms,
+            Address::Teams(_) => AddressKind::Teams,
         }
     }
 
@@ -82,6 +87,7 @@ impl Address {
             Address::Xmpp(jid) | Address::XmppRoom(jid) => jid.to_string(),
             Address::Email(email) => email.to_string(),
             Address::Sms(number) => number.to_string(),
+            Address::Teams(chat) => chat.to_string(),
         }
     }
 }

@@ -20,15 +20,18 @@ pub enum Channel {
     Xmpp,
     Email,
     Sms,
+    /// Microsoft Teams, through the Bot Framework (R38).
+    Teams,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::Telegram,
         Channel::Discord,
         Channel::Xmpp,
         Channel::Email,
         Channel::Sms,
+        Channel::Teams,
     ];
 
     /// The lowercase name used in JSON, queue names and configuration.
@@ -39,13 +42,17 @@ impl Channel {
             Channel::Xmpp => "xmpp",
             Channel::Email => "email",
             Channel::Sms => "sms",
+            Channel::Teams => "teams",
         }
     }
 
     /// Chat channels reach a person only after the person wrote to the bot (R5): their
     /// addresses are linked with a code, not typed in.
     pub fn is_chat(self) -> bool {
-        matches!(self, Channel::Telegram | Channel::Discord | Channel::Xmpp)
+        matches!(
+            self,
+            Channel::Telegram | Channel::Discord | Channel::Xmpp | Channel::Teams
+        )
     }
 
     /// The code the legacy `{"sender": ...}` format uses (R41).
@@ -56,6 +63,7 @@ impl Channel {
             Channel::Xmpp => "XMPP",
             Channel::Email => "EMAIL",
             Channel::Sms => "SMS",
+            Channel::Teams => "TEAMS",
         }
     }
 

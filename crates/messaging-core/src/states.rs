@@ -18,6 +18,7 @@ text_enum! {
         XmppRoom = "xmpp_room",
         Email = "email",
         Sms = "sms",
+        Teams = "teams",
     }
 }
 
@@ -30,6 +31,7 @@ impl AddressKind {
             AddressKind::Xmpp | AddressKind::XmppRoom => Channel::Xmpp,
             AddressKind::Email => Channel::Email,
             AddressKind::Sms => Channel::Sms,
+            AddressKind::Teams => Channel::Teams,
         }
     }
 
@@ -42,6 +44,7 @@ impl AddressKind {
             Channel::Xmpp => AddressKind::Xmpp,
             Channel::Email => AddressKind::Email,
             Channel::Sms => AddressKind::Sms,
+            Channel::Teams => AddressKind::Teams,
         }
     }
 }

@@ -413,6 +413,84 @@ impl Locale {
 }
 string_newtype!(Locale, "BCP 47 language tag such as de or de-CH.", max = 35);
 
+/// A Microsoft Teams conversation the bot may write to (R38): the Bot Connector's service URL
+/// for it and the conversation id, both as the Bot Framework sent them in an activity. Text
+/// form: the two, separated by one space (neither may hold white space), so it is stored and
+/// rate-limited as one value:
+/// `https://smba.trafficmanager.net/emea/ a:1Xyz...`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TeamsChat(String);
+
+impl TeamsChat {
+    pub const MAX_URL_LEN: usize = 512;
+    pub const MAX_ID_LEN: usize = 512;
+
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let mut parts = s.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(url), Some(id), None) => Self::new(url, id),
+            _ => Err(invalid(
+                "Teams conversation",
+                "expected the service URL and the conversation id, separated by a space",
+            )),
+        }
+    }
+
+    /// From an activity's `serviceUrl` and `conversation.id`.
+    pub fn new(service_url: &str, conversation_id: &str) -> Result<Self, InvalidValue> {
+        const KIND: &str = "Teams conversation";
+        let rest = service_url
+            .strip_prefix("https://")
+            .or_else(|| service_url.strip_prefix("http://"))
+            .ok_or_else(|| invalid(KIND, "the service URL must be an http(s) URL"))?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if host.is_empty() || host.contains('@') {
+            return Err(invalid(
+                KIND,
+                "the service URL needs a host (and no user info)",
+            ));
+        }
+        if service_url.len() > Self::MAX_URL_LEN {
+            return Err(invalid(
+                KIND,
+                format!("the service URL is longer than {}", Self::MAX_URL_LEN),
+            ));
+        }
+        if conversation_id.is_empty() || conversation_id.len() > Self::MAX_ID_LEN {
+            return Err(invalid(
+                KIND,
+                format!(
+                    "the conversation id must be 1 to {} bytes",
+                    Self::MAX_ID_LEN
+                ),
+            ));
+        }
+        let bad = |c: char| c.is_whitespace() || c.is_control();
+        if service_url.chars().any(bad) || conversation_id.chars().any(bad) {
+            return Err(invalid(KIND, "white space or a control character"));
+        }
+        Ok(TeamsChat(format!("{service_url} {conversation_id}")))
+    }
+
+    /// The Bot Connector's base URL for this conversation.
+    pub fn service_url(&self) -> &str {
+        self.0
+            .split_once(' ')
+            .map(|(url, _)| url)
+            .unwrap_or_default()
+    }
+
+    pub fn conversation_id(&self) -> &str {
+        self.0.split_once(' ').map(|(_, id)| id).unwrap_or_default()
+    }
+}
+string_newtype!(
+    TeamsChat,
+    "A Microsoft Teams conversation: the Bot Connector service URL and the conversation id, separated by a space.",
+    pattern = "^https?://[^\\s@/?#]+[^\\s]* [^\\s]+$",
+    max = 1025
+);
+
 /// A Telegram chat id. Negative for groups and channels, so it is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -604,6 +682,14 @@ mod tests {
 
     #[test]
     fn chat_and_discord_ids_reject_zero_and_garbage() {
+        let chat = TeamsChat::new("https://smba.trafficmanager.net/emea/", "a:1Xyz_-9").unwrap();
+        assert_eq!(chat.service_url(), "https://smba.trafficmanager.net/emea/");
+        assert_eq!(chat.conversation_id(), "a:1Xyz_-9");
+        assert_eq!(TeamsChat::parse(chat.as_str()).unwrap(), chat);
+        assert!(TeamsChat::new("ftp://x/", "a:1").is_err());
+        assert!(TeamsChat::new("https://user@evil.example/", "a:1").is_err());
+        assert!(TeamsChat::new("https://smba.trafficmanager.net/", "a 1").is_err());
+        assert!(TeamsChat::parse("https://smba.trafficmanager.net/").is_err());
         assert_eq!(ChatId::parse("-100123").unwrap(), ChatId(-100123));
         assert!(ChatId::parse("0").is_err());
         assert!(ChatId::parse("abc").is_err());

@@ -180,6 +180,7 @@ impl ChannelSender for DiscordSender {
             // One a second to a person: 5 in any 5 s, Discord's bucket for a DM channel.
             recipient_interval: Duration::from_secs(1),
             recipient_burst: 1,
+            recipient_windows: Vec::new(),
         }
     }
 

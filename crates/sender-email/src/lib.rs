@@ -119,6 +119,7 @@ impl ChannelSender for EmailSender {
             account_burst: 100,
             recipient_interval: Duration::from_secs(1),
             recipient_burst: 5,
+            recipient_windows: Vec::new(),
         }
     }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits::RateLimits;
+use crate::limits::{RateLimits, Window};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +28,9 @@ pub struct SenderConfig {
     pub account_burst: Option<u32>,
     pub recipient_interval_ms: Option<u64>,
     pub recipient_burst: Option<u32>,
+    /// The recipient's sliding windows, `COUNT/SECONDS` comma-separated, or `none`.
+    #[serde(deserialize_with = "herald_runtime::config::lenient_string")]
+    pub recipient_windows: Option<String>,
 }
 
 impl Default for SenderConfig {
@@ -44,6 +47,7 @@ impl Default for SenderConfig {
             account_burst: None,
             recipient_interval_ms: None,
             recipient_burst: None,
+            recipient_windows: None,
         }
     }
 }
@@ -62,8 +66,13 @@ impl SenderConfig {
     }
 
     /// The channel's defaults with the operator's overrides.
-    pub fn limits(&self, defaults: RateLimits) -> RateLimits {
-        RateLimits {
+    pub fn limits(&self, defaults: RateLimits) -> Result<RateLimits, String> {
+        let recipient_windows = match self.recipient_windows.as_deref().map(str::trim) {
+            None | Some("") => defaults.recipient_windows,
+            Some(list) => Window::parse_list(list)
+                .map_err(|e| format!("HERALD_SENDER__RECIPIENT_WINDOWS: {e}"))?,
+        };
+        Ok(RateLimits {
             account_per_second: self
                 .account_per_second
                 .unwrap_or(defaults.account_per_second),
@@ -73,6 +82,7 @@ impl SenderConfig {
                 .map(Duration::from_millis)
                 .unwrap_or(defaults.recipient_interval),
             recipient_burst: self.recipient_burst.unwrap_or(defaults.recipient_burst),
-        }
+            recipient_windows,
+        })
     }
 }

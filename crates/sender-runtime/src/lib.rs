@@ -31,6 +31,7 @@ pub mod run;
 pub mod sender;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod text;
 
 pub use chat::{ChatChannel, Inbound, Inbox, Incoming, Reply};
 pub use run::{run_chat_sender, run_sender};

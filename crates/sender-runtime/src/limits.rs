@@ -12,8 +12,13 @@
 //! before it, two jobs for one chat that waited different times for the account could reach
 //! the provider closer together than the spacing. A job first only looks at its recipient's
 //! bucket ([`Limiter::recipient_wait`]), so a job that will be deferred takes no account token.
+//!
+//! A provider that counts a recipient in several windows at once (Teams: 7 a second, 8 in
+//! 2 s, 60 in 30 s, 1,800 an hour per conversation) gets them as [`Window`]s on top of the
+//! bucket: each is a sliding window, so a recipient may use each window's whole allowance
+//! (60 in the first 30 s) and never more, which no single bucket can express.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,13 +26,50 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     pub account_per_second: u32,
     pub account_burst: u32,
     /// Minimum spacing between messages to one recipient, once its burst is used.
     pub recipient_interval: Duration,
     pub recipient_burst: u32,
+    /// Sliding windows a recipient must also stay within (none for most providers).
+    pub recipient_windows: Vec<Window>,
+}
+
+/// At most `limit` messages to one recipient in any `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: u32,
+    pub per: Duration,
+}
+
+impl Window {
+    pub const fn new(limit: u32, per: Duration) -> Window {
+        Window { limit, per }
+    }
+
+    /// `COUNT/SECONDS` pairs, comma-separated (`7/1,8/2,60/30,1800/3600`); `none` for no
+    /// windows.
+    pub fn parse_list(list: &str) -> Result<Vec<Window>, String> {
+        if list.trim().eq_ignore_ascii_case("none") {
+            return Ok(Vec::new());
+        }
+        list.split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                let bad = || format!("{w:?} is not COUNT/SECONDS (7/1, 1800/3600)");
+                let (limit, secs) = w.split_once('/').ok_or_else(bad)?;
+                let limit: u32 = limit.trim().parse().map_err(|_| bad())?;
+                let secs: f64 = secs.trim().parse().map_err(|_| bad())?;
+                if limit == 0 || !(secs > 0.0 && secs <= 86_400.0) {
+                    return Err(bad());
+                }
+                Ok(Window::new(limit, Duration::from_secs_f64(secs)))
+            })
+            .collect()
+    }
 }
 
 pub struct Limiter {
@@ -62,6 +104,7 @@ impl Limiter {
             recipients: Mutex::new(Recipients::new(
                 limits.recipient_interval.max(Duration::from_millis(1)),
                 limits.recipient_burst.max(1),
+                limits.recipient_windows,
             )),
             blocked_until: Mutex::new(None),
         }
@@ -111,26 +154,140 @@ impl Limiter {
 /// One bucket per recipient, as GCRA: each recipient's "theoretical arrival time" (when its
 /// bucket is full again); a message conforms while that is at most `burst - 1` intervals
 /// ahead of now, and pushes it one interval further. Ours rather than governor's keyed
-/// limiter, which can only take a token, not look whether there is one.
+/// limiter, which can only take a token, not look whether there is one. Then the windows,
+/// if any, each with its log of what was sent.
 struct Recipients {
     interval: Duration,
     /// How far ahead of now a recipient's arrival time may be: `(burst - 1) * interval`.
     tolerance: Duration,
-    full_at: HashMap<String, Instant>,
+    windows: Vec<Window>,
+    by_key: HashMap<String, Recipient>,
 }
 
-impl Recipients {
-    fn new(interval: Duration, burst: u32) -> Recipients {
-        Recipients {
-            interval,
-            tolerance: interval.saturating_mul(burst.saturating_sub(1)),
-            full_at: HashMap::new(),
+struct Recipient {
+    full_at: Instant,
+    /// One per window, in the order of `Recipients::windows`.
+    logs: Vec<Log>,
+}
+
+/// Windows up to this limit keep every send's time; larger ones count in slots.
+const EXACT_UP_TO: u32 = 64;
+/// Slots per window for the large ones: a window of an hour counts per minute.
+const SLOTS: u32 = 60;
+
+/// What one recipient was sent within one window.
+enum Log {
+    /// Each send's time: exact.
+    Exact(VecDeque<Instant>),
+    /// Sends per slot (slot start, count). A slot that overlaps the window at all counts
+    /// whole, so the count is never below the truth: the limit can be undershot by a
+    /// slot's worth, never exceeded.
+    Slots(VecDeque<(Instant, u32)>),
+}
+
+impl Log {
+    fn new(window: &Window) -> Log {
+        if window.limit <= EXACT_UP_TO {
+            Log::Exact(VecDeque::with_capacity(window.limit as usize))
+        } else {
+            Log::Slots(VecDeque::new())
         }
     }
 
-    fn wait(&self, key: &str, now: Instant) -> Option<Duration> {
-        let full_at = self.full_at.get(key).copied()?.max(now);
-        let wait = (full_at - now).saturating_sub(self.tolerance);
+    fn slot(window: &Window) -> Duration {
+        (window.per / SLOTS).max(Duration::from_millis(1))
+    }
+
+    /// Drops what no longer counts.
+    fn prune(&mut self, window: &Window, now: Instant) {
+        match self {
+            Log::Exact(times) => {
+                while times.front().is_some_and(|t| *t + window.per <= now) {
+                    times.pop_front();
+                }
+            }
+            Log::Slots(slots) => {
+                let slot = Log::slot(window);
+                while slots
+                    .front()
+                    .is_some_and(|(start, _)| *start + slot + window.per <= now)
+                {
+                    slots.pop_front();
+                }
+            }
+        }
+    }
+
+    /// How long until one more send fits, if it does not now.
+    fn wait(&self, window: &Window, now: Instant) -> Option<Duration> {
+        match self {
+            Log::Exact(times) => {
+                if (times.len() as u32) < window.limit {
+                    return None;
+                }
+                // The send that leaves the window first makes room.
+                let oldest = times.get(times.len() - window.limit as usize)?;
+                Some((*oldest + window.per).saturating_duration_since(now))
+            }
+            Log::Slots(slots) => {
+                let slot = Log::slot(window);
+                let mut count: u32 = slots.iter().map(|(_, n)| n).sum();
+                for (start, n) in slots {
+                    if count < window.limit {
+                        break;
+                    }
+                    count -= n;
+                    if count < window.limit {
+                        return Some((*start + slot + window.per).saturating_duration_since(now));
+                    }
+                }
+                None
+            }
+        }
+        .filter(|w| !w.is_zero())
+    }
+
+    fn record(&mut self, window: &Window, now: Instant) {
+        match self {
+            Log::Exact(times) => times.push_back(now),
+            Log::Slots(slots) => {
+                let slot = Log::slot(window);
+                match slots.back_mut() {
+                    Some((start, n)) if now < *start + slot => *n += 1,
+                    _ => slots.push_back((now, 1)),
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Log::Exact(times) => times.is_empty(),
+            Log::Slots(slots) => slots.is_empty(),
+        }
+    }
+}
+
+impl Recipients {
+    fn new(interval: Duration, burst: u32, windows: Vec<Window>) -> Recipients {
+        Recipients {
+            interval,
+            tolerance: interval.saturating_mul(burst.saturating_sub(1)),
+            windows,
+            by_key: HashMap::new(),
+        }
+    }
+
+    fn wait(&mut self, key: &str, now: Instant) -> Option<Duration> {
+        let recipient = self.by_key.get_mut(key)?;
+        let full_at = recipient.full_at.max(now);
+        let mut wait = (full_at - now).saturating_sub(self.tolerance);
+        for (log, window) in recipient.logs.iter_mut().zip(&self.windows) {
+            log.prune(window, now);
+            if let Some(more) = log.wait(window, now) {
+                wait = wait.max(more);
+            }
+        }
         (!wait.is_zero()).then_some(wait)
     }
 
@@ -138,14 +295,30 @@ impl Recipients {
         if let Some(wait) = self.wait(key, now) {
             return Err(wait);
         }
-        let full_at = self.full_at.get(key).copied().unwrap_or(now).max(now);
-        self.full_at.insert(key.to_owned(), full_at + self.interval);
+        let windows = &self.windows;
+        let recipient = self
+            .by_key
+            .entry(key.to_owned())
+            .or_insert_with(|| Recipient {
+                full_at: now,
+                logs: windows.iter().map(Log::new).collect(),
+            });
+        recipient.full_at = recipient.full_at.max(now) + self.interval;
+        for (log, window) in recipient.logs.iter_mut().zip(windows) {
+            log.record(window, now);
+        }
         Ok(())
     }
 
     fn forget_idle(&mut self, now: Instant) {
-        self.full_at.retain(|_, full_at| *full_at > now);
-        self.full_at.shrink_to_fit();
+        let windows = &self.windows;
+        self.by_key.retain(|_, recipient| {
+            for (log, window) in recipient.logs.iter_mut().zip(windows) {
+                log.prune(window, now);
+            }
+            recipient.full_at > now || recipient.logs.iter().any(|log| !log.is_empty())
+        });
+        self.by_key.shrink_to_fit();
     }
 }
 
@@ -159,6 +332,7 @@ mod tests {
             account_burst: 1000,
             recipient_interval: Duration::from_secs(1),
             recipient_burst: 1,
+            recipient_windows: Vec::new(),
         }
     }
 
@@ -201,10 +375,10 @@ mod tests {
         assert!(limiter.recipient("chat-1").is_ok());
         assert!(limiter.recipient("chat-1").is_err());
         limiter.forget_idle_recipients();
-        assert_eq!(limiter.recipients().full_at.len(), 1, "not idle yet");
+        assert_eq!(limiter.recipients().by_key.len(), 1, "not idle yet");
         tokio::time::advance(Duration::from_secs(4)).await;
         limiter.forget_idle_recipients();
-        assert!(limiter.recipients().full_at.is_empty());
+        assert!(limiter.recipients().by_key.is_empty());
         for _ in 0..3 {
             assert!(limiter.recipient("chat-1").is_ok(), "a full burst again");
         }
@@ -217,5 +391,100 @@ mod tests {
         let started = Instant::now();
         limiter.account().await;
         assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+
+    /// Teams' windows: each one's whole allowance, never more, in any stretch of time.
+    #[tokio::test(start_paused = true)]
+    async fn sliding_windows_allow_each_allowance_and_never_more() {
+        let windows = Window::parse_list("7/1,8/2,60/30,1800/3600").unwrap();
+        let limiter = Limiter::new(RateLimits {
+            recipient_interval: Duration::from_millis(1),
+            recipient_burst: 100,
+            recipient_windows: windows.clone(),
+            ..limits()
+        });
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        // Send whenever allowed, for 100 s.
+        while Instant::now() < start + Duration::from_secs(100) {
+            match limiter.recipient("conv") {
+                Ok(()) => sent.push(Instant::now()),
+                Err(wait) => tokio::time::advance(wait).await,
+            }
+        }
+        for window in &windows {
+            for (i, t) in sent.iter().enumerate() {
+                let within = sent[i..]
+                    .iter()
+                    .take_while(|s| **s < *t + window.per)
+                    .count();
+                assert!(within as u32 <= window.limit, "{within} in {window:?}");
+            }
+        }
+        assert_eq!(
+            sent.iter()
+                .filter(|t| **t < start + Duration::from_secs(1))
+                .count(),
+            7
+        );
+        assert_eq!(
+            sent.iter()
+                .filter(|t| **t < start + Duration::from_secs(30))
+                .count(),
+            60
+        );
+        // Each 30 s: 60, sent at 8 in 2 s within its first 15 s; the last 10 s: 40.
+        assert_eq!(sent.len(), 60 + 60 + 60 + 40);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_window_counts_in_slots_and_never_exceeds() {
+        let window = Window::new(100, Duration::from_secs(60));
+        let limiter = Limiter::new(RateLimits {
+            recipient_interval: Duration::from_millis(100),
+            recipient_burst: 1,
+            recipient_windows: vec![window],
+            ..limits()
+        });
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        while Instant::now() < start + Duration::from_secs(300) {
+            match limiter.recipient("conv") {
+                Ok(()) => sent.push(Instant::now()),
+                Err(wait) => tokio::time::advance(wait).await,
+            }
+        }
+        for (i, t) in sent.iter().enumerate() {
+            let within = sent[i..]
+                .iter()
+                .take_while(|s| **s < *t + window.per)
+                .count();
+            assert!(within <= 100, "{within} in a minute");
+        }
+        // At most one slot (1 s) of each minute is lost to counting in slots.
+        assert!(sent.len() >= 5 * 98, "{}", sent.len());
+        limiter.forget_idle_recipients();
+        assert_eq!(limiter.recipients().by_key.len(), 1);
+        tokio::time::advance(Duration::from_secs(62)).await;
+        limiter.forget_idle_recipients();
+        assert!(
+            limiter.recipients().by_key.is_empty(),
+            "forgotten once no window holds it"
+        );
+    }
+
+    #[test]
+    fn window_lists_parse_or_say_why_not() {
+        assert_eq!(
+            Window::parse_list("7/1, 1800/3600").unwrap(),
+            [
+                Window::new(7, Duration::from_secs(1)),
+                Window::new(1800, Duration::from_secs(3600))
+            ]
+        );
+        assert!(Window::parse_list("none").unwrap().is_empty());
+        assert!(Window::parse_list("7").is_err());
+        assert!(Window::parse_list("0/1").is_err());
+        assert!(Window::parse_list("7/0").is_err());
     }
 }

@@ -15,6 +15,7 @@ use crate::breaker::Breaker;
 use crate::chat::{AnswerHandler, ChatChannel, Inbound, Inbox};
 use crate::config::SenderConfig;
 use crate::limits::Limiter;
+use crate::limits::RateLimits;
 use crate::pipeline::Pipeline;
 use crate::recent::RecentDeliveries;
 use crate::sender::{BuildError, Built, ChannelSender};
@@ -72,8 +73,9 @@ pub async fn start<S: ChannelSender>(
     config: SenderConfig,
     channel_config: S::Config,
 ) -> Result<BoxFuture<'static, ()>, BuildError> {
+    let limits = limits::<S>(&config)?;
     match build::<S>(service, channel_config).await? {
-        Some(sender) => Ok(start_sending(service, config, sender)),
+        Some(sender) => Ok(start_sending(service, config, limits, sender)),
         None => Ok(wait_for_shutdown(service)),
     }
 }
@@ -85,6 +87,7 @@ pub async fn start_chat<S: ChatChannel>(
     config: SenderConfig,
     channel_config: S::Config,
 ) -> Result<(Router, BoxFuture<'static, ()>), BuildError> {
+    let limits = limits::<S>(&config)?;
     let Some(bot) = build::<S>(service, channel_config).await? else {
         return Ok((Router::new(), wait_for_shutdown(service)));
     };
@@ -115,12 +118,23 @@ pub async fn start_chat<S: ChatChannel>(
         },
         service.health.clone(),
     );
-    let sending = start_sending(service, config, bot);
+    let sending = start_sending(service, config, limits, bot);
     let work: BoxFuture<'static, ()> = Box::pin(async move {
         tokio::join!(sending, answers.run(shutdown));
         let _ = listener.await;
     });
     Ok((routes, work))
+}
+
+/// The channel's rate limits with the operator's overrides; an override that cannot be read
+/// stops the service.
+fn limits<S: ChannelSender>(config: &SenderConfig) -> Result<RateLimits, BuildError> {
+    config
+        .limits(S::default_limits())
+        .map_err(|reason| BuildError {
+            channel: S::CHANNEL,
+            reason,
+        })
 }
 
 /// The sender, or `None` when it is not configured: then the service says why in its log and
@@ -152,6 +166,7 @@ fn wait_for_shutdown(service: &Service) -> BoxFuture<'static, ()> {
 fn start_sending<S: ChannelSender>(
     service: &Service,
     config: SenderConfig,
+    limits: RateLimits,
     sender: Arc<S>,
 ) -> BoxFuture<'static, ()> {
     let shutdown = service.shutdown.clone();
@@ -161,7 +176,7 @@ fn start_sending<S: ChannelSender>(
         config.breaker_threshold,
         service.health.clone(),
     ));
-    let limiter = Arc::new(Limiter::new(config.limits(S::default_limits())));
+    let limiter = Arc::new(Limiter::new(limits));
     let events = Arc::new(Events::new(
         Publisher::new(service.broker.clone(), "events"),
         &names,

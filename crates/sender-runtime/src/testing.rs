@@ -39,6 +39,7 @@ pub fn quick_config() -> SenderConfig {
         account_burst: Some(10_000),
         recipient_interval_ms: Some(1),
         recipient_burst: Some(10_000),
+        recipient_windows: Some("none".into()),
         ..SenderConfig::default()
     }
 }

@@ -94,6 +94,7 @@ impl ChannelSender for SmsSender {
             // Never more than a few texts to one phone in a row, then one per 5 s.
             recipient_interval: Duration::from_secs(5),
             recipient_burst: 3,
+            recipient_windows: Vec::new(),
         }
     }
 

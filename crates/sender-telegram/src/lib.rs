@@ -185,6 +185,7 @@ impl ChannelSender for TelegramSender {
             account_burst: 1,
             recipient_interval: Duration::from_secs(1),
             recipient_burst: 1,
+            recipient_windows: Vec::new(),
         }
     }
 

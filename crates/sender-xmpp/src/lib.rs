@@ -190,6 +190,7 @@ impl ChannelSender for XmppSender {
             // A person or a room: 5 in a row, then one a second.
             recipient_interval: Duration::from_secs(1),
             recipient_burst: 5,
+            recipient_windows: Vec::new(),
         }
     }
 

@@ -12,21 +12,16 @@
 //! claim that grants it and the token carries that claim as `true`.
 
 use std::collections::HashMap;
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use herald_jwks::{KeyError as JwksError, KeySet, Source};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use tokio::sync::{Mutex, RwLock};
 
 use crate::auth::Role;
 use crate::config::AuthConfig;
 use crate::error::ApiError;
-
-/// How long one fetch of the JWKS may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The claims Herald reads.
 #[derive(Debug, Deserialize)]
@@ -46,7 +41,7 @@ pub struct Claims {
 pub struct JwtKeys {
     hs256: Option<DecodingKey>,
     rs256: Option<DecodingKey>,
-    jwks: Option<Jwks>,
+    jwks: Option<KeySet>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway_secs: u64,
@@ -59,17 +54,6 @@ pub enum KeyError {
     Rs256(String),
     #[error("invalid auth.jwt_jwks_url {url:?}: {why}")]
     JwksUrl { url: String, why: String },
-}
-
-/// An identity provider's key set, by key id.
-struct Jwks {
-    url: reqwest::Url,
-    client: reqwest::Client,
-    keys: RwLock<HashMap<String, (DecodingKey, Option<Algorithm>)>>,
-    /// When the set was last fetched; one fetch at a time.
-    fetched: Mutex<Option<Instant>>,
-    /// The shortest time between two fetches.
-    min_refresh: Duration,
 }
 
 impl JwtKeys {
@@ -88,25 +72,13 @@ impl JwtKeys {
         let jwks = if url.is_empty() {
             None
         } else {
-            let bad = |why: String| KeyError::JwksUrl {
+            let bad = |e: herald_jwks::UrlError| KeyError::JwksUrl {
                 url: url.to_owned(),
-                why,
+                why: e.why,
             };
-            let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-            if !matches!(parsed.scheme(), "https" | "http") {
-                return Err(bad("not an http(s) URL".into()));
-            }
-            let client = reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
-            Some(Jwks {
-                url: parsed,
-                client,
-                keys: RwLock::new(HashMap::new()),
-                fetched: Mutex::new(None),
-                min_refresh: Duration::from_secs(config.jwt_jwks_refresh_secs),
-            })
+            let source = Source::Jwks(herald_jwks::parse_url(url).map_err(bad)?);
+            let min_refresh = Duration::from_secs(config.jwt_jwks_refresh_secs);
+            Some(KeySet::new(source, min_refresh).map_err(bad)?)
         };
         // Compose and Kubernetes pass unset variables as empty strings: empty means unset,
         // not "the issuer must be the empty string".
@@ -186,13 +158,20 @@ impl JwtKeys {
                     "a token signed with a shared secret cannot name a key id of the identity provider",
                 ));
             }
-            let (key, expected) = jwks.key(kid).await?;
-            if expected.is_some_and(|expected| expected != alg) {
+            let key = jwks.key(kid).await.map_err(|e| match e {
+                JwksError::Unknown(_) => ApiError::unauthorized(e.to_string()),
+                JwksError::Unavailable(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service unavailable",
+                    "the identity provider's signing keys cannot be fetched; try again later",
+                ),
+            })?;
+            if let Some(expected) = key.algorithm.filter(|expected| *expected != alg) {
                 return Err(ApiError::unauthorized(format!(
                     "the key {kid:?} is for {expected:?}, the token says {alg:?}"
                 )));
             }
-            return Ok((key, alg));
+            return Ok((key.decoding, alg));
         }
         let key = match alg {
             Algorithm::HS256 => self.hs256.clone(),
@@ -209,71 +188,4 @@ impl JwtKeys {
             ))),
         }
     }
-}
-
-impl Jwks {
-    async fn key(&self, kid: &str) -> Result<(DecodingKey, Option<Algorithm>), ApiError> {
-        if let Some(found) = self.keys.read().await.get(kid) {
-            return Ok(found.clone());
-        }
-        // An unknown key id: the provider may have rotated its keys. One fetch at a time,
-        // and not again within `min_refresh` of the last.
-        let mut fetched = self.fetched.lock().await;
-        if let Some(found) = self.keys.read().await.get(kid) {
-            return Ok(found.clone());
-        }
-        if fetched.is_none_or(|at| at.elapsed() >= self.min_refresh) {
-            let keys = self.fetch().await?;
-            *fetched = Some(Instant::now());
-            tracing::info!(url = %self.url, keys = keys.len(), "fetched the identity provider's keys");
-            *self.keys.write().await = keys;
-        }
-        self.keys
-            .read()
-            .await
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| ApiError::unauthorized(format!("unknown key id {kid:?}")))
-    }
-
-    async fn fetch(&self) -> Result<HashMap<String, (DecodingKey, Option<Algorithm>)>, ApiError> {
-        let unavailable = |why: String| {
-            tracing::warn!(url = %self.url, %why, "cannot fetch the identity provider's keys");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service unavailable",
-                "the identity provider's signing keys cannot be fetched; try again later",
-            )
-        };
-        let response = self
-            .client
-            .get(self.url.clone())
-            .send()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(unavailable(format!("status {}", response.status())));
-        }
-        let set: JwkSet = response
-            .json()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        Ok(set.keys.iter().filter_map(usable).collect())
-    }
-}
-
-/// A signing key of the set, by its id; keys for encryption, without an id or of a kind
-/// jsonwebtoken cannot use are left out.
-fn usable(jwk: &Jwk) -> Option<(String, (DecodingKey, Option<Algorithm>))> {
-    use jsonwebtoken::jwk::PublicKeyUse;
-    let kid = jwk.common.key_id.clone()?;
-    if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
-        return None;
-    }
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    let alg = jwk
-        .common
-        .key_algorithm
-        .and_then(|a| Algorithm::from_str(&a.to_string()).ok());
-    Some((kid, (key, alg)))
 }

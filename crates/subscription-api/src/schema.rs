@@ -73,6 +73,8 @@ pub fn address_pattern(channel: Channel) -> String {
         Channel::Telegram => trimmed("[-+]?0*[1-9][0-9]{0,17}"),
         // A non-zero u64 as a string.
         Channel::Discord => trimmed("\\+?0*[1-9][0-9]{0,18}"),
+        // Captured by the bot only; the API refuses one typed in (`refuse_captured`).
+        Channel::Teams => "^https?://[^\\s@/?#]+[^\\s]* [^\\s]+$".to_owned(),
         Channel::Sms => "^[ .()-]*\\+[ .()-]*[1-9](?:[ .()-]*[0-9]){7,14}[ .()-]*$".to_owned(),
         Channel::Email => {
             let atom = format!("[^{CONTROL}{SPACE}@<>()\\[\\],;:\\\\\".]+");

@@ -43,6 +43,7 @@ impl ChannelSender for NoopSender {
             account_burst: 1_000_000,
             recipient_interval: Duration::from_millis(1),
             recipient_burst: 1_000_000,
+            recipient_windows: Vec::new(),
         }
     }
 

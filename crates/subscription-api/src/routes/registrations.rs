@@ -114,7 +114,20 @@ pub fn parse_address(channel: &str, address: &str) -> Result<(Channel, String), 
     let channel = parse_channel(channel)?;
     let address = Address::parse(channel, address)
         .map_err(|e| ApiError::invalid("address", e.to_string()))?;
+    refuse_captured(&address)?;
     Ok((channel, address.value()))
+}
+
+/// A Teams address names the Bot Connector that Herald hands its bot token to: only the bot
+/// captures one, from an activity the Bot Framework signed, when a person links their chat.
+pub fn refuse_captured(address: &Address) -> Result<(), ApiError> {
+    match address {
+        Address::Teams(_) => Err(ApiError::invalid(
+            "channel",
+            "teams addresses are captured by the bot when a person links their chat: issue a link code (POST /users/{userId}/link-codes)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -261,6 +261,7 @@ async fn add_address(
         Address::parse(channel, &body.address)
             .map_err(|e| ApiError::invalid("address", e.to_string()))?
     };
+    super::registrations::refuse_captured(&address)?;
     if let Some(name) = &body.display_name {
         super::check_text("displayName", name, 200)?;
     }

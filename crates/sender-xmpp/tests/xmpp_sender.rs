@@ -11,39 +11,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use herald_testkit::prosody::Prosody;
-use messaging_core::Address;
 use messaging_core::events::{AttemptResult, DeliveryEvent};
 use messaging_core::failure::FailureClass;
-use messaging_core::values::Jid;
 use sender_runtime::testing::{SenderHarness, quick_config};
 use sender_xmpp::{XmppConfig, XmppSender};
-use support::{Person, WAIT, bot_config};
+use support::{Person, WAIT, bot_config, final_event, room, start, xmpp};
 use tokio_xmpp::jid::BareJid;
 use tokio_xmpp::parsers::message::MessageType;
-
-async fn start(test: &str, config: XmppConfig) -> SenderHarness {
-    let h = SenderHarness::start_chat::<XmppSender>(test, quick_config(), config).await;
-    let ready = h.wait_readiness(WAIT, |status, _| status == 200).await;
-    assert!(ready, "not ready: {:?}", h.readyz().await);
-    h
-}
-
-fn xmpp(jid: &str) -> Address {
-    Address::Xmpp(Jid::parse(jid).unwrap())
-}
-
-fn room(jid: &BareJid) -> Address {
-    Address::XmppRoom(Jid::parse(&jid.to_string()).unwrap())
-}
-
-async fn final_event(h: &SenderHarness) -> DeliveryEvent {
-    loop {
-        let event = h.next_event(WAIT).await.expect("a delivery event");
-        if event.result.is_final() {
-            return event;
-        }
-    }
-}
 
 fn failure_code(event: &DeliveryEvent) -> (&str, FailureClass) {
     match &event.result {
@@ -123,61 +97,6 @@ async fn a_notification_goes_into_a_room_the_bot_joins_first() {
             "{event:?}"
         );
     }
-    h.stop().await;
-}
-
-/// Each message into a room comes back to the bot as an echo, so a burst of them is a burst
-/// of reading and writing at once: the session once hung after some hundreds (it waited for
-/// each write without reading, and the stream stops writing while its incoming queue is full).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_two_thousand_messages_into_one_room_all_arrive() {
-    const MESSAGES: usize = 2_000;
-    let prosody = Prosody::local();
-    let (mut config, _bot) = bot_config(&prosody).await;
-    // What is tested is the stream, not the wait for a bounce: a short one keeps it quick.
-    config.xmpp.bounce_wait_ms = 20;
-    let mut ann = Person::online(&prosody, "ann").await;
-    let team = BareJid::from_str(&format!(
-        "burst-{}@{}",
-        uuid::Uuid::new_v4().simple(),
-        prosody.muc_domain
-    ))
-    .unwrap();
-    ann.create_room(&team, "ann").await;
-    let h = start("xmpp_room_burst", config).await;
-
-    // Ann reads all along, as a person's client does.
-    let reading = tokio::spawn(async move {
-        let mut bodies = std::collections::HashSet::new();
-        while bodies.len() < MESSAGES {
-            let (_, body) = ann.next_body(MessageType::Groupchat).await;
-            bodies.insert(body);
-        }
-        bodies
-    });
-    let mut jobs = std::collections::HashSet::new();
-    for i in 0..MESSAGES {
-        let job = h.job(room(&team), &format!("burst {i}"));
-        jobs.insert(job.delivery_id);
-        h.publish(&job).await;
-    }
-    let mut delivered = 0;
-    while delivered < MESSAGES {
-        let event = final_event(&h).await;
-        assert!(
-            matches!(event.result, AttemptResult::Delivered { .. }),
-            "{event:?}"
-        );
-        assert!(jobs.remove(&event.delivery_id), "one outcome per job");
-        delivered += 1;
-    }
-    let bodies = reading.await.unwrap();
-    assert_eq!(
-        bodies.len(),
-        MESSAGES,
-        "every message reached the room once"
-    );
-    assert!(bodies.contains("burst 0") && bodies.contains("burst 1999"));
     h.stop().await;
 }
 

@@ -11,6 +11,9 @@
 //!   providers' published limits (sliding windows: Telegram 30/s per bot and 1/s per chat,
 //!   Discord 50 requests/s and 5 messages per 5 s per channel): the rate the provider saw per
 //!   bot and per chat over a 30 s window, as a share of the ceiling, and the 429s it answered;
+//! - Teams against the fake Bot Framework: throughput with the limits raised, then at the
+//!   default limits against the fake enforcing the published ones (30 requests/s per app;
+//!   per conversation 7/1 s, 8/2 s, 60/30 s, 1,800/h, all sliding windows);
 //! - XMPP against the tests' local Prosody: messages/s to one JID and into one room, and the
 //!   time the bot takes to create and configure a pool of 50 help-desk rooms;
 //! - each sender's resident memory when idle and its peak while loaded.
@@ -34,6 +37,7 @@ use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
 use herald_testkit::discord_interactions::InteractionClient;
 use herald_testkit::fake_discord::{DiscordLimits, FakeDiscord};
 use herald_testkit::fake_sms::FakeSms;
+use herald_testkit::fake_teams::FakeTeams;
 use herald_testkit::fake_telegram::{FakeTelegram, SentMessage, TelegramLimits};
 use herald_testkit::prosody::Prosody;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
@@ -41,7 +45,7 @@ use lapin::types::FieldTable;
 use messaging_core::events::{RoomChange, RoomEvent, RoomRoster};
 use messaging_core::job::{RenderedContent, SendJob};
 use messaging_core::topology::routing;
-use messaging_core::values::{E164, Email, TenantKey};
+use messaging_core::values::{E164, Email, TeamsChat, TenantKey};
 use messaging_core::{Address, Channel, EnvelopeVersion};
 
 #[derive(Parser)]
@@ -134,6 +138,12 @@ async fn main() -> anyhow::Result<()> {
         let discord = discord_runs(&bin_dir, args.messages, args.window_secs).await?;
         discord.print();
         memory.push(("sender-discord", discord.capacity));
+    }
+
+    if wanted(Channel::Teams) {
+        let teams = teams_runs(&bin_dir, args.messages, args.window_secs).await?;
+        teams.print();
+        memory.push(("sender-teams", teams.capacity));
     }
 
     if wanted(Channel::Xmpp) {
@@ -362,6 +372,98 @@ async fn discord_runs(
         // The single user's requests, but its first (opening the DM) is not a message.
         per_chat: window_rate(one.into_iter().skip(1).collect(), window),
         per_chat_ceiling: per_chat,
+        too_many_requests,
+        window,
+    })
+}
+
+/// Teams conversations on the fake Bot Connector.
+fn conversations(fake: &FakeTeams, n: usize) -> Vec<Address> {
+    (0..n)
+        .map(|i| {
+            let chat = TeamsChat::new(&fake.service_url(), &format!("a:1bench{i}")).expect("valid");
+            Address::Teams(chat)
+        })
+        .collect()
+}
+
+async fn teams_runs(
+    bin_dir: &std::path::Path,
+    n: usize,
+    window_secs: u64,
+) -> anyhow::Result<ChatFigures> {
+    const APP_ID: &str = "bench-app";
+    const PASSWORD: &str = "bench-secret";
+    let env = |fake: &FakeTeams| {
+        vec![
+            ("HERALD_TEAMS__APP_ID", APP_ID.to_owned()),
+            ("HERALD_TEAMS__APP_PASSWORD", PASSWORD.to_owned()),
+            (
+                "HERALD_TEAMS__TOKEN_URL",
+                fake.token_url("botframework.com"),
+            ),
+            (
+                "HERALD_TEAMS__OPENID_METADATA_URL",
+                fake.openid_metadata_url(),
+            ),
+            ("HERALD_TEAMS__SERVICE_HOSTS", "127.0.0.1".to_owned()),
+        ]
+    };
+    let fake = FakeTeams::start(APP_ID, PASSWORD).await;
+    let mut raised = env(&fake);
+    // The sender's own request bucket too (the Bot Connector counts requests).
+    raised.push(("HERALD_TEAMS__REQUESTS_PER_SECOND", "1000000".into()));
+    let capacity = run_sender(
+        bin_dir,
+        Channel::Teams,
+        &conversations(&fake, n),
+        Load::Raised,
+        &raised,
+    )
+    .await
+    .context("teams run")?;
+    anyhow::ensure!(
+        fake.received().len() == n,
+        "the fake got {}",
+        fake.received().len()
+    );
+
+    // At the default limits, against a fake enforcing the published ones as sliding
+    // windows: many conversations (the app's 30/s), then one (its 60 in 30 s: within a
+    // window of 30 s the ceiling is 2/s, and only a window of an hour brings it to 0.5/s).
+    let window = Duration::from_secs(window_secs);
+    let (per_app, per_conversation) = (30.0, 2.0);
+    let mut too_many_requests = 0;
+    let mut default_run = async |many: bool, count: usize| -> anyhow::Result<Vec<Instant>> {
+        let fake = FakeTeams::start(APP_ID, PASSWORD).await;
+        fake.enforce_limits();
+        let jobs = if many {
+            conversations(&fake, count)
+        } else {
+            vec![conversations(&fake, 1).remove(0); count]
+        };
+        run_sender(
+            bin_dir,
+            Channel::Teams,
+            &jobs,
+            Load::Default { window },
+            &env(&fake),
+        )
+        .await
+        .context("teams run at the default limits")?;
+        too_many_requests += fake.throttled();
+        Ok(fake.received().iter().map(|r| r.at).collect())
+    };
+    let many = default_run(true, outlasting(per_app, window)).await?;
+    let one = default_run(false, outlasting(per_conversation, window)).await?;
+    Ok(ChatFigures {
+        channel: Channel::Teams,
+        capacity,
+        unit: "requests",
+        per_bot: window_rate(many, window),
+        per_bot_ceiling: per_app,
+        per_chat: window_rate(one, window),
+        per_chat_ceiling: per_conversation,
         too_many_requests,
         window,
     })
@@ -641,7 +743,8 @@ impl Started {
             command
                 .env("HERALD_SENDER__ACCOUNT_PER_SECOND", "1000000")
                 .env("HERALD_SENDER__ACCOUNT_BURST", "1000000")
-                .env("HERALD_SENDER__RECIPIENT_BURST", "1000000");
+                .env("HERALD_SENDER__RECIPIENT_BURST", "1000000")
+                .env("HERALD_SENDER__RECIPIENT_WINDOWS", "none");
         }
         for (key, value) in env {
             command.env(key, value);

@@ -272,3 +272,35 @@ impl Person {
             .await;
     }
 }
+
+/// The sender under a fresh prefix, once it is ready.
+pub async fn start(test: &str, config: XmppConfig) -> sender_runtime::testing::SenderHarness {
+    let h = sender_runtime::testing::SenderHarness::start_chat::<sender_xmpp::XmppSender>(
+        test,
+        sender_runtime::testing::quick_config(),
+        config,
+    )
+    .await;
+    let ready = h.wait_readiness(WAIT, |status, _| status == 200).await;
+    assert!(ready, "not ready: {:?}", h.readyz().await);
+    h
+}
+
+pub fn xmpp(jid: &str) -> messaging_core::Address {
+    messaging_core::Address::Xmpp(messaging_core::values::Jid::parse(jid).unwrap())
+}
+
+pub fn room(jid: &BareJid) -> messaging_core::Address {
+    messaging_core::Address::XmppRoom(messaging_core::values::Jid::parse(&jid.to_string()).unwrap())
+}
+
+pub async fn final_event(
+    h: &sender_runtime::testing::SenderHarness,
+) -> messaging_core::events::DeliveryEvent {
+    loop {
+        let event = h.next_event(WAIT).await.expect("a delivery event");
+        if event.result.is_final() {
+            return event;
+        }
+    }
+}

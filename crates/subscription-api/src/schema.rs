@@ -73,7 +73,7 @@ pub fn address_pattern(channel: Channel) -> String {
         Channel::Telegram => trimmed("[-+]?0*[1-9][0-9]{0,17}"),
         // A non-zero u64 as a string.
         Channel::Discord => trimmed("\\+?0*[1-9][0-9]{0,18}"),
-        // Captured by the bot only; the API refuses one typed in (`refuse_captured`).
+        // Captured by the bot only; the API refuses one typed in (`typed_in`).
         Channel::Teams => "^https?://[^\\s@/?#]+[^\\s]* [^\\s]+$".to_owned(),
         Channel::Sms => "^[ .()-]*\\+[ .()-]*[1-9](?:[ .()-]*[0-9]){7,14}[ .()-]*$".to_owned(),
         Channel::Email => {
@@ -468,9 +468,13 @@ component!(
 fn address_body(extra: impl Fn(ObjectBuilder, Channel) -> ObjectBuilder) -> Schema {
     let mut one_of = OneOfBuilder::new().description(Some(
         "`address` must be valid for `channel`: a Telegram chat id, a Discord snowflake, a \
-         JID, a mailbox, or an E.164 number (spaces, dots, dashes and parentheses are removed).",
+         JID, a mailbox, or an E.164 number (spaces, dots, dashes and parentheses are removed). \
+         A Teams address cannot be given: the bot captures it when a person links their chat.",
     ));
-    for channel in Channel::ALL {
+    for channel in Channel::ALL
+        .into_iter()
+        .filter(|c| crate::routes::registrations::typed_in(*c))
+    {
         let object = ObjectBuilder::new()
             .property("channel", words("The channel.", [channel.as_str()]))
             .property(

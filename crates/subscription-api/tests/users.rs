@@ -164,4 +164,9 @@ async fn settings_and_addresses_are_validated(pool: PgPool) {
     add(json!({"channel": "telegram", "address": "0"}))
         .await
         .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("address"));
+    // A Teams address names the host Herald would hand its bot token to: only the bot
+    // captures one.
+    add(json!({"channel": "teams", "address": "https://evil.example/ a:1x"}))
+        .await
+        .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("channel"));
 }

@@ -118,13 +118,21 @@ pub fn parse_address(channel: &str, address: &str) -> Result<(Channel, String), 
     Ok((channel, address.value()))
 }
 
-/// A Teams address names the Bot Connector that Herald hands its bot token to: only the bot
-/// captures one, from an activity the Bot Framework signed, when a person links their chat.
+/// Whether the API takes an address of this channel typed in. A Teams address names the Bot
+/// Connector that Herald hands its bot token to: only the bot captures one, from an activity
+/// the Bot Framework signed, when a person links their chat.
+pub fn typed_in(channel: Channel) -> bool {
+    channel != Channel::Teams
+}
+
+/// A 422 for an address of a channel whose addresses are not typed in ([`typed_in`]).
 pub fn refuse_captured(address: &Address) -> Result<(), ApiError> {
-    match address {
-        Address::Teams(_) => Err(ApiError::invalid(
+    match address.channel() {
+        channel if !typed_in(channel) => Err(ApiError::invalid(
             "channel",
-            "teams addresses are captured by the bot when a person links their chat: issue a link code (POST /users/{userId}/link-codes)",
+            format!(
+                "{channel} addresses are captured by the bot when a person links their chat: issue a link code (POST /users/{{userId}}/link-codes)"
+            ),
         )),
         _ => Ok(()),
     }

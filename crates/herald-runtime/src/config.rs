@@ -114,6 +114,14 @@ pub struct AmqpConfig {
     pub concurrency: usize,
     /// Retries of one message through the delay queues before it is dead-lettered.
     pub max_attempts: u32,
+    /// Waits of one message without being handled (deferrals, and waits longer than the
+    /// largest delay level) before it is dead-lettered (`too_many_deferrals`).
+    pub max_deferrals: u32,
+    /// The longest a message may ask to wait (`herald-not-before`); one that names a later
+    /// time is dead-lettered (`not_before_too_far`). Herald sets that header itself, but a
+    /// producer can too, and a far-future value would otherwise cycle through the delay
+    /// queues forever.
+    pub max_defer_secs: u64,
     /// How long a publish keeps trying through reconnects before it reports the broker down.
     pub publish_timeout_ms: u64,
     /// Upper bound of the reconnect backoff.
@@ -136,6 +144,8 @@ impl Default for AmqpConfig {
             prefetch: 64,
             concurrency: 32,
             max_attempts: 30,
+            max_deferrals: 10_000,
+            max_defer_secs: 24 * 3600,
             publish_timeout_ms: 60_000,
             reconnect_max_ms: 10_000,
             frame_max: DEFAULT_FRAME_MAX,

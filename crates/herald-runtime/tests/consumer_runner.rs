@@ -674,3 +674,85 @@ async fn connections_use_the_configured_frame_size() {
     assert_eq!(connection.configuration().frame_max(), 8_192);
     connection.close(200, "done".into()).await.unwrap();
 }
+
+/// A producer may set Herald's own `herald-not-before`: a time far in the future would make
+/// the message cycle through the delay queues for good. Past `amqp.max_defer_secs` it is a
+/// dead letter, and the handler never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_before_too_far_ahead_is_a_dead_letter() {
+    let h = Harness::new("not_before_far").await;
+    let (handler, _rx) = Recording::acking();
+    let started = handler.started.clone();
+    let stop = CancellationToken::new();
+    let mut settings = h.settings();
+    settings.max_defer = Duration::from_secs(3600);
+    let consumer = tokio::spawn(h.consumer(handler, settings).run(stop.clone()));
+    let publisher = h.publisher();
+    let mut table = lapin::types::FieldTable::default();
+    headers::set_u64(
+        &mut table,
+        headers::NOT_BEFORE,
+        headers::now_millis() + 10 * 365 * 24 * 3600 * 1000,
+    );
+    publisher
+        .publish(&h.message(&numbered(1)).headers(table))
+        .await
+        .unwrap();
+    let dead = h
+        .inspector
+        .wait_get(&h.dead_queue(), Duration::from_secs(10))
+        .await
+        .expect("a dead letter");
+    let table = dead.delivery.properties.headers().clone();
+    assert_eq!(
+        headers::get_str(table.as_ref(), headers::REASON_CODE).as_deref(),
+        Some("not_before_too_far")
+    );
+    assert_eq!(*started.lock().unwrap(), 0, "never handled");
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+/// Every wait counts: a message a handler only ever defers is dead-lettered after
+/// `amqp.max_deferrals` waits, with the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_only_ever_waits_is_dead_lettered_in_the_end() {
+    let h = Harness::new("deferrals").await;
+    let (handler, mut rx) = Recording::new(|_, _| Outcome::Defer {
+        after: Duration::from_millis(10),
+    });
+    let stop = CancellationToken::new();
+    let mut settings = h.settings();
+    settings.max_deferrals = 3;
+    let consumer = tokio::spawn(h.consumer(handler, settings).run(stop.clone()));
+    let publisher = h.publisher();
+    publisher.publish(&h.message(&numbered(2))).await.unwrap();
+    let dead = h
+        .inspector
+        .wait_get(&h.dead_queue(), Duration::from_secs(20))
+        .await
+        .expect("a dead letter");
+    let table = dead.delivery.properties.headers().clone();
+    assert_eq!(
+        headers::get_str(table.as_ref(), headers::REASON_CODE).as_deref(),
+        Some("too_many_deferrals")
+    );
+    assert_eq!(
+        headers::get_u64(table.as_ref(), headers::DEFERRALS),
+        Some(3)
+    );
+    let mut handled = 0;
+    while rx.try_recv().is_ok() {
+        handled += 1;
+    }
+    assert_eq!(
+        handled, 4,
+        "deferred three times, the fourth defer is the dead letter"
+    );
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}

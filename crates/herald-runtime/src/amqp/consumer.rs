@@ -130,6 +130,10 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// Waits without being handled before a dead letter (`too_many_deferrals`).
+    pub max_deferrals: u32,
+    /// The longest wait a message's `herald-not-before` may ask for (`not_before_too_far`).
+    pub max_defer: Duration,
     /// Larger bodies are dead-lettered unread (`oversized`).
     pub max_body_bytes: usize,
     /// Consumed while the pause gate holds the consumer, so the broker shows a consumer
@@ -146,6 +150,8 @@ impl ConsumerSettings {
             prefetch: config.prefetch.max(1),
             concurrency: config.concurrency.max(1),
             max_attempts: config.max_attempts.max(1),
+            max_deferrals: config.max_deferrals.max(1),
+            max_defer: Duration::from_secs(config.max_defer_secs),
             max_body_bytes: messaging_core::MAX_MESSAGE_BYTES,
             standby_queue: None,
         }
@@ -542,6 +548,15 @@ impl<H: Handler> Worker<H> {
                     ),
                 )))
             }
+            // Every wait counts: a message that only ever waits is dead-lettered in the end.
+            Decision::Handled(Outcome::Defer { .. }) | Decision::NotYet(_)
+                if deferrals(&ctx) >= self.settings.max_deferrals =>
+            {
+                Decision::Handled(Outcome::DeadLetter(Rejection::new(
+                    "too_many_deferrals",
+                    format!("waited {} times without being handled", deferrals(&ctx)),
+                )))
+            }
             other => other,
         };
         let label = match &decision {
@@ -554,8 +569,15 @@ impl<H: Handler> Worker<H> {
         let settled = match decision {
             Decision::Handled(Outcome::Ack) => Ok(()),
             Decision::Handled(Outcome::Retry { after, reason }) => {
-                self.delay(&delivery, &ctx, after, ctx.attempt + 1, Some(&reason))
-                    .await
+                self.delay(
+                    &delivery,
+                    &ctx,
+                    after,
+                    ctx.attempt + 1,
+                    Some(&reason),
+                    false,
+                )
+                .await
             }
             Decision::Handled(Outcome::DeadLetter(rejection)) => {
                 self.dead_letter(&delivery, &ctx, &rejection).await
@@ -567,6 +589,7 @@ impl<H: Handler> Worker<H> {
                     after,
                     ctx.attempt,
                     ctx.last_error.as_deref(),
+                    true,
                 )
                 .await
             }
@@ -604,7 +627,19 @@ impl<H: Handler> Worker<H> {
             let now = headers::now_millis();
             // A few milliseconds early is TTL granularity, not a reason to wait again.
             if not_before > now + 10 {
-                return Decision::NotYet(Duration::from_millis(not_before - now));
+                let wait = Duration::from_millis(not_before - now);
+                if wait > self.settings.max_defer {
+                    return Decision::Handled(Outcome::DeadLetter(Rejection::new(
+                        "not_before_too_far",
+                        format!(
+                            "{} asks to wait {} s, the limit is {} s",
+                            headers::NOT_BEFORE,
+                            wait.as_secs(),
+                            self.settings.max_defer.as_secs()
+                        ),
+                    )));
+                }
+                return Decision::NotYet(wait);
             }
         }
         if delivery.data.len() > self.settings.max_body_bytes {
@@ -650,9 +685,17 @@ impl<H: Handler> Worker<H> {
         after: Duration,
         attempt: u32,
         last_error: Option<&str>,
+        deferral: bool,
     ) -> Result<(), crate::amqp::PublishError> {
         let level = self.topology.delay_level_for(after);
         let mut table = ctx.headers.clone();
+        if deferral {
+            headers::set_u64(
+                &mut table,
+                headers::DEFERRALS,
+                u64::from(deferrals(ctx)) + 1,
+            );
+        }
         headers::set_u64(&mut table, headers::ATTEMPT, u64::from(attempt));
         headers::set_u64(
             &mut table,
@@ -723,6 +766,12 @@ impl<H: Handler> Worker<H> {
 /// How long a message whose retry or dead letter could not be published waits before it is
 /// returned to its queue.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// How many times the message waited so far (its `herald-deferrals`).
+fn deferrals(ctx: &Context) -> u32 {
+    headers::get_u64(Some(&ctx.headers), headers::DEFERRALS)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
 
 enum Decision {
     Handled(Outcome),

@@ -12,6 +12,9 @@ pub const FIRST_ATTEMPT_AT: &str = "herald-first-attempt-at";
 /// Unix milliseconds before which the message must not be handled. Lets a retry wait longer
 /// than the largest delay level by chaining through it.
 pub const NOT_BEFORE: &str = "herald-not-before";
+/// How many times the message waited without being handled (a deferral, or the rest of a
+/// wait longer than a delay level). Bounded by `amqp.max_deferrals`.
+pub const DEFERRALS: &str = "herald-deferrals";
 /// Picks the delay queue: its value is the level in milliseconds.
 pub const DELAY: &str = "herald-delay";
 /// Why the previous attempt asked for a retry.

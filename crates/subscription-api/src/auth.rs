@@ -87,6 +87,26 @@ pub fn credential(headers: &axum::http::HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// A request with both an `Authorization` and an `X-Api-Key` that differ: which of them
+/// counts would be a guess (a proxy may add one, a client another), so neither does.
+pub fn conflicting_credentials(headers: &axum::http::HeaderMap) -> bool {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or_default().trim())
+    };
+    match (header("authorization"), header("x-api-key")) {
+        (Some(authorization), Some(key)) => {
+            let bearer = authorization
+                .strip_prefix("Bearer ")
+                .or_else(|| authorization.strip_prefix("bearer "))
+                .map(str::trim);
+            bearer != Some(key)
+        }
+        _ => false,
+    }
+}
+
 fn unavailable_or(error: StoreError, otherwise: ApiError) -> ApiError {
     match error {
         StoreError::NotFound => otherwise,
@@ -98,6 +118,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        if conflicting_credentials(&parts.headers) {
+            return Err(ApiError::unauthorized(
+                "Authorization and X-Api-Key name different credentials: send one",
+            ));
+        }
         let token = credential(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("send an API key or a token: Authorization: Bearer …")
         })?;

@@ -620,7 +620,51 @@ async fn header_tricks_do_not_give_a_caller_a_fresh_rate_limit(pool: PgPool) {
     }
     assert_eq!(
         statuses,
-        [200, 200, 200, 429, 429],
-        "one key, one bucket, whatever else is sent"
+        [401, 401, 401, 429, 429],
+        "one key, one bucket, whatever else is sent (and two credentials are refused)"
     );
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn two_different_credentials_are_refused_and_the_same_one_twice_is_not(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.tenant_with_admin("acme").await;
+    let bearer = format!("Bearer {admin}");
+    let call = |headers: Vec<(&'static str, String)>| {
+        let app = &app;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.call_with("GET", SUBSCRIPTIONS, None, &headers, None)
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    // A valid bearer beside a garbage key: which one counts would be a guess.
+    assert_eq!(
+        call(vec![
+            ("authorization", bearer.clone()),
+            ("x-api-key", "hk_garbage".into())
+        ])
+        .await,
+        401
+    );
+    assert_eq!(
+        call(vec![
+            ("authorization", "Bearer hk_garbage".into()),
+            ("x-api-key", admin.clone())
+        ])
+        .await,
+        401
+    );
+    assert_eq!(
+        call(vec![
+            ("authorization", bearer.clone()),
+            ("x-api-key", admin.clone())
+        ])
+        .await,
+        200
+    );
+    assert_eq!(call(vec![("x-api-key", admin.clone())]).await, 200);
 }

@@ -203,6 +203,17 @@ impl IngressHandler {
         request: Request<'_>,
         ctx: &Context,
     ) -> Result<Outcome, RouteError> {
+        if let Some(reply_to) = ctx.reply_to.as_deref().filter(|r| !r.is_empty())
+            && !self.fanout.names().is_reply_queue_of(&tenant.key, reply_to)
+        {
+            return Ok(dead_letter(
+                "reply_to_not_allowed",
+                format!(
+                    "reply_to {reply_to:?} is not one of the tenant's reply queues: name one that starts with {:?}",
+                    self.fanout.names().reply_queue_prefix(&tenant.key)
+                ),
+            ));
+        }
         let span = tracing::info_span!(
             "fanout",
             tenant = %tenant.key,

@@ -111,7 +111,10 @@ impl Outcomes {
             Ok(()) | Err(PublishError::Unroutable { .. }) => {}
             Err(e) => return Err(OutcomeError::Publish(e)),
         }
-        if let Some(reply_to) = pending.reply_to.as_deref().filter(|r| !r.is_empty()) {
+        if let Some(reply_to) = pending.reply_to.as_deref().filter(|r| !r.is_empty())
+            // Checked at ingress too; a row stored before that check is held to it here.
+            && self.names.is_reply_queue_of(&pending.tenant_key, reply_to)
+        {
             // The default exchange routes by queue name, as RPC replies do.
             let mut reply = Message::new("", reply_to, &body).message_id(id);
             if let Some(correlation) = &pending.correlation_id {

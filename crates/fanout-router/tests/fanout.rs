@@ -301,6 +301,30 @@ async fn an_unknown_tenant_is_dead_lettered(pool: PgPool) {
     h.finish().await;
 }
 
+/// The outcome goes to `reply_to` through the default exchange, which reaches any queue by
+/// name: only the tenant's own reply queues are taken.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_reply_to_outside_the_tenants_reply_queues_is_dead_lettered(pool: PgPool) {
+    let h = Harness::new(pool, "reply_to").await;
+    let body = notify_users(&["ann"], None);
+    for queue in [
+        h.names.send_queue(Channel::Email),
+        format!("{}orders", h.names.reply_queue_prefix("globex")),
+        h.names.reply_queue_prefix("acme"),
+    ] {
+        let mut ctx = support::context(None);
+        ctx.reply_to = Some(queue.clone());
+        let Outcome::DeadLetter(rejection) = h.handle_in(&body, ctx).await else {
+            panic!("dead letter expected for {queue}")
+        };
+        assert_eq!(rejection.code, "reply_to_not_allowed", "{queue}");
+    }
+    let mut ctx = support::context(None);
+    ctx.reply_to = Some(format!("{}orders", h.names.reply_queue_prefix("acme")));
+    assert_eq!(h.handle_in(&body, ctx).await, Outcome::Ack);
+    h.finish().await;
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_user_without_an_address_gets_a_failed_no_address_delivery(pool: PgPool) {
     let h = Harness::new(pool, "no_address").await;

@@ -147,7 +147,7 @@ async fn events_track_each_delivery_and_the_last_one_publishes_the_outcome(pool:
         .await;
     let reply = h
         .inspector
-        .temporary_queue(&h.names.events_exchange(), "unused-key")
+        .named_temporary_queue(&format!("{}orders", h.names.reply_queue_prefix("acme")))
         .await;
     sqlx::query("UPDATE messages SET reply_to = $2, correlation_id = 'corr-7' WHERE id = $1")
         .bind(message_id)

@@ -38,7 +38,8 @@ enum Command {
         /// Routing key on the ingress exchange (any key reaches the router).
         #[arg(long, default_value = "cli")]
         routing_key: String,
-        /// Queue the router answers to when the message is complete (R4).
+        /// Queue the router answers to when the message is complete (R4): one of the tenant's
+        /// reply queues, `<prefix>.reply.<tenant>.<name>`.
         #[arg(long)]
         reply_to: Option<String>,
         #[arg(long)]

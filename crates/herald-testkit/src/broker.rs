@@ -153,6 +153,23 @@ impl Inspector {
             .expect("bind the queue");
     }
 
+    /// A queue of this name, deleted with this connection (a producer's reply queue).
+    pub async fn named_temporary_queue(&self, name: &str) -> String {
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a named temporary queue")
+            .name()
+            .to_string()
+    }
+
     pub async fn temporary_queue(&self, exchange: &str, key: &str) -> String {
         let queue = self
             .channel

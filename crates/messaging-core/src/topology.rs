@@ -22,6 +22,20 @@ impl Names {
         &self.prefix
     }
 
+    /// What a tenant's reply queues must start with (`{p}.reply.<tenant>.`): the router
+    /// answers `reply_to` only there, through the default exchange, so a producer can name
+    /// neither Herald's own queues nor another tenant's.
+    pub fn reply_queue_prefix(&self, tenant: &str) -> String {
+        format!("{}.reply.{tenant}.", self.prefix)
+    }
+
+    /// Whether `queue` is one of `tenant`'s reply queues ([`Names::reply_queue_prefix`]).
+    pub fn is_reply_queue_of(&self, tenant: &str, queue: &str) -> bool {
+        queue
+            .strip_prefix(&self.reply_queue_prefix(tenant))
+            .is_some_and(|rest| !rest.is_empty())
+    }
+
     /// Topic exchange producers publish to (any routing key).
     pub fn ingress_exchange(&self) -> String {
         format!("{}.ingress", self.prefix)

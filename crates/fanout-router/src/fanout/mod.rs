@@ -107,6 +107,10 @@ pub struct FanOut {
 }
 
 impl FanOut {
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     pub fn new(pool: PgPool, publisher: Publisher, names: Names, batch_size: usize) -> Self {
         FanOut {
             pool,

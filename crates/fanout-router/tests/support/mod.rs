@@ -96,12 +96,17 @@ impl Harness {
 
     /// Decodes and handles one ingress body as the consumer runner would.
     pub async fn handle(&self, body: &Value, message_id: Option<&str>) -> Outcome {
+        self.handle_in(body, context(message_id)).await
+    }
+
+    /// [`Harness::handle`] with a context of the test's making (a `reply_to`, say).
+    pub async fn handle_in(&self, body: &Value, ctx: Context) -> Outcome {
         let bytes = serde_json::to_vec(body).expect("json");
         let message = match self.handler.decode(&bytes) {
             Ok(message) => message,
             Err(rejection) => return Outcome::DeadLetter(rejection),
         };
-        self.handler.handle(message, &context(message_id)).await
+        self.handler.handle(message, &ctx).await
     }
 
     /// Takes every job waiting in a channel's send queue.

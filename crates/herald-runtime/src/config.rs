@@ -181,7 +181,9 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    // The last `@`: a password may hold one (written unescaped, as people do), and splitting
+    // at the first would print the rest of the password as if it were the host.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
@@ -273,6 +275,11 @@ mod tests {
             "amqp://herald:***@mq:5672/%2f"
         );
         assert_eq!(redact_url("amqp://mq:5672"), "amqp://mq:5672");
+        assert_eq!(
+            redact_url("amqp://herald:p@ss:w@rd@mq:5672/%2f"),
+            "amqp://herald:***@mq:5672/%2f",
+            "a password with @ in it never shows"
+        );
     }
 
     #[test]

@@ -17,7 +17,12 @@ pub async fn track(request: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         // Unmatched paths share one label, so a scanner cannot create series at will.
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    // Any token is a valid HTTP method: a fixed set keeps a client from creating series.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

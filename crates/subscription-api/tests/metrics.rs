@@ -20,6 +20,9 @@ async fn requests_are_counted_by_route_template_and_status(pool: PgPool) {
         .await
         .expect(StatusCode::UNAUTHORIZED);
     app.call("GET", "/no/such/thing/4711", None, None).await;
+    // Any token is a method; each must not make a series of its own.
+    app.call("BREW4711", "/api/messaging/subscriptions", None, None)
+        .await;
 
     let text = metrics.render();
     let line = |route: &str, status: &str| {
@@ -37,5 +40,10 @@ async fn requests_are_counted_by_route_template_and_status(pool: PgPool) {
     assert!(line("/api/messaging/subscriptions", "401"), "{text}");
     assert!(line("unmatched", "404"), "{text}");
     assert!(!text.contains("metered") && !text.contains("4711"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("herald_api_requests_total") && l.contains("method=\"other\"")),
+        "{text}"
+    );
     assert!(text.contains("herald_api_request_duration_seconds_bucket"));
 }

@@ -105,7 +105,8 @@ impl Outcomes {
             routing::outcome(&pending.tenant_key),
             &body,
         )
-        .message_id(id.clone());
+        .message_id(id.clone())
+        .unroutable_is_fine();
         match self.publisher.publish(&event).await {
             // Nobody binds outcomes of this tenant: nothing to tell on the exchange.
             Ok(()) | Err(PublishError::Unroutable { .. }) => {}

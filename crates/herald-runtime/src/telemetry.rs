@@ -10,9 +10,14 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global tracing subscriber. A second call (tests start several services in
 /// one process) keeps the first.
 pub fn init_tracing(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs a returned message whole, body included, at WARN: message content never
+    // goes to the logs. The publisher reports it as `Unroutable` instead.
+    if let Ok(quiet) = "lapin::returned_messages=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     // Colours only for a person at a terminal, never into log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()

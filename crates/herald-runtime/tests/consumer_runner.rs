@@ -330,6 +330,18 @@ async fn an_unroutable_message_is_an_error_not_a_silent_drop() {
         .unwrap_err();
     assert!(matches!(err, PublishError::Unroutable { .. }), "{err}");
     assert!(err.to_string().contains("fax"));
+    // An outcome nobody binds: dropped by the broker, not returned (with its body) to us.
+    publisher
+        .publish(
+            &Message::new(
+                h.topology.names().events_exchange(),
+                "outcome.nobody",
+                &body,
+            )
+            .unroutable_is_fine(),
+        )
+        .await
+        .expect("confirmed, not returned");
     publisher.close().await;
     h.cleanup().await;
 }

@@ -1,6 +1,7 @@
 //! Publishing with confirms.
 //!
-//! Every message is persistent and `mandatory`; the broker confirms each one. A message the
+//! Every message is persistent and `mandatory` (unless the caller says that nobody may be
+//! bound, [`Message::unroutable_is_fine`]); the broker confirms each one. A message the
 //! broker cannot route comes back as [`PublishError::Unroutable`], never silently dropped.
 //! Confirms are pipelined: [`Publisher::publish_batch`] sends a whole batch before waiting,
 //! and concurrent callers share one channel, so many confirms are in flight at once.
@@ -32,6 +33,8 @@ pub struct Message<'a> {
     pub routing_key: String,
     pub body: &'a [u8],
     pub properties: BasicProperties,
+    /// Published `mandatory` (the default): unroutable comes back as an error.
+    pub mandatory: bool,
 }
 
 impl<'a> Message<'a> {
@@ -46,7 +49,16 @@ impl<'a> Message<'a> {
             routing_key: routing_key.into(),
             body,
             properties: BasicProperties::default().with_content_type("application/json".into()),
+            mandatory: true,
         }
+    }
+
+    /// For a message nobody may be bound to (an outcome on `outcome.<tenant>`): published
+    /// without `mandatory`, so the broker drops it instead of returning it, body and all,
+    /// on every publish.
+    pub fn unroutable_is_fine(mut self) -> Self {
+        self.mandatory = false;
+        self
     }
 
     pub fn message_id(mut self, id: impl Into<String>) -> Self {
@@ -231,10 +243,6 @@ impl Publisher {
         prepared: &[BasicProperties],
         pending: &[usize],
     ) -> Result<Sent, PublishError> {
-        let options = BasicPublishOptions {
-            mandatory: true,
-            immediate: false,
-        };
         let mut confirms = Vec::with_capacity(pending.len());
         let mut failed = Vec::new();
         let mut error = None;
@@ -244,6 +252,10 @@ impl Publisher {
                 continue;
             }
             let message = &messages[i];
+            let options = BasicPublishOptions {
+                mandatory: message.mandatory,
+                immediate: false,
+            };
             match live
                 .channel
                 .basic_publish(

@@ -9,4 +9,5 @@ HERALD_SERVICES=(
   "sender-email=127.0.0.1:9105"
   "sender-sms=127.0.0.1:9106"
   "sender-teams=127.0.0.1:9107"
+  "sender-websocket=127.0.0.1:9108"
 )

@@ -35,6 +35,17 @@ if [ -z "${HERALD_XMPP__JID:-}" ]; then
   export HERALD_XMPP__MUC_SERVICE=conference.localhost
 fi
 
+# The WebSocket channel: the API signs client tokens with this secret and sender-websocket
+# checks them. Made once and kept in .local (not committed). An operator's own wins.
+if [ -z "${HERALD_WEBSOCKET__TOKEN_SECRET:-}" ]; then
+  mkdir -p .local
+  if [ ! -s .local/websocket-secret ]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.local/websocket-secret)
+  fi
+  HERALD_WEBSOCKET__TOKEN_SECRET=$(cat .local/websocket-secret)
+  export HERALD_WEBSOCKET__TOKEN_SECRET
+fi
+
 # The API's database (HERALD_DATABASE__URL defaults to .../herald); migrations run at start.
 if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'herald'" | grep -q 1; then
   createdb -h 127.0.0.1 -U postgres herald

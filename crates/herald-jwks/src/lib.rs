@@ -6,8 +6,13 @@
 //! rotated its keys), one at a time and at most once per `min_refresh`, so tokens with random
 //! key ids cannot make Herald hammer the provider.
 //!
+//! [`ws_token`]: the tokens the API issues to the tenant's WebSocket clients and
+//! `sender-websocket` checks.
+//!
 //! A key keeps its `endorsements` (the Bot Framework lists, per key, the channels it may sign
 //! for), which jsonwebtoken's `Jwk` leaves out.
+
+pub mod ws_token;
 
 use std::collections::HashMap;
 use std::str::FromStr;

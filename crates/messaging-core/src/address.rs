@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
 use crate::states::AddressKind;
-use crate::values::{ChatId, DiscordId, E164, Email, InvalidValue, Jid, TeamsChat};
+use crate::values::{ChatId, DiscordId, E164, Email, InvalidValue, Jid, TeamsChat, WsKey};
 
 /// Where one delivery goes. The variant fixes the channel, so an email address can never be
 /// handed to the SMS sender.
@@ -31,6 +31,8 @@ pub enum Address {
     Sms(E164),
     /// A Teams conversation with the bot, captured from the Bot Framework (R38).
     Teams(TeamsChat),
+    /// A key the tenant's own WebSocket clients register for (R39).
+    Websocket(WsKey),
 }
 
 impl Address {
@@ -42,6 +44,7 @@ impl Address {
             Address::Email(_) => Channel::Email,
             Address::Sms(_) => Channel::Sms,
             Address::Teams(_) => Channel::Teams,
+            Address::Websocket(_) => Channel::Websocket,
         }
     }
 
@@ -55,6 +58,7 @@ impl Address {
             Channel::Email => Address::Email(Email::parse(raw)?),
             Channel::Sms => Address::Sms(E164::parse(raw)?),
             Channel::Teams => Address::Teams(TeamsChat::parse(raw)?),
+            Channel::Websocket => Address::Websocket(WsKey::parse(raw)?),
         })
     }
 
@@ -76,6 +80,7 @@ impl Address {
             Address::Email(_) => AddressKind::Email,
             Address::Sms(_) => AddressKind::Sms,
             Address::Teams(_) => AddressKind::Teams,
+            Address::Websocket(_) => AddressKind::Websocket,
         }
     }
 
@@ -88,6 +93,7 @@ impl Address {
             Address::Email(email) => email.to_string(),
             Address::Sms(number) => number.to_string(),
             Address::Teams(chat) => chat.to_string(),
+            Address::Websocket(key) => key.to_string(),
         }
     }
 }

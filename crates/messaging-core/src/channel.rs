@@ -22,16 +22,19 @@ pub enum Channel {
     Sms,
     /// Microsoft Teams, through the Bot Framework (R38).
     Teams,
+    /// Programs of the tenant's own that stay connected over WebSocket (R39).
+    Websocket,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Telegram,
         Channel::Discord,
         Channel::Xmpp,
         Channel::Email,
         Channel::Sms,
         Channel::Teams,
+        Channel::Websocket,
     ];
 
     /// The lowercase name used in JSON, queue names and configuration.
@@ -43,6 +46,7 @@ impl Channel {
             Channel::Email => "email",
             Channel::Sms => "sms",
             Channel::Teams => "teams",
+            Channel::Websocket => "websocket",
         }
     }
 
@@ -64,6 +68,7 @@ impl Channel {
             Channel::Email => "EMAIL",
             Channel::Sms => "SMS",
             Channel::Teams => "TEAMS",
+            Channel::Websocket => "WEBSOCKET",
         }
     }
 

@@ -19,6 +19,7 @@ text_enum! {
         Email = "email",
         Sms = "sms",
         Teams = "teams",
+        Websocket = "websocket",
     }
 }
 
@@ -32,6 +33,7 @@ impl AddressKind {
             AddressKind::Email => Channel::Email,
             AddressKind::Sms => Channel::Sms,
             AddressKind::Teams => Channel::Teams,
+            AddressKind::Websocket => Channel::Websocket,
         }
     }
 
@@ -45,6 +47,7 @@ impl AddressKind {
             Channel::Email => AddressKind::Email,
             Channel::Sms => AddressKind::Sms,
             Channel::Teams => AddressKind::Teams,
+            Channel::Websocket => AddressKind::Websocket,
         }
     }
 }

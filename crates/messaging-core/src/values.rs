@@ -491,6 +491,59 @@ string_newtype!(
     max = 1025
 );
 
+/// What a tenant's WebSocket clients register for (R39): a namespace (the client program's
+/// name, what its token may receive for) and an id within it, `support-bot/42`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WsKey(String);
+
+impl WsKey {
+    /// With the tenant and the namespace it makes an AMQP routing key (at most 255 bytes).
+    pub const MAX_ID_LEN: usize = 120;
+
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        const KIND: &str = "WebSocket address";
+        let s = s.trim();
+        let (namespace, id) = s
+            .split_once('/')
+            .ok_or_else(|| invalid(KIND, "expected namespace/id, as in support-bot/42"))?;
+        let namespace_ok = !namespace.is_empty()
+            && namespace.len() <= 63
+            && namespace.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !namespace_ok {
+            return Err(invalid(
+                KIND,
+                "the namespace is 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit",
+            ));
+        }
+        if id.is_empty()
+            || id.len() > Self::MAX_ID_LEN
+            || id.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                KIND,
+                format!(
+                    "the id is 1 to {} bytes without white space",
+                    Self::MAX_ID_LEN
+                ),
+            ));
+        }
+        Ok(WsKey(s.to_owned()))
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.0.split_once('/').map(|(ns, _)| ns).unwrap_or_default()
+    }
+}
+string_newtype!(
+    WsKey,
+    "A WebSocket address: namespace/id, as in support-bot/42.",
+    pattern = "^[a-z0-9][a-z0-9_-]{0,62}/[^\\s]{1,120}$",
+    max = 184
+);
+
 /// A Telegram chat id. Negative for groups and channels, so it is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -682,6 +735,12 @@ mod tests {
 
     #[test]
     fn chat_and_discord_ids_reject_zero_and_garbage() {
+        let key = WsKey::parse("support-bot/42").unwrap();
+        assert_eq!(key.namespace(), "support-bot");
+        assert!(WsKey::parse("Support/42").is_err());
+        assert!(WsKey::parse("support-bot/").is_err());
+        assert!(WsKey::parse("nonamespace").is_err());
+        assert!(WsKey::parse("a/b c").is_err());
         let chat = TeamsChat::new("https://smba.trafficmanager.net/emea/", "a:1Xyz_-9").unwrap();
         assert_eq!(chat.service_url(), "https://smba.trafficmanager.net/emea/");
         assert_eq!(chat.conversation_id(), "a:1Xyz_-9");

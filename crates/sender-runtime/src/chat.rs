@@ -60,6 +60,26 @@ pub trait ChatChannel: ChannelSender {
     ) -> impl Future<Output = Result<(), SendError>> + Send;
 }
 
+/// A channel whose recipients connect to the sender (the WebSocket channel, R39): it serves
+/// HTTP routes (the upgrade) and runs a task of its own beside sending, with no bot and no
+/// answers queue. `run_serving_sender::<S>` runs it.
+pub trait ServingChannel: ChannelSender {
+    /// Routes served on the sender's HTTP address beside `/healthz`.
+    fn routes(sender: Arc<Self>) -> Router;
+
+    /// Runs until `serving.shutdown` (the sender's own link to the broker, say).
+    fn serve(sender: Arc<Self>, serving: Serving) -> impl Future<Output = ()> + Send;
+}
+
+/// What a [`ServingChannel`]'s task gets.
+#[derive(Clone)]
+pub struct Serving {
+    pub health: Health,
+    pub shutdown: CancellationToken,
+    pub broker: Broker,
+    pub topology: Topology,
+}
+
 /// What a bot's listener gets.
 #[derive(Clone)]
 pub struct Inbound {

@@ -33,6 +33,6 @@ pub mod sender;
 pub mod testing;
 pub mod text;
 
-pub use chat::{ChatChannel, Inbound, Inbox, Incoming, Reply};
-pub use run::{run_chat_sender, run_sender};
+pub use chat::{ChatChannel, Inbound, Inbox, Incoming, Reply, Serving, ServingChannel};
+pub use run::{run_chat_sender, run_sender, run_serving_sender};
 pub use sender::{BuildError, Built, ChannelSender, Receipt, RetryLater, SendError};

@@ -12,7 +12,7 @@ use herald_runtime::service::Service;
 use serde::Deserialize;
 
 use crate::breaker::Breaker;
-use crate::chat::{AnswerHandler, ChatChannel, Inbound, Inbox};
+use crate::chat::{AnswerHandler, ChatChannel, Inbound, Inbox, Serving, ServingChannel};
 use crate::config::SenderConfig;
 use crate::limits::Limiter;
 use crate::limits::RateLimits;
@@ -63,6 +63,47 @@ pub async fn run_chat_sender<S: ChatChannel>(
     let (routes, work) = start_chat::<S>(&service, sender, channel_config).await?;
     service.run(routes, work).await?;
     Ok(())
+}
+
+/// The whole `main` of a sender whose recipients connect to it:
+/// `run_serving_sender::<WebsocketSender>("sender-websocket", "127.0.0.1:9108")`.
+pub async fn run_serving_sender<S: ServingChannel>(
+    name: &'static str,
+    default_http_addr: &str,
+) -> Result<(), RunError> {
+    let base: BaseConfig = herald_runtime::config::load(&[("http.addr", default_http_addr)])?;
+    let SenderSection { sender } = herald_runtime::config::load(&[])?;
+    let channel_config: S::Config = herald_runtime::config::load(&[])?;
+    let service = Service::build(name, base).await?;
+    let (routes, work) = start_serving::<S>(&service, sender, channel_config).await?;
+    service.run(routes, work).await?;
+    Ok(())
+}
+
+/// [`start`] for a [`ServingChannel`]: the sending side, the channel's routes and its task.
+pub async fn start_serving<S: ServingChannel>(
+    service: &Service,
+    config: SenderConfig,
+    channel_config: S::Config,
+) -> Result<(Router, BoxFuture<'static, ()>), BuildError> {
+    let limits = limits::<S>(&config)?;
+    let Some(sender) = build::<S>(service, channel_config).await? else {
+        return Ok((Router::new(), wait_for_shutdown(service)));
+    };
+    let serving = Serving {
+        health: service.health.clone(),
+        shutdown: service.shutdown.clone(),
+        broker: service.broker.clone(),
+        topology: service.topology.clone(),
+    };
+    let routes = S::routes(sender.clone());
+    let task = tokio::spawn(S::serve(sender.clone(), serving));
+    let sending = start_sending(service, config, limits, sender);
+    let work: BoxFuture<'static, ()> = Box::pin(async move {
+        sending.await;
+        let _ = task.await;
+    });
+    Ok((routes, work))
 }
 
 /// Builds the sender and returns its work: consuming the channel's queue until shutdown. A

@@ -58,6 +58,8 @@ pub struct SenderHarness {
     inbound_queue: String,
     /// Bound to `room.#`: the XMPP bot's room events.
     room_queue: String,
+    /// The configuration the service started with, for another replica.
+    base: BaseConfig,
 }
 
 impl SenderHarness {
@@ -94,6 +96,51 @@ impl SenderHarness {
         .await
     }
 
+    /// A [`crate::ServingChannel`] (the WebSocket channel), as its binary runs it.
+    pub async fn start_serving<S: crate::ServingChannel>(
+        test: &str,
+        config: SenderConfig,
+        channel_config: S::Config,
+    ) -> SenderHarness {
+        Self::start_with(test, S::CHANNEL, |service| {
+            Box::pin(async move {
+                crate::run::start_serving::<S>(service, config, channel_config)
+                    .await
+                    .expect("sender builds")
+            })
+        })
+        .await
+    }
+
+    /// One more replica of a [`crate::ServingChannel`] under this harness's prefix: another
+    /// process, as far as the broker can tell (its own connections and HTTP address).
+    pub async fn start_serving_replica<S: crate::ServingChannel>(
+        &self,
+        config: SenderConfig,
+        channel_config: S::Config,
+    ) -> Replica {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let shutdown = CancellationToken::new();
+        let service = Service::with_parts(
+            "test-replica",
+            self.base.clone(),
+            listener,
+            shutdown.clone(),
+        );
+        let addr = service.local_addr().expect("addr");
+        let (routes, work) = crate::run::start_serving::<S>(&service, config, channel_config)
+            .await
+            .expect("replica builds");
+        let running = tokio::spawn(service.run(routes, work));
+        Replica {
+            addr,
+            shutdown,
+            running,
+        }
+    }
+
     async fn start_with(
         test: &str,
         channel: messaging_core::Channel,
@@ -123,7 +170,7 @@ impl SenderHarness {
             .await
             .expect("bind");
         let shutdown = CancellationToken::new();
-        let service = Service::with_parts("test-sender", base, listener, shutdown.clone());
+        let service = Service::with_parts("test-sender", base.clone(), listener, shutdown.clone());
         let health_addr = service.local_addr().expect("addr");
         let topology = service.topology.clone();
         let names = topology.names().clone();
@@ -166,6 +213,7 @@ impl SenderHarness {
             channel,
             inbound_queue,
             room_queue,
+            base,
         }
     }
 
@@ -365,5 +413,23 @@ impl SenderHarness {
             .await
             .expect("delete topology");
         self.inspector.close().await;
+    }
+}
+
+/// Another replica started by [`SenderHarness::start_serving_replica`].
+pub struct Replica {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    running: JoinHandle<std::io::Result<()>>,
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.running)
+            .await
+            .expect("the replica stops")
+            .expect("join")
+            .expect("serve");
     }
 }

@@ -10,6 +10,28 @@ pub struct ApiConfig {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub api: LimitsConfig,
+    pub websocket: WebsocketTokenConfig,
+}
+
+/// `websocket.*`, the part the API reads: the secret it signs WebSocket client tokens with
+/// (the same `sender-websocket` checks them with). No `deny_unknown_fields`: the sender's
+/// own settings share the section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebsocketTokenConfig {
+    /// Empty: `POST /websocket/tokens` answers 503.
+    pub token_secret: Secret<String>,
+    /// The longest lifetime a token may be given.
+    pub token_max_ttl_secs: u64,
+}
+
+impl Default for WebsocketTokenConfig {
+    fn default() -> Self {
+        WebsocketTokenConfig {
+            token_secret: Secret::default(),
+            token_max_ttl_secs: 30 * 24 * 3600,
+        }
+    }
 }
 
 /// `auth.*`: how JWT bearer tokens are checked. API keys need no settings.

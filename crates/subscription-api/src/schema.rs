@@ -75,6 +75,7 @@ pub fn address_pattern(channel: Channel) -> String {
         Channel::Discord => trimmed("\\+?0*[1-9][0-9]{0,18}"),
         // Captured by the bot only; the API refuses one typed in (`typed_in`).
         Channel::Teams => "^https?://[^\\s@/?#]+[^\\s]* [^\\s]+$".to_owned(),
+        Channel::Websocket => "^\\s*[a-z0-9][a-z0-9_-]{0,62}/[^\\s]{1,120}\\s*$".to_owned(),
         Channel::Sms => "^[ .()-]*\\+[ .()-]*[1-9](?:[ .()-]*[0-9]){7,14}[ .()-]*$".to_owned(),
         Channel::Email => {
             let atom = format!("[^{CONTROL}{SPACE}@<>()\\[\\],;:\\\\\".]+");
@@ -468,8 +469,8 @@ component!(
 fn address_body(extra: impl Fn(ObjectBuilder, Channel) -> ObjectBuilder) -> Schema {
     let mut one_of = OneOfBuilder::new().description(Some(
         "`address` must be valid for `channel`: a Telegram chat id, a Discord snowflake, a \
-         JID, a mailbox, or an E.164 number (spaces, dots, dashes and parentheses are removed). \
-         A Teams address cannot be given: the bot captures it when a person links their chat.",
+         JID, a mailbox, an E.164 number (spaces, dots, dashes and parentheses are removed), or \
+         a WebSocket namespace/id. A Teams address cannot be given: the bot captures it when a person links their chat.",
     ));
     for channel in Channel::ALL
         .into_iter()

@@ -34,6 +34,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// How long a link code (R5) stays redeemable.
     pub link_code_ttl: chrono::Duration,
+    /// How WebSocket client tokens are signed (R39).
+    pub websocket: Arc<crate::config::WebsocketTokenConfig>,
 }
 
 /// The API routes with their limits, the OpenAPI document and its viewer; `/healthz`,
@@ -87,6 +89,7 @@ pub async fn serve() -> Result<(), StartError> {
         names: service.topology.names().clone(),
         limits: RateLimits::new(&config.api),
         link_code_ttl: config.api.link_code_ttl(),
+        websocket: Arc::new(config.websocket.clone()),
     };
     service
         .health

@@ -398,6 +398,14 @@ fn rows() -> Vec<Row> {
             [201, 403, 403, 403],
             false,
         ),
+        // A token names the caller's own tenant: a foreign admin gets one for theirs.
+        row(
+            "POST",
+            "/websocket/tokens",
+            Some(|_| json!({"namespaces": ["support-bot"]})),
+            [201, 201, 403, 201],
+            false,
+        ),
         row("GET", "/api-keys", None, ADMIN_LIST, true),
         row(
             "POST",

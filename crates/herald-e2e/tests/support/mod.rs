@@ -27,6 +27,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// What the tests' API signs WebSocket client tokens with.
+pub const WS_TOKEN_SECRET: &str = "test-websocket-token-secret";
+
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub struct System {
@@ -75,6 +78,10 @@ impl System {
             names: names.clone(),
             limits: subscription_api::limits::RateLimits::new(&limits),
             link_code_ttl: limits.link_code_ttl(),
+            websocket: Arc::new(subscription_api::config::WebsocketTokenConfig {
+                token_secret: herald_runtime::config::Secret::new(WS_TOKEN_SECRET.into()),
+                ..Default::default()
+            }),
         };
         let api = subscription_api::startup::app(state, &limits);
 

@@ -21,6 +21,7 @@ pub mod support;
 pub mod templates;
 pub mod tenants;
 pub mod users;
+pub mod websocket;
 
 /// Where every route lives.
 pub const BASE: &str = "/api/messaging";
@@ -35,6 +36,7 @@ fn limited() -> OpenApiRouter<AppState> {
         .merge(registrations::router())
         .merge(users::router())
         .merge(support::router())
+        .merge(websocket::router())
 }
 
 /// Not limited per caller: the tenant's web application hands out help-desk rooms for all its

@@ -18,6 +18,9 @@ use subscription_api::auth::JwtKeys;
 use subscription_api::config::{AuthConfig, LimitsConfig};
 use tower::ServiceExt;
 
+/// What the tests' API signs WebSocket client tokens with.
+pub const WS_TOKEN_SECRET: &str = "test-websocket-token-secret";
+
 pub const JWT_SECRET: &str = "test-secret-of-reasonable-length";
 
 pub const SUBSCRIPTIONS: &str = "/api/messaging/subscriptions";
@@ -83,6 +86,10 @@ impl TestApp {
             names: names.clone(),
             limits: subscription_api::limits::RateLimits::new(&limits),
             link_code_ttl: limits.link_code_ttl(),
+            websocket: Arc::new(subscription_api::config::WebsocketTokenConfig {
+                token_secret: herald_runtime::config::Secret::new(WS_TOKEN_SECRET.into()),
+                ..Default::default()
+            }),
         };
         let router = subscription_api::startup::app(state, &limits);
         TestApp {

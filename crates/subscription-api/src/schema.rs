@@ -253,6 +253,14 @@ component!(
     .into()
 );
 component!(
+    WsNamespaceText = "WebsocketNamespace",
+    text("A WebSocket address namespace: what comes before the `/` of `support-bot/42`.")
+        .pattern(Some("^[a-z0-9][a-z0-9_-]{0,62}$"))
+        .min_length(Some(1))
+        .max_length(Some(63))
+        .into()
+);
+component!(
     UserIdText = "UserId",
     text("The tenant's own id for a person: not blank, no control characters, at most 255 bytes in UTF-8.")
         .pattern(Some(printable_pattern()))

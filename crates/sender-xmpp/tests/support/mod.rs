@@ -138,14 +138,19 @@ impl Person {
     /// The next stanza that `matches`, skipping others.
     pub async fn next(&mut self, mut matches: impl FnMut(&Stanza) -> bool) -> Stanza {
         let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = Vec::new();
         loop {
-            let stanza = tokio::time::timeout_at(deadline, self.stanzas.recv())
-                .await
-                .expect("the stanza in time")
-                .expect("client running");
+            let Ok(stanza) = tokio::time::timeout_at(deadline, self.stanzas.recv()).await else {
+                panic!(
+                    "the stanza in time; {} skipped meanwhile: {skipped:#?}",
+                    skipped.len()
+                );
+            };
+            let stanza = stanza.expect("client running");
             if matches(&stanza) {
                 return stanza;
             }
+            skipped.push(stanza);
         }
     }
 

@@ -34,7 +34,7 @@ pub const MIN_TTL_SECS: u64 = 60;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
     /// The address namespaces the client may receive for, 1 to 20.
-    #[schema(min_items = 1, max_items = 20, value_type = Vec<String>)]
+    #[schema(min_items = 1, max_items = 20, value_type = Vec<crate::schema::WsNamespaceText>)]
     pub namespaces: Vec<String>,
     /// Seconds the token is valid: 60 up to `websocket.token_max_ttl_secs` (default a day).
     #[schema(minimum = 60)]

@@ -1,6 +1,8 @@
-//! A burst into one room, in a test binary of its own: 2,000 messages keep the tests' Prosody
-//! busy for seconds, which would slow the other XMPP tests past their timeouts if they ran
-//! beside it (cargo runs test binaries one after another).
+//! A burst into one room, in a test binary of its own that sorts last (cargo runs test
+//! binaries one after another, by name): after such bursts the tests' Prosody was seen to
+//! answer room joins of later tests too slowly (over 20 s) now and then, so nothing that
+//! uses Prosody runs after it. A fresh Prosody (`kill` it, `scripts/prosody.sh`) is quick
+//! again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

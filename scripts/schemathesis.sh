@@ -70,6 +70,9 @@ export HERALD_AMQP__URL="${HERALD_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:56
 export HERALD_AMQP__PREFIX="t-$run_id"
 export HERALD_API__CALLER_PER_MINUTE=1000000
 export HERALD_API__TRIGGER_PER_MINUTE=1000000
+# Configured, as a deployment with the WebSocket channel is: unconfigured, the token route
+# answers 503 by design, which schemathesis counts as a server error.
+export HERALD_WEBSOCKET__TOKEN_SECRET="schemathesis-$run_id"
 export HERALD_LOG__FILTER="${HERALD_LOG__FILTER:-warn}"
 
 # 3. Tenant and key, then the API.

@@ -36,9 +36,11 @@ pub struct TokenRequest {
     /// The address namespaces the client may receive for, 1 to 20.
     #[schema(min_items = 1, max_items = 20, value_type = Vec<crate::schema::WsNamespaceText>)]
     pub namespaces: Vec<String>,
-    /// Seconds the token is valid: 60 up to `websocket.token_max_ttl_secs` (default a day).
-    #[schema(minimum = 60)]
-    pub ttl_secs: Option<u64>,
+    /// Seconds the token is valid (default a day): 60 up to `websocket.token_max_ttl_secs`,
+    /// which is 30 days unless the operator set it lower.
+    // Read as a number: JSON has no integers apart, and `3600.0` is a whole number too.
+    #[schema(value_type = Option<u64>, minimum = 60, maximum = 2_592_000)]
+    pub ttl_secs: Option<f64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -56,7 +58,10 @@ pub struct TokenView {
     path = "/websocket/tokens",
     tag = "websocket",
     request_body = TokenRequest,
-    responses((status = 201, body = TokenView)),
+    responses(
+        (status = 201, body = TokenView),
+        (status = 503, description = "No token secret is configured (HERALD_WEBSOCKET__TOKEN_SECRET)"),
+    ),
 )]
 async fn issue(
     State(state): State<AppState>,
@@ -85,7 +90,11 @@ async fn issue(
         namespaces.push(namespace.clone());
     }
     let max = state.websocket.token_max_ttl_secs.max(MIN_TTL_SECS);
-    let ttl = body.ttl_secs.unwrap_or(DEFAULT_TTL_SECS.min(max));
+    let ttl = match body.ttl_secs {
+        None => DEFAULT_TTL_SECS.min(max),
+        Some(secs) if secs.fract() == 0.0 && secs >= 0.0 && secs <= max as f64 => secs as u64,
+        Some(_) => u64::MAX,
+    };
     if !(MIN_TTL_SECS..=max).contains(&ttl) {
         return Err(ApiError::invalid(
             "ttlSecs",

@@ -80,11 +80,11 @@ bench-broker:
     scripts/services.sh
     cargo run -q --release -p herald-bench --bin bench-broker
 
-# Senders: throughput (email vs Apprise on the same SMTP sink; SMS, Telegram, Discord vs fakes; XMPP vs the local Prosody), Telegram, Discord and Teams at their default limits vs fakes enforcing the providers' limits, the XMPP room pool's fill time, memory. `just bench-senders --only xmpp` runs one channel.
+# Senders: throughput (email vs Apprise on the same SMTP sink; SMS, Telegram, Discord vs fakes; XMPP vs the local Prosody), Telegram, Discord and Teams at their default limits vs fakes enforcing the providers' limits, the XMPP room pool's fill time, 10,000 WebSocket connections with job-to-frame latency, memory. `just bench-senders --only xmpp` runs one channel.
 bench-senders *ARGS:
     scripts/bench-tools.sh
     scripts/prosody.sh
-    cargo build -q --release -p sender-email -p sender-sms -p sender-telegram -p sender-discord -p sender-xmpp -p sender-teams -p herald-bench
+    cargo build -q --release -p sender-email -p sender-sms -p sender-telegram -p sender-discord -p sender-xmpp -p sender-teams -p sender-websocket -p herald-bench
     target/release/bench-senders "$@"
 
 # End to end: producer -> router -> no-op sender -> outcome (rate, p50/p99 at 10% load, ratio to the broker baseline) and a 100,000-registration fan-out, release build.

@@ -45,6 +45,15 @@ pub mod payload {
 pub mod stats {
     use std::time::Duration;
 
+    /// Nearest-rank percentile of sorted values.
+    pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = (p * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
     pub fn rate(messages: u64, elapsed: Duration) -> f64 {
         messages as f64 / elapsed.as_secs_f64()
     }

@@ -25,6 +25,8 @@ use crate::protocol::{ClientFrame, ServerFrame};
 pub const PATH: &str = "/ws";
 /// The largest frame a client may send (answers are small).
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Bytes read from a client at a time.
+pub const READ_BUFFER: usize = 4 * 1024;
 /// Addresses one connection may register.
 pub const MAX_ADDRESSES: usize = 1000;
 
@@ -33,8 +35,13 @@ pub fn router(sender: Arc<WebsocketSender>) -> Router {
 }
 
 async fn upgrade(State(sender): State<Arc<WebsocketSender>>, ws: WebSocketUpgrade) -> Response {
+    // tungstenite's buffers default to 128 KiB each way per connection: 1.3 GiB resident for
+    // 10,000 idle clients (measured). Clients send small answers, and a frame written at
+    // once is what the latency wants anyway.
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| session(sender, socket))
 }
 

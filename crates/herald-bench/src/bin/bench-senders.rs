@@ -14,6 +14,9 @@
 //! - Teams against the fake Bot Framework: throughput with the limits raised, then at the
 //!   default limits against the fake enforcing the published ones (30 requests/s per app;
 //!   per conversation 7/1 s, 8/2 s, 60/30 s, 1,800/h, all sliding windows);
+//! - WebSocket: 10,000 client connections on one replica (its RSS), then jobs at 2,000/s
+//!   to them: the time from a job's publish to the client's frame (p50, p99), beside the
+//!   broker's own publish-to-consume time at the same pace;
 //! - XMPP against the tests' local Prosody: messages/s to one JID and into one room, and the
 //!   time the bot takes to create and configure a pool of 50 help-desk rooms;
 //! - each sender's resident memory when idle and its peak while loaded.
@@ -24,8 +27,10 @@
 // A benchmark's fixed inputs are valid by construction; failing on them is a broken benchmark.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -45,7 +50,7 @@ use lapin::types::FieldTable;
 use messaging_core::events::{RoomChange, RoomEvent, RoomRoster};
 use messaging_core::job::{RenderedContent, SendJob};
 use messaging_core::topology::routing;
-use messaging_core::values::{E164, Email, TeamsChat, TenantKey};
+use messaging_core::values::{E164, Email, TeamsChat, TenantKey, WsKey};
 use messaging_core::{Address, Channel, EnvelopeVersion};
 
 #[derive(Parser)]
@@ -59,6 +64,9 @@ struct Args {
     /// Only these channels (`--only telegram --only discord`); all when not given.
     #[arg(long)]
     only: Vec<Channel>,
+    /// WebSocket clients held open on one replica.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
 }
 
 #[tokio::main]
@@ -144,6 +152,17 @@ async fn main() -> anyhow::Result<()> {
         let teams = teams_runs(&bin_dir, args.messages, args.window_secs).await?;
         teams.print();
         memory.push(("sender-teams", teams.capacity));
+    }
+
+    if wanted(Channel::Websocket) {
+        let websocket = websocket_runs(
+            &bin_dir,
+            args.connections,
+            2_000.0,
+            args.messages.max(10_000),
+        )
+        .await?;
+        websocket.print();
     }
 
     if wanted(Channel::Xmpp) {
@@ -467,6 +486,326 @@ async fn teams_runs(
         too_many_requests,
         window,
     })
+}
+
+/// WebSocket: many connections on one replica, and the time from a job to its client frame.
+struct WebsocketFigures {
+    connections: usize,
+    connect: Duration,
+    idle_mib: f64,
+    connected_mib: f64,
+    peak_mib: f64,
+    latency: Latencies,
+    broker: Latencies,
+}
+
+/// Latencies of `count` messages offered at `offered` per second.
+struct Latencies {
+    offered: f64,
+    achieved: f64,
+    count: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Latencies {
+    fn of(offered: f64, achieved: f64, mut values: Vec<Duration>) -> Latencies {
+        values.sort();
+        Latencies {
+            offered,
+            achieved,
+            count: values.len(),
+            p50: stats::percentile(&values, 0.50),
+            p99: stats::percentile(&values, 0.99),
+            max: values.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+impl WebsocketFigures {
+    fn print(&self) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "websocket {} connections on one replica, connected in {:.1} s: RSS {:.1} MiB (idle before {:.1} MiB, peak while sending {:.1} MiB)",
+            self.connections,
+            self.connect.as_secs_f64(),
+            self.connected_mib,
+            self.idle_mib,
+            self.peak_mib
+        );
+        println!(
+            "websocket job -> client frame, {} messages at {:.0}/s offered ({:.0}/s achieved): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.latency.count,
+            self.latency.offered,
+            self.latency.achieved,
+            ms(self.latency.p50),
+            ms(self.latency.p99),
+            ms(self.latency.max)
+        );
+        println!(
+            "websocket baseline, the broker's own round trip (publish with confirm -> consume) at {:.0}/s: p50 {:.1} ms, p99 {:.1} ms; Herald's p99 = {:.1} x the broker's",
+            self.broker.offered,
+            ms(self.broker.p50),
+            ms(self.broker.p99),
+            self.latency.p99.as_secs_f64() / self.broker.p99.as_secs_f64().max(1e-6)
+        );
+    }
+}
+
+async fn websocket_runs(
+    bin_dir: &std::path::Path,
+    connections: usize,
+    rate: f64,
+    messages: usize,
+) -> anyhow::Result<WebsocketFigures> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    const SECRET: &str = "bench-websocket-secret";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let env = vec![
+        ("HERALD_WEBSOCKET__TOKEN_SECRET", SECRET.to_owned()),
+        ("HERALD_HTTP__ADDR", format!("127.0.0.1:{port}")),
+    ];
+    let sender = Started::start(bin_dir, Channel::Websocket, Load::Raised, &env, &[]).await?;
+    let pid = sender.child.0.id();
+    let now = chrono::Utc::now().timestamp();
+    let token = herald_jwks::ws_token::issue(
+        SECRET,
+        herald_jwks::ws_token::WsClaims {
+            iss: String::new(),
+            aud: String::new(),
+            tenant: "acme".into(),
+            ns: vec!["bench".into()],
+            iat: now,
+            exp: now + 3600,
+            jti: "bench".into(),
+        },
+    )?;
+
+    // The clients: each registers one address, acknowledges what it gets, and reports when.
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<(uuid::Uuid, Instant)>();
+    let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let opening = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut clients = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for i in 0..connections {
+        let (token, arrived_tx, ready_tx, opening) = (
+            token.clone(),
+            arrived_tx.clone(),
+            ready_tx.clone(),
+            opening.clone(),
+        );
+        clients.spawn(async move {
+            let permit = opening.acquire_owned().await?;
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await?;
+            let hello = serde_json::json!({"type": "hello", "token": token, "addresses": [format!("bench/{i}")]});
+            ws.send(Frame::Text(hello.to_string().into())).await?;
+            let Some(Ok(Frame::Text(first))) = ws.next().await else {
+                anyhow::bail!("no ready frame");
+            };
+            anyhow::ensure!(first.contains("\"ready\""), "refused: {first}");
+            drop(permit);
+            let _ = ready_tx.send(());
+            while let Some(frame) = ws.next().await {
+                let Frame::Text(text) = frame? else { continue };
+                let at = Instant::now();
+                let value: serde_json::Value = serde_json::from_str(&text)?;
+                let Some(id) = value["deliveryId"].as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()) else {
+                    continue;
+                };
+                let _ = arrived_tx.send((id, at));
+                let ack = serde_json::json!({"type": "ack", "deliveryId": id});
+                ws.send(Frame::Text(ack.to_string().into())).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    drop(ready_tx);
+    let mut connected = 0;
+    while connected < connections {
+        match tokio::time::timeout(Duration::from_secs(120), ready.recv()).await {
+            Ok(Some(())) => connected += 1,
+            _ => {
+                if let Some(Ok(Err(error))) = clients.try_join_next() {
+                    bail!("websocket: {connected} of {connections} clients connected: {error}");
+                }
+                bail!("websocket: {connected} of {connections} clients connected in time");
+            }
+        }
+    }
+    let connect = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected_mib = rss_mib(pid)?;
+
+    // Jobs paced at `rate`, each to the next client; latency from the moment its publish
+    // began to the client's frame.
+    let publisher = Publisher::new(Broker::new(sender.config.clone(), "bench"), "bench");
+    let mut sent = HashMap::with_capacity(messages);
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut publishes = tokio::task::JoinSet::new();
+    let offering = Instant::now();
+    let exchange = sender.names.send_exchange();
+    for i in 0..messages {
+        ticks.tick().await;
+        let job = job(
+            Address::Websocket(WsKey::parse(&format!("bench/{}", i % connections)).expect("valid")),
+            i,
+        );
+        sent.insert(job.delivery_id, Instant::now());
+        let (publisher, exchange) = (publisher.clone(), exchange.clone());
+        publishes.spawn(async move {
+            let body = serde_json::to_vec(&job)?;
+            publisher
+                .publish(&Message::new(exchange, Channel::Websocket.as_str(), &body))
+                .await?;
+            anyhow::Ok(())
+        });
+        while let Some(done) = publishes.try_join_next() {
+            done??;
+        }
+    }
+    let offered_for = offering.elapsed();
+    while let Some(done) = publishes.join_next().await {
+        done??;
+    }
+    let mut latencies = Vec::with_capacity(messages);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < messages {
+        let Ok(Some((id, at))) = tokio::time::timeout_at(deadline, arrived.recv()).await else {
+            bail!(
+                "websocket: {} of {messages} messages reached a client",
+                seen.len()
+            );
+        };
+        if let Some(start) = sent.get(&id)
+            && seen.insert(id)
+        {
+            latencies.push(at.duration_since(*start));
+        }
+    }
+    let peak_mib = peak_rss_mib(pid)?;
+    clients.abort_all();
+    publisher.close().await;
+    let latency = Latencies::of(rate, stats::rate(messages as u64, offered_for), latencies);
+    let broker = broker_round_trip(&sender.config, rate, messages).await?;
+    Ok(WebsocketFigures {
+        connections,
+        connect,
+        idle_mib: sender.idle_mib,
+        connected_mib,
+        peak_mib,
+        latency,
+        broker,
+    })
+}
+
+/// The broker alone at the same pace: publish (with its confirm) to a queue, consume it.
+async fn broker_round_trip(
+    config: &AmqpConfig,
+    rate: f64,
+    messages: usize,
+) -> anyhow::Result<Latencies> {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let connection =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let queue = channel
+        .queue_declare(
+            format!("{}.bench.round-trip", config.prefix)
+                .as_str()
+                .into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().as_str().into(),
+            "round-trip".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let body = serde_json::to_vec(&job(
+        Address::Websocket(WsKey::parse("bench/0").expect("valid")),
+        0,
+    ))?;
+    let started: Arc<Vec<std::sync::OnceLock<Instant>>> =
+        Arc::new((0..messages).map(|_| std::sync::OnceLock::new()).collect());
+    let pacer = {
+        let (channel, started, queue) =
+            (channel.clone(), started.clone(), queue.name().to_string());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let begun = Instant::now();
+            let mut confirms = tokio::task::JoinSet::new();
+            for i in 0..messages {
+                ticks.tick().await;
+                let _ = started[i].set(Instant::now());
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        lapin::BasicProperties::default().with_message_id(i.to_string().into()),
+                    )
+                    .await?;
+                confirms.spawn(async move { confirm.await.map(|_| ()) });
+            }
+            let offered = begun.elapsed();
+            while let Some(done) = confirms.join_next().await {
+                done??;
+            }
+            anyhow::Ok(offered)
+        })
+    };
+    let mut latencies = Vec::with_capacity(messages);
+    while latencies.len() < messages {
+        let Some(delivery) = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await?
+        else {
+            bail!("the round trip consumer ended");
+        };
+        let delivery = delivery?;
+        let at = Instant::now();
+        let i: usize = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse().ok())
+            .context("a numbered message")?;
+        if let Some(start) = started.get(i).and_then(std::sync::OnceLock::get) {
+            latencies.push(at.duration_since(*start));
+        }
+    }
+    let offered = pacer.await??;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(Latencies::of(
+        rate,
+        stats::rate(messages as u64, offered),
+        latencies,
+    ))
 }
 
 /// XMPP against the tests' local Prosody: one JID, one room, and a pool of rooms.

@@ -221,20 +221,11 @@ pub async fn latency(
         offered_rate: rate,
         achieved_rate: herald_bench::stats::rate(n, offered),
         count: n,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
+        p50: herald_bench::stats::percentile(&latencies, 0.50),
+        p99: herald_bench::stats::percentile(&latencies, 0.99),
         max: latencies.last().copied().unwrap_or_default(),
         failed,
     })
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 pub struct FanOut {

@@ -29,11 +29,6 @@ fn pool_config(mut config: XmppConfig, prosody: &Prosody, target: usize, max: us
     config
 }
 
-/// These tests take turns. Two pools working on the tests' Prosody at once now and then left
-/// a person's room join unanswered for over 20 s (seen with this session's code and the
-/// previous session's alike, never with one test at a time); the cause is not found yet.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn next_event(h: &SenderHarness) -> RoomEvent {
     h.next_room_event(WAIT).await.expect("a room event in time")
 }
@@ -82,7 +77,7 @@ async fn state(h: &SenderHarness) -> (BareJid, RoomState, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_fills_and_a_room_goes_through_every_state_to_destroyed() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, _bot) = bot_config(&prosody).await;
     let config = pool_config(config, &prosody, 2, 3);
@@ -172,7 +167,7 @@ async fn the_pool_fills_and_a_room_goes_through_every_state_to_destroyed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_never_holds_more_than_its_maximum() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, _bot) = bot_config(&prosody).await;
     let config = pool_config(config, &prosody, 2, 2);
@@ -202,7 +197,7 @@ async fn the_pool_never_holds_more_than_its_maximum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_bot_rejoins_its_rooms_and_reconciles() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, _bot) = bot_config(&prosody).await;
     let config = pool_config(config, &prosody, 1, 3);
@@ -288,7 +283,7 @@ async fn a_restarted_bot_rejoins_its_rooms_and_reconciles() {
 /// own words and what is said in other rooms are not relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_answer_a_support_ticket_in_its_room() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, _bot) = bot_config(&prosody).await;
     let config = pool_config(config, &prosody, 2, 4);

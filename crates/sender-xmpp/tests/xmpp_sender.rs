@@ -28,6 +28,7 @@ fn failure_code(event: &DeliveryEvent) -> (&str, FailureClass) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_reaches_the_persons_client() {
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, bot) = bot_config(&prosody).await;
     let mut ann = Person::online(&prosody, "ann").await;
@@ -55,6 +56,7 @@ async fn a_notification_reaches_the_persons_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jid_nobody_has_ends_as_unreachable() {
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, _bot) = bot_config(&prosody).await;
     let h = start("xmpp_no_such_jid", config).await;
@@ -70,6 +72,7 @@ async fn a_jid_nobody_has_ends_as_unreachable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_goes_into_a_room_the_bot_joins_first() {
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, _bot) = bot_config(&prosody).await;
     let mut ann = Person::online(&prosody, "ann").await;
@@ -102,6 +105,7 @@ async fn a_notification_goes_into_a_room_the_bot_joins_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_that_does_not_exist_is_not_created_by_a_notification() {
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, _bot) = bot_config(&prosody).await;
     let h = start("xmpp_no_such_room", config).await;
@@ -126,6 +130,7 @@ async fn a_room_that_does_not_exist_is_not_created_by_a_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_links_their_jid_by_writing_the_code_to_the_bot() {
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (config, bot) = bot_config(&prosody).await;
     let mut ann = Person::online(&prosody, "ann").await;
@@ -152,6 +157,7 @@ async fn a_person_links_their_jid_by_writing_the_code_to_the_bot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_keeps_it_not_ready_and_says_why() {
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let prosody = Prosody::local();
     let (mut config, _bot) = bot_config(&prosody).await;
     config.xmpp.password = herald_runtime::config::Secret::new("wrong".into());
@@ -166,6 +172,7 @@ async fn a_wrong_password_keeps_it_not_ready_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_account_it_says_not_configured() {
+    let _turn = support::ONE_AT_A_TIME.lock().await;
     let h = SenderHarness::start_chat::<XmppSender>(
         "xmpp_unconfigured",
         quick_config(),

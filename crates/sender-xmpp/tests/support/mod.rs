@@ -23,6 +23,12 @@ use tokio_xmpp::{Client, Event, IqRequest, IqResponse, Stanza};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The tests of one binary take turns on the tests' Prosody. With two at once, a person's
+/// presence to a room now and then got no answer within 20 s (nothing at all came back to
+/// that client); with one at a time it has not happened. Seen on this session's code and on
+/// the previous session's alike; the cause is not found yet.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The sender's settings for a new bot account of its own (parallel tests never share a
 /// session).
 pub async fn bot_config(prosody: &Prosody) -> (XmppConfig, Account) {
@@ -154,6 +160,29 @@ impl Person {
         }
     }
 
+    /// Sends a presence to a room and waits for the answer `matches` picks, sending it again
+    /// every 5 s while none came, as XMPP clients do (joining twice is joining once). The
+    /// tests' Prosody now and then answered a room presence of a test client not at all.
+    pub async fn presence_until(
+        &mut self,
+        presence: Presence,
+        mut matches: impl FnMut(&Stanza) -> bool,
+    ) -> Stanza {
+        for attempt in 1..=4 {
+            self.send(presence.clone()).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while let Ok(Some(stanza)) =
+                tokio::time::timeout_at(deadline, self.stanzas.recv()).await
+            {
+                if matches(&stanza) {
+                    return stanza;
+                }
+            }
+            eprintln!("no answer to a room presence in 5 s (attempt {attempt}); sending it again");
+        }
+        panic!("no answer to a room presence in 20 s: {presence:?}");
+    }
+
     /// The body of the next message of this type.
     pub async fn next_body(&mut self, type_: MessageType) -> (Message, String) {
         let stanza = self
@@ -169,14 +198,11 @@ impl Person {
     /// Creates a room (joins it, then accepts the default configuration: an instant room).
     pub async fn create_room(&mut self, room: &BareJid, nick: &str) {
         let occupant = room.with_resource_str(nick).unwrap();
-        self.send(
-            Presence::available()
-                .with_to(Jid::from(occupant))
-                .with_payload(Muc::new()),
-        )
-        .await;
+        let join = Presence::available()
+            .with_to(Jid::from(occupant))
+            .with_payload(Muc::new());
         let room_jid = room.clone();
-        self.next(|s| match s {
+        self.presence_until(join, |s| match s {
             Stanza::Presence(p) => {
                 p.from.as_ref().map(|f| f.to_bare()) == Some(room_jid.clone())
                     && p.payloads.iter().any(|e| {
@@ -206,15 +232,12 @@ impl Person {
     /// Joins a room with its password; waits until in (or panics with the refusal).
     pub async fn join_room(&mut self, room: &BareJid, nick: &str, password: &str) {
         let occupant = room.with_resource_str(nick).unwrap();
-        self.send(
-            Presence::available()
-                .with_to(Jid::from(occupant))
-                .with_payload(Muc::new().with_password(password.to_owned())),
-        )
-        .await;
+        let join = Presence::available()
+            .with_to(Jid::from(occupant))
+            .with_payload(Muc::new().with_password(password.to_owned()));
         let room_jid = room.clone();
         let answer = self
-            .next(|s| match s {
+            .presence_until(join, |s| match s {
                 Stanza::Presence(p) => {
                     p.from.as_ref().map(|f| f.to_bare()) == Some(room_jid.clone())
                         && (p.type_ == PresenceType::Error

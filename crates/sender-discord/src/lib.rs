@@ -76,10 +76,9 @@ pub mod errors;
 pub mod interactions;
 pub mod text;
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::num::{NonZeroU32, NonZeroU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -88,6 +87,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_runtime::config::Secret;
 use messaging_core::job::SendJob;
 use messaging_core::{Address, Channel};
+use sender_runtime::bounded::Bounded;
 use sender_runtime::limits::RateLimits;
 use sender_runtime::{BuildError, Built, ChannelSender, ChatChannel, Inbound, Receipt, SendError};
 use serde::Deserialize;
@@ -419,42 +419,6 @@ pub fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, String> {
         })?;
     VerifyingKey::from_bytes(&bytes)
         .map_err(|e| format!("HERALD_DISCORD__PUBLIC_KEY is not an ed25519 public key: {e}"))
-}
-
-/// A map of at most `capacity` entries, cleared when full. Entries are cheap to learn again,
-/// so a simple bound is enough.
-struct Bounded<K, V> {
-    capacity: usize,
-    entries: Mutex<HashMap<K, V>>,
-}
-
-impl<K: Eq + Hash, V: Copy> Bounded<K, V> {
-    fn new(capacity: usize) -> Self {
-        Bounded {
-            capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn get(&self, key: &K) -> Option<V> {
-        self.lock().get(key).copied()
-    }
-
-    fn insert(&self, key: K, value: V) {
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            entries.clear();
-        }
-        entries.insert(key, value);
-    }
-
-    fn remove(&self, key: &K) {
-        self.lock().remove(key);
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //! - `testing` (feature `test-support`): a harness that runs a sender against the real broker
 //!   under a fresh prefix, for each sender crate's integration tests.
 
+pub mod bounded;
 pub mod breaker;
 pub mod chat;
 pub mod config;

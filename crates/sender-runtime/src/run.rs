@@ -36,15 +36,25 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
+/// What every sender's `main` starts with: the base, `sender` and channel sections, and
+/// the service built from them.
+async fn load<S: ChannelSender>(
+    name: &'static str,
+    default_http_addr: &str,
+) -> Result<(Service, SenderConfig, S::Config), RunError> {
+    let base: BaseConfig = herald_runtime::config::load(&[("http.addr", default_http_addr)])?;
+    let SenderSection { sender } = herald_runtime::config::load(&[])?;
+    let channel_config: S::Config = herald_runtime::config::load(&[])?;
+    let service = Service::build(name, base).await?;
+    Ok((service, sender, channel_config))
+}
+
 /// The whole `main` of a sender: `run_sender::<EmailSender>("sender-email", "127.0.0.1:9105")`.
 pub async fn run_sender<S: ChannelSender>(
     name: &'static str,
     default_http_addr: &str,
 ) -> Result<(), RunError> {
-    let base: BaseConfig = herald_runtime::config::load(&[("http.addr", default_http_addr)])?;
-    let SenderSection { sender } = herald_runtime::config::load(&[])?;
-    let channel_config: S::Config = herald_runtime::config::load(&[])?;
-    let service = Service::build(name, base).await?;
+    let (service, sender, channel_config) = load::<S>(name, default_http_addr).await?;
     let work = start::<S>(&service, sender, channel_config).await?;
     service.run(Router::new(), work).await?;
     Ok(())
@@ -56,10 +66,7 @@ pub async fn run_chat_sender<S: ChatChannel>(
     name: &'static str,
     default_http_addr: &str,
 ) -> Result<(), RunError> {
-    let base: BaseConfig = herald_runtime::config::load(&[("http.addr", default_http_addr)])?;
-    let SenderSection { sender } = herald_runtime::config::load(&[])?;
-    let channel_config: S::Config = herald_runtime::config::load(&[])?;
-    let service = Service::build(name, base).await?;
+    let (service, sender, channel_config) = load::<S>(name, default_http_addr).await?;
     let (routes, work) = start_chat::<S>(&service, sender, channel_config).await?;
     service.run(routes, work).await?;
     Ok(())
@@ -71,10 +78,7 @@ pub async fn run_serving_sender<S: ServingChannel>(
     name: &'static str,
     default_http_addr: &str,
 ) -> Result<(), RunError> {
-    let base: BaseConfig = herald_runtime::config::load(&[("http.addr", default_http_addr)])?;
-    let SenderSection { sender } = herald_runtime::config::load(&[])?;
-    let channel_config: S::Config = herald_runtime::config::load(&[])?;
-    let service = Service::build(name, base).await?;
+    let (service, sender, channel_config) = load::<S>(name, default_http_addr).await?;
     let (routes, work) = start_serving::<S>(&service, sender, channel_config).await?;
     service.run(routes, work).await?;
     Ok(())

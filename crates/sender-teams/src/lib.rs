@@ -60,9 +60,8 @@ pub mod endpoint;
 pub mod text;
 pub mod token;
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -71,6 +70,7 @@ use herald_jwks::{KeySet, Source};
 use herald_runtime::config::Secret;
 use messaging_core::job::SendJob;
 use messaging_core::{Address, Channel};
+use sender_runtime::bounded::Bounded;
 use sender_runtime::limits::{RateLimits, Window};
 use sender_runtime::{BuildError, Built, ChannelSender, ChatChannel, Inbound, Receipt, SendError};
 use serde::Deserialize;
@@ -144,7 +144,7 @@ pub struct TeamsSender {
     requests: DefaultDirectRateLimiter,
     token_rules: TokenRules,
     /// Parts already delivered, per delivery (or answer) not yet complete.
-    progress: Mutex<HashMap<String, Progress>>,
+    progress: Bounded<String, Progress>,
 }
 
 /// Deliveries whose progress is remembered; past this the map starts over (a retry then
@@ -243,7 +243,7 @@ impl ChannelSender for TeamsSender {
                 issuer: settings.issuer.trim().to_owned(),
                 app_id,
             },
-            progress: Mutex::default(),
+            progress: Bounded::new(PROGRESS_CAPACITY),
         }))
     }
 
@@ -311,16 +311,16 @@ impl TeamsSender {
                 "the message has no text to send",
             ));
         }
-        let mut progress = self.progress(&key);
+        let mut progress = self.progress.get(&key).unwrap_or_default();
         while let Some(part) = parts.get(progress.parts_sent) {
             let id = self.post(&url, part).await?;
             progress.parts_sent += 1;
             if progress.first_id.is_none() {
                 progress.first_id = id;
             }
-            self.remember(&key, Some(progress.clone()));
+            self.progress.insert(key.clone(), progress.clone());
         }
-        self.remember(&key, None);
+        self.progress.remove(&key);
         Ok(progress.first_id)
     }
 
@@ -356,26 +356,6 @@ impl TeamsSender {
             let headers = response.headers().clone();
             let body: ErrorBody = response.json().await.unwrap_or_default();
             return Err(classify(status.as_u16(), &headers, &body));
-        }
-    }
-
-    fn progress(&self, key: &str) -> Progress {
-        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        progress.get(key).cloned().unwrap_or_default()
-    }
-
-    fn remember(&self, key: &str, value: Option<Progress>) {
-        let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        match value {
-            Some(value) => {
-                if progress.len() >= PROGRESS_CAPACITY && !progress.contains_key(key) {
-                    progress.clear();
-                }
-                progress.insert(key.to_owned(), value);
-            }
-            None => {
-                progress.remove(key);
-            }
         }
     }
 }

@@ -46,6 +46,21 @@ if [ -z "${HERALD_WEBSOCKET__TOKEN_SECRET:-}" ]; then
   export HERALD_WEBSOCKET__TOKEN_SECRET
 fi
 
+# The key verification codes are hashed with (issue #17): made once and kept in .local, so
+# a code sent before a restart still works after it. An operator's own wins.
+if [ -z "${HERALD_VERIFICATION__CODE_SECRET:-}" ]; then
+  mkdir -p .local
+  if [ ! -s .local/code-secret ]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.local/code-secret)
+  fi
+  HERALD_VERIFICATION__CODE_SECRET=$(cat .local/code-secret)
+  export HERALD_VERIFICATION__CODE_SECRET
+fi
+# Locally no SMS provider is configured (sender-sms says so in its /readyz), so no SMS leaves
+# this machine: numbers of every country may be added to try the API. A real deployment
+# names its own list (docs/configuration.md, `api`).
+export HERALD_API__SMS_COUNTRY_CODES="${HERALD_API__SMS_COUNTRY_CODES:-1,2,3,4,5,6,7,8,9}"
+
 # The API's database (HERALD_DATABASE__URL defaults to .../herald); migrations run at start.
 if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'herald'" | grep -q 1; then
   createdb -h 127.0.0.1 -U postgres herald
@@ -95,8 +110,10 @@ INSERT INTO tenants (id, key, name) VALUES (gen_random_uuid(), :'tenant', 'Local
 INSERT INTO users (id, tenant_id, external_id)
   SELECT gen_random_uuid(), id, :'person' FROM tenants WHERE key = :'tenant'
   ON CONFLICT (tenant_id, external_id) DO NOTHING;
-INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
-  SELECT gen_random_uuid(), u.tenant_id, u.id, 'email', 'email', 'operator@herald.local', true
+INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified, verified_at,
+                       verified_how, verified_by)
+  SELECT gen_random_uuid(), u.tenant_id, u.id, 'email', 'email', 'operator@herald.local', true,
+         now(), 'import', 'just up'
   FROM users u JOIN tenants t ON t.id = u.tenant_id
   WHERE t.key = :'tenant' AND u.external_id = :'person'
   -- A local mailbox that failed once (say, while the sink was down) is marked unreachable

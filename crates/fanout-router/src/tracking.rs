@@ -13,6 +13,7 @@ use herald_storage::addresses::{self, NewAddress};
 use herald_storage::tracking::{
     self, Attempt, AttemptOutcome, FailureRef, Recorded, RemovalPolicy,
 };
+use herald_storage::verification::{self, Proof};
 use herald_storage::{PgPool, StoreError, link_codes, messages, outbox, support};
 use messaging_core::events::{
     Answer, AttemptResult, ChatAnswer, ContactLinkEvent, DeliveryEvent, RoomEvent,
@@ -209,7 +210,13 @@ impl TrackingHandler {
                 },
             )
             .await?;
-            addresses::mark_verified(&mut *tx, address.id).await?;
+            verification::mark_verified(
+                &mut tx,
+                address.id,
+                Proof::Link,
+                &format!("{} bot", event.channel),
+            )
+            .await?;
             self.answer(&mut tx, event, answer_id, Answer::Linked)
                 .await?;
             tx.commit().await?;

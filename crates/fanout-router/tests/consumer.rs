@@ -35,7 +35,7 @@ async fn the_router_consumes_requests_and_dead_letters_malformed_ones_with_a_rea
     };
     let tenant = tenants::create(&pool, "acme", "Acme").await.unwrap();
     let ann = users::ensure(&pool, tenant.id, "ann").await.unwrap();
-    addresses::add(
+    let (email, _) = addresses::add(
         &pool,
         addresses::NewAddress {
             tenant_id: tenant.id,
@@ -47,6 +47,16 @@ async fn the_router_consumes_requests_and_dead_letters_malformed_ones_with_a_rea
     )
     .await
     .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    herald_storage::verification::mark_verified(
+        &mut tx,
+        email.id,
+        herald_storage::verification::Proof::Code,
+        "test",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();

@@ -365,6 +365,64 @@ async fn a_user_without_an_address_gets_a_failed_no_address_delivery(pool: PgPoo
     h.finish().await;
 }
 
+/// Issue #17: the router sends nothing to an address nobody proved, nor to a registration
+/// that names no address of the person's, whether the request names the person or the
+/// subscription.
+#[sqlx::test(migrations = "../../migrations")]
+async fn unproven_addresses_and_registrations_without_a_proven_address_get_nothing(pool: PgPool) {
+    let h = Harness::new(pool, "unproven").await;
+    let mallory = h.user("mallory", None, None, "all").await;
+    h.unproven_address(mallory, "email", "victim@example.org")
+        .await;
+    h.unproven_address(mallory, "sms", "+41790000000").await;
+    h.address(mallory, "email", "mallory@example.org").await;
+
+    assert_eq!(
+        h.handle(&notify_users(&["mallory"], None), None).await,
+        Outcome::Ack
+    );
+    let jobs = h.all_jobs().await;
+    assert_eq!(
+        jobs.iter().map(|j| j.to.value()).collect::<Vec<_>>(),
+        ["mallory@example.org"],
+        "only the proven address"
+    );
+
+    // Only unproven addresses: a failed `no_address` delivery, nothing sent.
+    let eve = h.user("eve", None, None, "all").await;
+    h.unproven_address(eve, "email", "someone@example.org")
+        .await;
+    assert_eq!(
+        h.handle(&notify_users(&["eve"], None), None).await,
+        Outcome::Ack
+    );
+    assert!(h.all_jobs().await.is_empty());
+    let last = h.messages().await.pop().unwrap();
+    let rows = h.deliveries(last.0).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].3, "failed");
+
+    // Registrations: one naming an unproven address, one naming no address row at all, one
+    // naming a proven address.
+    let news = h.subscription("news", "en").await;
+    h.template(news, None, "en", Some("News"), "Hello").await;
+    h.register_only(news, mallory, "email", "victim@example.org")
+        .await;
+    h.register_only(news, eve, "sms", "+41791111111").await;
+    h.register_only(news, mallory, "email", "mallory@example.org")
+        .await;
+    assert_eq!(
+        h.handle(&trigger("news", json!({}), None), None).await,
+        Outcome::Ack
+    );
+    let jobs = h.all_jobs().await;
+    assert_eq!(
+        jobs.iter().map(|j| j.to.value()).collect::<Vec<_>>(),
+        ["mallory@example.org"]
+    );
+    h.finish().await;
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_repeated_idempotency_key_makes_no_second_job(pool: PgPool) {
     let h = Harness::new(pool, "idempotency").await;

@@ -559,10 +559,7 @@ async fn a_support_request_opens_one_ticket_tells_the_staff_and_answers(pool: Pg
     let h = Harness::new(pool.clone(), "tracking_support").await;
     let t = tracker(&h, LENIENT);
     let bea = h.user("bea", None, None, "all").await;
-    let address = h.address(bea, "telegram", "4242").await;
-    herald_storage::addresses::mark_verified(&pool, address)
-        .await
-        .unwrap();
+    h.address(bea, "telegram", "4242").await;
     let staff = h.subscription("support_staff", "en").await;
     herald_storage::support::set_staff_subscription(&pool, h.tenant_id, Some(staff))
         .await
@@ -629,7 +626,7 @@ async fn a_support_request_from_a_chat_linked_to_nobody_is_told_to_link_first(po
     let t = tracker(&h, LENIENT);
     // An address typed in but never proven is not a link.
     let bea = h.user("bea", None, None, "all").await;
-    h.address(bea, "telegram", "4242").await;
+    h.unproven_address(bea, "telegram", "4242").await;
     assert_eq!(
         event(&t, support_request(Uuid::now_v7(), 4242, "hello")).await,
         Outcome::Ack

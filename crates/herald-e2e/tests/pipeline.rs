@@ -54,17 +54,43 @@ async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcom
         .temporary_queue(&system.names.events_exchange(), "outcome.acme")
         .await;
 
-    // Ann has a working mailbox and one that the server refuses for good (550).
-    for address in ["ann@example.org", "nosuchuser@example.org"] {
+    // Ann proves her mailbox (issue #17): Herald mails a link, she opens it. Her old one,
+    // which the server now refuses for good (550), is imported as proven by the admin, as
+    // from the system Herald replaces. A stranger's mailbox added in her name is never proven.
+    let (status, added) = system
+        .call(
+            "POST",
+            "/api/messaging/users/ann/addresses",
+            Some(json!({"channel": "email", "address": "ann@example.org"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{added}");
+    assert_eq!(added["verification"]["method"], "link");
+    let token = wait_for_mail(&sink, "ann@example.org", "Confirm your address").await;
+    let token = token
+        .split("/verify/")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a link in the mail")
+        .to_owned();
+    let (status, _) = system
+        .call("POST", &format!("/api/messaging/verify/{token}"), None)
+        .await;
+    assert_eq!(status, 200);
+    for (address, verified, expect) in [
+        ("nosuchuser@example.org", true, 201),
+        ("stranger@example.org", false, 201),
+    ] {
         let (status, body) = system
             .call(
                 "POST",
                 "/api/messaging/users/ann/addresses",
-                Some(json!({"channel": "email", "address": address})),
+                Some(json!({"channel": "email", "address": address, "verified": verified})),
             )
             .await;
-        assert_eq!(status, 201, "{body}");
+        assert_eq!(status, expect, "{body}");
     }
+    wait_for_mail(&sink, "stranger@example.org", "Confirm your address").await;
 
     let (status, accepted) = system
         .call(
@@ -105,6 +131,14 @@ async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcom
         .collect();
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert!(mails[0].contains("ann@example.org"));
+    // The unproven mailbox got its one verification mail and nothing else.
+    let strangers: Vec<String> = sink
+        .messages()
+        .into_iter()
+        .filter(|m| m.contains("stranger@example.org"))
+        .collect();
+    assert_eq!(strangers.len(), 1, "{strangers:?}");
+    assert!(strangers[0].contains("Confirm your address"));
 
     // The producer sees the same over REST; the refused address is unreachable (R6).
     let (status, message) = system
@@ -135,4 +169,28 @@ async fn a_direct_message_goes_from_the_api_to_the_mailbox_and_back_as_an_outcom
     assert_eq!(refused["state"], "unreachable", "{ann}");
 
     system.finish().await;
+}
+
+/// The first mail to `to` whose text contains `containing`, once the sink has it.
+async fn wait_for_mail(
+    sink: &herald_testkit::smtp::SmtpSink,
+    to: &str,
+    containing: &str,
+) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(mail) = sink
+            .messages()
+            .into_iter()
+            .find(|m| m.contains(to) && m.contains(containing))
+        {
+            return mail;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no mail to {to} with {containing:?}: {:?}",
+            sink.messages()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

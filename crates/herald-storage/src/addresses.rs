@@ -16,6 +16,9 @@ pub struct AddressRow {
     pub value: String,
     pub display_name: Option<String>,
     pub verified: bool,
+    /// How it was proven: `code`, `link`, `import`, `tenant` or `migration`.
+    pub verified_how: Option<String>,
+    pub verified_at: Option<DateTime<Utc>>,
     pub state: AddressState,
     pub state_reason: Option<String>,
     pub state_changed_at: Option<DateTime<Utc>>,
@@ -33,9 +36,9 @@ pub struct NewAddress<'a> {
     pub display_name: Option<&'a str>,
 }
 
-/// Adds an address; adding one the person has already returns it (`false`: not new). An
-/// address that was removed or marked unreachable becomes active again: the person has just
-/// confirmed it.
+/// Adds an address, unproven; adding one the person has already returns it (`false`: not
+/// new) as it is. Adding it again proves nothing: an address that was removed or found
+/// unreachable stays so until it is proven again ([`crate::verification`]).
 pub async fn add(
     db: impl PgExecutor<'_>,
     new: NewAddress<'_>,
@@ -50,10 +53,8 @@ pub async fn add(
         "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, display_name)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (user_id, kind, value) DO UPDATE
-             SET state = 'active', state_reason = NULL, failure_count = 0, failure_streak_started_at = NULL,
-                 state_changed_at = CASE WHEN addresses.state <> 'active' THEN now() ELSE addresses.state_changed_at END,
-                 display_name = coalesce(EXCLUDED.display_name, addresses.display_name), updated_at = now()
-         RETURNING id, user_id, channel, kind, value, display_name, verified, state, state_reason,
+             SET display_name = coalesce(EXCLUDED.display_name, addresses.display_name), updated_at = now()
+         RETURNING id, user_id, channel, kind, value, display_name, verified, verified_how, verified_at, state, state_reason,
                    state_changed_at, last_success_at, failure_count, created_at, updated_at,
                    (xmax = 0) AS created",
     )
@@ -76,8 +77,8 @@ pub async fn for_user(
     user_id: Uuid,
 ) -> Result<Vec<AddressRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, user_id, channel, kind, value, display_name, verified, state, state_reason, state_changed_at,
-                last_success_at, failure_count, created_at, updated_at
+        "SELECT id, user_id, channel, kind, value, display_name, verified, verified_how, verified_at, state,
+                state_reason, state_changed_at, last_success_at, failure_count, created_at, updated_at
          FROM addresses WHERE tenant_id = $1 AND user_id = $2 ORDER BY id",
     )
     .bind(tenant_id)
@@ -102,11 +103,56 @@ pub async fn delete(
     )
 }
 
-/// A chat the person wrote from (R5) is theirs: linked addresses are verified.
-pub async fn mark_verified(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query("UPDATE addresses SET verified = true, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(())
+/// One of the person's addresses.
+pub async fn by_id(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<AddressRow, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, channel, kind, value, display_name, verified, verified_how, verified_at, state,
+                state_reason, state_changed_at, last_success_at, failure_count, created_at, updated_at
+         FROM addresses WHERE tenant_id = $1 AND user_id = $2 AND id = $3",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(id)
+    .fetch_one(db)
+    .await?)
+}
+
+/// The person's address with this channel and value, if they have it.
+pub async fn by_value(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    channel: Channel,
+    value: &str,
+) -> Result<Option<AddressRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, channel, kind, value, display_name, verified, verified_how, verified_at, state,
+                state_reason, state_changed_at, last_success_at, failure_count, created_at, updated_at
+         FROM addresses WHERE user_id = $1 AND channel = $2 AND value = $3
+         ORDER BY verified DESC, id LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(channel)
+    .bind(value)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// How many addresses the person has on `channel` (the per-channel cap counts them).
+pub async fn count_on_channel(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    channel: Channel,
+) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM addresses WHERE user_id = $1 AND channel = $2")
+            .bind(user_id)
+            .bind(channel)
+            .fetch_one(db)
+            .await?,
+    )
 }

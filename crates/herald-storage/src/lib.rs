@@ -39,6 +39,7 @@ pub mod templates;
 pub mod tenants;
 pub mod tracking;
 pub mod users;
+pub mod verification;
 
 pub use error::StoreError;
 pub use sqlx::PgPool;

@@ -25,6 +25,8 @@ pub struct OutboxRow {
     pub message_id: String,
     pub payload: Vec<u8>,
     pub reply_to: Option<String>,
+    /// The AMQP `type` of the payload.
+    pub kind: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -35,13 +37,34 @@ pub async fn enqueue(
     message_id: &str,
     payload: &[u8],
 ) -> Result<(), StoreError> {
+    enqueue_kind(
+        tx,
+        "herald.notify.v1",
+        exchange,
+        routing_key,
+        message_id,
+        payload,
+    )
+    .await
+}
+
+/// [`enqueue`] for a payload whose AMQP `type` is `kind` (a send job, say).
+pub async fn enqueue_kind(
+    tx: &mut PgConnection,
+    kind: &str,
+    exchange: &str,
+    routing_key: &str,
+    message_id: &str,
+    payload: &[u8],
+) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO outbox (exchange, routing_key, message_id, payload) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO outbox (exchange, routing_key, message_id, payload, kind) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(exchange)
     .bind(routing_key)
     .bind(message_id)
     .bind(payload)
+    .bind(kind)
     .execute(&mut *tx)
     .await?;
     // Delivered at commit, so the relay never wakes for a row it cannot see yet.
@@ -56,7 +79,7 @@ pub async fn enqueue(
 /// are not claimed again.
 pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, exchange, routing_key, message_id, payload, reply_to, created_at FROM outbox
+        "SELECT id, exchange, routing_key, message_id, payload, reply_to, kind, created_at FROM outbox
          WHERE published_at IS NULL AND failed_at IS NULL
            AND (retry_at IS NULL OR retry_at <= now())
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -67,10 +90,16 @@ pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, 
 }
 
 pub async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(&mut *tx)
-        .await?;
+    // A send job the API queued carries a verification code: once the broker has it, the
+    // database keeps no plain copy.
+    sqlx::query(
+        "UPDATE outbox SET published_at = now(),
+             payload = CASE WHEN kind = 'herald.send_job.v1' THEN ''::bytea ELSE payload END
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -67,6 +67,36 @@ pub async fn subscribe(
     Ok((by_id(&mut *db, tenant_id, id).await?, created))
 }
 
+/// How many registrations the person has (the per-person cap counts them).
+pub async fn count_for_user(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM registrations WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// The registration of this person to this subscription on this address, if there is one.
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    subscription_id: Uuid,
+    user_id: Uuid,
+    channel: Channel,
+    address: &str,
+) -> Result<Option<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM registrations
+         WHERE subscription_id = $1 AND user_id = $2 AND channel = $3 AND address = $4",
+    )
+    .bind(subscription_id)
+    .bind(user_id)
+    .bind(channel)
+    .bind(address)
+    .fetch_optional(db)
+    .await?)
+}
+
 pub async fn by_id(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
@@ -169,9 +199,10 @@ pub struct RegistrationRecipient {
     pub locale: Option<String>,
     pub channel: Channel,
     pub address: String,
-    /// The person's address row for it, when there is one: delivery results then reach the
-    /// address (R3, R6).
-    pub address_id: Option<Uuid>,
+    /// The person's proven address row it names: delivery results reach it (R3, R6).
+    pub address_id: Uuid,
+    /// The address's kind (an XMPP registration may name a room).
+    pub address_kind: messaging_core::AddressKind,
 }
 
 /// The next page of a subscription's enabled registrations after `after`, in id order
@@ -186,14 +217,17 @@ pub async fn enabled_page(
     channels: Option<&[Channel]>,
 ) -> Result<Vec<RegistrationRecipient>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT r.id, r.user_id, u.external_id, u.locale, r.channel, r.address, a.id AS address_id
+        "SELECT r.id, r.user_id, u.external_id, u.locale, r.channel, r.address, a.id AS address_id,
+                a.kind AS address_kind
          FROM registrations r JOIN users u ON u.id = r.user_id
-         LEFT JOIN addresses a ON a.user_id = r.user_id AND a.channel = r.channel AND a.value = r.address
+         -- Only to the person's own addresses, proven (issue #17) and in service: one found
+         -- unreachable or removed (R3, R6) gets nothing until it is proven again.
+         JOIN LATERAL (SELECT a.id, a.kind FROM addresses a
+                       WHERE a.user_id = r.user_id AND a.channel = r.channel AND a.value = r.address
+                         AND a.verified AND a.state = 'active'
+                       LIMIT 1) a ON true
          WHERE r.subscription_id = $1 AND r.enabled AND r.id > $2 AND r.tenant_id = $3
            AND ($4::text[] IS NULL OR r.channel = ANY($4))
-           -- An address found unreachable or removed (R3, R6) gets nothing until it is
-           -- linked or added again.
-           AND (a.id IS NULL OR a.state = 'active')
          ORDER BY r.id LIMIT $5",
     )
     .bind(subscription_id)

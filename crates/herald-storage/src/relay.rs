@@ -201,7 +201,7 @@ impl OutboxRelay {
 fn message(row: &OutboxRow) -> Message<'_> {
     Message::new(&row.exchange, &row.routing_key, &row.payload)
         .message_id(&row.message_id)
-        .kind("herald.notify.v1")
+        .kind(&row.kind)
 }
 
 /// Whether a batch failed over something in it rather than an outage: then its rows are

@@ -11,6 +11,8 @@ pub struct Tenant {
     pub id: Uuid,
     pub key: String,
     pub name: String,
+    /// Country calling codes SMS may go to; `None`: the API's default list.
+    pub sms_country_codes: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -44,4 +46,19 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Tenant>, StoreError> {
     Ok(sqlx::query_as("SELECT * FROM tenants ORDER BY key")
         .fetch_all(db)
         .await?)
+}
+
+/// Sets the country calling codes SMS may go to in this tenant (`None`: the default list).
+pub async fn set_sms_country_codes(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    codes: Option<&[String]>,
+) -> Result<Tenant, StoreError> {
+    Ok(sqlx::query_as(
+        "UPDATE tenants SET sms_country_codes = $2, updated_at = now() WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(codes)
+    .fetch_one(db)
+    .await?)
 }

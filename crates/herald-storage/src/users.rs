@@ -176,7 +176,7 @@ pub async fn with_active_addresses(
         "SELECT u.id AS user_id, u.external_id, u.locale, u.preferred_channel, u.delivery_mode,
                 a.id AS address_id, a.kind, a.value
          FROM users u
-         LEFT JOIN addresses a ON a.user_id = u.id AND a.state = 'active'
+         LEFT JOIN addresses a ON a.user_id = u.id AND a.state = 'active' AND a.verified
          WHERE u.tenant_id = $1 AND u.external_id = ANY($2)
          ORDER BY u.id, a.id",
     )

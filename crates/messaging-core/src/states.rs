@@ -85,6 +85,8 @@ text_enum! {
         Legacy = "legacy",
         Schedule = "schedule",
         Event = "event",
+        /// A code or link Herald sent to prove an address (issue #17).
+        Verification = "verification",
     }
 }
 

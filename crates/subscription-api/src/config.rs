@@ -11,6 +11,45 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
     pub api: LimitsConfig,
     pub websocket: WebsocketTokenConfig,
+    pub verification: VerificationConfig,
+}
+
+/// `verification.*`: how addresses are proven before Herald sends them anything but the
+/// proof itself (issue #17).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationConfig {
+    /// The key codes are hashed with (HMAC-SHA-256), the same on every API replica. Empty: a
+    /// random key per process, said in the log: codes then fail after a restart and on
+    /// another replica.
+    pub code_secret: Secret<String>,
+    /// Where people reach this API from outside, for the link mailed to an email address
+    /// (`https://herald.example.org`).
+    pub public_url: String,
+    /// How long a six-digit code (SMS, XMPP) can be confirmed, in seconds.
+    pub code_ttl_secs: u32,
+    /// How long a mailed link can be opened, in seconds.
+    pub link_ttl_secs: u32,
+    /// Wrong codes before a code is void.
+    pub attempts: i32,
+    /// Verification messages to one address in 24 hours, whoever asks.
+    pub per_address_per_day: i64,
+    /// Verification messages one tenant sends in an hour.
+    pub per_tenant_per_hour: i64,
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        VerificationConfig {
+            code_secret: Secret::default(),
+            public_url: "http://127.0.0.1:8080".into(),
+            code_ttl_secs: 15 * 60,
+            link_ttl_secs: 24 * 3600,
+            attempts: 5,
+            per_address_per_day: 5,
+            per_tenant_per_hour: 200,
+        }
+    }
 }
 
 /// `websocket.*`, the part the API reads: the secret it signs WebSocket client tokens with
@@ -88,9 +127,21 @@ pub struct LimitsConfig {
     pub trigger_per_minute: u32,
     /// How long a link code (R5) can be redeemed, in seconds.
     pub link_code_ttl_secs: u32,
+    /// Addresses one person may have on one channel.
+    pub addresses_per_channel: i64,
+    /// Registrations one person may have, over all subscriptions.
+    pub registrations_per_user: i64,
+    /// Country calling codes SMS may go to (`41,49,1`), for tenants without their own list.
+    /// Empty: no SMS addresses until a list is set (toll fraud sends to expensive ranges).
+    pub sms_country_codes: String,
 }
 
 impl LimitsConfig {
+    /// [`LimitsConfig::sms_country_codes`] as a list.
+    pub fn sms_country_codes(&self) -> Result<Vec<String>, String> {
+        parse_country_codes(&self.sms_country_codes)
+    }
+
     pub fn link_code_ttl(&self) -> chrono::Duration {
         chrono::Duration::seconds(i64::from(self.link_code_ttl_secs))
     }
@@ -103,6 +154,47 @@ impl Default for LimitsConfig {
             caller_per_minute: 60,
             trigger_per_minute: 60,
             link_code_ttl_secs: 15 * 60,
+            addresses_per_channel: 5,
+            registrations_per_user: 200,
+            sms_country_codes: String::new(),
         }
+    }
+}
+
+/// `41, 49,1` -> `["41", "49", "1"]`; a code is one to three digits (ITU-T E.164).
+pub fn parse_country_codes(raw: &str) -> Result<Vec<String>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let c = c.strip_prefix('+').unwrap_or(c);
+            if (1..=3).contains(&c.len())
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && !c.starts_with('0')
+            {
+                Ok(c.to_owned())
+            } else {
+                Err(format!(
+                    "`{c}` is not a country calling code (1 to 3 digits, like 41)"
+                ))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn country_codes_parse() {
+        assert_eq!(
+            parse_country_codes(" 41, +49,1 ,").unwrap(),
+            ["41", "49", "1"]
+        );
+        assert!(parse_country_codes("").unwrap().is_empty());
+        assert!(parse_country_codes("4100").is_err());
+        assert!(parse_country_codes("0").is_err());
+        assert!(parse_country_codes("x1").is_err());
     }
 }

@@ -14,6 +14,7 @@
 //! - [`schema`]: the document's schemas for values the handlers parse themselves (patterns,
 //!   lengths, word lists), so the document states every rule the API enforces.
 //! - [`metrics`]: requests by route and status, and their latency, for `/metrics`.
+//! - [`verification`]: which addresses may be added, and the codes that prove them.
 
 pub mod auth;
 pub mod cli;
@@ -27,5 +28,6 @@ pub mod openapi;
 pub mod routes;
 pub mod schema;
 pub mod startup;
+pub mod verification;
 
 pub use startup::AppState;

@@ -302,6 +302,14 @@ component!(
         .into()
 );
 component!(
+    CountryCodeText = "CountryCode",
+    text("A country calling code, 1 to 3 digits without a leading zero, `+` allowed: `41`, `+49`, `1`.")
+        .pattern(Some(r"^\+?[1-9][0-9]{0,2}$"))
+        .min_length(Some(1))
+        .max_length(Some(4))
+        .into()
+);
+component!(
     LocaleText = "Locale",
     text("A BCP 47 language tag such as `en` or `de-CH` (`_` is read as `-`); normalised when stored.")
         .pattern(Some(locale_pattern()))
@@ -515,6 +523,16 @@ component!(
                 .item(ObjectBuilder::new().schema_type(Type::Null))
                 .item(reference::<LabelText>()),
         );
+        // A chat bot captures Telegram and Discord addresses (R5); typed in, only an admin's
+        // import, marked verified (issue #17), names one.
+        let verified = ObjectBuilder::new().schema_type(Type::Boolean);
+        let object = if matches!(channel, Channel::Telegram | Channel::Discord) {
+            object
+                .property("verified", verified.enum_values(Some([true])))
+                .required("verified")
+        } else {
+            object.property("verified", verified)
+        };
         // Only an XMPP address may be a multi-user-chat room (R37).
         if channel == Channel::Xmpp {
             object.property("room", ObjectBuilder::new().schema_type(Type::Boolean))
@@ -556,6 +574,7 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
         entry::<IdempotencyKeyHeader>(),
         entry::<SubscriptionIdText>(),
         entry::<TenantKeyText>(),
+        entry::<CountryCodeText>(),
         entry::<LocaleText>(),
         entry::<EventTypeText>(),
         entry::<LabelText>(),

@@ -36,6 +36,8 @@ pub struct AppState {
     pub link_code_ttl: chrono::Duration,
     /// How WebSocket client tokens are signed (R39).
     pub websocket: Arc<crate::config::WebsocketTokenConfig>,
+    /// How addresses are proven, and which may be added (issue #17).
+    pub verifier: Arc<crate::verification::Verifier>,
 }
 
 /// The API routes with their limits, the OpenAPI document and its viewer; `/healthz`,
@@ -75,6 +77,8 @@ pub enum StartError {
     Database(#[from] sqlx::Error),
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
+    #[error("invalid settings: {0}")]
+    Settings(String),
 }
 
 /// Loads the configuration and serves until SIGTERM.
@@ -90,6 +94,10 @@ pub async fn serve() -> Result<(), StartError> {
         limits: RateLimits::new(&config.api),
         link_code_ttl: config.api.link_code_ttl(),
         websocket: Arc::new(config.websocket.clone()),
+        verifier: Arc::new(
+            crate::verification::Verifier::from_config(&config.verification, &config.api)
+                .map_err(StartError::Settings)?,
+        ),
     };
     service
         .health

@@ -36,6 +36,7 @@ async fn fixture(pool: PgPool) -> Fixture {
         ("ann", "telegram", "42"),
         ("bob", "sms", "+41791234567"),
     ] {
+        app.prove("acme", user, channel, address).await;
         app.subscribe(
             &admin,
             "orders",

@@ -127,6 +127,7 @@ async fn another_tenants_subscriptions_and_registrations_are_not_found(pool: PgP
     let (app, acme_admin) = TestApp::with_acme(pool).await;
     let globex_admin = app.tenant_with_admin("globex").await;
     app.create_subscription(&acme_admin, "orders").await;
+    app.prove("acme", "u-1", "email", "ann@example.org").await;
     let registration_id = app
         .new_registration(
             &acme_admin,
@@ -198,6 +199,7 @@ async fn a_user_subscribes_pauses_and_unsubscribes_themselves(pool: PgPool) {
     let user = app.user_key("acme", "u-1").await;
     app.create_subscription(&admin, "orders").await;
 
+    app.prove("acme", "u-1", "email", "Ann@example.org").await;
     let body = json!({"channel": "email", "address": "Ann@Example.ORG"});
     let first = app.subscribe(&user, "orders", body.clone()).await;
     let registration = first.expect(StatusCode::CREATED).clone();
@@ -234,6 +236,7 @@ async fn a_user_never_sees_or_touches_other_peoples_registrations(pool: PgPool) 
     let (app, admin) = TestApp::with_acme(pool).await;
     let ann = app.user_key("acme", "ann").await;
     app.create_subscription(&admin, "orders").await;
+    app.prove("acme", "bob", "sms", "+41791234567").await;
     let bobs_id = app
         .new_registration(
             &admin,
@@ -285,6 +288,32 @@ async fn subscribing_checks_the_channel_and_the_address(pool: PgPool) {
     subscribe(json!({"channel": "telegram", "address": "12345"}))
         .await
         .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("userId"));
+    // Issue #17: only one of the person's own proven addresses.
+    subscribe(json!({"channel": "telegram", "address": "-100123", "userId": "u"}))
+        .await
+        .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("address"));
+    app.post(
+        "/api/messaging/users/u/addresses",
+        &admin,
+        json!({"channel": "email", "address": "u@example.org"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let unproven =
+        subscribe(json!({"channel": "email", "address": "u@example.org", "userId": "u"})).await;
+    unproven.expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("address"));
+    assert!(
+        unproven.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not proven yet")
+    );
+    // Another person's proven address is not this person's.
+    app.prove("acme", "v", "telegram", "-100123").await;
+    subscribe(json!({"channel": "telegram", "address": "-100123", "userId": "u"}))
+        .await
+        .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("address"));
+    app.prove("acme", "u", "telegram", "-100123").await;
     subscribe(json!({"channel": "telegram", "address": "-100123", "userId": "u"}))
         .await
         .expect(StatusCode::CREATED);
@@ -344,6 +373,7 @@ async fn jwt_bearer_tokens_carry_role_tenant_and_user(pool: PgPool) {
     let user = token(
         json!({"sub": "bob", "role": "user", "tenant": "acme", "user_id": "bob", "exp": exp}),
     );
+    app.prove("acme", "bob", "email", "bob@example.org").await;
     app.subscribe(
         &user,
         "orders",

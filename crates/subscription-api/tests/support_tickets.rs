@@ -10,6 +10,7 @@ mod support;
 use axum::http::StatusCode;
 use herald_storage::addresses::{self, NewAddress};
 use herald_storage::support::{self as tickets, NewTicket};
+use herald_storage::verification::Proof;
 use herald_storage::{PgPool, tenants, users};
 use messaging_core::events::{Answer, ChatAnswer};
 use messaging_core::{Address, AddressKind, Channel};
@@ -51,8 +52,10 @@ async fn open_ticket(app: &TestApp, tenant: &str, person: &str, chat: i64, text:
     )
     .await
     .unwrap();
-    addresses::mark_verified(pool, address.id).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
+    herald_storage::verification::mark_verified(&mut tx, address.id, Proof::Link, "test")
+        .await
+        .unwrap();
     let linked = tickets::linked_chat(&mut *tx, AddressKind::Telegram, &value)
         .await
         .unwrap()

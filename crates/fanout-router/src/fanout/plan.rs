@@ -79,8 +79,8 @@ fn plan_registration(r: &RegistrationRecipient, choice: &Choice<'_>, body: &mut 
     plan_address(
         Some(r.user_id),
         &r.external_id,
-        r.address_id,
-        AddressKind::of_channel(r.channel),
+        Some(r.address_id),
+        r.address_kind,
         &r.address,
         |channel| render(body, channel, choice.locale, r.locale.as_deref()),
     )
@@ -105,10 +105,10 @@ fn plan_user(person: &UserRecipient, choice: &Choice<'_>, body: &mut Body, out: 
     }
     if addresses.is_empty() {
         let why = if person.addresses.is_empty() {
-            format!("user {} has no active address", person.external_id)
+            format!("user {} has no proven, active address", person.external_id)
         } else {
             format!(
-                "user {} has no active address on the requested channels",
+                "user {} has no proven, active address on the requested channels",
                 person.external_id
             )
         };

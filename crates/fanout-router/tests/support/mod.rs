@@ -151,7 +151,24 @@ impl Harness {
         .id
     }
 
+    /// A proven address (imported by an admin): the router delivers to it.
     pub async fn address(&self, user_id: Uuid, channel: &str, value: &str) -> Uuid {
+        let id = self.unproven_address(user_id, channel, value).await;
+        let mut tx = self.pool.begin().await.expect("a transaction");
+        herald_storage::verification::mark_verified(
+            &mut tx,
+            id,
+            herald_storage::verification::Proof::Import,
+            "test",
+        )
+        .await
+        .expect("verified");
+        tx.commit().await.expect("commit");
+        id
+    }
+
+    /// An address as a person adds it, before they confirmed its code.
+    pub async fn unproven_address(&self, user_id: Uuid, channel: &str, value: &str) -> Uuid {
         addresses::add(
             &self.pool,
             NewAddress {
@@ -194,6 +211,10 @@ impl Harness {
                  INSERT INTO users (id, tenant_id, external_id)
                  SELECT gen_random_uuid(), $1, 'user-' || g FROM generate_series(1, $3) g
                  RETURNING id, external_id)
+             , proven AS (
+                 INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
+                 SELECT gen_random_uuid(), $1, id, 'email', 'email', external_id || '@example.org', true
+                 FROM people)
              INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
              SELECT gen_random_uuid(), $1, $2, id, 'email', external_id || '@example.org'
              FROM people",
@@ -206,7 +227,33 @@ impl Harness {
         .expect("registrations");
     }
 
+    /// Registers the person on a proven address of theirs (created, proven, if they do not
+    /// have it yet; one they have keeps its state).
     pub async fn register(
+        &self,
+        subscription_id: Uuid,
+        user_id: Uuid,
+        channel: &str,
+        address: &str,
+    ) {
+        sqlx::query(
+            "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
+             VALUES ($1, $2, $3, $4, $4, $5, true) ON CONFLICT DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(self.tenant_id)
+        .bind(user_id)
+        .bind(channel)
+        .bind(address)
+        .execute(&self.pool)
+        .await
+        .expect("address");
+        self.register_only(subscription_id, user_id, channel, address)
+            .await;
+    }
+
+    /// A registration row alone, naming whatever address it is given.
+    pub async fn register_only(
         &self,
         subscription_id: Uuid,
         user_id: Uuid,

@@ -82,6 +82,18 @@ impl System {
                 token_secret: herald_runtime::config::Secret::new(WS_TOKEN_SECRET.into()),
                 ..Default::default()
             }),
+            verifier: Arc::new(
+                subscription_api::verification::Verifier::from_config(
+                    &subscription_api::config::VerificationConfig {
+                        code_secret: herald_runtime::config::Secret::new(
+                            "e2e-verification-code-secret".into(),
+                        ),
+                        ..Default::default()
+                    },
+                    &limits,
+                )
+                .unwrap(),
+            ),
         };
         let api = subscription_api::startup::app(state, &limits);
 

@@ -21,6 +21,7 @@ pub mod support;
 pub mod templates;
 pub mod tenants;
 pub mod users;
+pub mod verification;
 pub mod websocket;
 
 /// Where every route lives.
@@ -35,6 +36,7 @@ fn limited() -> OpenApiRouter<AppState> {
         .merge(templates::router())
         .merge(registrations::router())
         .merge(users::router())
+        .merge(verification::router())
         .merge(support::router())
         .merge(websocket::router())
 }
@@ -50,6 +52,7 @@ fn unlimited() -> OpenApiRouter<AppState> {
         .merge(deliveries::router())
         .merge(schedules::router())
         .merge(event_bindings::router())
+        .merge(verification::public_router())
 }
 
 /// The routes with their rate-limit layer, for serving.

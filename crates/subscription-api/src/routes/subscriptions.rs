@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use herald_storage::page::Page;
 use herald_storage::registrations::{self, Filter};
 use herald_storage::subscriptions::{self, NewSubscription, Subscription, SubscriptionUpdate};
-use herald_storage::{StoreError, users};
+use herald_storage::{StoreError, addresses, users};
 use messaging_core::values::{Locale, SubscriptionKey};
 use serde::{Deserialize, Serialize};
 
@@ -294,6 +294,34 @@ async fn subscribe(
     let (channel, address) = super::registrations::parse_address(&body.channel, &body.address)?;
     let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
     let user = users::ensure(&mut *tx, subscription.tenant_id, person.as_str()).await?;
+    // Issue #17: a registration names one of the person's own proven addresses, so that
+    // subscribing cannot point Herald at somebody else's mailbox or number.
+    match addresses::by_value(&mut *tx, user.id, channel, &address).await? {
+        Some(a) if a.verified => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "address",
+                "this address is not proven yet: confirm the code Herald sent to it (POST /users/{userId}/addresses/{addressId}/verify), then subscribe",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "address",
+                "not one of this person's addresses: add it (POST /users/{userId}/addresses) and confirm the code Herald sends to it, or link the chat, then subscribe",
+            ));
+        }
+    }
+    let cap = state.verifier.registrations_per_user;
+    if registrations::count_for_user(&mut *tx, user.id).await? >= cap
+        && registrations::find(&mut *tx, subscription.id, user.id, channel, &address)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::invalid(
+            "subscriptionId",
+            format!("this person has {cap} registrations, the most one may have; remove one first"),
+        ));
+    }
     let (registration, created) = registrations::subscribe(
         &mut tx,
         subscription.tenant_id,

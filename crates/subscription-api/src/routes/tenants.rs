@@ -4,20 +4,22 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use herald_storage::tenants;
+use herald_storage::{StoreError, tenants};
 use messaging_core::values::TenantKey;
 use serde::{Deserialize, Serialize};
 
 use super::check_text;
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::error::{ApiError, not_found_as};
+use crate::json::{ApiJson, ApiPath};
 use crate::startup::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list, create))
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(set_sms_country_codes))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -25,6 +27,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct TenantView {
     pub tenant: String,
     pub name: String,
+    /// Country calling codes SMS may go to in this tenant; absent: the operator's default
+    /// list (`api.sms_country_codes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sms_country_codes: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -33,6 +39,7 @@ impl From<tenants::Tenant> for TenantView {
         TenantView {
             tenant: t.key,
             name: t.name,
+            sms_country_codes: t.sms_country_codes,
             created_at: t.created_at,
         }
     }
@@ -45,6 +52,10 @@ pub struct NewTenant {
     pub tenant: String,
     #[schema(value_type = crate::schema::LabelText)]
     pub name: String,
+    /// Country calling codes SMS may go to (`["41", "49"]`); absent: the default list.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::schema::CountryCodeText>>, max_items = 300)]
+    pub sms_country_codes: Option<Vec<String>>,
 }
 
 #[utoipa::path(post, path = "/tenants", tag = "admin", request_body = NewTenant, responses((status = 201, body = TenantView)))]
@@ -57,8 +68,50 @@ async fn create(
     let key =
         TenantKey::parse(&body.tenant).map_err(|e| ApiError::invalid("tenant", e.to_string()))?;
     check_text("name", &body.name, 200)?;
-    let tenant = tenants::create(&state.pool, key.as_str(), body.name.trim()).await?;
+    let codes = country_codes(body.sms_country_codes.as_deref())?;
+    let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
+    let mut tenant = tenants::create(&mut *tx, key.as_str(), body.name.trim()).await?;
+    if codes.is_some() {
+        tenant = tenants::set_sms_country_codes(&mut *tx, tenant.id, codes.as_deref()).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
     Ok((StatusCode::CREATED, Json(tenant.into())))
+}
+
+fn country_codes(raw: Option<&[String]>) -> Result<Option<Vec<String>>, ApiError> {
+    raw.map(|codes| {
+        if codes.len() > 300 {
+            return Err(ApiError::invalid("smsCountryCodes", "at most 300 codes"));
+        }
+        crate::verification::country_codes(codes)
+    })
+    .transpose()
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SmsCountryCodes {
+    /// `null`: back to the operator's default list.
+    #[schema(value_type = Option<Vec<crate::schema::CountryCodeText>>, max_items = 300)]
+    pub sms_country_codes: Option<Vec<String>>,
+}
+
+/// Which countries SMS may go to in a tenant: toll fraud pumps messages to expensive ranges.
+#[utoipa::path(put, path = "/tenants/{tenant}/sms-country-codes", tag = "admin", params(("tenant" = crate::schema::TenantKeyText, Path)), request_body = SmsCountryCodes, responses((status = 200, body = TenantView)))]
+async fn set_sms_country_codes(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(body): ApiJson<SmsCountryCodes>,
+) -> Result<Json<TenantView>, ApiError> {
+    caller.require_global_admin()?;
+    let codes = country_codes(body.sms_country_codes.as_deref())?;
+    let tenant = tenants::by_key(&state.pool, &key)
+        .await
+        .map_err(not_found_as("tenant"))?;
+    let tenant = tenants::set_sms_country_codes(&state.pool, tenant.id, codes.as_deref()).await?;
+    tracing::info!(tenant = %tenant.key, actor = %caller.actor, "SMS country codes set");
+    Ok(Json(tenant.into()))
 }
 
 #[utoipa::path(get, path = "/tenants", tag = "admin", responses((status = 200, body = Vec<TenantView>)))]

@@ -9,7 +9,9 @@ use herald_storage::StoreError;
 use herald_storage::addresses::{self, AddressRow, NewAddress};
 use herald_storage::link_codes;
 use herald_storage::page::Page;
+use herald_storage::tenants;
 use herald_storage::users::{self, Settings, User};
+use herald_storage::verification::{self, Proof};
 use messaging_core::ingress::DeliveryMode;
 use messaging_core::values::{Jid, Locale, UserId};
 use messaging_core::{Address, AddressKind, AddressState, Channel};
@@ -74,7 +76,15 @@ pub struct AddressView {
     pub kind: AddressKind,
     pub address: String,
     pub display_name: Option<String>,
+    /// Proven to be the person's: only proven addresses get anything but the proof itself.
     pub verified: bool,
+    /// How: `code` (a code or link sent to it was confirmed), `link` (a chat bot captured
+    /// it), `import` (an admin vouched for it), `tenant` (a WebSocket key), `migration`.
+    pub verified_how: Option<String>,
+    pub verified_at: Option<DateTime<Utc>>,
+    /// Present when this request sent a code to prove the address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::verification::CodeSent>,
     #[schema(value_type = crate::schema::AddressStateName)]
     pub state: AddressState,
     pub state_reason: Option<String>,
@@ -93,6 +103,9 @@ impl From<AddressRow> for AddressView {
             address: a.value,
             display_name: a.display_name,
             verified: a.verified,
+            verified_how: a.verified_how,
+            verified_at: a.verified_at,
+            verification: None,
             state: a.state,
             state_reason: a.state_reason,
             state_changed_at: a.state_changed_at,
@@ -119,11 +132,15 @@ async fn list(
 }
 
 /// The person the path names, if this caller may act for them.
-fn person(caller: &Caller, raw: &str) -> Result<UserId, ApiError> {
+pub(super) fn person(caller: &Caller, raw: &str) -> Result<UserId, ApiError> {
     subscriber(caller, Some(raw))
 }
 
-async fn find(state: &AppState, caller: &Caller, person: &UserId) -> Result<User, ApiError> {
+pub(super) async fn find(
+    state: &AppState,
+    caller: &Caller,
+    person: &UserId,
+) -> Result<User, ApiError> {
     let tenant = caller.tenant()?;
     users::by_external_id(&state.pool, tenant.id, person.as_str())
         .await
@@ -233,11 +250,44 @@ pub struct NewAddressRequest {
     /// For `xmpp`: the address is a multi-user-chat room, not a person's JID (R37).
     #[serde(default)]
     pub room: bool,
+    /// An admin vouches that the address is the person's (an import from another system):
+    /// it is proven without a code, and the admin is recorded.
+    #[serde(default)]
+    pub verified: bool,
 }
 
-/// Adds an address to a person, creating the person on first mention. Chat addresses
-/// (Telegram, Discord) normally arrive through the bots' link codes (R5) instead.
-#[utoipa::path(post, path = "/users/{user_id}/addresses", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")), request_body = crate::schema::NewAddressBody, responses((status = 201, body = AddressView), (status = 200, description = "Known already (reactivated if it was removed)", body = AddressView)))]
+/// How an address being added is proven: `None` when a code must prove it.
+fn proof_for(caller: &Caller, address: &Address, import: bool) -> Result<Option<Proof>, ApiError> {
+    let channel = address.channel();
+    if import {
+        if !caller.is_admin() {
+            return Err(ApiError::forbidden(
+                "only an admin adds addresses as verified; a person proves theirs with the code Herald sends",
+            ));
+        }
+        super::registrations::refuse_captured(address)?;
+        return Ok(Some(Proof::Import));
+    }
+    match channel {
+        Channel::Websocket if caller.is_admin() => Ok(Some(Proof::Tenant)),
+        Channel::Websocket => Err(ApiError::forbidden(
+            "WebSocket addresses name the tenant's own clients: an admin adds them",
+        )),
+        Channel::Telegram | Channel::Discord | Channel::Teams => Err(ApiError::invalid(
+            "channel",
+            format!(
+                "{channel} addresses come from the bot when the person links their chat: issue a link code (POST /users/{{userId}}/link-codes); an admin importing known chats sets `verified: true`"
+            ),
+        )),
+        Channel::Email | Channel::Sms | Channel::Xmpp => Ok(None),
+    }
+}
+
+/// Adds an address to a person, creating the person on first mention. An email, SMS or
+/// XMPP address is unproven until the person confirms the code (a link for email) Herald
+/// sends to it; nothing else reaches it before. Chat addresses (Telegram, Discord, Teams)
+/// arrive through the bots' link codes (R5); an admin may import addresses as verified.
+#[utoipa::path(post, path = "/users/{user_id}/addresses", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")), request_body = crate::schema::NewAddressBody, responses((status = 201, body = AddressView), (status = 200, description = "Known already; a code went to it again unless it is proven and in service", body = AddressView), (status = 429, description = "Too many verification messages to this address or from this tenant")))]
 async fn add_address(
     State(state): State<AppState>,
     caller: Caller,
@@ -261,13 +311,30 @@ async fn add_address(
         Address::parse(channel, &body.address)
             .map_err(|e| ApiError::invalid("address", e.to_string()))?
     };
-    super::registrations::refuse_captured(&address)?;
+    let proof = proof_for(&caller, &address, body.verified)?;
     if let Some(name) = &body.display_name {
         super::check_text("displayName", name, 200)?;
     }
+    let tenant = tenants::by_id(&state.pool, tenant.id).await?;
+    let value = address.value();
+    if address.channel() == Channel::Sms {
+        state.verifier.check_sms_destination(&tenant, &value)?;
+    }
     let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
     let user = users::ensure(&mut *tx, tenant.id, person.as_str()).await?;
-    let value = address.value();
+    let known = addresses::by_value(&mut *tx, user.id, address.channel(), &value).await?;
+    if known.is_none() {
+        let cap = state.verifier.addresses_per_channel;
+        if addresses::count_on_channel(&mut *tx, user.id, address.channel()).await? >= cap {
+            return Err(ApiError::invalid(
+                "address",
+                format!(
+                    "this person has {cap} {} addresses, the most one may have; remove one first",
+                    address.channel()
+                ),
+            ));
+        }
+    }
     let (row, created) = addresses::add(
         &mut *tx,
         NewAddress {
@@ -279,13 +346,36 @@ async fn add_address(
         },
     )
     .await?;
+    let in_service = row.verified && row.state == AddressState::Active;
+    let mut code = None;
+    match proof {
+        Some(proof) if !in_service => {
+            verification::mark_verified(&mut tx, row.id, proof, &caller.actor).await?;
+            tracing::info!(address_id = %row.id, how = proof.as_str(), actor = %caller.actor, "address verified without a code");
+        }
+        Some(_) => {}
+        // Adding it again proves nothing: a code goes to it, and until that is confirmed an
+        // address found unreachable or removed stays so.
+        None if !in_service => {
+            code = Some(
+                state
+                    .verifier
+                    .send(&mut tx, &state.names, &tenant, &user, &row, &caller.actor)
+                    .await?,
+            );
+        }
+        None => {}
+    }
+    let row = addresses::by_id(&mut *tx, tenant.id, user.id, row.id).await?;
     tx.commit().await.map_err(StoreError::from)?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(row.into())))
+    let mut view = AddressView::from(row);
+    view.verification = code;
+    Ok((status, Json(view)))
 }
 
 #[utoipa::path(delete, path = "/users/{user_id}/addresses/{address_id}", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person"), ("address_id" = Uuid, Path)), responses((status = 204, description = "Removed")))]

@@ -20,6 +20,8 @@ use tower::ServiceExt;
 
 /// What the tests' API signs WebSocket client tokens with.
 pub const WS_TOKEN_SECRET: &str = "test-websocket-token-secret";
+/// The key verification codes are hashed with in these tests.
+pub const CODE_SECRET: &str = "test-verification-code-secret";
 
 pub const JWT_SECRET: &str = "test-secret-of-reasonable-length";
 
@@ -66,6 +68,7 @@ impl TestApp {
                 max_body_bytes: 16 * 1024,
                 caller_per_minute: 10_000,
                 trigger_per_minute: 10_000,
+                sms_country_codes: "1,41,44,49".into(),
                 ..LimitsConfig::default()
             },
         )
@@ -90,6 +93,16 @@ impl TestApp {
                 token_secret: herald_runtime::config::Secret::new(WS_TOKEN_SECRET.into()),
                 ..Default::default()
             }),
+            verifier: Arc::new(
+                subscription_api::verification::Verifier::from_config(
+                    &subscription_api::config::VerificationConfig {
+                        code_secret: herald_runtime::config::Secret::new(CODE_SECRET.into()),
+                        ..Default::default()
+                    },
+                    &limits,
+                )
+                .expect("verification settings"),
+            ),
         };
         let router = subscription_api::startup::app(state, &limits);
         TestApp {
@@ -169,6 +182,41 @@ impl TestApp {
             .await
             .expect(StatusCode::CREATED)
             .clone()
+    }
+
+    /// Gives `user` of `tenant` a proven address, as an admin's import would (only proven
+    /// addresses can be subscribed with).
+    pub async fn prove(&self, tenant: &str, user: &str, channel: &str, address: &str) {
+        let tenant_id = tenants::by_key(&self.pool, tenant).await.unwrap().id;
+        let mut tx = self.pool.begin().await.unwrap();
+        let person = herald_storage::users::ensure(&mut *tx, tenant_id, user)
+            .await
+            .unwrap();
+        let kind: messaging_core::AddressKind = channel.parse().expect("an address kind");
+        let value = messaging_core::Address::parse(kind.channel(), address)
+            .expect("a valid address")
+            .value();
+        let (row, _) = herald_storage::addresses::add(
+            &mut *tx,
+            herald_storage::addresses::NewAddress {
+                tenant_id,
+                user_id: person.id,
+                kind,
+                value: &value,
+                display_name: None,
+            },
+        )
+        .await
+        .unwrap();
+        herald_storage::verification::mark_verified(
+            &mut tx,
+            row.id,
+            herald_storage::verification::Proof::Import,
+            "test",
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
     }
 
     /// Subscribes to `subscription` with `body` (`channel`, `address`, maybe `userId`).

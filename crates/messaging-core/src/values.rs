@@ -518,14 +518,14 @@ impl WsKey {
                 "the namespace is 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter or digit",
             ));
         }
-        if id.is_empty()
-            || id.len() > Self::MAX_ID_LEN
-            || id.chars().any(|c| c.is_whitespace() || c.is_control())
+        // Visible ASCII: an id names a client's record, it travels in a routing key (255
+        // bytes at most), and the API's schema states the rule as a pattern.
+        if id.is_empty() || id.len() > Self::MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(invalid(
                 KIND,
                 format!(
-                    "the id is 1 to {} bytes without white space",
+                    "the id is 1 to {} visible ASCII characters",
                     Self::MAX_ID_LEN
                 ),
             ));
@@ -741,6 +741,9 @@ mod tests {
         assert!(WsKey::parse("support-bot/").is_err());
         assert!(WsKey::parse("nonamespace").is_err());
         assert!(WsKey::parse("a/b c").is_err());
+        assert!(WsKey::parse("a/b\u{85}c").is_err(), "NEL is white space");
+        assert!(WsKey::parse("a/caf\u{e9}").is_err(), "ASCII only");
+        assert!(WsKey::parse(" a/b-1:x ").is_ok(), "trimmed");
         let chat = TeamsChat::new("https://smba.trafficmanager.net/emea/", "a:1Xyz_-9").unwrap();
         assert_eq!(chat.service_url(), "https://smba.trafficmanager.net/emea/");
         assert_eq!(chat.conversation_id(), "a:1Xyz_-9");

@@ -75,7 +75,7 @@ pub fn address_pattern(channel: Channel) -> String {
         Channel::Discord => trimmed("\\+?0*[1-9][0-9]{0,18}"),
         // Captured by the bot only; the API refuses one typed in (`typed_in`).
         Channel::Teams => "^https?://[^\\s@/?#]+[^\\s]* [^\\s]+$".to_owned(),
-        Channel::Websocket => "^\\s*[a-z0-9][a-z0-9_-]{0,62}/[^\\s]{1,120}\\s*$".to_owned(),
+        Channel::Websocket => trimmed("[a-z0-9][a-z0-9_-]{0,62}/[!-~]{1,120}"),
         Channel::Sms => "^[ .()-]*\\+[ .()-]*[1-9](?:[ .()-]*[0-9]){7,14}[ .()-]*$".to_owned(),
         Channel::Email => {
             let atom = format!("[^{CONTROL}{SPACE}@<>()\\[\\],;:\\\\\".]+");

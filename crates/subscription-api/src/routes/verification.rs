@@ -170,6 +170,8 @@ fn refusal(refused: &Refused) -> String {
     get,
     path = "/verify/{token}",
     tag = "users",
+    // No credential: the token is one.
+    security(()),
     params(("token" = String, Path, description = "The token from the mailed link")),
     responses((status = 200, description = "A page with a button that confirms", content_type = "text/html", body = String)),
 )]
@@ -187,6 +189,7 @@ async fn link_page(ApiPath(_token): ApiPath<String>) -> Response {
     post,
     path = "/verify/{token}",
     tag = "users",
+    security(()),
     params(("token" = String, Path, description = "The token from the mailed link")),
     responses(
         (status = 200, description = "Proven", content_type = "text/html", body = String),

@@ -126,6 +126,14 @@ pub struct AmqpConfig {
     pub publish_timeout_ms: u64,
     /// Upper bound of the reconnect backoff.
     pub reconnect_max_ms: u64,
+    /// How long a consumer waits for its in-flight handlers when its connection is lost or
+    /// the service stops. Past it, they are given up: their messages were not acked, so the
+    /// broker delivers them again. Keep it below the orchestrator's grace period.
+    pub drain_deadline_ms: u64,
+    /// The longest one handler may take with one message; past it the message is retried
+    /// (the work is idempotent), so a handler stuck on a dead dependency does not hold a
+    /// consumer slot for ever.
+    pub handler_timeout_ms: u64,
     /// The largest AMQP frame this client accepts (bytes; 0: the broker's, 128 KiB for
     /// RabbitMQ). lapin keeps two zero-filled buffers of 32 frames per connection, so
     /// RabbitMQ's 128 KiB cost 8 MiB of resident memory per connection; Herald's messages
@@ -148,6 +156,8 @@ impl Default for AmqpConfig {
             max_defer_secs: 24 * 3600,
             publish_timeout_ms: 60_000,
             reconnect_max_ms: 10_000,
+            drain_deadline_ms: 20_000,
+            handler_timeout_ms: 300_000,
             frame_max: DEFAULT_FRAME_MAX,
         }
     }

@@ -33,8 +33,13 @@ pub struct Inspector {
 
 impl Inspector {
     pub async fn connect() -> Inspector {
+        Self::connect_to(&amqp_url()).await
+    }
+
+    /// An inspector on another broker (a test's own node, say).
+    pub async fn connect_to(url: &str) -> Inspector {
         let connection = Connection::connect(
-            &amqp_url(),
+            url,
             ConnectionProperties::default().with_connection_name("herald-test-inspector".into()),
         )
         .await

@@ -45,4 +45,5 @@ pub mod fake_telegram;
 pub mod http;
 pub mod prosody;
 pub mod provider_limits;
+pub mod rabbit_node;
 pub mod smtp;

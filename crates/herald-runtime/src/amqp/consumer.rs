@@ -141,6 +141,11 @@ pub struct ConsumerSettings {
     /// the jobs of a channel nobody consumes, and must leave a paused sender's jobs waiting.
     /// The consumer goes with this process's connection if the process dies.
     pub standby_queue: Option<String>,
+    /// How long in-flight handlers may finish after the connection is lost or on shutdown;
+    /// then they are given up (their messages are redelivered).
+    pub drain_deadline: Duration,
+    /// The longest one handler may take; past it the message is retried.
+    pub handler_timeout: Duration,
 }
 
 impl ConsumerSettings {
@@ -154,6 +159,8 @@ impl ConsumerSettings {
             max_defer: Duration::from_secs(config.max_defer_secs),
             max_body_bytes: messaging_core::MAX_MESSAGE_BYTES,
             standby_queue: None,
+            drain_deadline: Duration::from_millis(config.drain_deadline_ms),
+            handler_timeout: Duration::from_millis(config.handler_timeout_ms.max(1)),
         }
     }
 }
@@ -258,7 +265,12 @@ impl<H: Handler> Consumer<H> {
             };
             let started = Instant::now();
             let stop = self.consume_on(&connection, &worker, &shutdown).await;
-            let _ = connection.close(200, "consumer stopping".into()).await;
+            // A connection to a broker that died may never answer the close.
+            let _ = tokio::time::timeout(
+                TEARDOWN_TIMEOUT,
+                connection.close(200, "consumer stopping".into()),
+            )
+            .await;
             match stop {
                 Stop::Shutdown => {
                     tracing::info!(queue = %queue, "consumer stopped");
@@ -266,9 +278,12 @@ impl<H: Handler> Consumer<H> {
                 }
                 Stop::Paused => continue,
                 Stop::Lost(error) => {
-                    self.health
-                        .set(&component, false, format!("connection lost: {error}"));
-                    tracing::warn!(queue = %queue, %error, "consumer lost its connection");
+                    self.health.set(
+                        &component,
+                        false,
+                        format!("connection lost: {error}; reconnecting"),
+                    );
+                    tracing::warn!(queue = %queue, %error, "consumer lost its connection; reconnecting");
                 }
             }
             if shutdown.is_cancelled() {
@@ -409,26 +424,26 @@ impl<H: Handler> Consumer<H> {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut in_flight = JoinSet::new();
         let mut pause = self.pause.clone();
+        // The connection's own report of its death: while every slot is taken the consumer
+        // stream is not polled, and a broker killed outright may never end it.
+        let mut events = connection.events_listener();
         let result = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    // Stop deliveries first, then finish what is in hand.
-                    let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
-                    break Stop::Shutdown;
-                }
-                _ = paused(&mut pause) => {
-                    // Same order as shutdown; prefetched messages go back to the queue when the
-                    // channel closes.
-                    let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
-                    break Stop::Paused;
-                }
+                _ = shutdown.cancelled() => break Stop::Shutdown,
+                _ = paused(&mut pause) => break Stop::Paused,
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(error)) => break Stop::Lost(error.to_string()),
+                    Some(_) => {}
+                    None => break Stop::Lost("the connection ended".to_owned()),
+                },
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                next = consumer.next() => match next {
+                // A delivery only with a free slot: a full house still notices shutdown, a
+                // pause and a lost connection while it waits.
+                next = consumer.next(), if permits.available_permits() > 0 => match next {
                     Some(Ok(delivery)) => {
-                        // Nothing closes the semaphore; if something did, stopping (the
-                        // message goes back to the queue) beats working without a limit.
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                        // Only this loop takes permits, and one is free.
+                        let Ok(permit) = permits.clone().try_acquire_owned() else {
                             break Stop::Lost("the in-flight limit was closed".to_owned());
                         };
                         let worker = worker.clone();
@@ -442,15 +457,60 @@ impl<H: Handler> Consumer<H> {
                 },
             }
         };
-        let draining = in_flight.len();
-        if draining > 0 {
-            tracing::info!(queue = %self.settings.queue, draining, "finishing in-flight messages");
+        match &result {
+            // Stop deliveries first, then finish what is in hand. Prefetched messages go back
+            // to the queue when the channel closes.
+            Stop::Shutdown | Stop::Paused => {
+                let _ = tokio::time::timeout(
+                    TEARDOWN_TIMEOUT,
+                    channel.basic_cancel(tag.clone(), BasicCancelOptions::default()),
+                )
+                .await;
+            }
+            // Say so at once: draining may take up to the deadline, and until the consumer is
+            // back nothing is taken from the queue.
+            Stop::Lost(error) => self.health.set(
+                &self.component(),
+                false,
+                format!("connection lost: {error}; finishing in-flight messages"),
+            ),
         }
-        while in_flight.join_next().await.is_some() {}
-        let _ = channel.close(200, "consumer stopping".into()).await;
+        self.drain(&mut in_flight).await;
+        let _ = tokio::time::timeout(
+            TEARDOWN_TIMEOUT,
+            channel.close(200, "consumer stopping".into()),
+        )
+        .await;
         Ok(result)
     }
+
+    /// Lets in-flight handlers finish, up to the drain deadline; the rest are given up. Their
+    /// messages were not acked, so the broker delivers them again (to this consumer when it
+    /// is back, or to another replica), and handlers are idempotent.
+    async fn drain(&self, in_flight: &mut JoinSet<()>) {
+        let draining = in_flight.len();
+        if draining == 0 {
+            return;
+        }
+        tracing::info!(queue = %self.settings.queue, draining, deadline_ms = self.settings.drain_deadline.as_millis() as u64, "finishing in-flight messages");
+        let finished = tokio::time::timeout(self.settings.drain_deadline, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            let abandoned = in_flight.len();
+            in_flight.abort_all();
+            while in_flight.join_next().await.is_some() {}
+            metrics::counter!("herald_consumer_abandoned_total", "queue" => self.settings.queue.clone())
+                .increment(abandoned as u64);
+            tracing::warn!(queue = %self.settings.queue, abandoned, "in-flight messages did not finish by the drain deadline; given up, the broker delivers them again");
+        }
+    }
 }
+
+/// The longest a consumer waits for the broker to answer a cancel or a close while it tears
+/// a connection down: a broker that died never answers.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a wait while paused ended.
 enum Paused {
@@ -659,10 +719,25 @@ impl<H: Handler> Worker<H> {
                 return Decision::Handled(Outcome::DeadLetter(rejection));
             }
         };
-        match AssertUnwindSafe(self.handler.handle(message, ctx))
-            .catch_unwind()
-            .await
-        {
+        let handled = tokio::time::timeout(
+            self.settings.handler_timeout,
+            AssertUnwindSafe(self.handler.handle(message, ctx)).catch_unwind(),
+        )
+        .await;
+        let Ok(handled) = handled else {
+            let limit = self.settings.handler_timeout.as_secs_f64();
+            tracing::warn!(
+                timeout_s = limit,
+                "handler timed out; the message is retried"
+            );
+            metrics::counter!("herald_handler_timeouts_total", "queue" => self.queue.to_string())
+                .increment(1);
+            return Decision::Handled(Outcome::Retry {
+                after: Duration::from_secs(1),
+                reason: format!("the handler took longer than {limit} s"),
+            });
+        };
+        match handled {
             Ok(outcome) => Decision::Handled(outcome),
             Err(panic) => {
                 let what = panic

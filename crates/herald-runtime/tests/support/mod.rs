@@ -28,10 +28,15 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(test: &str) -> Harness {
+        Self::on(&amqp_url(), test).await
+    }
+
+    /// A harness on the broker at `url` (a test's own node).
+    pub async fn on(url: &str, test: &str) -> Harness {
         herald_runtime::install_crypto_provider();
         let prefix = unique_prefix(test);
         let config = AmqpConfig {
-            url: Secret::new(amqp_url()),
+            url: Secret::new(url.to_owned()),
             prefix: prefix.clone(),
             delays_ms: vec![200, 500],
             max_attempts: 5,
@@ -40,7 +45,7 @@ impl Harness {
             ..AmqpConfig::default()
         };
         let topology = Topology::from_config(&config);
-        let inspector = Inspector::connect().await;
+        let inspector = Inspector::connect_to(url).await;
         topology
             .declare(inspector.connection())
             .await

@@ -1,0 +1,245 @@
+//! Issue #18: a consumer whose broker is killed (SIGKILL, not a clean close) says so in its
+//! readiness at once, gives up on handlers that cannot finish, and consumes again when the
+//! broker is back, losing nothing. Against a RabbitMQ node of this test's own, never the
+//! shared one.
+
+// A test fails on the line that broke: unwrap and expect are how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use herald_runtime::amqp::{Consumer, Context, Handler, Message, Outcome, Rejection, decode_json};
+use herald_testkit::rabbit_node::RabbitNode;
+use support::{Harness, Numbered, numbered};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The first `stuck` messages it gets never finish (a handler hung on something that died
+/// with the broker); every later one is acked and reported.
+struct Stuck {
+    stuck: u32,
+    started: Arc<AtomicU32>,
+    done: mpsc::UnboundedSender<u32>,
+}
+
+impl Handler for Stuck {
+    type Message = Numbered;
+
+    fn decode(&self, body: &[u8]) -> Result<Numbered, Rejection> {
+        decode_json(body)
+    }
+
+    async fn handle(&self, message: Numbered, _: &Context) -> Outcome {
+        if self.started.fetch_add(1, Ordering::SeqCst) < self.stuck {
+            std::future::pending::<()>().await;
+        }
+        let _ = self.done.send(message.n);
+        Outcome::Ack
+    }
+}
+
+async fn consumer_state(h: &Harness, queue: &str) -> Option<(bool, String)> {
+    h.health
+        .report()
+        .await
+        .components
+        .get(&format!("amqp:consumer:{queue}"))
+        .map(|c| (c.ready, c.detail.clone()))
+}
+
+async fn wait_state(h: &Harness, queue: &str, ready: bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((now, detail)) = consumer_state(h, queue).await
+            && now == ready
+        {
+            return detail;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer never became ready={ready}: {:?}",
+            consumer_state(h, queue).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_comes_back_after_its_broker_is_killed_and_says_so_meanwhile() {
+    let node = tokio::task::spawn_blocking(|| RabbitNode::start("consumer_back"))
+        .await
+        .unwrap();
+    let h = Harness::on(&node.url(), "broker_killed").await;
+    let (done, mut finished) = mpsc::unbounded_channel();
+    let started = Arc::new(AtomicU32::new(0));
+    let handler = Stuck {
+        stuck: 3,
+        started: started.clone(),
+        done,
+    };
+    let mut settings = h.settings();
+    settings.prefetch = 3;
+    settings.concurrency = 3;
+    settings.drain_deadline = Duration::from_secs(1);
+    let queue = settings.queue.clone();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(
+            h.broker.clone(),
+            h.topology.clone(),
+            settings,
+            handler,
+            h.health.clone(),
+        )
+        .run(stop.clone()),
+    );
+    wait_state(&h, &queue, true).await;
+
+    // Three messages, each stuck in its handler.
+    let publisher = h.publisher();
+    let first: Vec<Vec<u8>> = (0..3).map(numbered).collect();
+    let batch: Vec<Message> = first.iter().map(|b| h.message(b)).collect();
+    publisher.publish_batch(&batch).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while started.load(Ordering::SeqCst) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "three in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The broker dies. Readiness says so while the handlers are still stuck.
+    let node = tokio::task::spawn_blocking(move || {
+        node.kill();
+        node
+    })
+    .await
+    .unwrap();
+    let detail = wait_state(&h, &queue, false).await;
+    assert!(!detail.contains("consuming"), "{detail}");
+
+    // Back: the consumer consumes again. The three stuck messages were never acked, so the
+    // broker delivers them again; with ten more, every one is handled.
+    let node = tokio::task::spawn_blocking(move || {
+        node.restart();
+        node
+    })
+    .await
+    .unwrap();
+    let more: Vec<Vec<u8>> = (3..13).map(numbered).collect();
+    let batch: Vec<Message> = more.iter().map(|b| h.message(b)).collect();
+    publisher.publish_batch(&batch).await.unwrap();
+    let mut seen = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while seen.len() < 13 {
+            seen.insert(finished.recv().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("handled after the restart: {seen:?}"));
+    wait_state(&h, &queue, true).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer stops in time")
+        .unwrap();
+    publisher.close().await;
+    drop(node);
+}
+
+/// Issue #18: a handler that never finishes holds its slot only until the handler timeout;
+/// its message is then retried like any temporary failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_never_finishes_is_timed_out_and_its_message_retried() {
+    let h = Harness::new("handler_timeout").await;
+    let (done, mut finished) = mpsc::unbounded_channel();
+    let started = Arc::new(AtomicU32::new(0));
+    let handler = Stuck {
+        stuck: 1,
+        started: started.clone(),
+        done,
+    };
+    let mut settings = h.settings();
+    settings.handler_timeout = Duration::from_millis(300);
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(
+            h.broker.clone(),
+            h.topology.clone(),
+            settings,
+            handler,
+            h.health.clone(),
+        )
+        .run(stop.clone()),
+    );
+    let publisher = h.publisher();
+    let body = numbered(7);
+    publisher.publish(&h.message(&body)).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(30), finished.recv())
+        .await
+        .expect("handled on its retry")
+        .unwrap();
+    assert_eq!(n, 7);
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        2,
+        "the stuck attempt, then the retry"
+    );
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}
+
+/// Issue #18: shutdown waits for in-flight handlers only until the drain deadline; a message
+/// whose handler did not finish stays in the queue for the next consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_a_stuck_handler_at_the_drain_deadline_and_keeps_its_message() {
+    let h = Harness::new("drain_deadline").await;
+    let (done, _finished) = mpsc::unbounded_channel();
+    let started = Arc::new(AtomicU32::new(0));
+    let handler = Stuck {
+        stuck: 1,
+        started: started.clone(),
+        done,
+    };
+    let mut settings = h.settings();
+    settings.drain_deadline = Duration::from_millis(500);
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(
+            h.broker.clone(),
+            h.topology.clone(),
+            settings,
+            handler,
+            h.health.clone(),
+        )
+        .run(stop.clone()),
+    );
+    let publisher = h.publisher();
+    let body = numbered(1);
+    publisher.publish(&h.message(&body)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while started.load(Ordering::SeqCst) < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), consumer)
+        .await
+        .expect("shutdown does not wait for the stuck handler")
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.inspector.queue_len(&h.queue()).await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the message is back in its queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publisher.close().await;
+    h.cleanup().await;
+}

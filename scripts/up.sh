@@ -148,6 +148,16 @@ fi
 
 scripts/status.sh
 
+if [ "${HERALD_ROUTER__STRICT_PRODUCERS:-false}" != true ]; then
+  cat <<EOF
+
+Open producers: any broker user may publish requests for any tenant (a broker on loopback).
+In production, give each producer its own broker user, bind it to its tenant
+(PUT /api/messaging/tenants/{tenant}/broker-producers/{user}) and set
+HERALD_ROUTER__STRICT_PRODUCERS=true: docs/security.md.
+EOF
+fi
+
 cat <<EOF
 
 Herald is running. Things to try next (\`just\` works in place of \`./run\`):

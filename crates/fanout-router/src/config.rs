@@ -46,6 +46,11 @@ pub struct RouterConfig {
     /// nothing is sending on the channel instead of waiting forever. Measured per router
     /// replica from when it first saw the queue without a consumer. 0: never drained.
     pub no_sender_after_ms: u64,
+    /// Issue #17: take requests only from broker users bound to a tenant, and events only
+    /// from Herald's service users; a message without `user_id` is dead-lettered. Off (the
+    /// open mode, for a broker on loopback): a message without `user_id` is taken, though a
+    /// bound producer is still held to its tenant and a producer's events are still refused.
+    pub strict_producers: bool,
 }
 
 impl Default for RouterConfig {
@@ -63,6 +68,7 @@ impl Default for RouterConfig {
             scheduler_poll_ms: 1_000,
             sender_check_ms: 10_000,
             no_sender_after_ms: 300_000,
+            strict_producers: false,
         }
     }
 }

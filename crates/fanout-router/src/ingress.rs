@@ -40,6 +40,7 @@ use uuid::Uuid;
 use crate::config::{LegacyDestination, RetryPolicy};
 use crate::fanout::{Audience, Body, FanOut, FanOutError, Plan};
 use crate::outcome::{OutcomeError, Outcomes};
+use crate::producers::ProducerPolicy;
 use crate::render::Templates;
 
 pub struct IngressHandler {
@@ -53,6 +54,8 @@ pub struct IngressHandler {
     /// look at fan-out alone.
     outcomes: Option<Outcomes>,
     tenants: TenantCache,
+    /// Which tenant a producer may make requests for (issue #17).
+    producers: Arc<ProducerPolicy>,
 }
 
 /// Tenants by key, for a short while: every request names its tenant, and tenants are
@@ -140,7 +143,6 @@ impl IngressHandler {
         retry: impl Into<RetryPolicy>,
     ) -> Self {
         IngressHandler {
-            pool,
             fanout,
             legacy,
             retry: retry.into(),
@@ -148,7 +150,15 @@ impl IngressHandler {
             tenants: TenantCache {
                 entries: Default::default(),
             },
+            producers: Arc::new(ProducerPolicy::new(pool.clone(), false)),
+            pool,
         }
+    }
+
+    /// Holds producers to their tenants with this policy (the default: the open mode).
+    pub fn with_producers(mut self, producers: Arc<ProducerPolicy>) -> Self {
+        self.producers = producers;
+        self
     }
 
     pub fn with_outcomes(mut self, outcomes: Outcomes) -> Self {
@@ -194,6 +204,9 @@ impl IngressHandler {
                 format!("no tenant {:?}", request.notify.tenant.as_str()),
             ));
         };
+        if let Some(refused) = self.producers.refuse_request(&tenant, ctx).await? {
+            return Ok(refused);
+        }
         self.notify_in(&tenant, request, ctx).await
     }
 
@@ -457,6 +470,9 @@ impl IngressHandler {
                 format!("no tenant {:?}", event.tenant.as_str()),
             ));
         };
+        if let Some(refused) = self.producers.refuse_request(&tenant, ctx).await? {
+            return Ok(refused);
+        }
         let bound = event_bindings::subscriptions_for_event(
             &self.pool,
             tenant.id,
@@ -530,6 +546,9 @@ impl IngressHandler {
                 ),
             ));
         };
+        if let Some(refused) = self.producers.refuse_request(&tenant, ctx).await? {
+            return Ok(refused);
+        }
         let notify = NotifyRequest {
             version: EnvelopeVersion,
             tenant: destination.tenant.clone(),

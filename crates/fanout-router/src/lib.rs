@@ -31,6 +31,7 @@ pub mod config;
 pub mod fanout;
 pub mod ingress;
 pub mod outcome;
+pub mod producers;
 pub mod render;
 pub mod rooms;
 pub mod scheduler;
@@ -57,6 +58,7 @@ use crate::scheduler::Scheduler;
 use crate::tracking::TrackingHandler;
 use crate::watchdog::SendQueueWatchdog;
 use herald_storage::relay::OutboxRelay;
+use producers::ProducerPolicy;
 
 pub const SERVICE_NAME: &str = "fanout-router";
 
@@ -104,8 +106,20 @@ pub fn start(
         Publisher::new(service.broker.clone(), "outcomes"),
         names.clone(),
     );
+    let producers = Arc::new(ProducerPolicy::new(
+        pool.clone(),
+        config.router.strict_producers,
+    ));
+    if config.router.strict_producers {
+        tracing::info!(service_users = ?service.broker.config().service_users(), "strict producers: requests only from broker users bound to a tenant, events only from Herald's service users");
+    } else {
+        tracing::warn!(
+            "open producers (router.strict_producers=false): a message without user_id may name any tenant; bind each producer's broker user to its tenant and set HERALD_ROUTER__STRICT_PRODUCERS=true (docs/security.md)"
+        );
+    }
     let handler = IngressHandler::new(pool.clone(), fanout, legacy, retry_after)
-        .with_outcomes(outcomes.clone());
+        .with_outcomes(outcomes.clone())
+        .with_producers(producers.clone());
     let late_outcomes = outcomes.clone();
     let mut settings =
         ConsumerSettings::from_config(names.ingress_queue(), service.broker.config());
@@ -135,7 +149,8 @@ pub fn start(
             outcomes,
             config.router.removal_policy(),
             retry_after,
-        ),
+        )
+        .with_producers(producers),
         service.health.clone(),
     );
     let scheduler = Scheduler::new(

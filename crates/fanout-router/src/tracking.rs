@@ -8,6 +8,7 @@
 //! the transaction that decided it, so it is sent exactly when the change is committed, and a
 //! redelivered event that finds its work done changes nothing and says nothing new.
 
+use crate::producers::ProducerPolicy;
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
 use herald_storage::addresses::{self, NewAddress};
 use herald_storage::tracking::{
@@ -24,6 +25,7 @@ use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey};
 use messaging_core::{EnvelopeVersion, MessageSource};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
+use std::sync::Arc;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -46,9 +48,17 @@ pub struct TrackingHandler {
     rooms: Rooms,
     policy: RemovalPolicy,
     retry: RetryPolicy,
+    /// Only Herald's services publish events (issue #17).
+    producers: Arc<ProducerPolicy>,
 }
 
 impl TrackingHandler {
+    /// Takes events with this policy (the default: the open mode).
+    pub fn with_producers(mut self, producers: Arc<ProducerPolicy>) -> Self {
+        self.producers = producers;
+        self
+    }
+
     pub fn new(
         pool: PgPool,
         outcomes: Outcomes,
@@ -64,6 +74,7 @@ impl TrackingHandler {
             retry,
         );
         TrackingHandler {
+            producers: Arc::new(ProducerPolicy::new(pool.clone(), false)),
             pool,
             outcomes,
             rooms,
@@ -423,6 +434,11 @@ impl Handler for TrackingHandler {
     }
 
     async fn handle(&self, event: RouterEvent, ctx: &Context) -> Outcome {
+        // A forged delivery event would change delivery and address states; a forged contact
+        // link would make an attacker's chat someone's address.
+        if let Some(refused) = self.producers.refuse_event(ctx) {
+            return refused;
+        }
         let outcome = match event {
             RouterEvent::Delivery(event) => {
                 let span = tracing::info_span!(

@@ -126,6 +126,10 @@ pub struct AmqpConfig {
     pub publish_timeout_ms: u64,
     /// Upper bound of the reconnect backoff.
     pub reconnect_max_ms: u64,
+    /// Herald's own broker users besides this service's (comma-separated): messages they
+    /// publish count as Herald's (delivery events, retries that keep their first producer).
+    /// Empty: this service's user only, the usual setup with one user for all services.
+    pub service_users: String,
     /// How long a consumer waits for its in-flight handlers when its connection is lost or
     /// the service stops. Past it, they are given up: their messages were not acked, so the
     /// broker delivers them again. Keep it below the orchestrator's grace period.
@@ -156,6 +160,7 @@ impl Default for AmqpConfig {
             max_defer_secs: 24 * 3600,
             publish_timeout_ms: 60_000,
             reconnect_max_ms: 10_000,
+            service_users: String::new(),
             drain_deadline_ms: 20_000,
             handler_timeout_ms: 300_000,
             frame_max: DEFAULT_FRAME_MAX,
@@ -178,6 +183,27 @@ impl AmqpConfig {
 
     pub fn reconnect_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_max_ms)
+    }
+
+    /// The broker user in the URL (RabbitMQ's default `guest` when it names none): the
+    /// `user_id` this service's messages carry, which the broker checks.
+    pub fn username(&self) -> String {
+        self.url
+            .expose()
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.authority.userinfo.username)
+            .unwrap_or_else(|_| "guest".to_owned())
+    }
+
+    /// Herald's broker users: this service's and `service_users`.
+    pub fn service_users(&self) -> std::collections::BTreeSet<String> {
+        self.service_users
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .chain(std::iter::once(self.username()))
+            .collect()
     }
 
     /// The URL with its password replaced, for logs.

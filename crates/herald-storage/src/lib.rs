@@ -28,6 +28,7 @@ pub mod link_codes;
 pub mod messages;
 pub mod outbox;
 pub mod page;
+pub mod producers;
 pub mod registrations;
 pub mod relay;
 pub mod rooms;

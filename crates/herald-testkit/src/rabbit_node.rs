@@ -64,6 +64,26 @@ impl RabbitNode {
         self.port
     }
 
+    /// A broker user with every permission on the default vhost: `amqp://name:password@…`.
+    pub fn add_user(&self, name: &str, password: &str) -> String {
+        self.ctl(&["add_user", name, password]);
+        self.ctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+        format!("amqp://{name}:{password}@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", &self.node])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// SIGKILL, as a crash or an OOM kill: no connection is closed cleanly. Returns once the
     /// port refuses connections.
     pub fn kill(&self) {

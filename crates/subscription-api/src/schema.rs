@@ -302,6 +302,14 @@ component!(
         .into()
 );
 component!(
+    BrokerUserText = "BrokerUser",
+    text("A RabbitMQ user name: 1 to 255 characters, no control characters.")
+        .pattern(Some(format!("^[^{CONTROL}]+$")))
+        .min_length(Some(1))
+        .max_length(Some(255))
+        .into()
+);
+component!(
     CountryCodeText = "CountryCode",
     text("A country calling code, 1 to 3 digits without a leading zero, `+` allowed: `41`, `+49`, `1`.")
         .pattern(Some(r"^\+?[1-9][0-9]{0,2}$"))
@@ -575,6 +583,7 @@ pub fn components() -> Vec<(String, RefOr<Schema>)> {
         entry::<SubscriptionIdText>(),
         entry::<TenantKeyText>(),
         entry::<CountryCodeText>(),
+        entry::<BrokerUserText>(),
         entry::<LocaleText>(),
         entry::<EventTypeText>(),
         entry::<LabelText>(),

@@ -83,6 +83,7 @@ impl Fixture {
             .replace("{ticket_id}", &self.ticket.to_string())
             .replace("{room_id}", &self.room.to_string())
             .replace("{tenant}", "acme")
+            .replace("{username}", &format!("producer-{}", self.n))
             .replace("{channel}", "default")
             .replace("{locale}", "en")
     }
@@ -271,6 +272,9 @@ async fn fixture(app: &TestApp, acme: Uuid, n: usize) -> Fixture {
     let mut tx = pool.begin().await.unwrap();
     rooms::apply(&mut tx, &waiting).await.unwrap();
     tx.commit().await.unwrap();
+    herald_storage::producers::bind(pool, acme, &format!("producer-{n}"), "test")
+        .await
+        .unwrap();
     let user_key = app.user_key("acme", &user).await;
     let api_key: Uuid =
         sqlx::query_scalar("SELECT id FROM api_keys WHERE user_id = $1 AND tenant_id = $2")
@@ -402,6 +406,28 @@ fn rows() -> Vec<Row> {
         row("GET", "/deliveries", None, EVERYONE_LIST, true),
         row("GET", "/deliveries/{delivery_id}", None, OWNER, false),
         row("GET", "/tenants", None, [200, 403, 403, 403], false),
+        // The fixture binds broker user producer-<n> to acme.
+        row(
+            "GET",
+            "/tenants/{tenant}/broker-producers",
+            None,
+            [200, 403, 403, 403],
+            false,
+        ),
+        row(
+            "PUT",
+            "/tenants/{tenant}/broker-producers/{username}",
+            None,
+            [200, 403, 403, 403],
+            false,
+        ),
+        row(
+            "DELETE",
+            "/tenants/{tenant}/broker-producers/{username}",
+            None,
+            [204, 403, 403, 403],
+            false,
+        ),
         row(
             "PUT",
             "/tenants/{tenant}/sms-country-codes",

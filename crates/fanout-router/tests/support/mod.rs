@@ -86,6 +86,19 @@ impl Harness {
         }
     }
 
+    /// The same harness with producers held to their tenants (`strict`: no `user_id`, no
+    /// request).
+    pub fn with_producers(self, strict: bool) -> Harness {
+        let policy = std::sync::Arc::new(fanout_router::producers::ProducerPolicy::new(
+            self.pool.clone(),
+            strict,
+        ));
+        Harness {
+            handler: self.handler.with_producers(policy),
+            ..self
+        }
+    }
+
     /// Removes the test's queues and exchanges: left behind, hundreds of quorum queues slow
     /// the broker down for every later test (and its restarts).
     pub async fn finish(self) {
@@ -343,6 +356,7 @@ pub type DeliveryRow = (
 /// What the consumer runner hands a handler, for a first delivery.
 pub fn context(message_id: Option<&str>) -> Context {
     Context {
+        origin: herald_runtime::amqp::Origin::Anonymous,
         queue: Arc::from("test.router.ingress"),
         message_id: message_id.map(str::to_owned),
         routing_key: "test".into(),

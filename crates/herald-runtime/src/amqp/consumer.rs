@@ -71,9 +71,60 @@ pub enum Outcome {
     Defer { after: Duration },
 }
 
+/// Who published a message, as far as the broker vouches for it (issue #17). RabbitMQ checks
+/// the `user_id` property against the publishing connection's user; a message Herald
+/// republished (a retry) keeps its first publisher in Herald's own headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// No `user_id`: nobody vouched (a broker left open, as on loopback).
+    Anonymous,
+    /// One of Herald's services, for itself.
+    Service(String),
+    /// A broker user outside Herald.
+    Producer(String),
+}
+
+impl Origin {
+    /// From a delivery's `user_id` and headers: Herald's headers count only on a message a
+    /// service user published.
+    pub fn of(
+        user_id: Option<&str>,
+        table: &FieldTable,
+        service_users: &std::collections::BTreeSet<String>,
+    ) -> Origin {
+        let Some(user) = user_id.filter(|u| !u.is_empty()) else {
+            return Origin::Anonymous;
+        };
+        if !service_users.contains(user) {
+            return Origin::Producer(user.to_owned());
+        }
+        match headers::get_str(Some(table), headers::ORIGIN).as_deref() {
+            None | Some("service") => Origin::Service(user.to_owned()),
+            Some("producer") => match headers::get_str(Some(table), headers::PRODUCER) {
+                Some(producer) if !producer.is_empty() => Origin::Producer(producer),
+                _ => Origin::Anonymous,
+            },
+            Some(_) => Origin::Anonymous,
+        }
+    }
+
+    /// Writes this origin into the headers of a republished copy.
+    fn stamp(&self, table: &mut FieldTable) {
+        let (origin, producer) = match self {
+            Origin::Anonymous => ("anonymous", ""),
+            Origin::Service(_) => ("service", ""),
+            Origin::Producer(user) => ("producer", user.as_str()),
+        };
+        headers::set_str(table, headers::ORIGIN, origin);
+        headers::set_str(table, headers::PRODUCER, producer);
+    }
+}
+
 /// What the runner knows about a message besides its body.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// Who published it (issue #17).
+    pub origin: Origin,
     pub queue: Arc<str>,
     pub message_id: Option<String>,
     pub routing_key: String,
@@ -146,6 +197,8 @@ pub struct ConsumerSettings {
     pub drain_deadline: Duration,
     /// The longest one handler may take; past it the message is retried.
     pub handler_timeout: Duration,
+    /// Herald's broker users: their messages are Herald's own ([`Origin`]).
+    pub service_users: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl ConsumerSettings {
@@ -161,6 +214,7 @@ impl ConsumerSettings {
             standby_queue: None,
             drain_deadline: Duration::from_millis(config.drain_deadline_ms),
             handler_timeout: Duration::from_millis(config.handler_timeout_ms.max(1)),
+            service_users: Arc::new(config.service_users()),
         }
     }
 }
@@ -558,7 +612,13 @@ impl<H: Handler> Worker<H> {
         let first_attempt_at = headers::get_u64(Some(&table), headers::FIRST_ATTEMPT_AT)
             .and_then(|ms| Utc.timestamp_millis_opt(i64::try_from(ms).ok()?).single())
             .unwrap_or_else(Utc::now);
+        let origin = Origin::of(
+            props.user_id().as_ref().map(|u| u.as_str()),
+            &table,
+            &self.settings.service_users,
+        );
         let ctx = Context {
+            origin,
             queue: self.queue.clone(),
             // A message without an id gets one here, and keeps it through retries (see
             // `delay`): handlers that key their work on it see the same id on every attempt.
@@ -764,6 +824,7 @@ impl<H: Handler> Worker<H> {
     ) -> Result<(), crate::amqp::PublishError> {
         let level = self.topology.delay_level_for(after);
         let mut table = ctx.headers.clone();
+        ctx.origin.stamp(&mut table);
         if deferral {
             headers::set_u64(
                 &mut table,
@@ -817,6 +878,7 @@ impl<H: Handler> Worker<H> {
         rejection: &Rejection,
     ) -> Result<(), crate::amqp::PublishError> {
         let mut table = ctx.headers.clone();
+        ctx.origin.stamp(&mut table);
         headers::set_str(
             &mut table,
             headers::REASON,

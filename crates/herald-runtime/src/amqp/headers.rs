@@ -27,6 +27,13 @@ pub const REASON_CODE: &str = "herald-reason-code";
 pub const SOURCE_QUEUE: &str = "herald-source-queue";
 /// Unix milliseconds when it was dead-lettered.
 pub const DEAD_AT: &str = "herald-dead-at";
+/// Who first published a message that a Herald service republished (a retry, a dead
+/// letter): `anonymous`, `service` or `producer`, with the broker user in [`PRODUCER`]. Read
+/// only from a message whose `user_id` is one of Herald's service users; a producer's own
+/// copy of these headers counts for nothing.
+pub const ORIGIN: &str = "herald-origin";
+/// The broker user of a `producer` [`ORIGIN`].
+pub const PRODUCER: &str = "herald-producer";
 /// W3C trace context, so one notification's spans share a trace id across services.
 pub const TRACEPARENT: &str = "traceparent";
 

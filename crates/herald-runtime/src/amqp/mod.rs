@@ -15,6 +15,8 @@ pub mod topology;
 pub mod trace;
 
 pub use connection::Broker;
-pub use consumer::{Consumer, ConsumerSettings, Context, Handler, Outcome, Rejection, decode_json};
+pub use consumer::{
+    Consumer, ConsumerSettings, Context, Handler, Origin, Outcome, Rejection, decode_json,
+};
 pub use publisher::{Message, PublishError, Publisher};
 pub use topology::Topology;

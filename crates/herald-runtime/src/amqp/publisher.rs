@@ -129,6 +129,8 @@ struct Inner {
     /// One reconnect at a time; the others wait and then use its connection.
     connecting: Mutex<()>,
     generation: AtomicU64,
+    /// The connection's broker user, set as every message's `user_id`.
+    user_id: ShortString,
 }
 
 /// What one round of sending found.
@@ -152,6 +154,7 @@ impl Publisher {
     pub fn new(broker: Broker, role: &str) -> Self {
         Publisher {
             inner: Arc::new(Inner {
+                user_id: ShortString::from(broker.config().username()),
                 broker,
                 role: role.to_owned(),
                 live: RwLock::new(None),
@@ -178,7 +181,11 @@ impl Publisher {
         );
         let mut last_error = String::new();
         // Trace context and timestamp are fixed once, so a resend is the same message.
-        let prepared: Vec<BasicProperties> = messages.iter().map(finalize_properties).collect();
+        let user = self.inner.user_id.clone();
+        let prepared: Vec<BasicProperties> = messages
+            .iter()
+            .map(|m| finalize_properties(m, &user))
+            .collect();
         // Connecting and waiting for confirms are bounded by the deadline too: a broker that
         // blocks publishers (a memory or disk alarm) keeps the connection up but confirms
         // nothing, and callers (consumer slots, the outbox relay's transaction) must not wait
@@ -369,8 +376,16 @@ impl Publisher {
 }
 
 /// Persistent delivery, a timestamp, and the trace context, unless the caller set them.
-fn finalize_properties(message: &Message<'_>) -> BasicProperties {
-    let mut properties = message.properties.clone().with_delivery_mode(2);
+/// Persistent, timestamped, traced, and signed with this connection's broker user: RabbitMQ
+/// refuses a `user_id` other than the connection's, so consumers can trust it (issue #17). A
+/// copied message's `user_id` (a retry republished) is replaced; its first publisher travels
+/// in Herald's own headers ([`crate::amqp::Origin`]).
+fn finalize_properties(message: &Message<'_>, user_id: &ShortString) -> BasicProperties {
+    let mut properties = message
+        .properties
+        .clone()
+        .with_delivery_mode(2)
+        .with_user_id(user_id.clone());
     if properties.timestamp().is_none() {
         properties = properties.with_timestamp(headers::now_millis() / 1000);
     }

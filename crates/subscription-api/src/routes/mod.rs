@@ -10,6 +10,7 @@ use crate::startup::AppState;
 use herald_storage::page::PageRequest;
 
 pub mod api_keys;
+pub mod broker_producers;
 pub mod deliveries;
 pub mod event_bindings;
 pub mod help_desk;
@@ -47,6 +48,7 @@ fn unlimited() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(help_desk::router())
         .merge(tenants::router())
+        .merge(broker_producers::router())
         .merge(api_keys::router())
         .merge(messages::router())
         .merge(deliveries::router())

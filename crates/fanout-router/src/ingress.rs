@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use herald_runtime::amqp::{Context, Handler, Outcome, Rejection};
+use herald_runtime::amqp::{Context, Handler, Origin, Outcome, Rejection};
 use herald_storage::event_bindings;
 use herald_storage::lease;
 use herald_storage::messages::{self, NewRouterMessage, RouterMessage};
@@ -246,6 +246,19 @@ impl IngressHandler {
                 Some(key) => self.subscription(tenant.id, key).await?,
                 None => None,
             };
+            // R16: system subscriptions are Herald's and the global admin's; a tenant's
+            // producer neither triggers them nor borrows their templates.
+            if let (Some(s), Origin::Producer(user)) = (&subscription, &ctx.origin)
+                && s.system
+            {
+                return Ok(dead_letter(
+                    "system_subscription",
+                    format!(
+                        "{} is a system subscription; broker user {user:?} may not use it",
+                        s.key
+                    ),
+                ));
+            }
             let found = self
                 .find_or_create(tenant, &request, subscription.as_ref(), ctx)
                 .await;

@@ -93,6 +93,47 @@ async fn a_producer_makes_requests_only_for_its_own_tenant(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../../migrations")]
+async fn a_producer_neither_triggers_nor_borrows_a_system_subscription(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "producer_system")
+        .await
+        .with_producers(false);
+    let ann = h.user("ann", None, None, "all").await;
+    h.address(ann, "email", "ann@example.org").await;
+    producers::bind(&pool, h.tenant_id, "acme-shop", "test")
+        .await
+        .unwrap();
+    let security = h.subscription("security", "en").await;
+    sqlx::query("UPDATE subscriptions SET system = true WHERE id = $1")
+        .bind(security)
+        .execute(&pool)
+        .await
+        .unwrap();
+    h.template(security, None, "en", Some("Security"), "Hello")
+        .await;
+    h.register(security, ann, "email", "ann@example.org").await;
+    let trigger = json!({
+        "version": 1, "kind": "notify", "tenant": "acme",
+        "to": {"subscription": "security"}, "content": {"template": {"data": {}}}
+    });
+    let borrowed = json!({
+        "version": 1, "kind": "notify", "tenant": "acme", "to": {"users": ["ann"]},
+        "content": {"template": {"subscription": "security", "data": {}}}
+    });
+    for body in [&trigger, &borrowed] {
+        let refused = handle_as(&h, body, Origin::Producer("acme-shop".into())).await;
+        assert_eq!(code(&refused), Some("system_subscription"), "{refused:?}");
+    }
+    assert!(h.all_jobs().await.is_empty());
+    // Herald's own services (the API, for the global admin) may.
+    assert_eq!(
+        handle_as(&h, &trigger, Origin::Service("herald".into())).await,
+        Outcome::Ack
+    );
+    assert_eq!(h.all_jobs().await.len(), 1);
+    h.finish().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
 async fn the_strict_mode_takes_requests_only_from_bound_producers(pool: PgPool) {
     let h = Harness::new(pool.clone(), "producer_strict")
         .await

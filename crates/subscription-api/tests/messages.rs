@@ -291,6 +291,23 @@ async fn system_and_disabled_subscriptions_are_not_triggered_by_a_tenant_admin(p
     )
     .await
     .expect(StatusCode::ACCEPTED);
+    // Nor borrowed through a direct message (issue #17): its templates are the global admin's.
+    let borrowed = json!({
+        "to": {"users": ["u-1"]},
+        "content": {"template": {"subscription": "security", "data": {}}}
+    });
+    app.post("/api/messaging/messages", &admin, borrowed.clone())
+        .await
+        .expect_problem(StatusCode::FORBIDDEN, None);
+    app.call_with(
+        "POST",
+        "/api/messaging/messages",
+        Some(&global),
+        &[("herald-tenant", "acme")],
+        Some(borrowed.to_string()),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
     app.put(
         "/api/messaging/subscriptions/orders",
         &admin,
@@ -303,8 +320,8 @@ async fn system_and_disabled_subscriptions_are_not_triggered_by_a_tenant_admin(p
         .expect_problem(StatusCode::CONFLICT, None);
     assert_eq!(
         unpublished(&pool).await,
-        1,
-        "only the global admin's trigger was stored"
+        2,
+        "only the global admin's trigger and message were stored"
     );
 }
 

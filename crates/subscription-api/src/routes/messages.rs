@@ -211,6 +211,25 @@ async fn send(
             e.reason,
         )
     })?;
+    // R16: a system subscription's templates are the global admin's, here as on /trigger.
+    if let Content::Template(TemplateContent {
+        subscription: Some(key),
+        ..
+    }) = &request.content
+        && !caller.is_global_admin()
+    {
+        let tenant = caller.tenant()?;
+        match herald_storage::subscriptions::by_key(&state.pool, tenant.id, key.as_str()).await {
+            Ok(subscription) if subscription.system => {
+                return Err(ApiError::forbidden(
+                    "only the global admin sends with a system subscription's templates",
+                ));
+            }
+            // Unknown: the router records `no_subscription` on the message, as for a trigger.
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
     accept(&state, &caller, request, None).await
 }
 

@@ -352,7 +352,11 @@ impl<S: ChatChannel> Handler for AnswerHandler<S> {
         Ok(answer)
     }
 
-    async fn handle(&self, answer: ChatAnswer, _ctx: &Context) -> Outcome {
+    async fn handle(&self, answer: ChatAnswer, ctx: &Context) -> Outcome {
+        // A forged answer would make the bot say something in someone's chat.
+        if let Some(refused) = ctx.origin.refuse_unless_herald() {
+            return refused;
+        }
         if self.given(answer.answer_id) {
             return Outcome::Ack;
         }

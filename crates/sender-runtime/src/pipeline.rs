@@ -53,6 +53,11 @@ impl<S: ChannelSender> Handler for Pipeline<S> {
     }
 
     async fn handle(&self, job: SendJob, ctx: &Context) -> Outcome {
+        // Only Herald writes send jobs (the router after its checks, the API's verification
+        // messages): a job from anyone else could reach an address nobody proved.
+        if let Some(refused) = ctx.origin.refuse_unless_herald() {
+            return refused;
+        }
         let channel = S::CHANNEL.as_str();
         let (outcome, result) = self.attempt(&job, ctx).await;
         let label = match (&outcome, &result) {

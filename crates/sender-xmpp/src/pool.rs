@@ -700,7 +700,11 @@ impl Handler for RosterHandler {
         decode_json(body)
     }
 
-    async fn handle(&self, command: PoolCommand, _ctx: &Context) -> Outcome {
+    async fn handle(&self, command: PoolCommand, ctx: &Context) -> Outcome {
+        // A forged roster or ticket room would hand rooms out or post into them.
+        if let Some(refused) = ctx.origin.refuse_unless_herald() {
+            return refused;
+        }
         let input = match command {
             PoolCommand::Roster(roster) => PoolInput::Roster(Box::new(roster)),
             PoolCommand::Ticket(ticket) => PoolInput::Ticket(Box::new(ticket)),

@@ -108,6 +108,25 @@ impl Origin {
         }
     }
 
+    /// For messages only Herald itself publishes (send jobs, chat answers, room commands): a
+    /// dead letter when a broker user outside Herald published one. A message without
+    /// `user_id` passes: the broker vouches for nobody, as on a broker left open.
+    pub fn refuse_unless_herald(&self) -> Option<Outcome> {
+        match self {
+            Origin::Producer(user) => {
+                metrics::counter!("herald_untrusted_messages_total").increment(1);
+                tracing::warn!(%user, "message from a broker user outside Herald refused");
+                Some(Outcome::DeadLetter(Rejection::new(
+                    "untrusted_publisher",
+                    format!(
+                        "broker user {user:?} is not one of Herald's service users (amqp.service_users); only they publish this"
+                    ),
+                )))
+            }
+            Origin::Service(_) | Origin::Anonymous => None,
+        }
+    }
+
     /// Writes this origin into the headers of a republished copy.
     fn stamp(&self, table: &mut FieldTable) {
         let (origin, producer) = match self {
@@ -925,4 +944,75 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services() -> std::collections::BTreeSet<String> {
+        ["herald".to_owned(), "herald-api".to_owned()].into()
+    }
+
+    fn stamped(origin: &Origin) -> FieldTable {
+        let mut table = FieldTable::default();
+        origin.stamp(&mut table);
+        table
+    }
+
+    #[test]
+    fn the_origin_is_the_brokers_user_and_herald_headers_count_only_from_herald() {
+        let none = FieldTable::default();
+        assert_eq!(Origin::of(None, &none, &services()), Origin::Anonymous);
+        assert_eq!(Origin::of(Some(""), &none, &services()), Origin::Anonymous);
+        assert_eq!(
+            Origin::of(Some("herald"), &none, &services()),
+            Origin::Service("herald".into())
+        );
+        assert_eq!(
+            Origin::of(Some("shop"), &none, &services()),
+            Origin::Producer("shop".into())
+        );
+        // A retry Herald republished keeps its first publisher, whatever it was.
+        for first in [
+            Origin::Producer("shop".into()),
+            Origin::Anonymous,
+            Origin::Service("herald-api".into()),
+        ] {
+            let table = stamped(&first);
+            let again = Origin::of(Some("herald"), &table, &services());
+            match first {
+                Origin::Service(_) => assert_eq!(again, Origin::Service("herald".into())),
+                other => assert_eq!(again, other),
+            }
+        }
+        // A producer's own copy of Herald's headers counts for nothing.
+        let posing = stamped(&Origin::Service("herald".into()));
+        assert_eq!(
+            Origin::of(Some("shop"), &posing, &services()),
+            Origin::Producer("shop".into())
+        );
+        let posing = stamped(&Origin::Producer("victim".into()));
+        assert_eq!(
+            Origin::of(Some("shop"), &posing, &services()),
+            Origin::Producer("shop".into())
+        );
+        assert_eq!(Origin::of(None, &posing, &services()), Origin::Anonymous);
+    }
+
+    #[test]
+    fn only_herald_publishes_what_only_herald_may() {
+        assert!(
+            Origin::Service("herald".into())
+                .refuse_unless_herald()
+                .is_none()
+        );
+        assert!(Origin::Anonymous.refuse_unless_herald().is_none());
+        let Some(Outcome::DeadLetter(rejection)) =
+            Origin::Producer("shop".into()).refuse_unless_herald()
+        else {
+            panic!("a producer's job is refused");
+        };
+        assert_eq!(rejection.code, "untrusted_publisher");
+    }
 }

@@ -178,6 +178,7 @@ pub struct InvalidConfig(pub String);
 struct Sections {
     router: RouterConfig,
     database: DatabaseConfig,
+    verification: LinkCodeKey,
 }
 
 /// Everything the router reads.
@@ -186,6 +187,16 @@ pub struct Config {
     pub base: BaseConfig,
     pub router: RouterConfig,
     pub database: DatabaseConfig,
+    pub verification: LinkCodeKey,
+}
+
+/// `verification.*`, the part the router reads: the secret link codes (R5) are hashed with,
+/// the same the API issues them with. No `deny_unknown_fields`: the API's own settings share
+/// the section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LinkCodeKey {
+    pub code_secret: herald_runtime::config::Secret<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +211,11 @@ impl Config {
     /// Defaults, then `HERALD_CONFIG`, then `HERALD_*` variables; validated.
     pub fn load() -> Result<Config, ConfigError> {
         let base: BaseConfig = herald_runtime::config::load(&[("http.addr", DEFAULT_HTTP_ADDR)])?;
-        let Sections { router, database } = herald_runtime::config::load(&[])?;
+        let Sections {
+            router,
+            database,
+            verification,
+        } = herald_runtime::config::load(&[])?;
         router.validate()?;
         // A fan-out holds its lease on one connection while it writes on others.
         if database.max_connections < 3 {
@@ -214,6 +229,7 @@ impl Config {
             base,
             router,
             database,
+            verification,
         })
     }
 }

@@ -117,6 +117,11 @@ pub fn start(
             "open producers (router.strict_producers=false): a message without user_id may name any tenant; bind each producer's broker user to its tenant and set HERALD_ROUTER__STRICT_PRODUCERS=true (docs/security.md)"
         );
     }
+    if config.verification.code_secret.expose().is_empty() {
+        tracing::warn!(
+            "verification.code_secret is not set: link codes are hashed without a key; set HERALD_VERIFICATION__CODE_SECRET to the API's value"
+        );
+    }
     let handler = IngressHandler::new(pool.clone(), fanout, legacy, retry_after)
         .with_outcomes(outcomes.clone())
         .with_producers(producers.clone());
@@ -150,7 +155,8 @@ pub fn start(
             config.router.removal_policy(),
             retry_after,
         )
-        .with_producers(producers),
+        .with_producers(producers)
+        .with_link_key(config.verification.code_secret.expose().as_bytes()),
         service.health.clone(),
     );
     let scheduler = Scheduler::new(

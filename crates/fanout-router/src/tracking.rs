@@ -50,12 +50,20 @@ pub struct TrackingHandler {
     retry: RetryPolicy,
     /// Only Herald's services publish events (issue #17).
     producers: Arc<ProducerPolicy>,
+    /// What link codes are hashed with (`verification.code_secret`, shared with the API).
+    link_key: Arc<[u8]>,
 }
 
 impl TrackingHandler {
     /// Takes events with this policy (the default: the open mode).
     pub fn with_producers(mut self, producers: Arc<ProducerPolicy>) -> Self {
         self.producers = producers;
+        self
+    }
+
+    /// Redeems link codes hashed with this key (the default: none, an unkeyed hash).
+    pub fn with_link_key(mut self, key: &[u8]) -> Self {
+        self.link_key = key.into();
         self
     }
 
@@ -75,6 +83,7 @@ impl TrackingHandler {
         );
         TrackingHandler {
             producers: Arc::new(ProducerPolicy::new(pool.clone(), false)),
+            link_key: Arc::from(&b""[..]),
             pool,
             outcomes,
             rooms,
@@ -201,8 +210,14 @@ impl TrackingHandler {
         let by = format!("{}:{}", event.address.kind(), event.address.value());
         let linked = async {
             let mut tx = self.pool.begin().await?;
-            let Some(redeemed) =
-                link_codes::redeem_by(&mut *tx, &event.link_code, event.channel, &by).await?
+            let Some(redeemed) = link_codes::redeem_by(
+                &mut *tx,
+                &self.link_key,
+                &event.link_code,
+                event.channel,
+                &by,
+            )
+            .await?
             else {
                 self.answer(&mut tx, event, answer_id, Answer::InvalidCode)
                     .await?;

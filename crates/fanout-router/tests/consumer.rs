@@ -32,6 +32,7 @@ async fn the_router_consumes_requests_and_dead_letters_malformed_ones_with_a_rea
         },
         router: RouterConfig::default(),
         database: DatabaseConfig::default(),
+        verification: Default::default(),
     };
     let tenant = tenants::create(&pool, "acme", "Acme").await.unwrap();
     let ann = users::ensure(&pool, tenant.id, "ann").await.unwrap();

@@ -50,6 +50,7 @@ async fn router(
             ..RouterConfig::default()
         },
         database: DatabaseConfig::default(),
+        verification: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();

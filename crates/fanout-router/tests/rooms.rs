@@ -56,6 +56,7 @@ impl Running {
                 ..RouterConfig::default()
             },
             database: DatabaseConfig::default(),
+            verification: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = CancellationToken::new();

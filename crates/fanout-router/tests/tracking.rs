@@ -22,6 +22,9 @@ use sqlx::PgPool;
 use support::{Harness, context};
 use uuid::Uuid;
 
+/// The key link codes are hashed with, as the API and the router share it.
+const LINK_KEY: &[u8] = b"test-verification-code-secret";
+
 fn tracker(h: &Harness, policy: RemovalPolicy) -> TrackingHandler {
     TrackingHandler::new(
         h.pool.clone(),
@@ -29,6 +32,7 @@ fn tracker(h: &Harness, policy: RemovalPolicy) -> TrackingHandler {
         policy,
         Duration::from_secs(1),
     )
+    .with_link_key(LINK_KEY)
 }
 
 const LENIENT: RemovalPolicy = RemovalPolicy {
@@ -367,6 +371,7 @@ async fn a_contact_link_makes_the_chat_a_verified_address_once(pool: PgPool) {
     let mut conn = pool.acquire().await.unwrap();
     let issued = link_codes::issue(
         &mut conn,
+        LINK_KEY,
         h.tenant_id,
         bea,
         Some(messaging_core::Channel::Telegram),
@@ -483,6 +488,7 @@ async fn a_contact_link_is_answered_through_the_outbox_and_a_repeat_answers_the_
     let mut conn = pool.acquire().await.unwrap();
     let issued = link_codes::issue(
         &mut conn,
+        LINK_KEY,
         h.tenant_id,
         bea,
         None,

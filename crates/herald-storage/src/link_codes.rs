@@ -1,6 +1,7 @@
 //! Link codes (R5): a person asks the API for a code and sends it to a chat bot; the bot's
 //! sender redeems it and that chat becomes one of the person's addresses. Codes are stored
-//! hashed, single-use and short-lived.
+//! as keyed hashes (HMAC-SHA-256 under `verification.code_secret`, which the API that issues
+//! and the router that redeems share), single-use and short-lived.
 
 use chrono::{DateTime, Utc};
 use messaging_core::Channel;
@@ -30,6 +31,7 @@ pub struct Redeemed {
 /// user are cleared on the way, so the table holds only what can still be used.
 pub async fn issue(
     db: &mut sqlx::PgConnection,
+    key: &[u8],
     tenant_id: Uuid,
     user_id: Uuid,
     channel: Option<Channel>,
@@ -46,7 +48,7 @@ pub async fn issue(
         "INSERT INTO link_codes (code_hash, tenant_id, user_id, channel, expires_at)
          VALUES ($1, $2, $3, $4, now() + $5) RETURNING expires_at",
     )
-    .bind(secret::hash(&code))
+    .bind(secret::keyed_hash(key, &code))
     .bind(tenant_id)
     .bind(user_id)
     .bind(channel)
@@ -65,16 +67,18 @@ pub async fn issue(
 /// codes alike, so a guesser learns nothing.
 pub async fn redeem(
     db: impl PgExecutor<'_>,
+    key: &[u8],
     code: &str,
     channel: Channel,
 ) -> Result<Option<Redeemed>, StoreError> {
-    redeem_by(db, code, channel, "").await
+    redeem_by(db, key, code, channel, "").await
 }
 
 /// [`redeem`] by a chat (`by`, the chat's `<kind>:<value>`): the same chat redeeming the same
 /// code again (the same event handled twice) gets the same answer rather than "used".
 pub async fn redeem_by(
     db: impl PgExecutor<'_>,
+    key: &[u8],
     code: &str,
     channel: Channel,
     by: &str,
@@ -86,7 +90,7 @@ pub async fn redeem_by(
            AND ((used_at IS NULL AND expires_at > now()) OR (used_by = $3 AND $3 <> ''))
          RETURNING tenant_id, user_id, channel",
     )
-    .bind(secret::hash(&normalized))
+    .bind(secret::keyed_hash(key, &normalized))
     .bind(channel)
     .bind(by)
     .fetch_optional(db)

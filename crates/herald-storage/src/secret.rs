@@ -10,12 +10,13 @@ pub fn new_api_key() -> String {
     format!("hk_{}", random_text(40))
 }
 
-/// A link code a person types into a chat (R5): short, unambiguous characters, single-use and
-/// short-lived, so 8 characters (about 40 bits) suffice.
+/// A link code a person sends to a chat bot (R5), usually by a link or a paste: 26
+/// characters of 32 unambiguous ones, 130 bits, so guessing one is hopeless however many
+/// tries the bots allow (issue #17; it was 8 characters, 40 bits).
 pub fn new_link_code() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rng();
-    (0..8)
+    (0..LINK_CODE_LEN)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
 }
@@ -31,6 +32,9 @@ pub fn new_numeric_code() -> String {
 pub fn new_link_token() -> String {
     random_text(32)
 }
+
+/// The length of a link code.
+pub const LINK_CODE_LEN: usize = 26;
 
 fn random_text(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -81,7 +85,7 @@ mod tests {
         assert_eq!(hash(&a), hash(&a));
         assert_ne!(hash(&a), hash(&b));
         assert_eq!(hash(&a).len(), 32);
-        assert_eq!(new_link_code().len(), 8);
+        assert_eq!(new_link_code().len(), LINK_CODE_LEN);
     }
 
     #[test]

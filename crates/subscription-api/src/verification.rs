@@ -31,6 +31,9 @@ const JOB_KIND: &str = "herald.send_job.v1";
 /// How addresses are proven, built once from the settings.
 pub struct Verifier {
     key: Vec<u8>,
+    /// The key link codes (R5) are hashed with: the configured secret, which the router
+    /// that redeems them has too, or none (an unkeyed hash) when it is not set.
+    pub link_key: Vec<u8>,
     public_url: String,
     code_ttl: chrono::Duration,
     link_ttl: chrono::Duration,
@@ -73,6 +76,7 @@ impl Verifier {
             set => set.to_vec(),
         };
         Ok(Verifier {
+            link_key: v.code_secret.expose().as_bytes().to_vec(),
             key,
             public_url: v.public_url.trim_end_matches('/').to_owned(),
             code_ttl: chrono::Duration::seconds(i64::from(v.code_ttl_secs)),

@@ -269,7 +269,7 @@ async fn link_codes_are_single_use_short_lived_and_channel_bound(pool: PgPool) {
         .await;
     let body = issued.expect(StatusCode::CREATED).clone();
     let code = body["code"].as_str().unwrap().to_owned();
-    assert_eq!(code.len(), 8);
+    assert_eq!(code.len(), 26, "130 bits");
     assert!(body["instructions"].as_str().unwrap().contains(&code));
     let expires: DateTime<Utc> = body["expiresAt"].as_str().unwrap().parse().unwrap();
     let ttl = expires - Utc::now();
@@ -282,16 +282,24 @@ async fn link_codes_are_single_use_short_lived_and_channel_bound(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(stored, 0);
+    // A keyed hash: under another key (a router with another secret) the code is unknown.
+    let key = support::CODE_SECRET.as_bytes();
+    assert!(
+        link_codes::redeem(&pool, b"another key", &code, Channel::Telegram)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Wrong channel: refused, and the code stays usable.
     assert!(
-        link_codes::redeem(&pool, &code, Channel::Discord)
+        link_codes::redeem(&pool, key, &code, Channel::Discord)
             .await
             .unwrap()
             .is_none()
     );
     let acme = tenants::by_key(&pool, "acme").await.unwrap();
-    let redeemed = link_codes::redeem(&pool, &code.to_lowercase(), Channel::Telegram)
+    let redeemed = link_codes::redeem(&pool, key, &code.to_lowercase(), Channel::Telegram)
         .await
         .unwrap()
         .expect("first redemption works");
@@ -299,7 +307,7 @@ async fn link_codes_are_single_use_short_lived_and_channel_bound(pool: PgPool) {
     assert_eq!(redeemed.channel, Some(Channel::Telegram));
     // Single use.
     assert!(
-        link_codes::redeem(&pool, &code, Channel::Telegram)
+        link_codes::redeem(&pool, key, &code, Channel::Telegram)
             .await
             .unwrap()
             .is_none()
@@ -315,7 +323,7 @@ async fn link_codes_are_single_use_short_lived_and_channel_bound(pool: PgPool) {
         .await
         .unwrap();
     assert!(
-        link_codes::redeem(&pool, &late, Channel::Discord)
+        link_codes::redeem(&pool, key, &late, Channel::Discord)
             .await
             .unwrap()
             .is_none()

@@ -151,6 +151,7 @@ impl System {
                 max_connections: settings.db_connections,
                 ..DatabaseConfig::default()
             },
+            verification: Default::default(),
         };
         let router_pool = herald_storage::db::pool(&config.database)?;
         let router_stop = CancellationToken::new();

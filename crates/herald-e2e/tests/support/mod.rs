@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// What the tests' API signs WebSocket client tokens with.
+/// The API's and the router's `verification.code_secret`.
+const CODE_SECRET: &str = "e2e-verification-code-secret";
+
 pub const WS_TOKEN_SECRET: &str = "test-websocket-token-secret";
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -67,6 +70,10 @@ impl System {
             base: base.clone(),
             router: RouterConfig::default(),
             database: DatabaseConfig::default(),
+            // The API's below: link codes it issues are redeemed here.
+            verification: fanout_router::config::LinkCodeKey {
+                code_secret: herald_runtime::config::Secret::new(CODE_SECRET.into()),
+            },
         };
         let work = fanout_router::start(&router_service, &config, pool.clone()).unwrap();
         let router = tokio::spawn(router_service.run(axum::Router::new(), work));
@@ -85,9 +92,7 @@ impl System {
             verifier: Arc::new(
                 subscription_api::verification::Verifier::from_config(
                     &subscription_api::config::VerificationConfig {
-                        code_secret: herald_runtime::config::Secret::new(
-                            "e2e-verification-code-secret".into(),
-                        ),
+                        code_secret: herald_runtime::config::Secret::new(CODE_SECRET.into()),
                         ..Default::default()
                     },
                     &limits,

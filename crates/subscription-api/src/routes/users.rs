@@ -404,8 +404,8 @@ pub struct LinkCodeRequest {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkCodeView {
-    /// Shown only in this response; only its hash is stored.
-    #[schema(example = "K7QX2MPA")]
+    /// Shown only in this response; only its keyed hash is stored. 26 characters.
+    #[schema(example = "K7QX2MPAH4RN8DWZ3CYBTE5VGL")]
     pub code: String,
     #[schema(value_type = Option<crate::schema::ChannelName>)]
     pub channel: Option<Channel>,
@@ -448,8 +448,15 @@ async fn issue_link_code(
     let tenant = caller.tenant()?;
     let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
     let user = users::ensure(&mut *tx, tenant.id, person.as_str()).await?;
-    let issued =
-        link_codes::issue(&mut tx, tenant.id, user.id, channel, state.link_code_ttl).await?;
+    let issued = link_codes::issue(
+        &mut tx,
+        &state.verifier.link_key,
+        tenant.id,
+        user.id,
+        channel,
+        state.link_code_ttl,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     let instructions = match channel {
         Some(Channel::Telegram) | None => format!(

@@ -243,3 +243,81 @@ async fn shutdown_gives_up_a_stuck_handler_at_the_drain_deadline_and_keeps_its_m
     publisher.close().await;
     h.cleanup().await;
 }
+
+/// Issue #18: a retry that cannot be republished (here: its delay exchange is gone) keeps the
+/// message in hand and tries again, instead of returning it to the queue, which counted
+/// toward the quorum queue's delivery limit and handled it again each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_cannot_be_republished_stays_in_hand_until_it_can() {
+    let h = Harness::new("republish_held").await;
+    let (handler, mut rx) = support::Recording::new(|_, ctx| {
+        if ctx.attempt == 1 {
+            Outcome::Retry {
+                after: Duration::from_millis(100),
+                reason: "try again".into(),
+            }
+        } else {
+            Outcome::Ack
+        }
+    });
+    // Publishes give up quickly, so several republish attempts fail while the exchange is
+    // gone.
+    let mut config = h.config.clone();
+    config.publish_timeout_ms = 300;
+    let broker = herald_runtime::amqp::Broker::new(config, "test");
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(
+            broker,
+            h.topology.clone(),
+            h.settings(),
+            handler,
+            h.health.clone(),
+        )
+        .run(stop.clone()),
+    );
+    // Consuming first: the consumer declares the topology when it connects.
+    wait_state(&h, &h.queue(), true).await;
+    let delay = h.topology.names().delay_exchange();
+    h.inspector
+        .channel()
+        .exchange_delete(
+            delay.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let publisher = h.publisher();
+    let body = numbered(5);
+    publisher.publish(&h.message(&body)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, (5, 1));
+    // Several republish attempts fail meanwhile; the message is neither returned to the
+    // queue nor handled again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = rx.try_recv();
+    assert!(
+        again.is_err(),
+        "handled only once while the exchange is gone: {again:?}"
+    );
+    assert_eq!(
+        h.inspector.queue_len(&h.queue()).await,
+        0,
+        "not back in the queue"
+    );
+
+    // The exchange is back: the retry goes out and comes back as attempt 2.
+    h.topology.declare(h.inspector.connection()).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second, (5, 2));
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}

@@ -22,9 +22,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -705,60 +703,58 @@ impl<H: Handler> Worker<H> {
             Decision::Handled(Outcome::Defer { .. }) | Decision::NotYet(_) => "deferred",
         };
         tracing::Span::current().record("outcome", label);
-        let settled = match decision {
+        // A retry or dead letter that cannot be republished keeps the message in hand and tries
+        // again: returning it to the queue (a nack) would count toward the quorum queue's
+        // delivery limit, so a broker refusing publishes for a while would end up
+        // dead-lettering healthy messages. A lost connection or shutdown ends the wait (the
+        // drain deadline); the broker then delivers the message again.
+        let mut backoff = Backoff::new(REPUBLISH_PAUSE, REPUBLISH_PAUSE_MAX);
+        while let Err(error) = self.settle(&delivery, &ctx, &decision).await {
+            let wait = backoff.next_delay();
+            metrics::counter!("herald_republish_failures_total", "queue" => self.queue.to_string())
+                .increment(1);
+            tracing::error!(%error, retry_in_ms = wait.as_millis() as u64, "could not republish for retry or dead letter; keeping the message and trying again");
+            tokio::time::sleep(wait).await;
+        }
+        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+            // The channel is gone; the broker redelivers and the repeat is dropped downstream
+            // by its id.
+            tracing::warn!(%error, "ack failed; the message will be redelivered");
+        }
+        metrics::counter!("herald_messages_total", "queue" => self.queue.to_string(), "outcome" => label).increment(1);
+        metrics::histogram!("herald_message_seconds", "queue" => self.queue.to_string())
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Publishes what the decision needs before the ack: the retry or deferral to its delay
+    /// queue, the dead letter to its queue; nothing for an ack.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        ctx: &Context,
+        decision: &Decision,
+    ) -> Result<(), crate::amqp::PublishError> {
+        match decision {
             Decision::Handled(Outcome::Ack) => Ok(()),
             Decision::Handled(Outcome::Retry { after, reason }) => {
-                self.delay(
-                    &delivery,
-                    &ctx,
-                    after,
-                    ctx.attempt + 1,
-                    Some(&reason),
-                    false,
-                )
-                .await
+                self.delay(delivery, ctx, *after, ctx.attempt + 1, Some(reason), false)
+                    .await
             }
             Decision::Handled(Outcome::DeadLetter(rejection)) => {
-                self.dead_letter(&delivery, &ctx, &rejection).await
+                self.dead_letter(delivery, ctx, rejection).await
             }
             Decision::Handled(Outcome::Defer { after }) | Decision::NotYet(after) => {
                 self.delay(
-                    &delivery,
-                    &ctx,
-                    after,
+                    delivery,
+                    ctx,
+                    *after,
                     ctx.attempt,
                     ctx.last_error.as_deref(),
                     true,
                 )
                 .await
             }
-        };
-        match settled {
-            Ok(()) => {
-                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    // The channel is gone; the broker redelivers and the repeat is dropped
-                    // downstream by its id.
-                    tracing::warn!(%error, "ack failed; the message will be redelivered");
-                }
-            }
-            Err(error) => {
-                // The publisher already retried for its whole timeout. Returning the message
-                // keeps it; the pause keeps a broker that refuses republishes (and brokers
-                // whose delivery limit ignores requeues) from turning this into a hot loop.
-                tracing::error!(%error, "could not republish for retry or dead letter; returning the message to the queue");
-                tokio::time::sleep(REQUEUE_PAUSE).await;
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await;
-            }
         }
-        metrics::counter!("herald_messages_total", "queue" => self.queue.to_string(), "outcome" => label).increment(1);
-        metrics::histogram!("herald_message_seconds", "queue" => self.queue.to_string())
-            .record(started.elapsed().as_secs_f64());
     }
 
     async fn decide(&self, delivery: &Delivery, ctx: &Context) -> Decision {
@@ -919,9 +915,10 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-/// How long a message whose retry or dead letter could not be published waits before it is
-/// returned to its queue.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+/// The first and the longest wait before a retry or dead letter that could not be published
+/// is published again (each attempt already tried for the publish timeout).
+const REPUBLISH_PAUSE: Duration = Duration::from_secs(1);
+const REPUBLISH_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// How many times the message waited so far (its `herald-deferrals`).
 fn deferrals(ctx: &Context) -> u32 {

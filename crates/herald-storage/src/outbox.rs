@@ -75,32 +75,74 @@ pub async fn enqueue_kind(
     Ok(())
 }
 
-/// Locks up to `limit` unpublished rows, oldest first, for this transaction. Rows given up
-/// are not claimed again.
-pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT id, exchange, routing_key, message_id, payload, reply_to, kind, created_at FROM outbox
-         WHERE published_at IS NULL AND failed_at IS NULL
-           AND (retry_at IS NULL OR retry_at <= now())
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+/// Claims up to `limit` unpublished rows, oldest first, for `lease`: other relays skip them
+/// until it ends. One statement, so no transaction stays open while they are published.
+/// Rows given up, waiting for a retry, or claimed by another relay are not claimed.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut rows: Vec<OutboxRow> = sqlx::query_as(
+        "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2)
+         WHERE id IN (SELECT id FROM outbox
+                      WHERE published_at IS NULL AND failed_at IS NULL
+                        AND (retry_at IS NULL OR retry_at <= now())
+                        AND (claimed_until IS NULL OR claimed_until < now())
+                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, exchange, routing_key, message_id, payload, reply_to, kind, created_at",
     )
     .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?)
+    .bind(lease.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    rows.sort_unstable_by_key(|r| r.id);
+    Ok(rows)
 }
 
-pub async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+/// Gives claimed rows back (the broker is away): the next pass, of any relay, takes them.
+pub async fn release(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<(), StoreError> {
     // A send job the API queued carries a verification code: once the broker has it, the
     // database keeps no plain copy.
     sqlx::query(
-        "UPDATE outbox SET published_at = now(),
+        "UPDATE outbox SET published_at = now(), claimed_until = NULL,
              payload = CASE WHEN kind = 'herald.send_job.v1' THEN ''::bytea ELSE payload END
          WHERE id = ANY($1)",
     )
     .bind(ids)
-    .execute(&mut *tx)
+    .execute(db)
     .await?;
     Ok(())
+}
+
+/// Deletes rows published before `keep` ago, at most `limit` of them: the outbox is a queue,
+/// not a history (the messages table is). Returns how many went.
+pub async fn delete_published(
+    db: impl PgExecutor<'_>,
+    keep: std::time::Duration,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE published_at < now() - make_interval(secs => $1)
+             LIMIT $2)",
+    )
+    .bind(keep.as_secs_f64())
+    .bind(limit)
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// What [`record_refusal`] did with a row.
@@ -127,7 +169,7 @@ pub async fn record_refusal(
     limit: i32,
 ) -> Result<Refusal, StoreError> {
     let (attempts, given_up): (i32, bool) = sqlx::query_as(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, claimed_until = NULL,
              failed_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
              retry_at = now() + interval '15 seconds' * power(2, attempts)
          WHERE id = $1

@@ -19,9 +19,14 @@ use herald_runtime::amqp::{Message, PublishError, Publisher};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
-/// Rows published per transaction: big enough to pipeline confirms, small enough to keep the
-/// row locks short.
+/// Rows claimed and published per pass: big enough to pipeline confirms.
 const BATCH: i64 = 200;
+/// Published rows are deleted after this long.
+const KEEP_PUBLISHED: Duration = Duration::from_secs(24 * 3600);
+/// Published rows deleted per pass, at most: a backlog of millions goes in small steps.
+const DELETE_BATCH: i64 = 5_000;
+/// How often a relay deletes old published rows.
+const CLEANUP_EVERY: Duration = Duration::from_secs(300);
 /// The relay looks anyway this often, in case a notification was missed.
 const POLL: Duration = Duration::from_secs(1);
 /// Refusals before a row is given up. More than one, so that a binding missing for a moment
@@ -59,7 +64,16 @@ impl OutboxRelay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener: Option<PgListener> = None;
         let mut failures = 0u32;
+        let mut cleaned = std::time::Instant::now();
         loop {
+            if cleaned.elapsed() >= CLEANUP_EVERY {
+                cleaned = std::time::Instant::now();
+                match outbox::delete_published(&self.pool, KEEP_PUBLISHED, DELETE_BATCH).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::debug!(deleted, "old published outbox rows deleted"),
+                    Err(error) => tracing::warn!(%error, "cannot delete old outbox rows"),
+                }
+            }
             let result = self.relay_once().await;
             // After every pass, published or not: during a broker outage this is the number
             // that grows.
@@ -117,10 +131,11 @@ impl OutboxRelay {
         Some(listener)
     }
 
-    /// Publishes one batch; returns how many rows it published.
+    /// Publishes one batch; returns how many rows it published. No transaction is open
+    /// while the broker is waited for: the rows are claimed for a while (longer than any
+    /// publish can take), published, and then marked.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let rows = outbox::claim(&mut tx, BATCH).await?;
+        let rows = outbox::claim(&self.pool, BATCH, self.lease()).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -129,22 +144,27 @@ impl OutboxRelay {
             Ok(()) => (rows.iter().map(|r| r.id).collect(), None),
             // The rows before the refused one may have been confirmed already and go out
             // again now; the router drops repeats by message id.
-            Err(error) if batch_refused(&error) => self.one_by_one(&mut tx, &rows).await?,
+            Err(error) if batch_refused(&error) => self.one_by_one(&rows).await?,
             Err(error) => {
-                // Dropped, the transaction would be rolled back only when its connection is
-                // next used, and the rows stay locked (skipped by every relay) until then.
-                let _ = tx.rollback().await;
+                // Given back, so that the next pass (of any relay) takes them at once.
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let _ = outbox::release(&self.pool, &ids).await;
                 return Err(error.into());
             }
         };
-        outbox::mark_published(&mut tx, &published).await?;
-        // Committed even when the broker went away half-way: what it confirmed is not sent
-        // again, and the refusals counted before were real.
-        tx.commit().await.map_err(StoreError::from)?;
+        // Marked even when the broker went away half-way: what it confirmed is not sent
+        // again; what it did not stays claimed until the lease ends.
+        outbox::mark_published(&self.pool, &published).await?;
         match outage {
             Some(error) => Err(error.into()),
             None => Ok(published.len()),
         }
+    }
+
+    /// How long a claim lasts: a batch, then the same rows one by one, each may take the
+    /// publish timeout; a claim that outlived its relay only delays its rows.
+    fn lease(&self) -> Duration {
+        self.publisher.publish_timeout() * 3 + Duration::from_secs(30)
     }
 
     /// Publishes each row on its own, after the broker refused their batch: one message at a
@@ -152,7 +172,6 @@ impl OutboxRelay {
     /// outage that stopped the pass early, if one did (nothing is counted for it).
     async fn one_by_one(
         &self,
-        tx: &mut sqlx::PgConnection,
         rows: &[OutboxRow],
     ) -> Result<(Vec<i64>, Option<PublishError>), StoreError> {
         // The broker answers a publish to a missing exchange by closing the channel, which
@@ -179,7 +198,9 @@ impl OutboxRelay {
                     },
                 },
             };
-            let refusal = outbox::record_refusal(tx, row, &reason, REFUSALS).await?;
+            let mut tx = self.pool.begin().await?;
+            let refusal = outbox::record_refusal(&mut tx, row, &reason, REFUSALS).await?;
+            tx.commit().await?;
             if refusal.given_up {
                 tracing::error!(
                     outbox_id = row.id, message_id = %row.message_id, exchange = %row.exchange,

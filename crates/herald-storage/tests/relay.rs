@@ -362,3 +362,56 @@ async fn a_broker_outage_counts_against_no_row(pool: PgPool) {
     assert_eq!(s.row(poison).await.0, 1);
     s.finish().await;
 }
+
+/// Issue #18: the relay claims its rows and waits for the broker without a transaction open
+/// (it used to hold one for up to the publish timeout); a second relay meanwhile skips the
+/// claimed rows; after the outage the rows are given back at once.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_relay_waits_for_the_broker_without_a_transaction_open(pool: PgPool) {
+    let s = Setup::new(pool.clone(), "relay-no-tx").await;
+    let row = s.enqueue(&s.exchange, "good").await;
+    let down = s.relay(AmqpConfig {
+        url: Secret::new("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        publish_timeout_ms: 2_000,
+        ..s.config.clone()
+    });
+    let waiting = tokio::spawn(async move { down.relay_once().await });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "no transaction waits for the broker");
+    // Claimed: another relay does not publish it meanwhile.
+    let up = s.relay(s.config.clone());
+    assert_eq!(up.relay_once().await.unwrap(), 0);
+    assert!(waiting.await.unwrap().is_err(), "the broker was down");
+    // Given back: published at the next pass, at once.
+    assert_eq!(up.relay_once().await.unwrap(), 1);
+    assert_eq!(s.received().await, vec![row.to_string()]);
+    s.finish().await;
+}
+
+/// Issue #18: published rows do not pile up: they are deleted after a day.
+#[sqlx::test(migrations = "../../migrations")]
+async fn published_rows_are_deleted_after_a_day(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO outbox (exchange, routing_key, message_id, payload, published_at)
+         VALUES ('x', 'k', 'old', '', now() - interval '25 hours'),
+                ('x', 'k', 'recent', '', now() - interval '1 hour'),
+                ('x', 'k', 'waiting', '', NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let day = std::time::Duration::from_secs(24 * 3600);
+    assert_eq!(outbox::delete_published(&pool, day, 1000).await.unwrap(), 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT message_id FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["recent", "waiting"]);
+}

@@ -164,6 +164,11 @@ impl Publisher {
         }
     }
 
+    /// How long a publish keeps trying before it reports the broker unavailable.
+    pub fn publish_timeout(&self) -> std::time::Duration {
+        self.inner.broker.config().publish_timeout()
+    }
+
     /// Publishes one message and waits for the broker's confirm.
     pub async fn publish(&self, message: &Message<'_>) -> Result<(), PublishError> {
         self.publish_batch(std::slice::from_ref(message)).await

@@ -12,6 +12,39 @@ use crate::error::ApiError;
 
 pub struct ApiJson<T>(pub T);
 
+/// The deepest nesting of arrays and objects a body may have (issue #17): template data is
+/// free-form, and every level costs the parser and, later, the template engine a frame.
+/// serde_json's own limit (128) is a guard against stack overflow, not a policy.
+pub const MAX_DEPTH: usize = 32;
+
+/// How deeply a JSON text nests arrays and objects, read without parsing it (brackets inside
+/// strings do not count). Malformed text gets a number too; the parser says what is wrong.
+fn nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// `application/json` or a `+json` type, as axum's `Json` takes them.
 fn is_json(headers: &axum::http::HeaderMap) -> bool {
     let Some(value) = headers
@@ -51,6 +84,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Invalid body",
                 "the body must be a JSON object",
+            ));
+        }
+        if nesting(&bytes) > MAX_DEPTH {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid body",
+                format!("the body nests arrays and objects deeper than {MAX_DEPTH} levels"),
             ));
         }
         match axum::Json::<T>::from_bytes(&bytes) {
@@ -101,5 +141,20 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|p| ApiPath(p.0))
             .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "Not found", e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings() {
+        assert_eq!(nesting(b"{}"), 1);
+        assert_eq!(nesting(br#"{"a": [1, {"b": [2]}]}"#), 4);
+        assert_eq!(nesting(br#"{"a": "[[[{{{", "b": "\"[["}"#), 1);
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(nesting(deep.as_bytes()), 40);
+        assert_eq!(nesting(b"not json"), 0);
     }
 }

@@ -399,3 +399,33 @@ async fn a_direct_message_takes_the_envelope_shape_and_the_older_user_ids(pool: 
     .await
     .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
 }
+
+/// Issue #17: free-form data nests at most 32 levels deep.
+#[sqlx::test(migrations = "../../migrations")]
+async fn bodies_nested_deeper_than_32_levels_are_refused(pool: PgPool) {
+    let (app, admin) = setup(pool).await;
+    let nested = |levels: usize| {
+        let mut value = json!(1);
+        for _ in 0..levels {
+            value = json!({ "a": value });
+        }
+        value
+    };
+    // The body is one level, eventParameters another.
+    app.post(
+        "/api/messaging/trigger/orders",
+        &admin,
+        json!({"eventParameters": nested(30)}),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let deep = app
+        .post(
+            "/api/messaging/trigger/orders",
+            &admin,
+            json!({"eventParameters": nested(40)}),
+        )
+        .await;
+    deep.expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
+    assert!(deep.body["detail"].as_str().unwrap().contains("32 levels"));
+}

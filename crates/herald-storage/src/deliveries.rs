@@ -106,17 +106,43 @@ pub async fn by_id(
     )
 }
 
-pub async fn for_message(
+/// One page of a message's deliveries, in id order: a broadcast has a delivery per
+/// recipient, and a request must not read them all (issue #17).
+pub async fn for_message_page(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
     message_id: Uuid,
-) -> Result<Vec<Delivery>, StoreError> {
-    Ok(sqlx::query_as(select!(
-        " WHERE d.tenant_id = $1 AND d.message_id = $2 ORDER BY d.id"
+    page: crate::page::PageRequest,
+) -> Result<crate::page::Page<Delivery>, StoreError> {
+    let rows = sqlx::query_as(select!(
+        " WHERE d.tenant_id = $1 AND d.message_id = $2 AND ($3::uuid IS NULL OR d.id > $3)
+          ORDER BY d.id LIMIT $4"
     ))
     .bind(tenant_id)
     .bind(message_id)
+    .bind(page.after)
+    .bind(page.fetch_limit())
     .fetch_all(db)
+    .await?;
+    Ok(crate::page::Page::from_rows(rows, page, |d: &Delivery| {
+        d.id
+    }))
+}
+
+/// A message's deliveries counted by status: (total, sent, failed); the rest are pending.
+pub async fn counts_for_message(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    message_id: Uuid,
+) -> Result<(i64, i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'sent'),
+                count(*) FILTER (WHERE status = 'failed')
+         FROM deliveries WHERE tenant_id = $1 AND message_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(message_id)
+    .fetch_one(db)
     .await?)
 }
 

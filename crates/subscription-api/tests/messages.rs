@@ -429,3 +429,66 @@ async fn bodies_nested_deeper_than_32_levels_are_refused(pool: PgPool) {
     deep.expect_problem(StatusCode::UNPROCESSABLE_ENTITY, None);
     assert!(deep.body["detail"].as_str().unwrap().contains("32 levels"));
 }
+
+/// Issue #17: a message's deliveries come a page at a time, with counts of all of them.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_messages_deliveries_are_paged_and_counted(pool: PgPool) {
+    let (app, admin) = setup(pool.clone()).await;
+    let id = app
+        .post(
+            "/api/messaging/messages",
+            &admin,
+            json!({"to": {"users": ["u-1"]}, "content": {"direct": {"body": "Hello"}}}),
+        )
+        .await
+        .expect_str(StatusCode::ACCEPTED, "messageId");
+    // Five deliveries, as a fan-out writes them: two sent, one failed, two pending.
+    sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, message_id, channel, address, status)
+         SELECT gen_random_uuid(), m.tenant_id, m.id, 'email', 'p' || g || '@example.org',
+                (ARRAY['sent', 'sent', 'failed', 'pending', 'pending'])[g]
+         FROM messages m, generate_series(1, 5) g WHERE m.id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let path = format!("/api/messaging/messages/{id}");
+    let first = app.get(&format!("{path}?limit=2"), &admin).await;
+    let first = first.expect(StatusCode::OK).clone();
+    assert_eq!(first["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        first["deliveryCounts"],
+        json!({"total": 5, "sent": 2, "failed": 1, "pending": 2})
+    );
+    let mut seen: Vec<String> = first["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["address"].as_str().unwrap().to_owned())
+        .collect();
+    let mut cursor = first["deliveriesNextCursor"].as_str().unwrap().to_owned();
+    loop {
+        let page = app
+            .get(&format!("{path}?limit=2&cursor={cursor}"), &admin)
+            .await;
+        let page = page.expect(StatusCode::OK).clone();
+        seen.extend(
+            page["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["address"].as_str().unwrap().to_owned()),
+        );
+        match page["deliveriesNextCursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "every delivery once: {seen:?}");
+    app.get(&format!("{path}?limit=500"), &admin)
+        .await
+        .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("limit"));
+}

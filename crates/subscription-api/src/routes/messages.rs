@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
-use crate::json::{ApiJson, ApiPath};
+use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -308,7 +308,22 @@ pub struct MessageView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Value>,
     pub request: Value,
+    /// One page of the message's deliveries, in order (`limit`, 50 by default, at most 200).
     pub deliveries: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next page of deliveries; `null` on the last.
+    #[schema(value_type = Option<crate::schema::CursorText>)]
+    pub deliveries_next_cursor: Option<String>,
+    /// All of the message's deliveries, counted.
+    pub delivery_counts: DeliveryCounts,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryCounts {
+    pub total: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub pending: i64,
 }
 
 /// One recipient's delivery on one channel, with its R4 class when it failed.
@@ -352,18 +367,21 @@ impl From<deliveries::Delivery> for DeliveryView {
     }
 }
 
-#[utoipa::path(get, path = "/messages/{message_id}", tag = "messages", params(("message_id" = Uuid, Path)), responses((status = 200, description = "The message with every recipient's delivery and its R4 class", body = MessageView)))]
+#[utoipa::path(get, path = "/messages/{message_id}", tag = "messages", params(("message_id" = Uuid, Path), super::Paging), responses((status = 200, description = "The message with a page of its recipients' deliveries, each with its R4 class, and their counts", body = MessageView)))]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(paging): ApiQuery<super::Paging>,
 ) -> Result<Json<MessageView>, ApiError> {
     caller.require_admin()?;
     let tenant = caller.tenant()?;
+    let page = paging.request()?;
     let message = messages::by_id(&state.pool, tenant.id, id)
         .await
         .map_err(not_found_as("message"))?;
-    let deliveries = deliveries::for_message(&state.pool, tenant.id, id).await?;
+    let deliveries = deliveries::for_message_page(&state.pool, tenant.id, id, page).await?;
+    let (total, sent, failed) = deliveries::counts_for_message(&state.pool, tenant.id, id).await?;
     let error = message
         .error_code
         .as_ref()
@@ -376,6 +394,13 @@ async fn read(
         completed_at: message.completed_at,
         error,
         request: message.request,
-        deliveries: deliveries.into_iter().map(Into::into).collect(),
+        deliveries: deliveries.items.into_iter().map(Into::into).collect(),
+        deliveries_next_cursor: deliveries.next_cursor,
+        delivery_counts: DeliveryCounts {
+            total,
+            sent,
+            failed,
+            pending: total - sent - failed,
+        },
     }))
 }

@@ -35,27 +35,23 @@ if [ -z "${HERALD_XMPP__JID:-}" ]; then
   export HERALD_XMPP__MUC_SERVICE=conference.localhost
 fi
 
-# The WebSocket channel: the API signs client tokens with this secret and sender-websocket
-# checks them. Made once and kept in .local (not committed). An operator's own wins.
-if [ -z "${HERALD_WEBSOCKET__TOKEN_SECRET:-}" ]; then
+# Exports VAR as the secret kept in .local/FILE, made once (32 random bytes, hex) and kept
+# (.local is not committed), unless the operator set VAR.
+local_secret() {
+  local var=$1 file=.local/$2
+  [ -z "${!var:-}" ] || return 0
   mkdir -p .local
-  if [ ! -s .local/websocket-secret ]; then
-    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.local/websocket-secret)
+  if [ ! -s "$file" ]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
   fi
-  HERALD_WEBSOCKET__TOKEN_SECRET=$(cat .local/websocket-secret)
-  export HERALD_WEBSOCKET__TOKEN_SECRET
-fi
+  export "$var=$(cat "$file")"
+}
+# The WebSocket channel: the API signs client tokens with it and sender-websocket checks them.
+local_secret HERALD_WEBSOCKET__TOKEN_SECRET websocket-secret
+# The key verification and link codes are hashed with (issue #17), by the API and the
+# router: kept, so a code sent before a restart still works after it.
+local_secret HERALD_VERIFICATION__CODE_SECRET code-secret
 
-# The key verification codes are hashed with (issue #17): made once and kept in .local, so
-# a code sent before a restart still works after it. An operator's own wins.
-if [ -z "${HERALD_VERIFICATION__CODE_SECRET:-}" ]; then
-  mkdir -p .local
-  if [ ! -s .local/code-secret ]; then
-    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.local/code-secret)
-  fi
-  HERALD_VERIFICATION__CODE_SECRET=$(cat .local/code-secret)
-  export HERALD_VERIFICATION__CODE_SECRET
-fi
 # Locally no SMS provider is configured (sender-sms says so in its /readyz), so no SMS leaves
 # this machine: numbers of every country may be added to try the API. A real deployment
 # names its own list (docs/configuration.md, `api`).

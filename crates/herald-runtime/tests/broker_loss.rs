@@ -43,6 +43,12 @@ impl Handler for Stuck {
     }
 }
 
+/// Runs a consumer until the returned token is cancelled.
+fn run<H: Handler>(consumer: Consumer<H>) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+    let stop = CancellationToken::new();
+    (tokio::spawn(consumer.run(stop.clone())), stop)
+}
+
 async fn consumer_state(h: &Harness, queue: &str) -> Option<(bool, String)> {
     h.health
         .report()
@@ -87,17 +93,13 @@ async fn a_consumer_comes_back_after_its_broker_is_killed_and_says_so_meanwhile(
     settings.concurrency = 3;
     settings.drain_deadline = Duration::from_secs(1);
     let queue = settings.queue.clone();
-    let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(
-            h.broker.clone(),
-            h.topology.clone(),
-            settings,
-            handler,
-            h.health.clone(),
-        )
-        .run(stop.clone()),
-    );
+    let (consumer, stop) = run(Consumer::new(
+        h.broker.clone(),
+        h.topology.clone(),
+        settings,
+        handler,
+        h.health.clone(),
+    ));
     wait_state(&h, &queue, true).await;
 
     // Three messages, each stuck in its handler.
@@ -164,17 +166,13 @@ async fn a_handler_that_never_finishes_is_timed_out_and_its_message_retried() {
     };
     let mut settings = h.settings();
     settings.handler_timeout = Duration::from_millis(300);
-    let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(
-            h.broker.clone(),
-            h.topology.clone(),
-            settings,
-            handler,
-            h.health.clone(),
-        )
-        .run(stop.clone()),
-    );
+    let (consumer, stop) = run(Consumer::new(
+        h.broker.clone(),
+        h.topology.clone(),
+        settings,
+        handler,
+        h.health.clone(),
+    ));
     let publisher = h.publisher();
     let body = numbered(7);
     publisher.publish(&h.message(&body)).await.unwrap();
@@ -208,17 +206,13 @@ async fn shutdown_gives_up_a_stuck_handler_at_the_drain_deadline_and_keeps_its_m
     };
     let mut settings = h.settings();
     settings.drain_deadline = Duration::from_millis(500);
-    let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(
-            h.broker.clone(),
-            h.topology.clone(),
-            settings,
-            handler,
-            h.health.clone(),
-        )
-        .run(stop.clone()),
-    );
+    let (consumer, stop) = run(Consumer::new(
+        h.broker.clone(),
+        h.topology.clone(),
+        settings,
+        handler,
+        h.health.clone(),
+    ));
     let publisher = h.publisher();
     let body = numbered(1);
     publisher.publish(&h.message(&body)).await.unwrap();
@@ -265,17 +259,13 @@ async fn a_retry_that_cannot_be_republished_stays_in_hand_until_it_can() {
     let mut config = h.config.clone();
     config.publish_timeout_ms = 300;
     let broker = herald_runtime::amqp::Broker::new(config, "test");
-    let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(
-            broker,
-            h.topology.clone(),
-            h.settings(),
-            handler,
-            h.health.clone(),
-        )
-        .run(stop.clone()),
-    );
+    let (consumer, stop) = run(Consumer::new(
+        broker,
+        h.topology.clone(),
+        h.settings(),
+        handler,
+        h.health.clone(),
+    ));
     // Consuming first: the consumer declares the topology when it connects.
     wait_state(&h, &h.queue(), true).await;
     let delay = h.topology.names().delay_exchange();

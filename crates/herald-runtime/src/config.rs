@@ -233,12 +233,18 @@ pub fn redact_url(url: &str) -> String {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
+    /// Where `/metrics` and the detailed `/readyz` are served instead of `addr`, for a
+    /// service whose `addr` is public (the API). Then `addr` answers `/readyz` with ready or
+    /// not ready only, no component details (they name hosts and errors), and has no
+    /// `/metrics`. Unset: everything on `addr`.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            admin_addr: None,
         }
     }
 }

@@ -143,6 +143,28 @@ pub fn router(health: Health) -> Router {
         .with_state(state)
 }
 
+/// For a public port when an admin address serves the rest: `/healthz`, and `/readyz` that
+/// says ready or not ready only (issue #17: component details name hosts and errors).
+pub fn public_router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let ready = health.report().await.ready;
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(serde_json::json!({ "ready": ready })))
+                }
+            }),
+        )
+}
+
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let report = state.health.report().await;
     let status = if report.ready {

@@ -22,6 +22,8 @@ pub struct Service {
     pub health: Health,
     pub shutdown: CancellationToken,
     listener: TcpListener,
+    /// `http.admin_addr`: `/metrics` and the detailed `/readyz`, when `addr` is public.
+    admin_listener: Option<TcpListener>,
 }
 
 impl Service {
@@ -31,15 +33,35 @@ impl Service {
         crate::install_crypto_provider();
         crate::telemetry::init_tracing(&config.log);
         let listener = TcpListener::bind(config.http.addr).await?;
+        let admin = match config.http.admin_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let shutdown = crate::shutdown::on_signal();
         tracing::info!(
             service = name,
             http = %listener.local_addr()?,
+            admin = ?config.http.admin_addr,
             amqp = %config.amqp.redacted_url(),
             prefix = %config.amqp.prefix,
             "starting"
         );
-        Ok(Self::with_parts(name, config, listener, shutdown))
+        let mut service = Self::with_parts(name, config, listener, shutdown);
+        service.admin_listener = admin;
+        Ok(service)
+    }
+
+    /// For tests: serve `/metrics` and the detailed `/readyz` on this listener instead.
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin_listener = Some(listener);
+        self
+    }
+
+    /// The admin address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// For tests: a listener on port 0 and a token the test cancels.
@@ -61,6 +83,7 @@ impl Service {
             health: Health::new(),
             shutdown,
             listener,
+            admin_listener: None,
         }
     }
 
@@ -77,7 +100,20 @@ impl Service {
         // Not ready until the broker watch has connected; registered before the server starts
         // so that `/readyz` never answers 200 with nothing checked.
         self.health.set(BROKER_COMPONENT, false, "connecting");
-        let router = app.merge(health::router(self.health.clone()));
+        let (router, admin) = match self.admin_listener {
+            Some(admin) => {
+                let full = health::router(self.health.clone());
+                (
+                    app.merge(health::public_router(self.health.clone())),
+                    Some(tokio::spawn(health::serve(
+                        admin,
+                        full,
+                        self.shutdown.clone(),
+                    ))),
+                )
+            }
+            None => (app.merge(health::router(self.health.clone())), None),
+        };
         let server = tokio::spawn(health::serve(self.listener, router, self.shutdown.clone()));
         let watch = tokio::spawn(watch_broker(
             self.broker.clone(),
@@ -89,6 +125,9 @@ impl Service {
         // Work ends on its own only when shutdown was asked; make sure everything else stops.
         self.shutdown.cancel();
         let _ = watch.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         let served = server.await.unwrap_or(Ok(()));
         tracing::info!(service = self.name, "stopped");
         served

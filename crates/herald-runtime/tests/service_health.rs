@@ -122,3 +122,64 @@ async fn readiness_says_so_when_the_broker_is_unreachable() {
         .unwrap()
         .unwrap();
 }
+
+/// Issue #17: with an admin address, the public port says only ready or not, and has no
+/// metrics; the admin address has both in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_address_the_public_port_says_ready_and_nothing_more() {
+    let prefix = unique_prefix("service_admin");
+    let config = BaseConfig {
+        amqp: AmqpConfig {
+            // Nothing listens here: the broker component stays not ready, with its error.
+            url: Secret::new("amqp://guest:guest@127.0.0.1:1/%2f".into()),
+            prefix,
+            reconnect_max_ms: 200,
+            ..AmqpConfig::default()
+        },
+        ..BaseConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let service = Service::with_parts(
+        "test-service",
+        config,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        shutdown.clone(),
+    )
+    .with_admin_listener(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let public = service.local_addr().unwrap();
+    let admin = service.admin_addr().unwrap();
+    let stop = shutdown.clone();
+    let running =
+        tokio::spawn(service.run(axum::Router::new(), async move { stop.cancelled().await }));
+
+    // The admin side names the component and its error once the watch has tried.
+    let mut detail = String::new();
+    for _ in 0..100 {
+        let (status, body) = http::get(admin, "/readyz").await.unwrap();
+        assert_eq!(status, 503);
+        if body.contains("cannot connect") {
+            detail = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(detail.contains("amqp:broker"), "{detail}");
+    assert_eq!(http::get(admin, "/metrics").await.unwrap().0, 200);
+
+    let (status, body) = http::get(public, "/readyz").await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(body.trim(), r#"{"ready":false}"#);
+    assert_eq!(http::get(public, "/healthz").await.unwrap().0, 200);
+    assert_eq!(http::get(public, "/metrics").await.unwrap().0, 404);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stops promptly")
+        .unwrap()
+        .unwrap();
+    assert!(
+        http::get(admin, "/healthz").await.is_err(),
+        "the admin listener is closed too"
+    );
+}

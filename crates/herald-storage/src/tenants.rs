@@ -42,10 +42,19 @@ pub async fn by_id(db: impl PgExecutor<'_>, id: Uuid) -> Result<Tenant, StoreErr
         .await?)
 }
 
-pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Tenant>, StoreError> {
-    Ok(sqlx::query_as("SELECT * FROM tenants ORDER BY key")
-        .fetch_all(db)
-        .await?)
+/// A page of tenants, oldest first.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    page: crate::page::PageRequest,
+) -> Result<crate::page::Page<Tenant>, StoreError> {
+    let rows = sqlx::query_as(
+        "SELECT * FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+    )
+    .bind(page.after)
+    .bind(page.fetch_limit())
+    .fetch_all(db)
+    .await?;
+    Ok(crate::page::Page::from_rows(rows, page, |t: &Tenant| t.id))
 }
 
 /// Sets the country calling codes SMS may go to in this tenant (`None`: the default list).

@@ -502,8 +502,16 @@ async fn only_the_global_admin_manages_tenants(pool: PgPool) {
     )
     .await
     .expect_problem(StatusCode::CONFLICT, None);
-    let tenants = app.get(TENANTS, &global).await;
-    assert_eq!(tenants.expect(StatusCode::OK).as_array().unwrap().len(), 2);
+    assert_eq!(app.get(TENANTS, &global).await.items().len(), 2);
+    // Paged like every list.
+    let first = app.get(&format!("{TENANTS}?limit=1"), &global).await;
+    assert_eq!(first.items().len(), 1);
+    let cursor = first.body["nextCursor"].as_str().unwrap();
+    let second = app
+        .get(&format!("{TENANTS}?limit=1&cursor={cursor}"), &global)
+        .await;
+    assert_eq!(second.items().len(), 1);
+    assert_ne!(first.items()[0]["tenant"], second.items()[0]["tenant"]);
 }
 
 #[sqlx::test(migrations = "../../migrations")]

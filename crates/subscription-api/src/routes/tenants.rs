@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use herald_storage::page::Page;
 use herald_storage::{StoreError, tenants};
 use messaging_core::values::TenantKey;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::check_text;
 use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
-use crate::json::{ApiJson, ApiPath};
+use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -114,17 +115,16 @@ async fn set_sms_country_codes(
     Ok(Json(tenant.into()))
 }
 
-#[utoipa::path(get, path = "/tenants", tag = "admin", responses((status = 200, body = Vec<TenantView>)))]
+#[utoipa::path(get, path = "/tenants", tag = "admin", params(super::Paging), responses((status = 200, body = Page<TenantView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<TenantView>>, ApiError> {
+    ApiQuery(paging): ApiQuery<super::Paging>,
+) -> Result<Json<Page<TenantView>>, ApiError> {
     caller.require_global_admin()?;
     Ok(Json(
-        tenants::list(&state.pool)
+        tenants::list(&state.pool, paging.request()?)
             .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+            .map(Into::into),
     ))
 }

@@ -84,17 +84,23 @@ pub async fn authenticate(db: impl PgExecutor<'_>, plain: &str) -> Result<KeyOwn
     .await?)
 }
 
+/// A page of the keys of this tenant (`None`: the global admins' keys), oldest first.
 pub async fn list(
     db: impl PgExecutor<'_>,
     tenant_id: Option<Uuid>,
-) -> Result<Vec<ApiKey>, StoreError> {
-    Ok(sqlx::query_as(
+    page: crate::page::PageRequest,
+) -> Result<crate::page::Page<ApiKey>, StoreError> {
+    let rows = sqlx::query_as(
         "SELECT id, tenant_id, role, user_id, name, prefix, created_at, created_by, last_used_at, revoked_at
-         FROM api_keys WHERE tenant_id IS NOT DISTINCT FROM $1 ORDER BY id",
+         FROM api_keys WHERE tenant_id IS NOT DISTINCT FROM $1 AND ($2::uuid IS NULL OR id > $2)
+         ORDER BY id LIMIT $3",
     )
     .bind(tenant_id)
+    .bind(page.after)
+    .bind(page.fetch_limit())
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(crate::page::Page::from_rows(rows, page, |k: &ApiKey| k.id))
 }
 
 /// Revokes a key of this tenant (`None`: the global admins' keys).

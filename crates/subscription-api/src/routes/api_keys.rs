@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use herald_storage::api_keys::{self, NewKey};
+use herald_storage::page::Page;
 use messaging_core::values::UserId;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use super::check_text;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, not_found_as};
-use crate::json::{ApiJson, ApiPath};
+use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::startup::AppState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -149,18 +150,17 @@ async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/api-keys", tag = "admin", responses((status = 200, body = Vec<KeyView>)))]
+#[utoipa::path(get, path = "/api-keys", tag = "admin", params(super::Paging), responses((status = 200, body = Page<KeyView>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<KeyView>>, ApiError> {
+    ApiQuery(paging): ApiQuery<super::Paging>,
+) -> Result<Json<Page<KeyView>>, ApiError> {
     let tenant_id = scope(&caller)?;
     Ok(Json(
-        api_keys::list(&state.pool, tenant_id)
+        api_keys::list(&state.pool, tenant_id, paging.request()?)
             .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+            .map(Into::into),
     ))
 }
 

@@ -27,6 +27,29 @@ struct Stuck {
     done: mpsc::UnboundedSender<u32>,
 }
 
+impl Stuck {
+    /// The handler, its count of handlings started, and the numbers it finished.
+    fn new(stuck: u32) -> (Stuck, Arc<AtomicU32>, mpsc::UnboundedReceiver<u32>) {
+        let (done, finished) = mpsc::unbounded_channel();
+        let started = Arc::new(AtomicU32::new(0));
+        let handler = Stuck {
+            stuck,
+            started: started.clone(),
+            done,
+        };
+        (handler, started, finished)
+    }
+}
+
+/// Waits until `n` handlings have started.
+async fn started_at_least(started: &AtomicU32, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while started.load(Ordering::SeqCst) < n {
+        assert!(tokio::time::Instant::now() < deadline, "{n} in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Handler for Stuck {
     type Message = Numbered;
 
@@ -81,13 +104,7 @@ async fn a_consumer_comes_back_after_its_broker_is_killed_and_says_so_meanwhile(
         .await
         .unwrap();
     let h = Harness::on(&node.url(), "broker_killed").await;
-    let (done, mut finished) = mpsc::unbounded_channel();
-    let started = Arc::new(AtomicU32::new(0));
-    let handler = Stuck {
-        stuck: 3,
-        started: started.clone(),
-        done,
-    };
+    let (handler, started, mut finished) = Stuck::new(3);
     let mut settings = h.settings();
     settings.prefetch = 3;
     settings.concurrency = 3;
@@ -107,11 +124,7 @@ async fn a_consumer_comes_back_after_its_broker_is_killed_and_says_so_meanwhile(
     let first: Vec<Vec<u8>> = (0..3).map(numbered).collect();
     let batch: Vec<Message> = first.iter().map(|b| h.message(b)).collect();
     publisher.publish_batch(&batch).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while started.load(Ordering::SeqCst) < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "three in flight");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    started_at_least(&started, 3).await;
 
     // The broker dies. Readiness says so while the handlers are still stuck.
     let node = tokio::task::spawn_blocking(move || {
@@ -157,13 +170,7 @@ async fn a_consumer_comes_back_after_its_broker_is_killed_and_says_so_meanwhile(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_never_finishes_is_timed_out_and_its_message_retried() {
     let h = Harness::new("handler_timeout").await;
-    let (done, mut finished) = mpsc::unbounded_channel();
-    let started = Arc::new(AtomicU32::new(0));
-    let handler = Stuck {
-        stuck: 1,
-        started: started.clone(),
-        done,
-    };
+    let (handler, started, mut finished) = Stuck::new(1);
     let mut settings = h.settings();
     settings.handler_timeout = Duration::from_millis(300);
     let (consumer, stop) = run(Consumer::new(
@@ -197,13 +204,7 @@ async fn a_handler_that_never_finishes_is_timed_out_and_its_message_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_a_stuck_handler_at_the_drain_deadline_and_keeps_its_message() {
     let h = Harness::new("drain_deadline").await;
-    let (done, _finished) = mpsc::unbounded_channel();
-    let started = Arc::new(AtomicU32::new(0));
-    let handler = Stuck {
-        stuck: 1,
-        started: started.clone(),
-        done,
-    };
+    let (handler, started, _finished) = Stuck::new(1);
     let mut settings = h.settings();
     settings.drain_deadline = Duration::from_millis(500);
     let (consumer, stop) = run(Consumer::new(
@@ -216,11 +217,7 @@ async fn shutdown_gives_up_a_stuck_handler_at_the_drain_deadline_and_keeps_its_m
     let publisher = h.publisher();
     let body = numbered(1);
     publisher.publish(&h.message(&body)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while started.load(Ordering::SeqCst) < 1 {
-        assert!(tokio::time::Instant::now() < deadline, "in flight");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    started_at_least(&started, 1).await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), consumer)
         .await

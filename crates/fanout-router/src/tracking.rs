@@ -17,12 +17,12 @@ use herald_storage::tracking::{
 use herald_storage::verification::{self, Proof};
 use herald_storage::{PgPool, StoreError, link_codes, messages, outbox, support};
 use messaging_core::events::{
-    Answer, AttemptResult, ChatAnswer, ContactLinkEvent, DeliveryEvent, RoomEvent,
-    SupportRequestEvent, short_id,
+    Answer, AttemptResult, ChatAnswer, ChatReference, ChatSeenEvent, ContactLinkEvent,
+    DeliveryEvent, RoomEvent, SupportRequestEvent, short_id,
 };
 use messaging_core::ingress::{Content, Ingress, NotifyRequest, Recipients, TemplateContent};
 use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey};
-use messaging_core::{EnvelopeVersion, MessageSource};
+use messaging_core::{Address, EnvelopeVersion, MessageSource};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use std::sync::Arc;
@@ -38,6 +38,7 @@ use crate::rooms::Rooms;
 pub enum RouterEvent {
     Delivery(Box<DeliveryEvent>),
     Contact(Box<ContactLinkEvent>),
+    Seen(Box<ChatSeenEvent>),
     Support(Box<SupportRequestEvent>),
     Room(Box<RoomEvent>),
 }
@@ -236,6 +237,9 @@ impl TrackingHandler {
                 },
             )
             .await?;
+            if let Some(reference) = reference_json(event.reference.as_ref()) {
+                addresses::set_chat_reference(&mut *tx, address.id, &reference).await?;
+            }
             verification::mark_verified(
                 &mut tx,
                 address.id,
@@ -269,6 +273,50 @@ impl TrackingHandler {
 }
 
 impl TrackingHandler {
+    /// R38: a Teams conversation answered at a new service URL; the addresses that hold it
+    /// follow, so proactive messages go where the Bot Framework now takes them.
+    async fn seen(&self, event: &ChatSeenEvent) -> Outcome {
+        let Address::Teams(chat) = &event.chat else {
+            return Outcome::DeadLetter(Rejection::new(
+                "invalid",
+                format!(
+                    "only Teams conversations move; this is a {} address",
+                    event.chat.kind()
+                ),
+            ));
+        };
+        let moved = async {
+            let mut tx = self.pool.begin().await?;
+            let moved = addresses::follow_moved_chat(
+                &mut tx,
+                event.chat.kind(),
+                chat.conversation_id(),
+                &event.chat.value(),
+                reference_json(event.reference.as_ref()).as_ref(),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(moved)
+        };
+        match moved.await {
+            Ok(moved) => {
+                if moved.followed + moved.superseded + moved.tickets > 0 {
+                    metrics::counter!("herald_router_chat_moves_total")
+                        .increment(moved.followed + moved.superseded);
+                    tracing::info!(
+                        followed = moved.followed,
+                        superseded = moved.superseded,
+                        tickets = moved.tickets,
+                        service_url = chat.service_url(),
+                        "a chat moved: its addresses follow"
+                    );
+                }
+                Outcome::Ack
+            }
+            Err(error) => self.store_failure(error),
+        }
+    }
+
     /// Puts what the bot tells the person into the outbox, in `tx`.
     async fn answer(
         &self,
@@ -407,6 +455,11 @@ impl TrackingHandler {
     }
 }
 
+/// A bot's chat reference as stored (`addresses.chat_reference`).
+fn reference_json(reference: Option<&ChatReference>) -> Option<Value> {
+    reference.and_then(|r| serde_json::to_value(r).ok())
+}
+
 fn failure_ref(failure: &messaging_core::failure::Failure) -> FailureRef<'_> {
     FailureRef {
         class: failure.class,
@@ -418,8 +471,8 @@ fn failure_ref(failure: &messaging_core::failure::Failure) -> FailureRef<'_> {
 impl Handler for TrackingHandler {
     type Message = RouterEvent;
 
-    /// Delivery events carry `deliveryId`, contact links `linkCode`, support requests
-    /// `supportText`, room events `room` and `change`; the reason names what is wrong with
+    /// Delivery events carry `deliveryId`, contact links `linkCode`, chats seen `seenAt`,
+    /// support requests `supportText`, room events `room` and `change`; the reason names what is wrong with
     /// anything else.
     fn decode(&self, body: &[u8]) -> Result<RouterEvent, Rejection> {
         let value: Value = decode_json(body)?;
@@ -432,6 +485,10 @@ impl Handler for TrackingHandler {
             serde_json::from_value(value)
                 .map(|e| RouterEvent::Contact(Box::new(e)))
                 .map_err(invalid)
+        } else if value.get("seenAt").is_some() {
+            serde_json::from_value(value)
+                .map(|e| RouterEvent::Seen(Box::new(e)))
+                .map_err(invalid)
         } else if value.get("supportText").is_some() {
             serde_json::from_value(value)
                 .map(|e| RouterEvent::Support(Box::new(e)))
@@ -443,7 +500,7 @@ impl Handler for TrackingHandler {
         } else {
             Err(Rejection::new(
                 "unknown_event",
-                "neither a delivery event (no deliveryId), a contact link (no linkCode), a support request (no supportText) nor a room event (no room and change)",
+                "neither a delivery event (no deliveryId), a contact link (no linkCode), a chat seen (no seenAt), a support request (no supportText) nor a room event (no room and change)",
             ))
         }
     }
@@ -471,6 +528,10 @@ impl Handler for TrackingHandler {
                 self.contact(&event, ctx.message_id.as_deref())
                     .instrument(span)
                     .await
+            }
+            RouterEvent::Seen(event) => {
+                let span = tracing::info_span!("chat_seen", channel = %event.channel);
+                self.seen(&event).instrument(span).await
             }
             RouterEvent::Support(event) => {
                 let span = tracing::info_span!("support_request", channel = %event.channel, request_id = %event.request_id);

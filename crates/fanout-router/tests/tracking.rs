@@ -647,3 +647,143 @@ async fn a_support_request_from_a_chat_linked_to_nobody_is_told_to_link_first(po
     assert_eq!(said[0].1, "not_linked");
     h.finish().await;
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_teams_chat_seen_at_a_new_service_url_moves_its_addresses_there(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "tracking_chat_seen").await;
+    let t = tracker(&h, LENIENT);
+    let old = "https://smba.example/emea/ a:1chat";
+    let new = "https://smba.example/amer/ a:1chat";
+    let bea = h.user("bea", None, None, "all").await;
+    let bea_chat = h.address(bea, "teams", old).await;
+    // Cid linked the chat again at its new place: the old address would double every message.
+    let cid = h.user("cid", None, None, "all").await;
+    let cid_old = h.address(cid, "teams", old).await;
+    let cid_new = h.address(cid, "teams", new).await;
+    // Unreachable stays unreachable (R6): the person links again.
+    let dan = h.user("dan", None, None, "all").await;
+    let dan_chat = h.address(dan, "teams", old).await;
+    sqlx::query("UPDATE addresses SET state = 'unreachable' WHERE id = $1")
+        .bind(dan_chat)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let other_chat = h
+        .address(bea, "teams", "https://smba.example/emea/ a:1other")
+        .await;
+    // Bea asked for help from the chat: staff replies must follow it too.
+    let ticket = |state: &'static str| {
+        let pool = pool.clone();
+        let tenant_id = h.tenant_id;
+        async move {
+            let id = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO support_tickets (id, tenant_id, request_id, user_id, channel, chat_kind, chat, body, state)
+                 VALUES ($1, $2, $1, $3, 'teams', 'teams', $4, 'help', $5)",
+            )
+            .bind(id)
+            .bind(tenant_id)
+            .bind(bea)
+            .bind(old)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    let (open_ticket, closed_ticket) = (ticket("open").await, ticket("closed").await);
+
+    let seen = |chat: &str| {
+        json!({
+            "version": 1, "channel": "teams",
+            "chat": {"kind": "teams", "value": chat}, "seenAt": Utc::now(),
+            "reference": {"tenantId": "tenant-1", "userId": "29:1bea"}
+        })
+    };
+    assert_eq!(event(&t, seen(new)).await, Outcome::Ack);
+    let state = |id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT value, state FROM addresses WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(state(bea_chat).await, (new.to_owned(), "active".to_owned()));
+    assert_eq!(state(cid_old).await, (old.to_owned(), "removed".to_owned()));
+    assert_eq!(state(cid_new).await, (new.to_owned(), "active".to_owned()));
+    assert_eq!(
+        state(dan_chat).await,
+        (old.to_owned(), "unreachable".to_owned())
+    );
+    assert_eq!(
+        state(other_chat).await.0,
+        "https://smba.example/emea/ a:1other"
+    );
+    let reference: Option<Value> =
+        sqlx::query_scalar("SELECT chat_reference FROM addresses WHERE id = $1")
+            .bind(bea_chat)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        reference,
+        Some(json!({"tenantId": "tenant-1", "userId": "29:1bea"}))
+    );
+    let chat_of = |id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT chat FROM support_tickets WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(chat_of(open_ticket).await, new);
+    assert_eq!(
+        chat_of(closed_ticket).await,
+        old,
+        "a closed ticket is history"
+    );
+    let history: Vec<(Uuid, String, String)> =
+        sqlx::query_as("SELECT address_id, state, reason FROM address_state_changes ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history.contains(&(
+        bea_chat,
+        "active".to_owned(),
+        format!("moved: from {old} to {new}")
+    )));
+    assert!(
+        history
+            .iter()
+            .any(|(id, state, _)| *id == cid_old && state == "removed")
+    );
+
+    // Seen again, or seen by a second replica: nothing more changes.
+    assert_eq!(event(&t, seen(new)).await, Outcome::Ack);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM address_state_changes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+
+    // Only Teams conversations move.
+    let telegram = json!({
+        "version": 1, "channel": "telegram",
+        "chat": {"kind": "telegram", "value": 777001}, "seenAt": Utc::now()
+    });
+    let Outcome::DeadLetter(r) = event(&t, telegram).await else {
+        panic!("a Telegram chat cannot move");
+    };
+    assert_eq!(r.code, "invalid");
+    h.finish().await;
+}

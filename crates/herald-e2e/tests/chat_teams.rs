@@ -1,8 +1,9 @@
 //! A person on Microsoft Teams, every part real but the Bot Framework (a fake Bot Connector
 //! that the sender's reqwest client talks to, and activities posted to the bot's messaging
 //! endpoint with a JWT signed as the Bot Framework signs): a link code from the API written
-//! to the bot, the answer in the conversation, a direct message delivered there, and a person
-//! who blocks the bot, which makes the address unreachable (R5, R6, R38).
+//! to the bot, the answer in the conversation, a direct message delivered there, the
+//! conversation moved by the Bot Framework to another service URL and followed there, and a
+//! person who blocks the bot, which makes the address unreachable (R5, R6, R38).
 
 // A test fails on the line that broke: unwrap and expect are how it says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -87,6 +88,20 @@ async fn a_teams_user_links_by_writing_to_the_bot_and_receives_direct_messages(p
         .wait_for("/api/messaging/users/ann", |u| teams_address(u).is_some())
         .await;
     assert_eq!(teams_address(&ann).unwrap()["verified"], true);
+    // The rest of the conversation reference is stored with it.
+    let reference: Option<Value> = sqlx::query_scalar(
+        "SELECT chat_reference FROM addresses WHERE channel = 'teams' AND value LIKE '%' || $1",
+    )
+    .bind(CONVERSATION)
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    let reference = reference.expect("a stored reference");
+    assert_eq!(
+        reference["aadObjectId"],
+        "00000000-0000-0000-0000-00000000a11e"
+    );
+    assert_eq!(reference["tenantId"], "tenant-1");
 
     // A direct message arrives in the conversation.
     let (status, accepted) = system
@@ -97,7 +112,33 @@ async fn a_teams_user_links_by_writing_to_the_bot_and_receives_direct_messages(p
         )
         .await;
     assert_eq!(status, 202, "{accepted}");
-    said(&fake, "Build 1234 passed").await;
+    let delivered = said(&fake, "Build 1234 passed").await;
+    assert_eq!(delivered.region, None);
+
+    // The Bot Framework moves the conversation: Ann's next activity comes with another
+    // service URL. The stored address follows, and the next message goes there.
+    let moved_url = format!("{}amer/", fake.service_url());
+    let mut hello = fake.message(CONVERSATION, "hello");
+    hello["serviceUrl"] = moved_url.clone().into();
+    let (status, body) = fake
+        .post_activity(&endpoint, &hello, Signed::Properly)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    system
+        .wait_for("/api/messaging/users/ann", |u| {
+            teams_address(u).is_some_and(|a| a["address"] == format!("{moved_url} {CONVERSATION}"))
+        })
+        .await;
+    let (status, accepted) = system
+        .call(
+            "POST",
+            "/api/messaging/messages",
+            Some(json!({"to": {"users": ["ann"]}, "content": {"direct": {"body": "Build 1236 passed"}}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let delivered = said(&fake, "Build 1236 passed").await;
+    assert_eq!(delivered.region.as_deref(), Some("amer"));
 
     // Ann blocks the bot (403 ConversationBlockedByUser): the next message fails for good and
     // the address is unreachable until she links again.

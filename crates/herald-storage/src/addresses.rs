@@ -156,3 +156,121 @@ pub async fn count_on_channel(
             .await?,
     )
 }
+
+/// What [`follow_moved_chat`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Addresses now holding the new reference.
+    pub followed: u64,
+    /// Addresses given up because their person already holds the new reference (they linked
+    /// the chat again at its new place), so the chat does not get every message twice.
+    pub superseded: u64,
+    /// Open support tickets whose replies now go to the new reference.
+    pub tickets: u64,
+}
+
+/// Stores what else a bot knows of the chat behind an address (Teams' conversation
+/// reference; see `migrations/0015_teams_chat_moves.sql`).
+pub async fn set_chat_reference(
+    db: impl PgExecutor<'_>,
+    address_id: Uuid,
+    reference: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE addresses SET chat_reference = $2 WHERE id = $1")
+        .bind(address_id)
+        .bind(reference)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A Teams conversation answered at a new service URL (R38): every active address that
+/// holds the same conversation id at another service URL takes `new_value`, in every tenant
+/// the chat is linked in. The change is written to the address's history. Staff replies to
+/// the chat's tickets that are not closed go there too. Call it in a transaction.
+pub async fn follow_moved_chat(
+    tx: &mut sqlx::PgConnection,
+    kind: AddressKind,
+    conversation_id: &str,
+    new_value: &str,
+    reference: Option<&serde_json::Value>,
+) -> Result<Moved, StoreError> {
+    #[derive(FromRow)]
+    struct Stale {
+        id: Uuid,
+        tenant_id: Uuid,
+        value: String,
+        taken: bool,
+    }
+    // The expression and the kind match the partial index of migration 0015.
+    let stale: Vec<Stale> = sqlx::query_as(
+        "SELECT a.id, a.tenant_id, a.value,
+                EXISTS (SELECT 1 FROM addresses b
+                        WHERE b.user_id = a.user_id AND b.kind = a.kind AND b.value = $3) AS taken
+         FROM addresses a
+         WHERE a.kind = $1 AND split_part(a.value, ' ', 2) = $2 AND a.value <> $3
+           AND a.state = 'active'
+         ORDER BY a.id
+         FOR UPDATE",
+    )
+    .bind(kind)
+    .bind(conversation_id)
+    .bind(new_value)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut moved = Moved::default();
+    for address in stale {
+        let (state, reason) = if address.taken {
+            sqlx::query(
+                "UPDATE addresses SET state = 'removed', state_reason = $2, state_changed_at = now(),
+                        updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(address.id)
+            .bind("superseded: the chat was linked again at its new place")
+            .execute(&mut *tx)
+            .await?;
+            moved.superseded += 1;
+            (
+                AddressState::Removed,
+                "superseded: the chat was linked again at its new place".to_owned(),
+            )
+        } else {
+            sqlx::query(
+                "UPDATE addresses SET value = $2, chat_reference = coalesce($3, chat_reference),
+                        updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(address.id)
+            .bind(new_value)
+            .bind(reference)
+            .execute(&mut *tx)
+            .await?;
+            moved.followed += 1;
+            (
+                AddressState::Active,
+                format!("moved: from {} to {new_value}", address.value),
+            )
+        };
+        sqlx::query(
+            "INSERT INTO address_state_changes (address_id, tenant_id, state, reason) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(address.id)
+        .bind(address.tenant_id)
+        .bind(state)
+        .bind(&reason)
+        .execute(&mut *tx)
+        .await?;
+    }
+    moved.tickets = sqlx::query(
+        "UPDATE support_tickets SET chat = $3, updated_at = now()
+         WHERE chat_kind = $1 AND state <> 'closed' AND split_part(chat, ' ', 2) = $2 AND chat <> $3",
+    )
+    .bind(kind)
+    .bind(conversation_id)
+    .bind(new_value)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(moved)
+}

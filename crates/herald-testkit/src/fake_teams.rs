@@ -127,6 +127,8 @@ impl Fault {
 #[derive(Debug, Clone)]
 pub struct ReceivedActivity {
     pub conversation_id: String,
+    /// The service URL's path it came to (`amer` for `<fake>/amer/`), `None` for the root.
+    pub region: Option<String>,
     pub activity: Value,
     pub id: String,
     pub at: Instant,
@@ -234,6 +236,11 @@ impl FakeTeams {
             .route("/v1/.well-known/openidconfiguration", get(metadata))
             .route("/v1/.well-known/keys", get(keys))
             .route("/v3/conversations/{id}/activities", post(activity))
+            // A service URL with a path, as Teams' regional ones are (`.../emea/`).
+            .route(
+                "/{region}/v3/conversations/{id}/activities",
+                post(regional_activity),
+            )
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -479,6 +486,25 @@ async fn activity(
     headers: HeaderMap,
     axum::Json(activity): axum::Json<Value>,
 ) -> Response {
+    receive(shared, None, conversation_id, headers, activity).await
+}
+
+async fn regional_activity(
+    State(shared): State<Shared>,
+    Path((region, conversation_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    axum::Json(activity): axum::Json<Value>,
+) -> Response {
+    receive(shared, Some(region), conversation_id, headers, activity).await
+}
+
+async fn receive(
+    shared: Shared,
+    region: Option<String>,
+    conversation_id: String,
+    headers: HeaderMap,
+    activity: Value,
+) -> Response {
     let now = Instant::now();
     let fault = {
         let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -543,6 +569,7 @@ async fn activity(
     let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     state.received.push(ReceivedActivity {
         conversation_id,
+        region,
         activity,
         id: id.clone(),
         at: Instant::now(),

@@ -78,7 +78,75 @@ pub struct ContactLinkEvent {
     /// The name the chat shows (Telegram username, Discord tag), for the user's address list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// What else the bot learnt about the chat (Teams: the conversation reference's tenant,
+    /// bot and user ids), stored with the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ChatReference>,
     pub occurred_at: DateTime<Utc>,
+}
+
+/// The parts of a Bot Framework conversation reference beyond the service URL and the
+/// conversation id (which are the address): what a bot needs to open a new conversation with
+/// the person, and what tells an operator whose chat it is. Each is as the activity carried
+/// it, at most [`ChatReference::MAX_LEN`] bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatReference {
+    /// The Microsoft Entra tenant of the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The bot's id in the conversation (`28:<app id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_id: Option<String>,
+    /// The person's id in the conversation (`29:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The person's Entra object id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aad_object_id: Option<String>,
+    /// `personal`, `groupChat` or `channel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_type: Option<String>,
+}
+
+impl ChatReference {
+    pub const MAX_LEN: usize = 256;
+
+    /// The reference with overlong parts dropped, or `None` when nothing is left.
+    pub fn bounded(mut self) -> Option<Self> {
+        for part in [
+            &mut self.tenant_id,
+            &mut self.bot_id,
+            &mut self.user_id,
+            &mut self.aad_object_id,
+            &mut self.conversation_type,
+        ] {
+            if part
+                .as_ref()
+                .is_some_and(|p| p.is_empty() || p.len() > Self::MAX_LEN)
+            {
+                *part = None;
+            }
+        }
+        (self != Self::default()).then_some(self)
+    }
+}
+
+/// A person wrote to a bot from a chat whose reference can move (Teams: the Bot Framework
+/// may answer a conversation at a new service URL). The router points the addresses that
+/// hold the same conversation at the reference the bot saw last, so proactive messages keep
+/// reaching the person (R38). A bot publishes it when the reference is new to it, not for
+/// every text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatSeenEvent {
+    pub version: EnvelopeVersion,
+    pub channel: Channel,
+    /// The chat's reference as the bot saw it just now.
+    pub chat: Address,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ChatReference>,
+    pub seen_at: DateTime<Utc>,
 }
 
 /// A person wrote `/support <text>` to a bot (R53): the router opens a ticket for the tenant

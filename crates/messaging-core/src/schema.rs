@@ -3,8 +3,8 @@
 use schemars::{JsonSchema, Schema, generate::SchemaSettings};
 
 use crate::events::{
-    ChatAnswer, ContactLinkEvent, DeliveryEvent, MessageOutcome, RoomEvent, RoomRoster,
-    SupportRequestEvent, TicketRoom,
+    ChatAnswer, ChatSeenEvent, ContactLinkEvent, DeliveryEvent, MessageOutcome, RoomEvent,
+    RoomRoster, SupportRequestEvent, TicketRoom,
 };
 use crate::ingress::{EventTrigger, LegacyMessage, NotifyRequest};
 use crate::job::SendJob;
@@ -50,6 +50,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
             schema_for::<SupportRequestEvent>(None),
         ),
         ("chat-answer.v1.json", schema_for::<ChatAnswer>(None)),
+        ("chat-seen-event.v1.json", schema_for::<ChatSeenEvent>(None)),
         ("room-event.v1.json", schema_for::<RoomEvent>(None)),
         ("room-roster.v1.json", schema_for::<RoomRoster>(None)),
         ("ticket-room.v1.json", schema_for::<TicketRoom>(None)),

@@ -143,6 +143,11 @@ pub mod routing {
         format!("contact.{}", channel.as_str())
     }
 
+    /// `contact.seen.<channel>`: a person wrote from a chat whose reference can move (R38).
+    pub fn chat_seen(channel: Channel) -> String {
+        format!("contact.seen.{}", channel.as_str())
+    }
+
     /// `outcome.<tenant>`: a message is complete (R4). Producers bind their own queue to it.
     pub fn outcome(tenant: &str) -> String {
         format!("outcome.{tenant}")

@@ -174,6 +174,7 @@ async fn command(inbox: &Inbox, interaction: Interaction) -> String {
         chat: Address::Discord(id),
         text,
         display_name: user.username,
+        reference: None,
     };
     let inbox = inbox.clone();
     // Spawned: if Discord's deadline passes, the publish still completes or fails whole.

@@ -28,7 +28,9 @@ use herald_runtime::amqp::{
     decode_json,
 };
 use herald_runtime::health::Health;
-use messaging_core::events::{Answer, ChatAnswer, ContactLinkEvent, SupportRequestEvent};
+use messaging_core::events::{
+    Answer, ChatAnswer, ChatReference, ContactLinkEvent, SupportRequestEvent,
+};
 use messaging_core::topology::{Names, routing};
 use messaging_core::{Address, Channel, EnvelopeVersion};
 use tokio_util::sync::CancellationToken;
@@ -100,6 +102,9 @@ pub struct Incoming {
     pub text: String,
     /// The name the chat shows (a username), for the person's address list.
     pub display_name: Option<String>,
+    /// What else the bot knows of the chat (Teams' conversation reference), stored with the
+    /// address a link makes.
+    pub reference: Option<ChatReference>,
 }
 
 /// What the bot says right away. The router's answer follows later, through the answers
@@ -212,6 +217,7 @@ impl Inbox {
             link_code: code.to_owned(),
             address: incoming.chat,
             display_name: incoming.display_name,
+            reference: incoming.reference,
             occurred_at: Utc::now(),
         };
         self.publish(

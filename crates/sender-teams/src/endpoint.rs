@@ -15,8 +15,13 @@
 //!    the help text.
 //! 3. The answer is always 200 once the token checked out; what the bot says goes to the
 //!    conversation through the Bot Connector, like any answer.
+//! 4. The Bot Framework may move a conversation to another service URL, and then posts its
+//!    activities with the new one. A conversation seen at a service URL this replica has not
+//!    seen it at goes to the router as a [`ChatSeenEvent`], which points the stored addresses
+//!    of that conversation at the new URL (R38), so proactive messages keep arriving.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,10 +29,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use chrono::Utc;
 use herald_jwks::{KeyError, KeySet};
 use jsonwebtoken::{Algorithm, Validation};
-use messaging_core::Address;
+use messaging_core::events::{ChatReference, ChatSeenEvent};
+use messaging_core::topology::routing;
 use messaging_core::values::TeamsChat;
+use messaging_core::{Address, Channel, EnvelopeVersion};
 use sender_runtime::chat::help_text;
 use sender_runtime::{ChatChannel, Inbox, Incoming, Reply};
 use serde::Deserialize;
@@ -58,13 +66,48 @@ pub struct TokenRules {
 struct Endpoint {
     bot: Arc<TeamsSender>,
     inbox: Inbox,
+    seen: Arc<SeenChats>,
 }
 
 pub fn router(bot: Arc<TeamsSender>, inbox: Inbox) -> Router {
     Router::new()
         .route(PATH, post(activity))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Endpoint { bot, inbox })
+        .with_state(Endpoint {
+            bot,
+            inbox,
+            seen: Arc::default(),
+        })
+}
+
+/// The service URL this replica last reported for each conversation, so that the router
+/// hears of a conversation once per URL rather than once per text. Bounded: past
+/// [`SeenChats::MAX`] conversations it starts over, which only costs a few events again.
+#[derive(Default)]
+pub struct SeenChats {
+    urls: Mutex<HashMap<String, String>>,
+}
+
+impl SeenChats {
+    pub const MAX: usize = 10_000;
+
+    /// Whether `chat` is news: its conversation not seen yet, or seen at another URL.
+    pub fn is_news(&self, chat: &TeamsChat) -> bool {
+        let urls = self.urls.lock().unwrap_or_else(|e| e.into_inner());
+        urls.get(chat.conversation_id()).map(String::as_str) != Some(chat.service_url())
+    }
+
+    /// Notes that the router was told of `chat`.
+    pub fn told(&self, chat: &TeamsChat) {
+        let mut urls = self.urls.lock().unwrap_or_else(|e| e.into_inner());
+        if urls.len() >= Self::MAX && !urls.contains_key(chat.conversation_id()) {
+            urls.clear();
+        }
+        urls.insert(
+            chat.conversation_id().to_owned(),
+            chat.service_url().to_owned(),
+        );
+    }
 }
 
 /// The parts of an activity the bot reads; everything else is ignored.
@@ -79,6 +122,10 @@ pub struct Activity {
     pub channel_id: String,
     pub conversation: Option<Conversation>,
     pub from: Option<Account>,
+    /// The bot, in this conversation.
+    pub recipient: Option<Account>,
+    #[serde(default)]
+    pub channel_data: Option<ChannelData>,
     #[serde(default)]
     pub text: Option<String>,
     /// `add` or `remove`, for an `installationUpdate`.
@@ -87,14 +134,37 @@ pub struct Activity {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub id: String,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub conversation_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Account {
     #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
+    pub aad_object_id: Option<String>,
+}
+
+/// Teams' own part of an activity: the tenant, when the conversation does not name it.
+#[derive(Debug, Deserialize)]
+pub struct ChannelData {
+    #[serde(default)]
+    pub tenant: Option<TenantInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TenantInfo {
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +261,7 @@ async fn activity(
                 chat: Address::Teams(chat.clone()),
                 text,
                 display_name: activity.from.as_ref().and_then(|f| f.name.clone()),
+                reference: reference_of(&activity),
             };
             match endpoint.inbox.receive(incoming).await {
                 Ok(Reply::Later) => None,
@@ -204,6 +275,9 @@ async fn activity(
         "installationUpdate" if activity.action.as_deref() != Some("remove") => Some(help_text()),
         _ => None,
     };
+    if activity.action.as_deref() != Some("remove") {
+        tell_if_moved(&endpoint, &chat, reference_of(&activity)).await;
+    }
     if let Some(text) = said
         && let Err(error) = endpoint.bot.answer(&Address::Teams(chat), &text).await
     {
@@ -212,10 +286,56 @@ async fn activity(
     (StatusCode::OK, String::new())
 }
 
+/// Tells the router where a conversation is now, when this replica has not told it yet. A
+/// service URL Herald would not send to is not reported: the addresses keep the old one.
+async fn tell_if_moved(endpoint: &Endpoint, chat: &TeamsChat, reference: Option<ChatReference>) {
+    if !endpoint.seen.is_news(chat) || endpoint.bot.hosts.activities_url(chat).is_err() {
+        return;
+    }
+    let event = ChatSeenEvent {
+        version: EnvelopeVersion,
+        channel: Channel::Teams,
+        chat: Address::Teams(chat.clone()),
+        reference,
+        seen_at: Utc::now(),
+    };
+    let key = routing::chat_seen(Channel::Teams);
+    match endpoint
+        .inbox
+        .publish(&key, &event, "herald.chat_seen.v1")
+        .await
+    {
+        Ok(()) => endpoint.seen.told(chat),
+        // The next activity from the conversation tries again.
+        Err(error) => tracing::warn!(%error, "could not tell the router where a chat is"),
+    }
+}
+
 /// The conversation reference an activity carries, as an address.
 pub fn chat_of(activity: &Activity) -> Option<TeamsChat> {
     let conversation = activity.conversation.as_ref()?;
     TeamsChat::new(&activity.service_url, &conversation.id).ok()
+}
+
+/// The rest of the conversation reference: what opening a new conversation with the person
+/// would take, and whose chat it is.
+pub fn reference_of(activity: &Activity) -> Option<ChatReference> {
+    let conversation = activity.conversation.as_ref();
+    let from = activity.from.as_ref();
+    ChatReference {
+        tenant_id: conversation.and_then(|c| c.tenant_id.clone()).or_else(|| {
+            activity
+                .channel_data
+                .as_ref()
+                .and_then(|d| d.tenant.as_ref())
+                .and_then(|t| t.id.clone())
+        }),
+        bot_id: activity.recipient.as_ref().and_then(|r| r.id.clone()),
+        user_id: from.and_then(|f| f.id.clone()),
+        aad_object_id: from.and_then(|f| f.aad_object_id.clone()),
+        conversation_type: conversation.and_then(|c| c.conversation_type.clone()),
+    }
+    .bounded()
 }
 
 /// The text without `<at>...</at>` mentions: in a channel or group chat people address the
@@ -240,6 +360,18 @@ pub fn without_mentions(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conversation_is_news_once_per_service_url() {
+        let seen = SeenChats::default();
+        let at = |url| TeamsChat::new(url, "a:1chat").unwrap();
+        assert!(seen.is_news(&at("https://smba.example/emea/")));
+        seen.told(&at("https://smba.example/emea/"));
+        assert!(!seen.is_news(&at("https://smba.example/emea/")));
+        assert!(seen.is_news(&at("https://smba.example/amer/")));
+        seen.told(&at("https://smba.example/amer/"));
+        assert!(!seen.is_news(&at("https://smba.example/amer/")));
+    }
 
     #[test]
     fn mentions_of_the_bot_are_taken_out() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use herald_runtime::config::Secret;
 use herald_testkit::fake_teams::{FakeTeams, Fault, Signed};
-use messaging_core::events::{Answer, AttemptResult, ChatAnswer, DeliveryEvent};
+use messaging_core::events::{Answer, AttemptResult, ChatAnswer, ChatSeenEvent, DeliveryEvent};
 use messaging_core::failure::FailureClass;
 use messaging_core::values::TeamsChat;
 use messaging_core::{Address, Channel, EnvelopeVersion};
@@ -113,6 +113,17 @@ async fn a_person_links_their_chat_and_then_gets_notifications_there() {
     let chat = bot.chat("a:1personal-chat");
     assert_eq!(link["address"], serde_json::to_value(&chat).unwrap());
     assert_eq!(link["displayName"], "Ann Example");
+    // The rest of the conversation reference, stored with the address.
+    assert_eq!(
+        link["reference"],
+        serde_json::json!({
+            "tenantId": "tenant-1",
+            "botId": format!("28:{APP_ID}"),
+            "userId": "29:1person",
+            "aadObjectId": "00000000-0000-0000-0000-00000000a11e",
+            "conversationType": "personal",
+        })
+    );
 
     // The address the router stores is where the notification goes.
     let mut job = bot
@@ -184,12 +195,57 @@ async fn support_opens_a_ticket_and_anything_else_gets_the_help_text() {
     );
     let received = bot.received(2).await;
     assert_eq!(received[1].conversation_id, "a:1new");
-    assert!(
-        bot.h
-            .next_inbound(Duration::from_millis(300))
-            .await
-            .is_none()
+    // Nothing for the router to decide: the router only hears where the two chats are.
+    let mut seen = Vec::new();
+    while let Some(event) = bot.h.next_inbound(Duration::from_millis(300)).await {
+        assert!(event.get("seenAt").is_some(), "only chats seen: {event}");
+        seen.push(event["chat"]["value"].as_str().unwrap().to_owned());
+    }
+    let at = |id| bot.chat(id).value();
+    assert_eq!(seen, [at("a:1c"), at("a:1new")]);
+    bot.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_seen_at_a_new_service_url_is_reported_once() {
+    let bot = Bot::start("teams_seen").await;
+    let post = |activity: serde_json::Value| {
+        let bot = &bot;
+        async move {
+            let (status, body) = bot
+                .fake
+                .post_activity(&bot.endpoint(), &activity, Signed::Properly)
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    let seen = || async {
+        let event = bot.h.next_inbound(Duration::from_millis(500)).await?;
+        Some(serde_json::from_value::<ChatSeenEvent>(event).unwrap())
+    };
+    post(bot.fake.message("a:1moving", "hello")).await;
+    let first = seen().await.expect("the chat, new to this replica");
+    assert_eq!(first.chat, bot.chat("a:1moving"));
+    assert_eq!(first.channel, Channel::Teams);
+    post(bot.fake.message("a:1moving", "hello again")).await;
+    assert_eq!(seen().await, None, "the same place is not news");
+
+    // The Bot Framework moved the conversation: the next activity comes with a new URL.
+    let moved_url = format!("{}amer/", bot.fake.service_url());
+    let mut moved = bot.fake.message("a:1moving", "still there?");
+    moved["serviceUrl"] = moved_url.clone().into();
+    post(moved).await;
+    let event = seen().await.expect("the new place");
+    assert_eq!(
+        event.chat,
+        Address::Teams(TeamsChat::new(&moved_url, "a:1moving").unwrap())
     );
+
+    // A URL Herald would never send its token to is not reported.
+    let mut elsewhere = bot.fake.message("a:1moving", "hi");
+    elsewhere["serviceUrl"] = "https://smba.evil.example/".into();
+    post(elsewhere).await;
+    assert_eq!(seen().await, None);
     bot.h.stop().await;
 }
 

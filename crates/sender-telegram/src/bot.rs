@@ -300,6 +300,7 @@ async fn handle(bot: &TelegramSender, inbound: &Inbound, update: Update) -> Resu
                 chat: address,
                 text: text.to_owned(),
                 display_name,
+                reference: None,
             };
             if let Reply::Now(reply) = inbound.inbox.receive(incoming).await?
                 && let Err(error) = bot.say(chat, &reply).await

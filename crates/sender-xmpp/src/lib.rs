@@ -476,6 +476,7 @@ impl XmppSender {
             chat: chat.clone(),
             text,
             display_name: None,
+            reference: None,
         };
         match inbound.inbox.receive(incoming).await {
             Ok(Reply::Later) => {}

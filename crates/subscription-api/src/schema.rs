@@ -490,15 +490,22 @@ component!(
 );
 
 /// A channel and an address valid for it, as `subscribe` and `POST .../addresses` take them.
-fn address_body(extra: impl Fn(ObjectBuilder, Channel) -> ObjectBuilder) -> Schema {
-    let mut one_of = OneOfBuilder::new().description(Some(
+/// `captured`: whether addresses only a bot captures (Teams) may be named, as `subscribe` may
+/// name a linked one; `POST .../addresses` takes none.
+fn address_body(captured: bool, extra: impl Fn(ObjectBuilder, Channel) -> ObjectBuilder) -> Schema {
+    let mut one_of = OneOfBuilder::new().description(Some(if captured {
+        "`address` must be valid for `channel`: a Telegram chat id, a Discord snowflake, a \
+         JID, a mailbox, an E.164 number (spaces, dots, dashes and parentheses are removed), a \
+         WebSocket namespace/id, or a linked Teams conversation (service URL, a space, the \
+         conversation id, as the address list shows it)."
+    } else {
         "`address` must be valid for `channel`: a Telegram chat id, a Discord snowflake, a \
          JID, a mailbox, an E.164 number (spaces, dots, dashes and parentheses are removed), or \
-         a WebSocket namespace/id. A Teams address cannot be given: the bot captures it when a person links their chat.",
-    ));
+         a WebSocket namespace/id. A Teams address cannot be given: the bot captures it when a person links their chat."
+    }));
     for channel in Channel::ALL
         .into_iter()
-        .filter(|c| crate::routes::registrations::typed_in(*c))
+        .filter(|c| captured || crate::routes::registrations::typed_in(*c))
     {
         let object = ObjectBuilder::new()
             .property("channel", words("The channel.", [channel.as_str()]))
@@ -517,14 +524,14 @@ component!(
     SubscribeBody = "SubscribeRequest",
     // `userId` is required for admins; a user may leave it out (their own). Stated as
     // required, which is what always works.
-    address_body(|object, _| object
+    address_body(true, |object, _| object
         .property("userId", reference::<UserIdText>())
         .required("userId"))
 );
 
 component!(
     NewAddressBody = "NewAddressRequest",
-    address_body(|object, channel| {
+    address_body(false, |object, channel| {
         let object = object.property(
             "displayName",
             OneOfBuilder::new()

@@ -317,6 +317,16 @@ async fn subscribing_checks_the_channel_and_the_address(pool: PgPool) {
     subscribe(json!({"channel": "telegram", "address": "-100123", "userId": "u"}))
         .await
         .expect(StatusCode::CREATED);
+    // A Teams conversation the bot linked (R38) is named as the address list shows it; one
+    // nobody linked for this person is refused like any unproven address.
+    let teams = "https://smba.trafficmanager.net/emea/ a:1personal";
+    subscribe(json!({"channel": "teams", "address": teams, "userId": "u"}))
+        .await
+        .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("address"));
+    app.prove("acme", "u", "teams", teams).await;
+    subscribe(json!({"channel": "teams", "address": teams, "userId": "u"}))
+        .await
+        .expect(StatusCode::CREATED);
 }
 
 #[sqlx::test(migrations = "../../migrations")]

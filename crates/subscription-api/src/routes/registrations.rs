@@ -109,12 +109,13 @@ pub fn parse_channel(raw: &str) -> Result<Channel, ApiError> {
 }
 
 /// Channel and address, validated for the channel and normalised (`Ann@Example.ORG` ->
-/// `Ann@example.org`, `+41 79 …` -> `+4179…`).
+/// `Ann@example.org`, `+41 79 …` -> `+4179…`). A captured (Teams) address is accepted: a
+/// registration must name one of the person's own proven addresses anyway, which for Teams
+/// means one the bot linked.
 pub fn parse_address(channel: &str, address: &str) -> Result<(Channel, String), ApiError> {
     let channel = parse_channel(channel)?;
     let address = Address::parse(channel, address)
         .map_err(|e| ApiError::invalid("address", e.to_string()))?;
-    refuse_captured(&address)?;
     Ok((channel, address.value()))
 }
 

@@ -46,8 +46,10 @@ fn missing_for(channel: Channel) -> Vec<String> {
             format!("target: {sender}\n"),
         ),
         (
+            // The ScaledObject's `queueName`, or for a sender that runs one replica (its bot
+            // listens alone) the header comment naming its queue.
             format!("deploy/k8s/{sender}.yaml"),
-            format!("queueName: {queue}\n"),
+            queue.clone(),
         ),
         (
             "deploy/k8s/kustomization.yaml".into(),

@@ -51,6 +51,16 @@ pub struct RouterConfig {
     /// open mode, for a broker on loopback): a message without `user_id` is taken, though a
     /// bound producer is still held to its tenant and a producer's events are still refused.
     pub strict_producers: bool,
+    /// Issue #16: small direct requests (named people, the text given) that wait together are
+    /// fanned out as one group, in one transaction and one publish, up to this many. 0: each
+    /// request alone.
+    pub group_max: usize,
+    /// How long a group that is not full waits for more requests after its first, at most.
+    /// 0: a group takes what is waiting and goes (under load, what arrives while groups are
+    /// in work makes the next one).
+    pub group_linger_ms: u64,
+    /// Groups in work at once; each holds a database connection.
+    pub group_parallel: usize,
 }
 
 impl Default for RouterConfig {
@@ -69,6 +79,9 @@ impl Default for RouterConfig {
             sender_check_ms: 10_000,
             no_sender_after_ms: 300_000,
             strict_producers: false,
+            group_max: 64,
+            group_linger_ms: 0,
+            group_parallel: 2,
         }
     }
 }
@@ -106,6 +119,15 @@ pub struct LegacyDestination {
 }
 
 impl RouterConfig {
+    /// The grouping of small requests, `None` when it is off.
+    pub fn grouping(&self) -> Option<crate::batching::BatchSettings> {
+        (self.group_max > 1).then(|| crate::batching::BatchSettings {
+            max: self.group_max,
+            linger: Duration::from_millis(self.group_linger_ms),
+            parallel: self.group_parallel.max(1),
+        })
+    }
+
     /// Checked at start, so a typo stops the service with a reason instead of dead-lettering
     /// every legacy message later.
     pub fn legacy_destination(&self) -> Result<Option<LegacyDestination>, InvalidConfig> {

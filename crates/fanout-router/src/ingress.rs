@@ -34,11 +34,13 @@ use messaging_core::job::RenderedContent;
 use messaging_core::values::SubscriptionKey;
 use messaging_core::{EnvelopeVersion, FailureClass, MessageSource, MessageStatus};
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::batching::{BatchSettings, Batcher};
 use crate::config::{LegacyDestination, RetryPolicy};
-use crate::fanout::{Audience, Body, FanOut, FanOutError, Plan};
+use crate::fanout::{Audience, Body, FanOut, FanOutError, Grouped, GroupedRequest, Plan};
 use crate::outcome::{OutcomeError, Outcomes};
 use crate::producers::ProducerPolicy;
 use crate::render::Templates;
@@ -56,6 +58,12 @@ pub struct IngressHandler {
     tenants: TenantCache,
     /// Which tenant a producer may make requests for (issue #17).
     producers: Arc<ProducerPolicy>,
+    /// Small direct requests go here and are fanned out in groups (issue #16); `None`: each
+    /// alone.
+    grouped: Option<Batcher<GroupedRequest, Grouped>>,
+    /// Requests fanned out alone at once, at most: each holds up to three database
+    /// connections (its lease, the batch being written, the mark of the batch published).
+    alone: Arc<Semaphore>,
 }
 
 /// Tenants by key, for a short while: every request names its tenant, and tenants are
@@ -151,8 +159,26 @@ impl IngressHandler {
                 entries: Default::default(),
             },
             producers: Arc::new(ProducerPolicy::new(pool.clone(), false)),
+            grouped: None,
+            alone: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             pool,
         }
+    }
+
+    /// Fans out small direct requests in groups ([`crate::fanout::Grouped`]).
+    pub fn with_grouping(mut self, settings: BatchSettings) -> Self {
+        let fanout = self.fanout.clone();
+        self.grouped = Some(Batcher::spawn(settings, move |requests| {
+            let fanout = fanout.clone();
+            async move { fanout.grouped(requests).await }
+        }));
+        self
+    }
+
+    /// At most `n` requests fanned out alone at once (the rest wait for a turn).
+    pub fn with_alone_limit(mut self, n: usize) -> Self {
+        self.alone = Arc::new(Semaphore::new(n.max(1)));
+        self
     }
 
     /// Holds producers to their tenants with this policy (the default: the open mode).
@@ -259,6 +285,17 @@ impl IngressHandler {
                     ),
                 ));
             }
+            if subscription.is_none()
+                && let Some(done) = self.try_grouped(tenant, &request, ctx).await
+            {
+                return done;
+            }
+            // Closed only when the handler is dropped, which shutdown does.
+            let Ok(_turn) = self.alone.acquire().await else {
+                return Ok(Outcome::Defer {
+                    after: self.retry.base,
+                });
+            };
             let found = self
                 .find_or_create(tenant, &request, subscription.as_ref(), ctx)
                 .await;
@@ -292,6 +329,54 @@ impl IngressHandler {
         }
         .instrument(span)
         .await
+    }
+
+    /// Hands a request that fits to the group being formed; `None` when it is to be handled
+    /// alone (it does not fit, there is no grouping, or the group left it).
+    async fn try_grouped(
+        &self,
+        tenant: &Tenant,
+        request: &Request<'_>,
+        ctx: &Context,
+    ) -> Option<Result<Outcome, RouteError>> {
+        let grouped = self.grouped.as_ref()?;
+        if !GroupedRequest::fits(&request.notify) {
+            return None;
+        }
+        let item = GroupedRequest {
+            tenant_id: tenant.id,
+            tenant: request.notify.tenant.clone(),
+            message_id: first_id(tenant, request, ctx).unwrap_or_else(Uuid::now_v7),
+            idempotency_key: request.idempotency_key.clone(),
+            source: request.source,
+            original: request.original.clone(),
+            reply_to: ctx.reply_to.clone(),
+            correlation_id: ctx.correlation_id.clone(),
+            notify: request.notify.clone(),
+        };
+        let Grouped::Done {
+            message_id,
+            summary,
+        } = grouped.submit(item).await?
+        else {
+            return None;
+        };
+        tracing::Span::current().record("message_id", tracing::field::display(message_id));
+        tracing::info!(
+            new_deliveries = summary.new_rows,
+            jobs = summary.published,
+            failed = summary.failed,
+            status = %summary.status,
+            grouped = true,
+            "fanned out"
+        );
+        count(request.source, summary.status.as_str());
+        if summary.status != MessageStatus::FannedOut
+            && let Err(error) = self.publish_outcome(message_id).await
+        {
+            return Some(Err(error));
+        }
+        Some(Ok(Outcome::Ack))
     }
 
     /// A request whose message another copy handled (or is handling under a key it shares).
@@ -625,23 +710,7 @@ impl IngressHandler {
         subscription: Option<&Subscription>,
         ctx: &Context,
     ) -> Result<Found, StoreError> {
-        let amqp_id = ctx.message_id.as_deref().filter(|id| !id.is_empty());
-        let as_uuid = amqp_id.and_then(|id| Uuid::parse_str(id).ok());
-        // A producer's UUID message id becomes the message id, so the id `herald publish`
-        // prints is the one `GET /messages/{id}` knows (and the API's own row, stored under
-        // that id before it was published, is found by it). Otherwise the id is derived from
-        // the AMQP id within the tenant, so a redelivery finds its row again. Without any
-        // AMQP id only the idempotency key can tell a repeat.
-        let derived = |salt: &str| {
-            amqp_id.map(|id| {
-                let name = format!("{id}/{}/{salt}", request.discriminator.unwrap_or(""));
-                Uuid::new_v5(&tenant.id, name.as_bytes())
-            })
-        };
-        let first = match (as_uuid, request.discriminator) {
-            (Some(id), None) => Some(id),
-            _ => derived("id"),
-        };
+        let first = first_id(tenant, request, ctx);
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         let new = |id| NewRouterMessage {
             id,
@@ -658,7 +727,7 @@ impl IngressHandler {
             Ok((message, _)) => (message, id),
             // The producer's id is another tenant's message: use one derived for this tenant.
             Err(StoreError::Conflict(_)) => {
-                let id = derived("own").unwrap_or_else(Uuid::now_v7);
+                let id = derived_id(tenant, request, ctx, "own").unwrap_or_else(Uuid::now_v7);
                 let (message, _) = messages::insert_or_find(&mut conn, new(id)).await?;
                 (message, id)
             }
@@ -721,6 +790,29 @@ impl Handler for IngressHandler {
             }
         }
     }
+}
+
+/// The id a request's message gets. A producer's UUID message id becomes the message id, so
+/// the id `herald publish` prints is the one `GET /messages/{id}` knows (and the API's own
+/// row, stored under that id before it was published, is found by it). Otherwise the id is
+/// derived from the AMQP id within the tenant, so a redelivery finds its row again. Without
+/// any AMQP id (`None`) only the idempotency key can tell a repeat.
+fn first_id(tenant: &Tenant, request: &Request<'_>, ctx: &Context) -> Option<Uuid> {
+    let amqp_id = ctx.message_id.as_deref().filter(|id| !id.is_empty());
+    match (
+        amqp_id.and_then(|id| Uuid::parse_str(id).ok()),
+        request.discriminator,
+    ) {
+        (Some(id), None) => Some(id),
+        _ => derived_id(tenant, request, ctx, "id"),
+    }
+}
+
+/// An id derived from the AMQP id within the tenant (`salt` tells the uses apart).
+fn derived_id(tenant: &Tenant, request: &Request<'_>, ctx: &Context, salt: &str) -> Option<Uuid> {
+    let amqp_id = ctx.message_id.as_deref().filter(|id| !id.is_empty())?;
+    let name = format!("{amqp_id}/{}/{salt}", request.discriminator.unwrap_or(""));
+    Some(Uuid::new_v5(&tenant.id, name.as_bytes()))
 }
 
 fn dead_letter(code: &str, reason: impl Into<String>) -> Outcome {

@@ -27,6 +27,7 @@
 //! create themselves: the ingress and events consumers, the scheduler, an outbox relay and the
 //! send-queue watchdog, under the service's one shutdown token.
 
+pub mod batching;
 pub mod config;
 pub mod fanout;
 pub mod ingress;
@@ -122,19 +123,36 @@ pub fn start(
             "verification.code_secret is not set: link codes are hashed without a key; set HERALD_VERIFICATION__CODE_SECRET to the API's value"
         );
     }
-    let handler = IngressHandler::new(pool.clone(), fanout, legacy, retry_after)
-        .with_outcomes(outcomes.clone())
-        .with_producers(producers.clone());
-    let late_outcomes = outcomes.clone();
-    let mut settings =
-        ConsumerSettings::from_config(names.ingress_queue(), service.broker.config());
-    // Each request in work holds up to three database connections (its fan-out lease, the
-    // batch being written, and the mark of the batch being published); more requests than
-    // that would only wait for the pool and time out into retries.
     let connections = usize::try_from(config.database.max_connections)
         .unwrap_or(1)
         .max(1);
-    settings.concurrency = settings.concurrency.min((connections / 3).max(1));
+    let mut settings =
+        ConsumerSettings::from_config(names.ingress_queue(), service.broker.config());
+    let mut handler = IngressHandler::new(pool.clone(), fanout, legacy, retry_after)
+        .with_outcomes(outcomes.clone())
+        .with_producers(producers.clone());
+    // A request fanned out alone holds up to three database connections (its fan-out lease,
+    // the batch being written, and the mark of the batch being published); a group holds one
+    // and borrows one to mark. More than the pool allows would only wait for it and time out
+    // into retries.
+    let grouped_connections = match config.router.grouping() {
+        Some(grouping) => {
+            handler = handler.with_grouping(grouping);
+            // Enough requests in work to fill the groups.
+            settings.concurrency = settings
+                .concurrency
+                .max(grouping.max)
+                .min(usize::from(settings.prefetch).max(1));
+            grouping.parallel * 2
+        }
+        None => {
+            settings.concurrency = settings.concurrency.min((connections / 3).max(1));
+            0
+        }
+    };
+    let handler =
+        handler.with_alone_limit((connections.saturating_sub(grouped_connections) / 3).max(1));
+    let late_outcomes = outcomes.clone();
     let ingress = Consumer::new(
         service.broker.clone(),
         service.topology.clone(),

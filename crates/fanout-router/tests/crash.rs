@@ -170,3 +170,116 @@ async fn a_router_killed_mid_fan_out_is_replaced_and_every_job_goes_out(pool: Pg
     inspector.close().await;
     h.finish().await;
 }
+
+/// Issue #16: small direct requests are fanned out in groups. A router killed while groups are
+/// in work leaves messages at every stage (rows written, jobs out but not marked, done but not
+/// acked); the next router finishes each, every message gets exactly its one delivery, and
+/// only jobs of the groups in flight at the kill can go out twice, with their delivery ids.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_router_killed_mid_group_is_replaced_and_every_request_gets_exactly_its_jobs(
+    pool: PgPool,
+) {
+    const PEOPLE: usize = 50;
+    const REQUESTS: usize = 3_000;
+    herald_runtime::install_crypto_provider();
+    let h = support::Harness::new(pool.clone(), "router_killed_grouped").await;
+    for i in 0..PEOPLE {
+        let user = h.user(&format!("p{i}"), None, None, "all").await;
+        h.address(user, "email", &format!("p{i}@example.org")).await;
+    }
+    let inspector = Inspector::connect().await;
+    let send_queue = h.names.send_queue(Channel::Email);
+    let (first, first_pool, _) = router("router-a", &h.amqp, &pool).await;
+    let producer = Publisher::new(Broker::new(h.amqp.clone(), "producer"), "producer");
+    let requests: Vec<(Uuid, Vec<u8>)> = (0..REQUESTS)
+        .map(|i| {
+            let body = json!({
+                "version": 1, "kind": "notify", "tenant": "acme",
+                "to": {"users": [format!("p{}", i % PEOPLE)]},
+                "content": {"direct": {"body": format!("order {i} shipped")}}
+            });
+            (Uuid::now_v7(), serde_json::to_vec(&body).unwrap())
+        })
+        .collect();
+    let messages: Vec<Message> = requests
+        .iter()
+        .map(|(id, body)| {
+            Message::new(h.names.ingress_exchange(), "test", body).message_id(id.to_string())
+        })
+        .collect();
+    producer.publish_batch(&messages).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let queued = inspector.queue_len(&send_queue).await as usize;
+        if queued >= REQUESTS / 10 {
+            break queued;
+        }
+        assert!(Instant::now() < deadline, "the fan-out did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    first.abort();
+    let _ = first.await;
+    first_pool.close().await;
+    close_connections_with_prefix(&format!("{}/router-a", h.amqp.prefix))
+        .await
+        .expect("the killed router's connections");
+    assert!(at_kill < REQUESTS, "killed mid-way ({at_kill} jobs out)");
+
+    let (second, second_pool, stop) = router("router-b", &h.amqp, &pool).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (fanned_out, other): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'fanned_out'),
+                    count(*) FILTER (WHERE status <> 'fanned_out')
+             FROM messages",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if fanned_out as usize == REQUESTS {
+            assert_eq!(other, 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{fanned_out} of {REQUESTS} messages fanned out, {other} other"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    second.await.unwrap().unwrap();
+    second_pool.close().await;
+
+    // Exactly one delivery per request, its job out and marked.
+    let (messages, rows, marked): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT message_id), count(*), count(job_published_at) FROM deliveries",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (messages as usize, rows as usize, marked as usize),
+        (REQUESTS, REQUESTS, REQUESTS)
+    );
+    let jobs: Vec<SendJob> = h.jobs(Channel::Email).await;
+    let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    assert_eq!(ids.len(), REQUESTS, "every delivery's job is out");
+    let per_message: HashSet<Uuid> = jobs.iter().map(|j| j.message_id).collect();
+    assert_eq!(per_message.len(), REQUESTS);
+    // Repeats: only jobs confirmed but not marked at the kill, at most the groups in work
+    // (two of at most 64 requests, one job each).
+    let repeats = jobs.len() - ids.len();
+    let grouping = RouterConfig::default().grouping().unwrap();
+    assert!(
+        repeats <= grouping.parallel * grouping.max,
+        "{repeats} jobs went out twice"
+    );
+    println!(
+        "killed with {at_kill} jobs out; {} jobs in all, {repeats} repeated",
+        jobs.len()
+    );
+    producer.close().await;
+    inspector.close().await;
+    h.finish().await;
+}

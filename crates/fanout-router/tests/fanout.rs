@@ -871,3 +871,83 @@ async fn the_last_attempt_records_the_give_up_on_the_message(pool: PgPool) {
     assert_eq!(status, expected, "{rows:?}");
     h.finish().await;
 }
+
+/// Issue #16: small direct requests that wait together are fanned out as one group, each
+/// exactly once; a repeat or a redelivery among them goes its own way and adds nothing.
+#[sqlx::test(migrations = "../../migrations")]
+async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "grouped").await.grouped(
+        fanout_router::batching::BatchSettings {
+            max: 32,
+            linger: std::time::Duration::from_millis(200),
+            parallel: 1,
+        },
+    );
+    ann_with_three_addresses(&h).await;
+    // Handled before, alone: its redelivery in the group must find it done.
+    let earlier = Uuid::now_v7().to_string();
+    let handled = h
+        .handle(&notify_users(&["ann"], None), Some(&earlier))
+        .await;
+    assert_eq!(handled, Outcome::Ack);
+    assert_eq!(h.all_jobs().await.len(), 3);
+
+    let mut requests: Vec<(Value, String)> = (0..10)
+        .map(|_| (notify_users(&["ann"], None), Uuid::now_v7().to_string()))
+        .collect();
+    // Bob has no address: his message completes at once with a failed delivery.
+    requests.push((notify_users(&["bob"], None), Uuid::now_v7().to_string()));
+    // Two publishes of one request (one idempotency key): one message.
+    for _ in 0..2 {
+        requests.push((
+            notify_users(&["ann"], Some("order-9")),
+            Uuid::now_v7().to_string(),
+        ));
+    }
+    requests.push((notify_users(&["ann"], None), earlier.clone()));
+    let outcomes = futures::future::join_all(
+        requests
+            .iter()
+            .map(|(body, id)| h.handle(body, Some(id.as_str()))),
+    )
+    .await;
+    assert!(outcomes.iter().all(|o| *o == Outcome::Ack), "{outcomes:?}");
+
+    // 10 + 1 + 1 new messages, and the earlier one.
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM messages GROUP BY status ORDER BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        [("completed".to_owned(), 1), ("fanned_out".to_owned(), 12)]
+    );
+    // Ann's 11 new messages: three jobs each, once.
+    let jobs = h.all_jobs().await;
+    let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    assert_eq!((jobs.len(), ids.len()), (33, 33));
+    let (rows, marked): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(job_published_at) FROM deliveries")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, marked), (3 * 12 + 1, 3 * 12));
+    let (code,): (String,) = sqlx::query_as(
+        "SELECT d.failure_code FROM deliveries d JOIN users u ON u.id = d.user_id
+         WHERE u.external_id = 'bob'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(code, "no_address");
+    // Written together: the rows of one transaction share its start time.
+    let groups: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT created_at) FROM messages WHERE id::text <> $1")
+            .bind(&earlier)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(groups <= 2, "{groups} groups for 13 requests");
+    h.finish().await;
+}

@@ -177,41 +177,81 @@ pub async fn insert_batch(
     subscription_id: Option<Uuid>,
     rows: &[NewDelivery],
 ) -> Result<(u64, Vec<UnpublishedDelivery>), StoreError> {
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut user_ids = Vec::with_capacity(rows.len());
-    let mut address_ids = Vec::with_capacity(rows.len());
-    let mut channels = Vec::with_capacity(rows.len());
-    let mut addresses = Vec::with_capacity(rows.len());
-    let mut classes = Vec::with_capacity(rows.len());
-    let mut codes = Vec::with_capacity(rows.len());
-    let mut messages = Vec::with_capacity(rows.len());
-    for row in rows {
-        ids.push(row.id);
-        user_ids.push(row.user_id);
-        address_ids.push(row.address_id);
-        channels.push(row.channel);
-        addresses.push(row.address.as_deref());
-        classes.push(row.failure.as_ref().map(|f| f.class));
-        codes.push(row.failure.as_ref().map(|f| f.code.as_str()));
-        messages.push(row.failure.as_ref().map(|f| f.message.as_str()));
+    let (new, pending) = insert_for_messages(
+        db,
+        &[MessageDeliveries {
+            tenant_id,
+            message_id,
+            subscription_id,
+            rows,
+        }],
+    )
+    .await?;
+    Ok((new, pending.into_iter().map(|(_, d)| d).collect()))
+}
+
+/// One message's share of [`insert_for_messages`].
+pub struct MessageDeliveries<'a> {
+    pub tenant_id: Uuid,
+    pub message_id: Uuid,
+    pub subscription_id: Option<Uuid>,
+    pub rows: &'a [NewDelivery],
+}
+
+/// [`insert_batch`] for the rows of several messages in one statement (the router's grouped
+/// fan-out). The new pending rows come back with their message's id.
+pub async fn insert_for_messages(
+    db: impl PgExecutor<'_>,
+    batch: &[MessageDeliveries<'_>],
+) -> Result<(u64, Vec<(Uuid, UnpublishedDelivery)>), StoreError> {
+    let len: usize = batch.iter().map(|m| m.rows.len()).sum();
+    let mut tenant_ids = Vec::with_capacity(len);
+    let mut message_ids = Vec::with_capacity(len);
+    let mut subscription_ids = Vec::with_capacity(len);
+    let mut ids = Vec::with_capacity(len);
+    let mut user_ids = Vec::with_capacity(len);
+    let mut address_ids = Vec::with_capacity(len);
+    let mut channels = Vec::with_capacity(len);
+    let mut addresses = Vec::with_capacity(len);
+    let mut classes = Vec::with_capacity(len);
+    let mut codes = Vec::with_capacity(len);
+    let mut messages = Vec::with_capacity(len);
+    for message in batch {
+        for row in message.rows {
+            tenant_ids.push(message.tenant_id);
+            message_ids.push(message.message_id);
+            subscription_ids.push(message.subscription_id);
+            ids.push(row.id);
+            user_ids.push(row.user_id);
+            address_ids.push(row.address_id);
+            channels.push(row.channel);
+            addresses.push(row.address.as_deref());
+            classes.push(row.failure.as_ref().map(|f| f.class));
+            codes.push(row.failure.as_ref().map(|f| f.code.as_str()));
+            messages.push(row.failure.as_ref().map(|f| f.message.as_str()));
+        }
+    }
+    if ids.is_empty() {
+        return Ok((0, Vec::new()));
     }
     let done = sqlx::query(
         "INSERT INTO deliveries (id, tenant_id, message_id, subscription_id, user_id, address_id,
                                  channel, address, status, failure_class, failure_code,
                                  failure_message)
-         SELECT d.id, $1, $2, $3, d.user_id, d.address_id, d.channel, d.address,
+         SELECT d.id, d.tenant_id, d.message_id, d.subscription_id, d.user_id, d.address_id,
+                d.channel, d.address,
                 CASE WHEN d.failure_code IS NULL THEN 'pending' ELSE 'failed' END,
                 d.failure_class, d.failure_code, d.failure_message
-         FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::text[],
-                     $10::text[], $11::text[])
-              AS d(id, user_id, address_id, channel, address, failure_class, failure_code,
-                   failure_message)
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::uuid[],
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+              AS d(tenant_id, message_id, subscription_id, id, user_id, address_id, channel,
+                   address, failure_class, failure_code, failure_message)
          ON CONFLICT DO NOTHING
-         RETURNING id, user_id, channel, address, status = 'pending' AS pending",
+         RETURNING message_id, id, user_id, channel, address, status = 'pending' AS pending",
     )
-    .bind(tenant_id)
-    .bind(message_id)
-    .bind(subscription_id)
+    .bind(&tenant_ids)
+    .bind(&message_ids)
+    .bind(&subscription_ids)
     .bind(&ids)
     .bind(&user_ids)
     .bind(&address_ids)
@@ -227,13 +267,13 @@ pub async fn insert_batch(
         .into_iter()
         .filter_map(|row| {
             let pending: bool = row.get("pending");
-            Some(UnpublishedDelivery {
+            let delivery = UnpublishedDelivery {
                 id: row.get("id"),
                 user_id: row.get("user_id"),
                 channel: row.get::<Option<Channel>, _>("channel")?,
                 address: row.get::<Option<String>, _>("address")?,
-            })
-            .filter(|_| pending)
+            };
+            pending.then(|| (row.get::<Uuid, _>("message_id"), delivery))
         })
         .collect();
     Ok((new, pending))

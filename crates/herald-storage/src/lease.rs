@@ -21,15 +21,56 @@ pub struct FanoutLease {
     message_id: Uuid,
 }
 
+/// The advisory lock key of a message's lease. Advisory locks take one bigint; two messages
+/// that share one merely wait for each other.
+fn key_of(message_id: Uuid) -> i64 {
+    let (high, low) = message_id.as_u64_pair();
+    (high ^ low) as i64
+}
+
+/// Takes the leases of many messages on `conn` at once, for a grouped fan-out that works on
+/// them all on that connection; returns the ids it holds now (a lease another pass holds is
+/// left out). The session locks outlive transactions on `conn`: give them back with
+/// [`unlock_many`], or close the connection (`close_on_drop`), which frees them too.
+pub async fn try_lock_many(
+    conn: &mut sqlx::PgConnection,
+    message_ids: &[Uuid],
+) -> Result<Vec<Uuid>, StoreError> {
+    let keys: Vec<i64> = message_ids.iter().map(|id| key_of(*id)).collect();
+    // The keepalives: see `try_lease`.
+    Ok(sqlx::query_scalar(
+        "SELECT l.id FROM unnest($1::uuid[], $2::bigint[]) AS l(id, key),
+                (SELECT set_config('tcp_keepalives_idle', '30', false),
+                        set_config('tcp_keepalives_interval', '10', false),
+                        set_config('tcp_keepalives_count', '3', false)) k
+         WHERE pg_try_advisory_lock(l.key)",
+    )
+    .bind(message_ids)
+    .bind(&keys)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Gives back leases [`try_lock_many`] took on `conn`.
+pub async fn unlock_many(
+    conn: &mut sqlx::PgConnection,
+    message_ids: &[Uuid],
+) -> Result<(), StoreError> {
+    let keys: Vec<i64> = message_ids.iter().map(|id| key_of(*id)).collect();
+    sqlx::query("SELECT count(pg_advisory_unlock(k)) FROM unnest($1::bigint[]) AS k")
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// The lease on `message_id`, or `None` while another pass holds it.
 pub async fn try_lease(
     pool: &sqlx::PgPool,
     message_id: Uuid,
 ) -> Result<Option<FanoutLease>, StoreError> {
     let mut conn = pool.acquire().await?;
-    let (high, low) = message_id.as_u64_pair();
-    // Advisory locks take one bigint; two messages that share one merely wait for each other.
-    let key = (high ^ low) as i64;
+    let key = key_of(message_id);
     // The session idles while the pass works on other connections: keepalives (server side,
     // for this session) let the server notice within about a minute that a router host died,
     // and free the lock, instead of after the operating system's two hours.

@@ -172,6 +172,46 @@ pub async fn insert_or_find(
         .ok_or_else(|| StoreError::Conflict("messages_pkey".into()))
 }
 
+/// Stores many new requests in one statement (issue #16: the router's grouped fan-out);
+/// returns the ids that are new. A request whose id or idempotency key is taken already
+/// (another copy of it, a repeat, or a clash) is left out, for the caller to handle alone
+/// with [`insert_or_find`].
+pub async fn insert_new(
+    db: &mut PgConnection,
+    new: &[NewRouterMessage<'_>],
+) -> Result<Vec<Uuid>, StoreError> {
+    let ids: Vec<Uuid> = new.iter().map(|m| m.id).collect();
+    let tenants: Vec<Uuid> = new.iter().map(|m| m.tenant_id).collect();
+    let keys: Vec<Option<&str>> = new.iter().map(|m| m.idempotency_key).collect();
+    let sources: Vec<&str> = new.iter().map(|m| m.source.as_str()).collect();
+    let subscriptions: Vec<Option<Uuid>> = new.iter().map(|m| m.subscription_id).collect();
+    let requests: Vec<String> = new.iter().map(|m| m.request.to_string()).collect();
+    let reply_tos: Vec<Option<&str>> = new.iter().map(|m| m.reply_to).collect();
+    let correlations: Vec<Option<&str>> = new.iter().map(|m| m.correlation_id).collect();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO messages (id, tenant_id, idempotency_key, source, subscription_id, request,
+                               reply_to, correlation_id)
+         SELECT n.id, n.tenant_id, n.idempotency_key, n.source, n.subscription_id,
+                n.request::jsonb, n.reply_to, n.correlation_id
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[],
+                     $7::text[], $8::text[])
+              AS n(id, tenant_id, idempotency_key, source, subscription_id, request, reply_to,
+                   correlation_id)
+         ON CONFLICT DO NOTHING
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&keys)
+    .bind(&sources)
+    .bind(&subscriptions)
+    .bind(&requests)
+    .bind(&reply_tos)
+    .bind(&correlations)
+    .fetch_all(&mut *db)
+    .await?)
+}
+
 /// Records why a request could not be fanned out (`unknown_subscription`, `no_template`,
 /// `retries_exhausted`, ...): `GET /messages/{id}` shows it to the producer (R4, R13). Only an
 /// accepted message changes. Returns its status afterwards.
@@ -250,6 +290,32 @@ pub async fn fail(
 /// before `started` that this pass did not publish fail as `recipient_changed`: their address
 /// or registration went away meanwhile, and nobody would ever publish them.
 ///
+/// Ends the fan-outs of many messages, none of them swept ([`finish_fanout`] for each, in one
+/// statement, taking the message rows in the order of their ids so that two such calls cannot
+/// deadlock). Returns each message's status; a message deleted meanwhile is left out.
+pub async fn finish_fanouts(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    started: DateTime<Utc>,
+) -> Result<Vec<(Uuid, MessageStatus)>, StoreError> {
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    let rows: Vec<(Uuid, Option<MessageStatus>)> = sqlx::query_as(
+        "SELECT m.id, f.status
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS m(id, n)
+         CROSS JOIN LATERAL herald_finish_fanout(m.id, $2, false) f
+         ORDER BY m.n",
+    )
+    .bind(&sorted)
+    .bind(started)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, status)| Some((id, status?)))
+        .collect())
+}
+
 /// One round trip: `herald_finish_fanout` (migration 0005) does it in the database.
 pub async fn finish_fanout(
     db: impl PgExecutor<'_>,

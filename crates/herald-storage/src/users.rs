@@ -149,20 +149,42 @@ pub async fn with_active_addresses(
     tenant_id: Uuid,
     external_ids: &[String],
 ) -> Result<Vec<UserRecipient>, StoreError> {
-    let ids: Vec<Uuid> = external_ids.iter().map(|_| Uuid::now_v7()).collect();
+    let named: Vec<(Uuid, &str)> = external_ids
+        .iter()
+        .map(|id| (tenant_id, id.as_str()))
+        .collect();
+    Ok(with_active_addresses_in(db, &named)
+        .await?
+        .into_iter()
+        .map(|(_, person)| person)
+        .collect())
+}
+
+/// [`with_active_addresses`] for people of several tenants at once (the router's grouped
+/// fan-out): `(tenant id, external id)` pairs in, each person with their tenant out, in the
+/// order of their ids.
+pub async fn with_active_addresses_in(
+    db: &mut PgConnection,
+    named: &[(Uuid, &str)],
+) -> Result<Vec<(Uuid, UserRecipient)>, StoreError> {
+    let tenant_ids: Vec<Uuid> = named.iter().map(|(t, _)| *t).collect();
+    let external_ids: Vec<&str> = named.iter().map(|(_, e)| *e).collect();
+    let ids: Vec<Uuid> = named.iter().map(|_| Uuid::now_v7()).collect();
     sqlx::query(
         "INSERT INTO users (id, tenant_id, external_id)
-         SELECT n.id, $1, n.external_id FROM unnest($2::uuid[], $3::text[]) AS n(id, external_id)
+         SELECT n.id, n.tenant_id, n.external_id
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS n(id, tenant_id, external_id)
          ON CONFLICT (tenant_id, external_id) DO NOTHING",
     )
-    .bind(tenant_id)
     .bind(&ids)
-    .bind(external_ids)
+    .bind(&tenant_ids)
+    .bind(&external_ids)
     .execute(&mut *db)
     .await?;
 
     #[derive(FromRow)]
     struct Row {
+        tenant_id: Uuid,
         user_id: Uuid,
         external_id: String,
         locale: Option<String>,
@@ -173,31 +195,35 @@ pub async fn with_active_addresses(
         value: Option<String>,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT u.id AS user_id, u.external_id, u.locale, u.preferred_channel, u.delivery_mode,
-                a.id AS address_id, a.kind, a.value
-         FROM users u
+        "SELECT u.tenant_id, u.id AS user_id, u.external_id, u.locale, u.preferred_channel,
+                u.delivery_mode, a.id AS address_id, a.kind, a.value
+         FROM (SELECT DISTINCT tenant_id, external_id
+               FROM unnest($1::uuid[], $2::text[]) AS n(tenant_id, external_id)) n
+         JOIN users u ON u.tenant_id = n.tenant_id AND u.external_id = n.external_id
          LEFT JOIN addresses a ON a.user_id = u.id AND a.state = 'active' AND a.verified
-         WHERE u.tenant_id = $1 AND u.external_id = ANY($2)
          ORDER BY u.id, a.id",
     )
-    .bind(tenant_id)
-    .bind(external_ids)
+    .bind(&tenant_ids)
+    .bind(&external_ids)
     .fetch_all(&mut *db)
     .await?;
 
-    let mut users: Vec<UserRecipient> = Vec::new();
+    let mut users: Vec<(Uuid, UserRecipient)> = Vec::new();
     for row in rows {
-        if users.last().is_none_or(|u| u.id != row.user_id) {
-            users.push(UserRecipient {
-                id: row.user_id,
-                external_id: row.external_id,
-                locale: row.locale,
-                preferred_channel: row.preferred_channel,
-                delivery_mode: row.delivery_mode,
-                addresses: Vec::new(),
-            });
+        if users.last().is_none_or(|(_, u)| u.id != row.user_id) {
+            users.push((
+                row.tenant_id,
+                UserRecipient {
+                    id: row.user_id,
+                    external_id: row.external_id,
+                    locale: row.locale,
+                    preferred_channel: row.preferred_channel,
+                    delivery_mode: row.delivery_mode,
+                    addresses: Vec::new(),
+                },
+            ));
         }
-        if let (Some(id), Some(kind), Some(value), Some(user)) =
+        if let (Some(id), Some(kind), Some(value), Some((_, user))) =
             (row.address_id, row.kind, row.value, users.last_mut())
         {
             user.addresses.push(ActiveAddress { id, kind, value });

@@ -24,6 +24,7 @@
 //! twice (a crash between the confirm and the mark) carries the same delivery id, which
 //! senders drop.
 
+mod grouped;
 mod pages;
 mod plan;
 
@@ -42,6 +43,7 @@ use messaging_core::values::TenantKey;
 use messaging_core::{Channel, EnvelopeVersion, MessageStatus};
 use uuid::Uuid;
 
+pub use grouped::{Grouped, GroupedRequest};
 pub use pages::Audience;
 use pages::Pages;
 use plan::{Choice, Planned, PlannedJob};
@@ -281,6 +283,12 @@ impl Pipeline<'_> {
         jobs: &HashMap<DeliveryKey, PlannedJob>,
         unpublished: Vec<UnpublishedDelivery>,
     ) -> Result<(), FanOutError> {
+        let header = JobHeader {
+            tenant: self.tenant,
+            message_id: self.message_id,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        };
         let mut oversized = Vec::new();
         let mut chunk = Chunk::default();
         for row in unpublished {
@@ -288,59 +296,35 @@ impl Pipeline<'_> {
             let Some(job) = jobs.get(&row.key()) else {
                 continue;
             };
-            let send = SendJob {
-                version: EnvelopeVersion,
-                delivery_id,
-                message_id: self.message_id,
-                tenant: self.tenant.clone(),
-                to: job.to.clone(),
-                user_id: job.user_id.clone(),
-                content: (*job.content).clone(),
-                created_at: self.created_at,
-                expires_at: self.expires_at,
-            };
-            match serde_json::to_vec(&send) {
-                // Larger than a send queue accepts: the sender would dead-letter it without an
-                // event, and the delivery would stay pending for ever.
-                Ok(body) if body.len() > messaging_core::MAX_MESSAGE_BYTES => {
-                    oversized.push(delivery_id);
-                }
-                Ok(body) => {
-                    chunk.push(send.channel(), body, delivery_id);
+            match header.encode(delivery_id, job) {
+                Some((channel, body)) => {
+                    chunk.push(channel, body, delivery_id);
                     if chunk.bytes >= PUBLISH_CHUNK_BYTES {
-                        self.summary.published += self.publish(std::mem::take(&mut chunk)).await?;
+                        self.summary.published +=
+                            self.fanout.publish(std::mem::take(&mut chunk)).await?;
                     }
                 }
-                Err(error) => {
-                    tracing::error!(%error, %delivery_id, "cannot encode a send job");
-                    oversized.push(delivery_id);
-                }
+                None => oversized.push(delivery_id),
             }
         }
         self.in_flight = chunk;
-        if !oversized.is_empty() {
-            deliveries::fail_unsendable(
-                &self.fanout.pool,
-                &oversized,
-                "oversized",
-                &format!(
-                    "the rendered message is larger than the {} bytes a send queue accepts",
-                    messaging_core::MAX_MESSAGE_BYTES
-                ),
-            )
-            .await?;
-            self.summary.failed += oversized.len();
-        }
+        self.summary.failed += self.fanout.fail_unsendable(&oversized).await?;
         Ok(())
     }
 
+    /// Stage 5, for [`Pipeline::write`]: [`FanOut::publish`].
+    async fn publish(&self, chunk: Chunk) -> Result<usize, FanOutError> {
+        self.fanout.publish(chunk).await
+    }
+}
+
+impl FanOut {
     /// Stage 5: a chunk with confirms, then its rows marked published. Returns how many.
     async fn publish(&self, chunk: Chunk) -> Result<usize, FanOutError> {
         if chunk.ids.is_empty() {
             return Ok(0);
         }
-        let fanout = self.fanout;
-        let exchange = fanout.names.send_exchange();
+        let exchange = self.names.send_exchange();
         let messages: Vec<Message> = chunk
             .jobs
             .iter()
@@ -351,13 +335,66 @@ impl Pipeline<'_> {
                     .kind(JOB_KIND)
             })
             .collect();
-        fanout.publisher.publish_batch(&messages).await?;
-        deliveries::mark_published(&fanout.pool, &chunk.ids).await?;
+        self.publisher.publish_batch(&messages).await?;
+        deliveries::mark_published(&self.pool, &chunk.ids).await?;
         for (channel, _) in &chunk.jobs {
             metrics::counter!("herald_router_jobs_published_total", "channel" => channel.as_str())
                 .increment(1);
         }
         Ok(chunk.ids.len())
+    }
+
+    /// Fails the deliveries whose jobs no queue would take; returns how many.
+    async fn fail_unsendable(&self, ids: &[Uuid]) -> Result<usize, FanOutError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        deliveries::fail_unsendable(
+            &self.pool,
+            ids,
+            "oversized",
+            &format!(
+                "the rendered message is larger than the {} bytes a send queue accepts",
+                messaging_core::MAX_MESSAGE_BYTES
+            ),
+        )
+        .await?;
+        Ok(ids.len())
+    }
+}
+
+/// What every send job of one message carries.
+struct JobHeader<'a> {
+    tenant: &'a TenantKey,
+    message_id: Uuid,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl JobHeader<'_> {
+    /// Stage 4 for one job: its channel and bytes, or `None` when no send queue would take
+    /// it (the sender would dead-letter it without an event, and the delivery would stay
+    /// pending for ever), so the caller fails the delivery instead.
+    fn encode(&self, delivery_id: Uuid, job: &PlannedJob) -> Option<(Channel, Vec<u8>)> {
+        let send = SendJob {
+            version: EnvelopeVersion,
+            delivery_id,
+            message_id: self.message_id,
+            tenant: self.tenant.clone(),
+            to: job.to.clone(),
+            user_id: job.user_id.clone(),
+            content: (*job.content).clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        };
+        match serde_json::to_vec(&send) {
+            Ok(body) if body.len() > messaging_core::MAX_MESSAGE_BYTES => None,
+            Ok(body) => Some((send.channel(), body)),
+            Err(error) => {
+                tracing::error!(%error, %delivery_id, "cannot encode a send job");
+                None
+            }
+        }
     }
 }
 

@@ -99,6 +99,14 @@ impl Harness {
         }
     }
 
+    /// The same harness fanning out small direct requests in groups (issue #16).
+    pub fn grouped(self, settings: fanout_router::batching::BatchSettings) -> Harness {
+        Harness {
+            handler: self.handler.with_grouping(settings),
+            ..self
+        }
+    }
+
     /// Removes the test's queues and exchanges: left behind, hundreds of quorum queues slow
     /// the broker down for every later test (and its restarts).
     pub async fn finish(self) {

@@ -162,19 +162,30 @@ pub fn start(
     );
     let mut events_settings =
         ConsumerSettings::from_config(names.router_events_queue(), service.broker.config());
-    events_settings.concurrency = events_settings.concurrency.min(connections);
+    let mut tracker = TrackingHandler::new(
+        pool.clone(),
+        outcomes,
+        config.router.removal_policy(),
+        retry_after,
+    )
+    .with_producers(producers)
+    .with_link_key(config.verification.code_secret.expose().as_bytes());
+    match config.router.grouping() {
+        // Events recorded in groups hold a connection per group; enough in work to fill them.
+        Some(grouping) => {
+            tracker = tracker.with_grouping(grouping);
+            events_settings.concurrency = events_settings
+                .concurrency
+                .max(grouping.max)
+                .min(usize::from(events_settings.prefetch).max(1));
+        }
+        None => events_settings.concurrency = events_settings.concurrency.min(connections),
+    }
     let events = Consumer::new(
         service.broker.clone(),
         service.topology.clone(),
         events_settings,
-        TrackingHandler::new(
-            pool.clone(),
-            outcomes,
-            config.router.removal_policy(),
-            retry_after,
-        )
-        .with_producers(producers)
-        .with_link_key(config.verification.code_secret.expose().as_bytes()),
+        tracker,
         service.health.clone(),
     );
     let scheduler = Scheduler::new(

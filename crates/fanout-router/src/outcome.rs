@@ -13,6 +13,8 @@ use messaging_core::failure::Failure;
 use messaging_core::topology::{Names, routing};
 use messaging_core::values::{IdempotencyKey, TenantKey, UserId};
 use messaging_core::{DeliveryStatus, EnvelopeVersion, FailureClass, MessageStatus};
+use std::collections::HashMap;
+
 use uuid::Uuid;
 
 /// Recipients listed in one outcome; the counts cover all of them. A broadcast's outcome
@@ -94,54 +96,99 @@ impl Outcomes {
     /// Publishes the outcome of `message_id` when it is final and not yet published.
     /// `true` when this call published it.
     pub async fn publish_if_due(&self, message_id: Uuid) -> Result<bool, OutcomeError> {
-        let Some(pending) = tracking::pending_outcome(&self.pool, message_id).await? else {
-            return Ok(false);
-        };
-        let outcome = self.build(&pending).await?;
-        let body = serde_json::to_vec(&outcome).unwrap_or_default();
-        let id = format!("outcome/{message_id}");
-        let event = Message::new(
-            self.names.events_exchange(),
-            routing::outcome(&pending.tenant_key),
-            &body,
-        )
-        .message_id(id.clone())
-        .unroutable_is_fine();
-        match self.publisher.publish(&event).await {
-            // Nobody binds outcomes of this tenant: nothing to tell on the exchange.
-            Ok(()) | Err(PublishError::Unroutable { .. }) => {}
-            Err(e) => return Err(OutcomeError::Publish(e)),
-        }
-        if let Some(reply_to) = pending.reply_to.as_deref().filter(|r| !r.is_empty())
-            // Checked at ingress too; a row stored before that check is held to it here.
-            && self.names.is_reply_queue_of(&pending.tenant_key, reply_to)
-        {
-            // The default exchange routes by queue name, as RPC replies do.
-            let mut reply = Message::new("", reply_to, &body).message_id(id);
-            if let Some(correlation) = &pending.correlation_id {
-                reply = reply.correlation_id(correlation.clone());
-            }
-            match self.publisher.publish(&reply).await {
-                Ok(()) => {}
-                Err(PublishError::Unroutable { .. }) => {
-                    tracing::warn!(%message_id, reply_to, "the reply queue does not exist (any more); outcome not replied");
-                }
-                Err(e) => return Err(OutcomeError::Publish(e)),
-            }
-        }
-        tracking::mark_outcome_published(&self.pool, message_id).await?;
-        metrics::counter!("herald_router_outcomes_total", "status" => pending.status.as_str())
-            .increment(1);
-        tracing::info!(%message_id, delivered = outcome.delivered, failed = outcome.failed, "outcome published");
-        Ok(true)
+        Ok(self.publish_due(&[message_id]).await? > 0)
     }
 
+    /// [`Outcomes::publish_if_due`] for many messages: one query finds the due ones, one
+    /// reads their deliveries, one publish with confirms sends the outcomes, one statement
+    /// marks them. Returns how many this call published.
+    pub async fn publish_due(&self, message_ids: &[Uuid]) -> Result<usize, OutcomeError> {
+        if message_ids.is_empty() {
+            return Ok(0);
+        }
+        let pending = tracking::pending_outcomes(&self.pool, message_ids).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
+        let mut rows: HashMap<Uuid, Vec<tracking::OutcomeRecipient>> = HashMap::new();
+        for (message_id, row) in
+            tracking::outcome_recipients_of(&self.pool, &ids, MAX_LISTED_RECIPIENTS).await?
+        {
+            rows.entry(message_id).or_default().push(row);
+        }
+        let mut built = Vec::with_capacity(pending.len());
+        for p in &pending {
+            let outcome = self
+                .build(p, rows.remove(&p.id).unwrap_or_default())
+                .await?;
+            let body = serde_json::to_vec(&outcome).unwrap_or_default();
+            built.push((p, outcome, body));
+        }
+        let exchange = self.names.events_exchange();
+        // Nobody binding outcomes of a tenant is fine: nothing to tell on the exchange.
+        let events: Vec<Message> = built
+            .iter()
+            .map(|(p, _, body)| {
+                Message::new(&exchange, routing::outcome(&p.tenant_key), body)
+                    .message_id(format!("outcome/{}", p.id))
+                    .unroutable_is_fine()
+            })
+            .collect();
+        self.publisher
+            .publish_batch(&events)
+            .await
+            .map_err(OutcomeError::Publish)?;
+        for (p, _, body) in &built {
+            self.reply(p, body).await?;
+        }
+        tracking::mark_outcomes_published(&self.pool, &ids).await?;
+        for (p, outcome, _) in &built {
+            metrics::counter!("herald_router_outcomes_total", "status" => p.status.as_str())
+                .increment(1);
+            tracing::info!(message_id = %p.id, delivered = outcome.delivered, failed = outcome.failed, "outcome published");
+        }
+        Ok(built.len())
+    }
+
+    /// The reply to the request's `reply_to`, when it named one.
+    async fn reply(
+        &self,
+        pending: &tracking::PendingOutcome,
+        body: &[u8],
+    ) -> Result<(), OutcomeError> {
+        let Some(reply_to) = pending
+            .reply_to
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            // Checked at ingress too; a row stored before that check is held to it here.
+            .filter(|r| self.names.is_reply_queue_of(&pending.tenant_key, r))
+        else {
+            return Ok(());
+        };
+        // The default exchange routes by queue name, as RPC replies do.
+        let mut reply =
+            Message::new("", reply_to, body).message_id(format!("outcome/{}", pending.id));
+        if let Some(correlation) = &pending.correlation_id {
+            reply = reply.correlation_id(correlation.clone());
+        }
+        match self.publisher.publish(&reply).await {
+            Ok(()) => Ok(()),
+            Err(PublishError::Unroutable { .. }) => {
+                tracing::warn!(message_id = %pending.id, reply_to, "the reply queue does not exist (any more); outcome not replied");
+                Ok(())
+            }
+            Err(e) => Err(OutcomeError::Publish(e)),
+        }
+    }
+
+    /// The outcome from the message and its first deliveries (`rows`, at most
+    /// [`MAX_LISTED_RECIPIENTS`]).
     async fn build(
         &self,
         pending: &tracking::PendingOutcome,
+        rows: Vec<tracking::OutcomeRecipient>,
     ) -> Result<MessageOutcome, OutcomeError> {
-        let rows =
-            tracking::outcome_recipients(&self.pool, pending.id, MAX_LISTED_RECIPIENTS).await?;
         // A message to people lists all its deliveries; only a broadcast needs counting.
         let (sent, failed) = if (rows.len() as i64) < MAX_LISTED_RECIPIENTS {
             let count =

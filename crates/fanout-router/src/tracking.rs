@@ -8,6 +8,9 @@
 //! the transaction that decided it, so it is sent exactly when the change is committed, and a
 //! redelivered event that finds its work done changes nothing and says nothing new.
 
+mod grouped;
+
+use crate::batching::{BatchSettings, Batcher};
 use crate::producers::ProducerPolicy;
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
 use herald_storage::addresses::{self, NewAddress};
@@ -53,12 +56,28 @@ pub struct TrackingHandler {
     producers: Arc<ProducerPolicy>,
     /// What link codes are hashed with (`verification.code_secret`, shared with the API).
     link_key: Arc<[u8]>,
+    /// Delivery events are recorded in groups (issue #16); `None`: each alone.
+    grouped: Option<Batcher<DeliveryEvent, Option<Outcome>>>,
 }
 
 impl TrackingHandler {
     /// Takes events with this policy (the default: the open mode).
     pub fn with_producers(mut self, producers: Arc<ProducerPolicy>) -> Self {
         self.producers = producers;
+        self
+    }
+
+    /// Records the delivery events waiting together in groups ([`grouped`]).
+    pub fn with_grouping(mut self, settings: BatchSettings) -> Self {
+        let recorder = grouped::GroupRecorder {
+            pool: self.pool.clone(),
+            outcomes: self.outcomes.clone(),
+            policy: self.policy,
+        };
+        self.grouped = Some(Batcher::spawn(settings, move |events| {
+            let recorder = recorder.clone();
+            async move { recorder.record(events).await }
+        }));
         self
     }
 
@@ -85,6 +104,7 @@ impl TrackingHandler {
         TrackingHandler {
             producers: Arc::new(ProducerPolicy::new(pool.clone(), false)),
             link_key: Arc::from(&b""[..]),
+            grouped: None,
             pool,
             outcomes,
             rooms,
@@ -114,62 +134,15 @@ impl TrackingHandler {
     }
 
     async fn delivery(&self, event: &DeliveryEvent) -> Outcome {
-        let result = match &event.result {
-            AttemptResult::Delivered { .. } => AttemptOutcome::Delivered,
-            AttemptResult::RetryScheduled { failure, retry_at } => AttemptOutcome::RetryScheduled {
-                failure: failure_ref(failure),
-                retry_at: *retry_at,
-            },
-            AttemptResult::Failed { failure } => AttemptOutcome::Failed {
-                failure: failure_ref(failure),
-            },
-        };
-        let attempt = Attempt {
-            delivery_id: event.delivery_id,
-            tenant_key: event.tenant.as_str(),
-            attempt: i32::try_from(event.attempt).unwrap_or(i32::MAX),
-            occurred_at: event.occurred_at,
-            result,
-        };
+        let attempt = attempt_of(event);
         let (recorded, completed) = match self.record(&attempt).await {
             Ok(recorded) => recorded,
             Err(error) => return self.store_failure(error),
         };
-        let message_id = match recorded {
-            Recorded::Unknown => {
-                return Outcome::DeadLetter(Rejection::new(
-                    "unknown_delivery",
-                    format!(
-                        "no delivery {} in tenant {}",
-                        event.delivery_id,
-                        event.tenant.as_str()
-                    ),
-                ));
-            }
-            Recorded::Stale { message_id } => {
-                metrics::counter!("herald_router_events_total", "result" => "stale").increment(1);
-                message_id
-            }
-            Recorded::Applied {
-                message_id,
-                address_change,
-            } => {
-                metrics::counter!("herald_router_events_total", "result" => event.result.status())
-                    .increment(1);
-                if let Some((state, reason)) = address_change {
-                    metrics::counter!("herald_router_address_changes_total", "state" => state.as_str())
-                        .increment(1);
-                    tracing::info!(delivery_id = %event.delivery_id, %state, %reason, "address state changed");
-                }
-                // Not the last delivery to finish: the outcome is not due.
-                if !completed {
-                    return Outcome::Ack;
-                }
-                message_id
-            }
+        let message_id = match settle(event, recorded, completed) {
+            Settled::Done(outcome) => return outcome,
+            Settled::OutcomeDue(message_id) => message_id,
         };
-        // Also for stale events: the first copy may have finished the message and died before
-        // its outcome went out.
         match self.outcomes.publish_if_due(message_id).await {
             Ok(_) => Outcome::Ack,
             Err(error) => self.retry(error),
@@ -460,6 +433,74 @@ fn reference_json(reference: Option<&ChatReference>) -> Option<Value> {
     reference.and_then(|r| serde_json::to_value(r).ok())
 }
 
+/// The attempt a delivery event reports, as the store records it.
+fn attempt_of(event: &DeliveryEvent) -> Attempt<'_> {
+    let result = match &event.result {
+        AttemptResult::Delivered { .. } => AttemptOutcome::Delivered,
+        AttemptResult::RetryScheduled { failure, retry_at } => AttemptOutcome::RetryScheduled {
+            failure: failure_ref(failure),
+            retry_at: *retry_at,
+        },
+        AttemptResult::Failed { failure } => AttemptOutcome::Failed {
+            failure: failure_ref(failure),
+        },
+    };
+    Attempt {
+        delivery_id: event.delivery_id,
+        tenant_key: event.tenant.as_str(),
+        attempt: i32::try_from(event.attempt).unwrap_or(i32::MAX),
+        occurred_at: event.occurred_at,
+        result,
+    }
+}
+
+/// What a recorded delivery event comes to.
+enum Settled {
+    /// The event's answer, with no outcome to look at.
+    Done(Outcome),
+    /// The message's outcome may be due now: publish it if so, then ack.
+    OutcomeDue(Uuid),
+}
+
+/// Counts and logs what recording `event` did, and says what is left to do. `completed`:
+/// the record completed the message.
+fn settle(event: &DeliveryEvent, recorded: Recorded, completed: bool) -> Settled {
+    match recorded {
+        Recorded::Unknown => Settled::Done(Outcome::DeadLetter(Rejection::new(
+            "unknown_delivery",
+            format!(
+                "no delivery {} in tenant {}",
+                event.delivery_id,
+                event.tenant.as_str()
+            ),
+        ))),
+        // Also for stale events: the first copy may have finished the message and died before
+        // its outcome went out.
+        Recorded::Stale { message_id } => {
+            metrics::counter!("herald_router_events_total", "result" => "stale").increment(1);
+            Settled::OutcomeDue(message_id)
+        }
+        Recorded::Applied {
+            message_id,
+            address_change,
+        } => {
+            metrics::counter!("herald_router_events_total", "result" => event.result.status())
+                .increment(1);
+            if let Some((state, reason)) = address_change {
+                metrics::counter!("herald_router_address_changes_total", "state" => state.as_str())
+                    .increment(1);
+                tracing::info!(delivery_id = %event.delivery_id, %state, %reason, "address state changed");
+            }
+            if completed {
+                Settled::OutcomeDue(message_id)
+            } else {
+                // Not the last delivery to finish: the outcome is not due.
+                Settled::Done(Outcome::Ack)
+            }
+        }
+    }
+}
+
 fn failure_ref(failure: &messaging_core::failure::Failure) -> FailureRef<'_> {
     FailureRef {
         class: failure.class,
@@ -521,7 +562,20 @@ impl Handler for TrackingHandler {
                     attempt = event.attempt,
                     status = event.result.status(),
                 );
-                self.delivery(&event).instrument(span).await
+                let grouped = match &self.grouped {
+                    Some(groups) => {
+                        groups
+                            .submit((*event).clone())
+                            .instrument(span.clone())
+                            .await
+                    }
+                    None => None,
+                };
+                match grouped {
+                    Some(Some(outcome)) => outcome,
+                    // Alone: no grouping, or the group left it.
+                    _ => self.delivery(&event).instrument(span).await,
+                }
             }
             RouterEvent::Contact(event) => {
                 let span = tracing::info_span!("contact_link", channel = %event.channel);

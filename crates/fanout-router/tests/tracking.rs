@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -785,5 +786,99 @@ async fn a_teams_chat_seen_at_a_new_service_url_moves_its_addresses_there(pool: 
         panic!("a Telegram chat cannot move");
     };
     assert_eq!(r.code, "invalid");
+    h.finish().await;
+}
+
+/// Issue #16: delivery events that wait together are recorded as one group: each delivery
+/// once, every message completed, every outcome published once; an unknown delivery in the
+/// group is dead-lettered alone, a repeated event changes nothing.
+#[sqlx::test(migrations = "../../migrations")]
+async fn delivery_events_waiting_together_are_recorded_as_a_group(pool: PgPool) {
+    const MESSAGES: usize = 20;
+    let h = Harness::new(pool.clone(), "tracking_grouped").await;
+    let t = tracker(&h, LENIENT).with_grouping(fanout_router::batching::BatchSettings {
+        max: 128,
+        linger: Duration::from_millis(200),
+        parallel: 1,
+    });
+    let ann = h.user("ann", None, None, "all").await;
+    h.address(ann, "email", "ann@example.org").await;
+    h.address(ann, "sms", "+41791234567").await;
+    h.address(ann, "telegram", "4242").await;
+    for i in 0..MESSAGES {
+        let body = json!({
+            "version": 1, "kind": "notify", "tenant": "acme", "idempotencyKey": format!("m-{i}"),
+            "to": {"users": ["ann"]}, "content": {"direct": {"body": "Hello"}}
+        });
+        assert_eq!(h.handle(&body, None).await, Outcome::Ack);
+    }
+    let jobs = h.all_jobs().await;
+    assert_eq!(jobs.len(), 3 * MESSAGES);
+    let outcomes = h
+        .inspector
+        .temporary_queue(&h.names.events_exchange(), "outcome.acme")
+        .await;
+
+    let blocked = jobs
+        .iter()
+        .find(|j| j.channel() == Channel::Telegram)
+        .unwrap();
+    let mut events: Vec<Value> = jobs
+        .iter()
+        .map(|j| {
+            if j.delivery_id == blocked.delivery_id {
+                failed(j, 1, "permanent", "blocked", false)
+            } else {
+                delivered(j, 1)
+            }
+        })
+        .collect();
+    events.push(delivered(&jobs[0], 1));
+    let mut stranger = jobs[0].clone();
+    stranger.delivery_id = Uuid::now_v7();
+    events.push(delivered(&stranger, 1));
+    let answers = futures::future::join_all(events.into_iter().map(|e| event(&t, e))).await;
+    let (unknown, rest): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .partition(|a| matches!(a, Outcome::DeadLetter(r) if r.code == "unknown_delivery"));
+    assert_eq!(unknown.len(), 1);
+    assert!(rest.iter().all(|a| *a == Outcome::Ack), "{rest:?}");
+
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        [
+            ("failed".to_owned(), 1),
+            ("sent".to_owned(), 3 * MESSAGES as i64 - 1)
+        ]
+    );
+    let (completed, completions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'completed'), count(DISTINCT completed_at)
+         FROM messages",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(completed, MESSAGES as i64);
+    // Completed together: one statement's time per group.
+    assert!(completions <= 2, "{completions} completion times");
+    assert_eq!(address_state(&pool, "4242").await.0, "unreachable");
+    let mut published = HashSet::new();
+    while let Some(outcome) = h
+        .inspector
+        .wait_get(&outcomes, Duration::from_millis(500))
+        .await
+    {
+        let outcome: MessageOutcome = serde_json::from_slice(&outcome.delivery.data).unwrap();
+        assert!(
+            published.insert(outcome.message_id),
+            "one outcome per message"
+        );
+    }
+    assert_eq!(published.len(), MESSAGES);
     h.finish().await;
 }

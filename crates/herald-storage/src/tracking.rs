@@ -246,15 +246,25 @@ pub async fn complete_if_done(
     db: impl PgExecutor<'_>,
     message_id: Uuid,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE messages SET status = 'completed', completed_at = now()
-         WHERE id = $1 AND status = 'fanned_out'
-           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = $1 AND status = 'pending')",
+    Ok(!complete_all_if_done(db, &[message_id]).await?.is_empty())
+}
+
+/// [`complete_if_done`] for many messages in one statement (the router's grouped events);
+/// returns those it completed. The same rule: call it with the message rows locked.
+pub async fn complete_all_if_done(
+    db: impl PgExecutor<'_>,
+    message_ids: &[Uuid],
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE messages m SET status = 'completed', completed_at = now()
+         WHERE m.id = ANY($1) AND m.status = 'fanned_out'
+           AND NOT EXISTS (SELECT 1 FROM deliveries d
+                           WHERE d.message_id = m.id AND d.status = 'pending')
+         RETURNING m.id",
     )
-    .bind(message_id)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .bind(message_ids)
+    .fetch_all(db)
+    .await?)
 }
 
 /// A finished message whose outcome (R4) is not published yet.
@@ -285,39 +295,56 @@ pub struct OutcomeRecipient {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-/// The message, when it is final (`completed` or `failed`) and its outcome is unpublished.
-pub async fn pending_outcome(
+/// Of these messages, those that are final (`completed` or `failed`) with their outcome
+/// unpublished.
+pub async fn pending_outcomes(
     db: impl PgExecutor<'_>,
-    message_id: Uuid,
-) -> Result<Option<PendingOutcome>, StoreError> {
+    message_ids: &[Uuid],
+) -> Result<Vec<PendingOutcome>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT m.id, t.key AS tenant_key, m.idempotency_key, m.status, m.error_code,
                 m.error_message, m.reply_to, m.correlation_id, m.completed_at
          FROM messages m JOIN tenants t ON t.id = m.tenant_id
-         WHERE m.id = $1 AND m.status IN ('completed', 'failed') AND m.outcome_published_at IS NULL",
+         WHERE m.id = ANY($1) AND m.status IN ('completed', 'failed')
+           AND m.outcome_published_at IS NULL
+         ORDER BY m.id",
     )
-    .bind(message_id)
-    .fetch_optional(db)
+    .bind(message_ids)
+    .fetch_all(db)
     .await?)
 }
 
-/// Every delivery of a message, for its outcome. Outcomes are for messages to people, not
-/// for 100k-recipient broadcasts; the caller caps what it reads with `limit`.
-pub async fn outcome_recipients(
+/// The deliveries of these messages, for their outcomes, at most `limit` per message (by
+/// delivery id). Outcomes are for messages to people, not for 100k-recipient broadcasts.
+pub async fn outcome_recipients_of(
     db: impl PgExecutor<'_>,
-    message_id: Uuid,
+    message_ids: &[Uuid],
     limit: i64,
-) -> Result<Vec<OutcomeRecipient>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT d.id AS delivery_id, u.external_id AS user_external_id, d.channel, d.status,
-                d.failure_class, d.failure_code, d.failure_message, d.attempts, d.sent_at
-         FROM deliveries d LEFT JOIN users u ON u.id = d.user_id
-         WHERE d.message_id = $1 ORDER BY d.id LIMIT $2",
+) -> Result<Vec<(Uuid, OutcomeRecipient)>, StoreError> {
+    #[derive(FromRow)]
+    struct Row {
+        message_id: Uuid,
+        #[sqlx(flatten)]
+        recipient: OutcomeRecipient,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT m.id AS message_id, d.id AS delivery_id, u.external_id AS user_external_id,
+                d.channel, d.status, d.failure_class, d.failure_code, d.failure_message,
+                d.attempts, d.sent_at
+         FROM unnest($1::uuid[]) AS m(id)
+         CROSS JOIN LATERAL (SELECT * FROM deliveries d WHERE d.message_id = m.id
+                             ORDER BY d.id LIMIT $2) d
+         LEFT JOIN users u ON u.id = d.user_id
+         ORDER BY m.id, d.id",
     )
-    .bind(message_id)
+    .bind(message_ids)
     .bind(limit)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.message_id, r.recipient))
+        .collect())
 }
 
 /// Counts of a message's deliveries by final status: (sent, failed).
@@ -356,12 +383,12 @@ pub async fn unpublished_outcomes(
     .await?)
 }
 
-pub async fn mark_outcome_published(
+pub async fn mark_outcomes_published(
     db: impl PgExecutor<'_>,
-    message_id: Uuid,
+    message_ids: &[Uuid],
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE messages SET outcome_published_at = now() WHERE id = $1")
-        .bind(message_id)
+    sqlx::query("UPDATE messages SET outcome_published_at = now() WHERE id = ANY($1)")
+        .bind(message_ids)
         .execute(db)
         .await?;
     Ok(())

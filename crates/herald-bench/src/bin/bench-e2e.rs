@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use e2e::db::BenchDb;
+use e2e::db::{BenchDb, STATS_DELAY};
 use e2e::runs::{self, FanOut, Latency, Throughput};
 use e2e::system::{self, System};
 use herald_bench::baseline;
@@ -130,6 +130,8 @@ impl Plan {
 struct Results {
     baseline: f64,
     throughput: Throughput,
+    /// PostgreSQL transactions per notification in the throughput run.
+    transactions: f64,
     latency: Latency,
     fan_out: Option<FanOut>,
 }
@@ -209,10 +211,11 @@ async fn main() -> anyhow::Result<()> {
     }
     .await;
     db.drop_database().await;
-    let (throughput, latency, fan_out) = result?;
+    let (throughput, transactions, latency, fan_out) = result?;
     report(&Results {
         baseline,
         throughput,
+        transactions,
         latency,
         fan_out,
     });
@@ -225,7 +228,7 @@ async fn measure(
     plan: &Plan,
     db: &BenchDb,
     users: u64,
-) -> anyhow::Result<(Throughput, Latency, Option<FanOut>)> {
+) -> anyhow::Result<(Throughput, f64, Latency, Option<FanOut>)> {
     let settings = system::Settings {
         db_connections: args.db_connections,
         batch_size: args.batch_size,
@@ -247,9 +250,15 @@ async fn measure(
             "[3/5] throughput: {} notifications as fast as confirms allow",
             plan.notifications
         );
+        // The warm-up's transactions counted first, then the run's (see `STATS_DELAY`).
+        tokio::time::sleep(STATS_DELAY).await;
+        let before = db.transactions().await?;
         let throughput = runs::throughput(&mut system, plan.notifications, users, plan.timeout)
             .await
             .context("throughput run")?;
+        tokio::time::sleep(STATS_DELAY).await;
+        let transactions =
+            (db.transactions().await? - before) as f64 / plan.notifications.max(1) as f64;
 
         let rate = throughput.rate * args.latency_load;
         println!(
@@ -282,7 +291,7 @@ async fn measure(
                     .context("fan-out run")?,
             )
         };
-        anyhow::Ok((throughput, latency, fan_out))
+        anyhow::Ok((throughput, transactions, latency, fan_out))
     };
     // Ctrl-C still removes the queues (here) and the database (in `main`).
     let result = tokio::select! {
@@ -350,6 +359,14 @@ fn report(r: &Results) {
         &format!(
             "target >= {RATIO_TARGET}: {}",
             verdict(ratio >= RATIO_TARGET)
+        ),
+    );
+    row(
+        "PostgreSQL transactions per notification",
+        &format!("{:.2}", r.transactions),
+        &format!(
+            "pg_stat_database over the throughput run (the router's background loops included); target <= 1: {}",
+            verdict(r.transactions <= 1.0)
         ),
     );
     row(

@@ -14,6 +14,10 @@ pub const TENANT: &str = "bench";
 /// The subscription the fan-out run triggers.
 pub const SUBSCRIPTION: &str = "bench_fanout";
 
+/// How long PostgreSQL may take to count a backend's transactions in `pg_stat_database`
+/// (`PGSTAT_IDLE_INTERVAL`, 10 s, and a margin).
+pub const STATS_DELAY: std::time::Duration = std::time::Duration::from_secs(11);
+
 pub struct BenchDb {
     /// The maintenance database's URL: where the bench database is created and dropped.
     admin_url: String,
@@ -149,6 +153,18 @@ impl BenchDb {
     }
 
     /// Closes the pool and drops the database (forcing out any connection left over).
+    /// Transactions the bench database has seen so far (`pg_stat_database`, committed and
+    /// rolled back). A backend reports its counts when it goes idle, at most about every 10 s
+    /// ([`STATS_DELAY`]), so read it that long after the work to count.
+    pub async fn transactions(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn drop_database(&self) {
         self.pool.close().await;
         let dropped = async {

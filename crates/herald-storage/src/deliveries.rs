@@ -348,12 +348,17 @@ pub async fn unpublished(
     .await?)
 }
 
-/// Marks deliveries whose jobs the broker confirmed.
+/// Marks deliveries whose jobs the broker confirmed. The rows are locked in the order of
+/// their ids, as the router's grouped events take them: a sender can report a job before it
+/// is marked, and two statements that lock many rows in different orders can deadlock.
 pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<(), StoreError> {
-    sqlx::query("UPDATE deliveries SET job_published_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "UPDATE deliveries SET job_published_at = now()
+         WHERE id IN (SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE)",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

@@ -144,6 +144,109 @@ pub async fn record(
     })
 }
 
+/// Locks the messages of these deliveries (each named with its tenant's key), in the order
+/// of their ids, for a group of events recorded in one transaction (issue #16): the same
+/// lock [`record`] takes first, taken for the whole group at once, so two groups take their
+/// locks in one order and cannot wait for each other. Returns each known delivery's message;
+/// a delivery that is not the tenant's is left out.
+pub async fn lock_messages_of(
+    tx: &mut PgConnection,
+    deliveries: &[(Uuid, &str)],
+) -> Result<std::collections::HashMap<Uuid, Uuid>, StoreError> {
+    let ids: Vec<Uuid> = deliveries.iter().map(|(id, _)| *id).collect();
+    let keys: Vec<&str> = deliveries.iter().map(|(_, key)| *key).collect();
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT d.id, m.id
+         FROM unnest($1::uuid[], $2::text[]) AS e(delivery_id, tenant_key)
+         JOIN deliveries d ON d.id = e.delivery_id
+         JOIN tenants t ON t.id = d.tenant_id AND t.key = e.tenant_key
+         JOIN messages m ON m.id = d.message_id
+         ORDER BY m.id
+         FOR NO KEY UPDATE OF m",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// [`record`] for many `Delivered` attempts at once, in `tx`, with their messages locked
+/// already ([`lock_messages_of`], which gave `owners`): one statement records the deliveries,
+/// one ends their addresses' failure streaks. Each delivery at most once in `attempts`.
+/// Returns each attempt's record, in order.
+pub async fn record_delivered(
+    tx: &mut PgConnection,
+    attempts: &[Attempt<'_>],
+    owners: &std::collections::HashMap<Uuid, Uuid>,
+) -> Result<Vec<Recorded>, StoreError> {
+    let ids: Vec<Uuid> = attempts.iter().map(|a| a.delivery_id).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
+    let times: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.occurred_at).collect();
+    // Final is final; among pending states only a later attempt counts, as in `record`. The
+    // rows are locked in the order of their ids first (see `deliveries::mark_published`).
+    let applied: Vec<(Uuid, Option<Uuid>, DateTime<Utc>)> = sqlx::query_as(
+        "WITH e AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[])
+                    AS e(id, attempt, occurred_at)),
+              due AS (SELECT d.id, e.attempt, e.occurred_at
+                      FROM deliveries d JOIN e ON e.id = d.id
+                      WHERE d.status = 'pending' AND d.attempts < e.attempt
+                      ORDER BY d.id
+                      FOR NO KEY UPDATE OF d)
+         UPDATE deliveries d SET status = 'sent', attempts = due.attempt, failure_class = NULL,
+             failure_code = NULL, failure_message = NULL, next_retry_at = NULL,
+             sent_at = due.occurred_at, updated_at = now()
+         FROM due
+         WHERE d.id = due.id AND d.status = 'pending' AND d.attempts < due.attempt
+         RETURNING d.id, d.address_id, due.occurred_at",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .bind(&times)
+    .fetch_all(&mut *tx)
+    .await?;
+    let successes: Vec<(Uuid, DateTime<Utc>)> = applied
+        .iter()
+        .filter_map(|(_, address, at)| Some(((*address)?, *at)))
+        .collect();
+    if !successes.is_empty() {
+        let (addresses, at): (Vec<Uuid>, Vec<DateTime<Utc>>) = successes.into_iter().unzip();
+        // The success rule of `address_effect`; the rows locked in the order of their ids
+        // first, so two groups cannot wait for each other here either.
+        sqlx::query(
+            "WITH s AS (SELECT address_id, max(at) AS at
+                        FROM unnest($1::uuid[], $2::timestamptz[]) AS s(address_id, at)
+                        GROUP BY address_id),
+                  due AS (SELECT a.id, s.at FROM addresses a JOIN s ON s.address_id = a.id
+                          WHERE a.failure_count <> 0 OR a.failure_streak_started_at IS NOT NULL
+                             OR a.last_success_at IS NULL
+                             OR a.last_success_at < s.at - interval '1 minute'
+                          ORDER BY a.id
+                          FOR NO KEY UPDATE OF a)
+             UPDATE addresses a SET last_success_at = greatest(a.last_success_at, due.at),
+                 failure_count = 0, failure_streak_started_at = NULL, updated_at = now()
+             FROM due WHERE a.id = due.id",
+        )
+        .bind(&addresses)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let applied: std::collections::HashSet<Uuid> =
+        applied.into_iter().map(|(id, _, _)| id).collect();
+    Ok(attempts
+        .iter()
+        .map(|a| match owners.get(&a.delivery_id) {
+            None => Recorded::Unknown,
+            Some(&message_id) if applied.contains(&a.delivery_id) => Recorded::Applied {
+                message_id,
+                address_change: None,
+            },
+            Some(&message_id) => Recorded::Stale { message_id },
+        })
+        .collect())
+}
+
 /// R3 and R6: a success resets the failure streak; a permanent failure marks the address
 /// unreachable; temporary failures count towards removal. An unhealthy provider says nothing
 /// about the address and changes nothing.
@@ -156,10 +259,15 @@ async fn address_effect(
     policy: RemovalPolicy,
 ) -> Result<Option<(AddressState, String)>, StoreError> {
     let Some(failure) = failure else {
+        // Most successes find the address without a streak and a success of a moment ago:
+        // writing it again would be a new row version (and its WAL) per delivery for nothing,
+        // so `last_success_at` is only moved when it is a minute old (issue #16).
         sqlx::query(
             "UPDATE addresses SET last_success_at = greatest(last_success_at, $2),
                  failure_count = 0, failure_streak_started_at = NULL, updated_at = now()
-             WHERE id = $1",
+             WHERE id = $1
+               AND (failure_count <> 0 OR failure_streak_started_at IS NOT NULL
+                    OR last_success_at IS NULL OR last_success_at < $2 - interval '1 minute')",
         )
         .bind(address_id)
         .bind(attempt.occurred_at)

@@ -1,10 +1,12 @@
 //! Delivery events recorded in groups (issue #16): the events waiting on the router's events
-//! queue together are recorded in one transaction (each with the statements it takes alone,
-//! without a transaction of its own), the messages they finish are completed in one
-//! statement, and their outcomes go out in one publish with confirms ([`Outcomes::publish_due`]).
+//! queue together are recorded in one transaction: one statement locks their messages, one
+//! records the deliveries they report delivered and one ends those addresses' failure
+//! streaks; a failure or a retry is recorded with the statements it takes alone. The messages
+//! they finish are completed in one statement, and their outcomes go out in one publish with
+//! confirms ([`Outcomes::publish_due`]).
 //!
-//! The events are recorded in the order of their message ids, the order in which the grouped
-//! fan-out ends messages too, so two groups cannot wait for each other's message locks. A
+//! The messages are locked in the order of their ids, the order in which the grouped fan-out
+//! ends messages too, so two groups cannot wait for each other's message locks. A
 //! group that fails (the database refused one event, a lock timed out) answers `None` for
 //! each of its events, and each is recorded again alone, so one bad event cannot fail its
 //! neighbours; the alone path finds what a committed group did (the event is stale) and
@@ -13,7 +15,7 @@
 use std::collections::HashSet;
 
 use herald_runtime::amqp::Outcome;
-use herald_storage::tracking::{self, AttemptOutcome, Recorded, RemovalPolicy};
+use herald_storage::tracking::{self, Attempt, AttemptOutcome, Recorded, RemovalPolicy};
 use herald_storage::{PgPool, StoreError};
 use messaging_core::events::DeliveryEvent;
 use uuid::Uuid;
@@ -78,28 +80,46 @@ impl GroupRecorder {
         &self,
         events: &[DeliveryEvent],
     ) -> Result<(Vec<Recorded>, HashSet<Uuid>), StoreError> {
-        let mut order: Vec<usize> = (0..events.len()).collect();
-        order.sort_by_key(|&i| {
-            (
-                events[i].message_id,
-                events[i].delivery_id,
-                events[i].attempt,
-            )
-        });
+        let attempts: Vec<Attempt> = events.iter().map(attempt_of).collect();
         let mut tx = self.pool.begin().await?;
+        let named: Vec<(Uuid, &str)> = events
+            .iter()
+            .map(|e| (e.delivery_id, e.tenant.as_str()))
+            .collect();
+        let owners = tracking::lock_messages_of(&mut tx, &named).await?;
+        // Deliveries, once each, in a few statements for the whole group; a failure, a retry or
+        // a second event for a delivery the way one event goes alone (its message is locked
+        // already).
+        let mut seen = HashSet::new();
+        let (bulk, each): (Vec<usize>, Vec<usize>) = (0..events.len()).partition(|&i| {
+            matches!(attempts[i].result, AttemptOutcome::Delivered)
+                && owners.contains_key(&attempts[i].delivery_id)
+                && seen.insert(attempts[i].delivery_id)
+        });
         let mut recorded: Vec<Option<Recorded>> = vec![None; events.len()];
-        let mut finished: Vec<Uuid> = Vec::new();
-        for i in order {
-            let attempt = attempt_of(&events[i]);
-            let record = tracking::record(&mut tx, &attempt, self.policy).await?;
-            // A retry leaves the delivery pending, so it cannot complete anything.
-            if let Recorded::Applied { message_id, .. } = &record
-                && !matches!(attempt.result, AttemptOutcome::RetryScheduled { .. })
-            {
-                finished.push(*message_id);
-            }
-            recorded[i] = Some(record);
+        let bulk_attempts: Vec<Attempt> = bulk.iter().map(|&i| attempts[i].clone()).collect();
+        for (i, record) in bulk
+            .iter()
+            .zip(tracking::record_delivered(&mut tx, &bulk_attempts, &owners).await?)
+        {
+            recorded[*i] = Some(record);
         }
+        for i in each {
+            recorded[i] = Some(tracking::record(&mut tx, &attempts[i], self.policy).await?);
+        }
+        // A retry leaves the delivery pending, so it cannot complete anything.
+        let mut finished: Vec<Uuid> = recorded
+            .iter()
+            .zip(&attempts)
+            .filter_map(|(record, attempt)| match record {
+                Some(Recorded::Applied { message_id, .. })
+                    if !matches!(attempt.result, AttemptOutcome::RetryScheduled { .. }) =>
+                {
+                    Some(*message_id)
+                }
+                _ => None,
+            })
+            .collect();
         finished.sort_unstable();
         finished.dedup();
         let completed = tracking::complete_all_if_done(&mut *tx, &finished).await?;

@@ -183,11 +183,21 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 /// Serves `app` until `shutdown` is cancelled.
+///
+/// Every accepted connection gets `TCP_NODELAY`: a WebSocket frame or a short answer written
+/// after another small write would otherwise wait for the peer's delayed ACK (up to 40 ms on
+/// Linux) under Nagle's algorithm; the WebSocket benchmark's p99 showed such stalls.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -63,6 +63,17 @@ async fn router(
     )
 }
 
+/// Kills a router as a process dies: its task dropped where it stands, its database sessions
+/// closed, and its broker connections (named `connections`...) closed by the broker.
+async fn kill(task: JoinHandle<std::io::Result<()>>, pool: PgPool, connections: &str) {
+    task.abort();
+    let _ = task.await;
+    pool.close().await;
+    close_connections_with_prefix(connections)
+        .await
+        .expect("the killed router's connections");
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_router_killed_mid_fan_out_is_replaced_and_every_job_goes_out(pool: PgPool) {
     herald_runtime::install_crypto_provider();
@@ -104,12 +115,7 @@ async fn a_router_killed_mid_fan_out_is_replaced_and_every_job_goes_out(pool: Pg
         assert!(Instant::now() < deadline, "the fan-out did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    first.abort();
-    let _ = first.await;
-    first_pool.close().await;
-    close_connections_with_prefix(&format!("{}/router-a", h.amqp.prefix))
-        .await
-        .expect("the killed router's connections");
+    kill(first, first_pool, &format!("{}/router-a", h.amqp.prefix)).await;
     assert!(
         i64::from(at_kill) < REGISTRATIONS,
         "killed mid-fan-out ({at_kill} jobs out)"
@@ -218,12 +224,7 @@ async fn a_router_killed_mid_group_is_replaced_and_every_request_gets_exactly_it
         assert!(Instant::now() < deadline, "the fan-out did not start");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    first.abort();
-    let _ = first.await;
-    first_pool.close().await;
-    close_connections_with_prefix(&format!("{}/router-a", h.amqp.prefix))
-        .await
-        .expect("the killed router's connections");
+    kill(first, first_pool, &format!("{}/router-a", h.amqp.prefix)).await;
     assert!(at_kill < REQUESTS, "killed mid-way ({at_kill} jobs out)");
 
     let (second, second_pool, stop) = router("router-b", &h.amqp, &pool).await;

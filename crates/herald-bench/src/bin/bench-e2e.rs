@@ -71,6 +71,10 @@ struct Args {
     /// The router's `router.batch_size` [default: the router's].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// The router's `router.group_max`: 0 handles every request and event alone, as before
+    /// issue #16 [default: the router's].
+    #[arg(long)]
+    group_max: Option<usize>,
     /// The router's database connections (`database.max_connections`).
     #[arg(long, default_value_t = 10)]
     db_connections: u32,
@@ -232,6 +236,7 @@ async fn measure(
     let settings = system::Settings {
         db_connections: args.db_connections,
         batch_size: args.batch_size,
+        group_max: args.group_max,
     };
     let mut system = System::start(&db.url, &settings)
         .await

@@ -72,6 +72,9 @@ pub struct Settings {
     pub db_connections: u32,
     /// The router's `router.batch_size`; `None`, its default.
     pub batch_size: Option<usize>,
+    /// The router's `router.group_max` (0: every request and event alone); `None`, its
+    /// default.
+    pub group_max: Option<usize>,
 }
 
 /// A running service: its stop token and task.
@@ -143,6 +146,9 @@ impl System {
                 let mut router = fanout_router::config::RouterConfig::default();
                 if let Some(size) = settings.batch_size {
                     router.batch_size = size;
+                }
+                if let Some(max) = settings.group_max {
+                    router.group_max = max;
                 }
                 router
             },

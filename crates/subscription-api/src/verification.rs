@@ -97,14 +97,20 @@ impl Verifier {
         secret::keyed_hash(&self.key, code.trim())
     }
 
+    /// The country calling codes SMS may go to in `tenant`: its own list, or the operator's
+    /// default (`api.sms_country_codes`).
+    pub fn sms_country_codes<'a>(&'a self, tenant: &'a Tenant) -> &'a [String] {
+        tenant
+            .sms_country_codes
+            .as_deref()
+            .unwrap_or(&self.sms_default)
+    }
+
     /// SMS only to the tenant's country calling codes (or the default list): toll fraud
     /// pumps messages to expensive ranges abroad. E.164 country codes are a prefix code, so a
     /// prefix match is exact.
     pub fn check_sms_destination(&self, tenant: &Tenant, number: &str) -> Result<(), ApiError> {
-        let allowed: &[String] = tenant
-            .sms_country_codes
-            .as_deref()
-            .unwrap_or(&self.sms_default);
+        let allowed = self.sms_country_codes(tenant);
         let digits = number.trim_start_matches('+');
         if allowed.iter().any(|code| digits.starts_with(code.as_str())) {
             return Ok(());

@@ -429,6 +429,13 @@ fn rows() -> Vec<Row> {
             false,
         ),
         row(
+            "GET",
+            "/tenants/{tenant}/sms-country-codes",
+            None,
+            ADMIN_READ,
+            false,
+        ),
+        row(
             "PUT",
             "/tenants/{tenant}/sms-country-codes",
             Some(|_| json!({"smsCountryCodes": ["41"]})),

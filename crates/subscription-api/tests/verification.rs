@@ -350,16 +350,26 @@ async fn sms_goes_only_to_the_tenants_country_codes(pool: PgPool) {
     )
     .await
     .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("address"));
+    // The tenant's admin sees the list that refused the number, and where it comes from.
+    let codes = "/api/messaging/tenants/acme/sms-country-codes";
+    let seen = app.get(codes, &admin).await;
+    let seen = seen.expect(StatusCode::OK);
+    assert_eq!(
+        (&seen["smsCountryCodes"], &seen["source"]),
+        (&json!(["1", "41", "44", "49"]), &json!("default"))
+    );
     let set = app
-        .put(
-            "/api/messaging/tenants/acme/sms-country-codes",
-            &global,
-            json!({"smsCountryCodes": ["+33", "32"]}),
-        )
+        .put(codes, &global, json!({"smsCountryCodes": ["+33", "32"]}))
         .await;
     assert_eq!(
         set.expect(StatusCode::OK)["smsCountryCodes"],
         json!(["32", "33"])
+    );
+    let seen = app.get(codes, &admin).await;
+    let seen = seen.expect(StatusCode::OK);
+    assert_eq!(
+        (&seen["smsCountryCodes"], &seen["source"]),
+        (&json!(["32", "33"]), &json!("tenant"))
     );
     app.put(
         "/api/messaging/tenants/acme/sms-country-codes",

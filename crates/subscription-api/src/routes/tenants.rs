@@ -1,4 +1,5 @@
-//! `/tenants`: global admins only (R10, R16).
+//! `/tenants`: global admins only (R10, R16), except reading a tenant's SMS country codes,
+//! which its own admins may do.
 
 use axum::Json;
 use axum::extract::State;
@@ -20,7 +21,7 @@ use utoipa_axum::routes;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(set_sms_country_codes))
+        .routes(routes!(get_sms_country_codes, set_sms_country_codes))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -95,6 +96,46 @@ pub struct SmsCountryCodes {
     /// `null`: back to the operator's default list.
     #[schema(value_type = Option<Vec<crate::schema::CountryCodeText>>, max_items = 300)]
     pub sms_country_codes: Option<Vec<String>>,
+}
+
+/// The country calling codes SMS may go to in a tenant, and where the list comes from.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmsCountryCodesView {
+    pub tenant: String,
+    /// Empty: no SMS address can be added in the tenant.
+    pub sms_country_codes: Vec<String>,
+    /// `tenant`: the tenant's own list; `default`: the operator's (`api.sms_country_codes`).
+    #[schema(pattern = "^(tenant|default)$")]
+    pub source: String,
+}
+
+/// Where SMS may go in a tenant (issue #17): its admins see the list that refuses their
+/// people's numbers; only a global admin changes it.
+#[utoipa::path(get, path = "/tenants/{tenant}/sms-country-codes", tag = "admin", params(("tenant" = crate::schema::TenantKeyText, Path)), responses((status = 200, body = SmsCountryCodesView)))]
+async fn get_sms_country_codes(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<SmsCountryCodesView>, ApiError> {
+    caller.require_admin()?;
+    // Another tenant's admin learns nothing, not even that the tenant exists.
+    if !caller.is_global_admin() && caller.tenant()?.key != key {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let tenant = tenants::by_key(&state.pool, &key)
+        .await
+        .map_err(not_found_as("tenant"))?;
+    Ok(Json(SmsCountryCodesView {
+        sms_country_codes: state.verifier.sms_country_codes(&tenant).to_vec(),
+        source: if tenant.sms_country_codes.is_some() {
+            "tenant"
+        } else {
+            "default"
+        }
+        .to_owned(),
+        tenant: tenant.key,
+    }))
 }
 
 /// Which countries SMS may go to in a tenant: toll fraud pumps messages to expensive ranges.

@@ -127,11 +127,18 @@ impl FromRequestParts<AppState> for Caller {
             ApiError::unauthorized("send an API key or a token: Authorization: Bearer …")
         })?;
         let mut caller = if token.starts_with("hk_") {
-            let owner = api_keys::authenticate(&state.pool, token)
-                .await
-                .map_err(|e| {
-                    unavailable_or(e, ApiError::unauthorized("unknown or revoked API key"))
-                })?;
+            let unknown = || ApiError::unauthorized("unknown or revoked API key");
+            if state.limits.known_unknown_key(token) {
+                return Err(unknown());
+            }
+            let owner = match api_keys::authenticate(&state.pool, token).await {
+                Ok(owner) => owner,
+                Err(StoreError::NotFound) => {
+                    state.limits.note_unknown_key(token);
+                    return Err(unknown());
+                }
+                Err(other) => return Err(other.into()),
+            };
             let role = owner.role;
             Caller {
                 role,

@@ -25,6 +25,49 @@ pub struct RateLimits {
     triggers: DefaultKeyedRateLimiter<(Uuid, String)>,
     /// Checks since the idle buckets were last dropped.
     checks: AtomicU64,
+    unknown_keys: UnknownKeys,
+}
+
+/// API keys the database did not know, remembered for [`UnknownKeys::TTL`] (issue #17): a
+/// flood of made-up `hk_` keys costs one lookup per key and TTL, not one per request. Herald
+/// makes every key, so a key unknown now does not become valid later (a revoked one stays
+/// revoked). Bounded: past [`UnknownKeys::MAX`] keys the oldest half goes, which only costs
+/// lookups again. Only a keyed hash of each key is kept, so neither the memory nor a heap
+/// dump holds what was sent.
+struct UnknownKeys {
+    hasher: std::hash::RandomState,
+    seen: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+}
+
+impl UnknownKeys {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(300);
+    const MAX: usize = 10_000;
+
+    fn key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(token)
+    }
+
+    fn contains(&self, token: &str) -> bool {
+        let key = self.key(token);
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&key).is_some_and(|at| at.elapsed() < Self::TTL)
+    }
+
+    fn note(&self, token: &str) {
+        let key = self.key(token);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, at| at.elapsed() < Self::TTL);
+            if seen.len() >= Self::MAX {
+                let mut ages: Vec<std::time::Instant> = seen.values().copied().collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                seen.retain(|_, at| *at > cut);
+            }
+        }
+        seen.insert(key, std::time::Instant::now());
+    }
 }
 
 /// Every this many checks, buckets that are full again are dropped, so memory follows the
@@ -41,7 +84,21 @@ impl RateLimits {
             callers: RateLimiter::keyed(per_minute(config.caller_per_minute)),
             triggers: RateLimiter::keyed(per_minute(config.trigger_per_minute)),
             checks: AtomicU64::new(0),
+            unknown_keys: UnknownKeys {
+                hasher: std::hash::RandomState::new(),
+                seen: Default::default(),
+            },
         })
+    }
+
+    /// Whether this API key was looked up and not found a moment ago.
+    pub fn known_unknown_key(&self, token: &str) -> bool {
+        self.unknown_keys.contains(token)
+    }
+
+    /// Remembers an API key the database does not know.
+    pub fn note_unknown_key(&self, token: &str) {
+        self.unknown_keys.note(token);
     }
 
     fn forget_idle_now_and_then(&self) {
@@ -103,4 +160,29 @@ pub fn with_retry_after(mut response: Response, seconds: u64) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_remembered_and_bounded() {
+        let limits = RateLimits::new(&LimitsConfig::default());
+        assert!(!limits.known_unknown_key("hk_made_up"));
+        limits.note_unknown_key("hk_made_up");
+        assert!(limits.known_unknown_key("hk_made_up"));
+        assert!(!limits.known_unknown_key("hk_other"));
+        for i in 0..UnknownKeys::MAX + 10 {
+            limits.note_unknown_key(&format!("hk_{i}"));
+        }
+        let held = limits
+            .unknown_keys
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        assert!(held <= UnknownKeys::MAX, "{held}");
+        assert!(limits.known_unknown_key(&format!("hk_{}", UnknownKeys::MAX + 9)));
+    }
 }

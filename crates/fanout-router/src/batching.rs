@@ -94,6 +94,13 @@ async fn collect<I, O, W, F>(
                 }
             }
         }
+        // A handler that stopped waiting (its message timed out, or the task was cancelled)
+        // has dropped its receiver: its item is not worked on behind its back, which could
+        // fan out a message the runner has already given up on.
+        batch.retain(|(_, answer)| !answer.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let work = work.clone();
         tokio::spawn(async move {
             let (items, answers): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();

@@ -905,6 +905,14 @@ async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(p
         ));
     }
     requests.push((notify_users(&["ann"], None), earlier.clone()));
+    // Another tenant's request that carries the same AMQP message id as one of acme's: it
+    // gets a message of its own, not acme's.
+    herald_storage::tenants::create(&pool, "beta", "Beta")
+        .await
+        .unwrap();
+    let mut beta = notify_users(&["bo"], None);
+    beta["tenant"] = json!("beta");
+    requests.push((beta, requests[0].1.clone()));
     let outcomes = futures::future::join_all(
         requests
             .iter()
@@ -913,7 +921,7 @@ async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(p
     .await;
     assert!(outcomes.iter().all(|o| *o == Outcome::Ack), "{outcomes:?}");
 
-    // 10 + 1 + 1 new messages, and the earlier one.
+    // 10 + 1 + 1 new messages, the earlier one, and beta's.
     let statuses: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM messages GROUP BY status ORDER BY status")
             .fetch_all(&pool)
@@ -921,8 +929,16 @@ async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(p
             .unwrap();
     assert_eq!(
         statuses,
-        [("completed".to_owned(), 1), ("fanned_out".to_owned(), 12)]
+        [("completed".to_owned(), 2), ("fanned_out".to_owned(), 12)]
     );
+    let (beta_code,): (String,) = sqlx::query_as(
+        "SELECT d.failure_code FROM deliveries d JOIN tenants t ON t.id = d.tenant_id
+         WHERE t.key = 'beta'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(beta_code, "no_address");
     // Ann's 11 new messages: three jobs each, once.
     let jobs = h.all_jobs().await;
     let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
@@ -932,7 +948,7 @@ async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(p
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!((rows, marked), (3 * 12 + 1, 3 * 12));
+    assert_eq!((rows, marked), (3 * 12 + 2, 3 * 12));
     let (code,): (String,) = sqlx::query_as(
         "SELECT d.failure_code FROM deliveries d JOIN users u ON u.id = d.user_id
          WHERE u.external_id = 'bob'",
@@ -942,12 +958,14 @@ async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(p
     .unwrap();
     assert_eq!(code, "no_address");
     // Written together: the rows of one transaction share its start time.
-    let groups: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT created_at) FROM messages WHERE id::text <> $1")
-            .bind(&earlier)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let groups: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT m.created_at) FROM messages m JOIN tenants t ON t.id = m.tenant_id
+         WHERE m.id::text <> $1 AND t.key = 'acme'",
+    )
+    .bind(&earlier)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert!(groups <= 2, "{groups} groups for 13 requests");
     h.finish().await;
 }

@@ -173,13 +173,17 @@ pub async fn insert_or_find(
 }
 
 /// Stores many new requests in one statement (issue #16: the router's grouped fan-out);
-/// returns the ids that are new. A request whose id or idempotency key is taken already
-/// (another copy of it, a repeat, or a clash) is left out, for the caller to handle alone
-/// with [`insert_or_find`].
+/// returns the rows that are new, as (id, tenant id). A request whose id or idempotency key
+/// is taken already (another copy of it, a repeat, or a clash) is left out, for the caller
+/// to handle alone with [`insert_or_find`]. The rows go in in the order of their ids, so two
+/// such statements with rows in common wait for each other rather than deadlock.
 pub async fn insert_new(
     db: &mut PgConnection,
     new: &[NewRouterMessage<'_>],
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+    let mut sorted: Vec<&NewRouterMessage> = new.iter().collect();
+    sorted.sort_by_key(|m| m.id);
+    let new = sorted;
     let ids: Vec<Uuid> = new.iter().map(|m| m.id).collect();
     let tenants: Vec<Uuid> = new.iter().map(|m| m.tenant_id).collect();
     let keys: Vec<Option<&str>> = new.iter().map(|m| m.idempotency_key).collect();
@@ -188,7 +192,7 @@ pub async fn insert_new(
     let requests: Vec<String> = new.iter().map(|m| m.request.to_string()).collect();
     let reply_tos: Vec<Option<&str>> = new.iter().map(|m| m.reply_to).collect();
     let correlations: Vec<Option<&str>> = new.iter().map(|m| m.correlation_id).collect();
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_as(
         "INSERT INTO messages (id, tenant_id, idempotency_key, source, subscription_id, request,
                                reply_to, correlation_id)
          SELECT n.id, n.tenant_id, n.idempotency_key, n.source, n.subscription_id,
@@ -198,7 +202,7 @@ pub async fn insert_new(
               AS n(id, tenant_id, idempotency_key, source, subscription_id, request, reply_to,
                    correlation_id)
          ON CONFLICT DO NOTHING
-         RETURNING id",
+         RETURNING id, tenant_id",
     )
     .bind(&ids)
     .bind(&tenants)

@@ -168,6 +168,14 @@ pub async fn lock_messages_of(
     .bind(&keys)
     .fetch_all(&mut *tx)
     .await?;
+    // The deliveries too, in the order of their ids (as `deliveries::mark_published` takes
+    // them): the group's later statements then take no delivery lock out of that order,
+    // whatever order its events come in.
+    let known: Vec<Uuid> = rows.iter().map(|(delivery, _)| *delivery).collect();
+    sqlx::query("SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(&known)
+        .execute(&mut *tx)
+        .await?;
     Ok(rows.into_iter().collect())
 }
 

@@ -167,6 +167,11 @@ pub async fn with_active_addresses_in(
     db: &mut PgConnection,
     named: &[(Uuid, &str)],
 ) -> Result<Vec<(Uuid, UserRecipient)>, StoreError> {
+    // Sorted and without repeats: two inserts with people in common then take their rows in
+    // one order and wait for each other rather than deadlock.
+    let mut named = named.to_vec();
+    named.sort_unstable();
+    named.dedup();
     let tenant_ids: Vec<Uuid> = named.iter().map(|(t, _)| *t).collect();
     let external_ids: Vec<&str> = named.iter().map(|(_, e)| *e).collect();
     let ids: Vec<Uuid> = named.iter().map(|_| Uuid::now_v7()).collect();

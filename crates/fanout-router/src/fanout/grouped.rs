@@ -77,6 +77,8 @@ pub enum Grouped {
 
 /// One message of the group, as planned.
 struct Member<'a> {
+    /// The request's place in the group.
+    index: usize,
     request: &'a GroupedRequest,
     rows: Vec<NewDelivery>,
     jobs: HashMap<DeliveryKey, PlannedJob>,
@@ -88,12 +90,16 @@ impl FanOut {
     /// order. Never fails as a whole: what could not be done here is [`Grouped::Alone`].
     pub async fn grouped(&self, requests: Vec<GroupedRequest>) -> Vec<Grouped> {
         match self.try_grouped(&requests).await {
-            Ok(done) => requests
+            // Only the very request whose row the group wrote is done: a copy of it in the
+            // group, or another tenant's request that happens to carry the same id, goes
+            // alone and finds its own way (a repeat, or an id of its own).
+            Ok(mut done) => requests
                 .iter()
-                .map(|r| match done.get(&r.message_id) {
+                .enumerate()
+                .map(|(i, r)| match done.remove(&i) {
                     Some(summary) => Grouped::Done {
                         message_id: r.message_id,
-                        summary: summary.clone(),
+                        summary,
                     },
                     None => Grouped::Alone,
                 })
@@ -108,7 +114,7 @@ impl FanOut {
     async fn try_grouped(
         &self,
         requests: &[GroupedRequest],
-    ) -> Result<HashMap<Uuid, Summary>, FanOutError> {
+    ) -> Result<HashMap<usize, Summary>, FanOutError> {
         let started = Utc::now();
         let mut held = Held {
             conn: self.pool.acquire().await.map_err(StoreError::from)?,
@@ -116,16 +122,27 @@ impl FanOut {
         };
         let mut tx = held.conn.begin().await.map_err(StoreError::from)?;
         let rows: Vec<NewRouterMessage> = requests.iter().map(new_message).collect();
-        let new = messages::insert_new(&mut tx, &rows).await?;
-        let locked: HashSet<Uuid> = lease::try_lock_many(&mut tx, &new)
+        // The rows written, with the tenant each was written for.
+        let new: HashMap<Uuid, Uuid> = messages::insert_new(&mut tx, &rows)
             .await?
             .into_iter()
             .collect();
-        // A message id twice in one group (a request and its copy): the first one only.
+        let ids: Vec<Uuid> = new.keys().copied().collect();
+        let locked: HashSet<Uuid> = lease::try_lock_many(&mut tx, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        // A message id twice in one group (a request and its copy, or two tenants' requests
+        // with one id): only the first request of the tenant whose row it is.
         let mut seen = HashSet::new();
-        let mine: Vec<&GroupedRequest> = requests
+        let mine: Vec<(usize, &GroupedRequest)> = requests
             .iter()
-            .filter(|r| locked.contains(&r.message_id) && seen.insert(r.message_id))
+            .enumerate()
+            .filter(|(_, r)| {
+                new.get(&r.message_id) == Some(&r.tenant_id)
+                    && locked.contains(&r.message_id)
+                    && seen.insert(r.message_id)
+            })
             .collect();
         let mut members = plan_all(&mut tx, &mine).await?;
         let batch: Vec<MessageDeliveries> = members
@@ -194,7 +211,7 @@ impl FanOut {
             };
             member.summary.published = published_of.get(&message_id).copied().unwrap_or(0);
             member.summary.status = status;
-            done.insert(message_id, member.summary.clone());
+            done.insert(member.index, member.summary.clone());
         }
         Ok(done)
     }
@@ -204,10 +221,10 @@ impl FanOut {
 /// request's plan.
 async fn plan_all<'a>(
     conn: &mut sqlx::PgConnection,
-    requests: &[&'a GroupedRequest],
+    requests: &[(usize, &'a GroupedRequest)],
 ) -> Result<Vec<Member<'a>>, FanOutError> {
     let mut named: Vec<(Uuid, &str)> = Vec::new();
-    for request in requests {
+    for (_, request) in requests {
         if let Recipients::Users(people) = &request.notify.to {
             named.extend(people.iter().map(|p| (request.tenant_id, p.as_str())));
         }
@@ -218,7 +235,7 @@ async fn plan_all<'a>(
         .map(|(tenant_id, person)| ((*tenant_id, person.external_id.as_str()), person))
         .collect();
     let mut members = Vec::with_capacity(requests.len());
-    for request in requests {
+    for &(index, request) in requests {
         let notify = &request.notify;
         let (Recipients::Users(named), Content::Direct(direct)) = (&notify.to, &notify.content)
         else {
@@ -246,12 +263,12 @@ async fn plan_all<'a>(
             html: direct.html.clone(),
         }));
         let planned = plan::page(Page::Users(recipients), &choice, &mut body);
-        members.push(member(request, planned));
+        members.push(member(index, request, planned));
     }
     Ok(members)
 }
 
-fn member(request: &GroupedRequest, planned: Vec<Planned>) -> Member<'_> {
+fn member(index: usize, request: &GroupedRequest, planned: Vec<Planned>) -> Member<'_> {
     let mut rows = Vec::with_capacity(planned.len());
     let mut failed = 0;
     let mut jobs = HashMap::new();
@@ -274,6 +291,7 @@ fn member(request: &GroupedRequest, planned: Vec<Planned>) -> Member<'_> {
         rows.push(p.row);
     }
     Member {
+        index,
         request,
         summary: Summary {
             new_rows: rows.len() as u64,

@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use crate::batching::{BatchSettings, Batcher};
 use crate::config::{LegacyDestination, RetryPolicy};
-use crate::fanout::{Audience, Body, FanOut, FanOutError, Grouped, GroupedRequest, Plan};
+use crate::fanout::{Audience, Body, FanOut, FanOutError, Grouped, GroupedRequest, Plan, Summary};
 use crate::outcome::{OutcomeError, Outcomes};
 use crate::producers::ProducerPolicy;
 use crate::render::Templates;
@@ -362,21 +362,36 @@ impl IngressHandler {
             return None;
         };
         tracing::Span::current().record("message_id", tracing::field::display(message_id));
+        Some(
+            self.fanned_out(message_id, request.source, &summary, true)
+                .await,
+        )
+    }
+
+    /// The end of a fan-out, alone or in a group: logged and counted, and the outcome
+    /// published when the message is already final.
+    async fn fanned_out(
+        &self,
+        message_id: Uuid,
+        source: MessageSource,
+        summary: &Summary,
+        grouped: bool,
+    ) -> Result<Outcome, RouteError> {
         tracing::info!(
             new_deliveries = summary.new_rows,
             jobs = summary.published,
             failed = summary.failed,
             status = %summary.status,
-            grouped = true,
+            grouped,
             "fanned out"
         );
-        count(request.source, summary.status.as_str());
-        if summary.status != MessageStatus::FannedOut
-            && let Err(error) = self.publish_outcome(message_id).await
-        {
-            return Some(Err(error));
+        count(source, summary.status.as_str());
+        // A message still `fanned_out` gets its outcome from tracking, when its last delivery
+        // is final.
+        if summary.status != MessageStatus::FannedOut {
+            self.publish_outcome(message_id).await?;
         }
-        Some(Ok(Outcome::Ack))
+        Ok(Outcome::Ack)
     }
 
     /// A request whose message another copy handled (or is handling under a key it shares).
@@ -538,20 +553,8 @@ impl IngressHandler {
                 resumed,
             })
             .await?;
-        tracing::info!(
-            new_deliveries = summary.new_rows,
-            jobs = summary.published,
-            failed = summary.failed,
-            status = %summary.status,
-            "fanned out"
-        );
-        count(request.source, summary.status.as_str());
-        // A message still `fanned_out` gets its outcome from tracking, when its last delivery
-        // is final.
-        if summary.status != MessageStatus::FannedOut {
-            self.publish_outcome(message.id).await?;
-        }
-        Ok(Outcome::Ack)
+        self.fanned_out(message.id, request.source, &summary, false)
+            .await
     }
 
     /// An event fires every subscription bound to its type (R14), each as a message of its

@@ -157,6 +157,9 @@ pub async fn count_on_channel(
     )
 }
 
+/// Why [`follow_moved_chat`] removes an address whose person holds the new reference too.
+const SUPERSEDED: &str = "superseded: the chat was linked again at its new place";
+
 /// What [`follow_moved_chat`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Moved {
@@ -227,14 +230,11 @@ pub async fn follow_moved_chat(
                  WHERE id = $1",
             )
             .bind(address.id)
-            .bind("superseded: the chat was linked again at its new place")
+            .bind(SUPERSEDED)
             .execute(&mut *tx)
             .await?;
             moved.superseded += 1;
-            (
-                AddressState::Removed,
-                "superseded: the chat was linked again at its new place".to_owned(),
-            )
+            (AddressState::Removed, SUPERSEDED.to_owned())
         } else {
             sqlx::query(
                 "UPDATE addresses SET value = $2, chat_reference = coalesce($3, chat_reference),

@@ -71,10 +71,15 @@ impl Running {
         let work = fanout_router::start(&service, &config, pool.clone()).expect("router starts");
         let router = tokio::spawn(service.run(axum::Router::new(), work));
         let inspector = Inspector::connect().await;
-        topology
-            .declare(inspector.connection())
-            .await
-            .expect("declare");
+        // The router declares the same topology at the same moment; RabbitMQ 3.10 can answer
+        // a declare racing another connection's creation of a classic queue with NOT_FOUND
+        // ("home node ... is down or inaccessible"), once. Declared again, it is there.
+        let mut tries = 0;
+        while let Err(error) = topology.declare(inspector.connection()).await {
+            tries += 1;
+            assert!(tries < 5, "declare: {error:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         assert!(
             inspector
                 .wait_for_consumer(&names.router_events_queue(), Duration::from_secs(20))

@@ -84,6 +84,8 @@ ensure_tools() {
   local missing=()
   command -v curl >/dev/null || missing+=(curl)
   command -v python3 >/dev/null || missing+=(python3)
+  # The email sender's TLS tests make their throwaway certificates with it.
+  command -v openssl >/dev/null || missing+=(openssl)
   if ! command -v psql >/dev/null && port_open 5432; then missing+=(postgresql-client); fi
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }

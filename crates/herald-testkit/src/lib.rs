@@ -29,7 +29,9 @@
 //!   per test.
 //! - [`provider_limits`]: providers' rate limits as sliding windows, which the fakes enforce
 //!   when a test or benchmark asks them to.
-//! - [`smtp`]: a real SMTP server (aiosmtpd) on a free port, with faults chosen by recipient.
+//! - [`smtp`]: a real SMTP server (aiosmtpd) on a free port, with faults chosen by recipient,
+//!   optionally with STARTTLS or implicit TLS and a required login; a throwaway CA and
+//!   server certificate for it.
 //!
 //! This crate does not depend on the runtime, so the runtime's own tests can use it.
 

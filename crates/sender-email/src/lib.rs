@@ -1,7 +1,8 @@
 //! The email channel: async SMTP (lettre) with a connection pool.
 //!
-//! Plain, STARTTLS or implicit TLS by config; a text body with an HTML alternative when the
-//! job has one; From and Reply-To per tenant. SMTP answers map to exactly one kind:
+//! Plain, STARTTLS or implicit TLS by config, always with certificate checks (public roots,
+//! plus a private CA from `HERALD_SMTP__TLS_CA_FILE`); a text body with an HTML alternative
+//! when the job has one; From and Reply-To per tenant. SMTP answers map to exactly one kind:
 //!
 //! | answer | kind |
 //! |---|---|
@@ -13,6 +14,7 @@
 //! | timeout | retry, counted by the circuit breaker |
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald_runtime::config::Secret;
@@ -20,7 +22,7 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use messaging_core::job::SendJob;
 use messaging_core::{Address, Channel};
@@ -47,6 +49,10 @@ pub struct SmtpSettings {
     pub host: String,
     pub port: u16,
     pub tls: TlsMode,
+    /// A PEM file of extra root certificates, for a relay whose certificate comes from a
+    /// private CA. Trusted besides the public roots; certificates are always checked.
+    /// Empty: none (compose passes an unset variable as an empty string).
+    pub tls_ca_file: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Secret<String>,
     /// `Herald <noreply@example.org>`
@@ -71,6 +77,7 @@ impl Default for SmtpSettings {
             host: String::new(),
             port: 587,
             tls: TlsMode::Starttls,
+            tls_ca_file: None,
             username: None,
             password: Secret::default(),
             from: String::new(),
@@ -158,10 +165,29 @@ impl ChannelSender for EmailSender {
             };
             tenants.insert(tenant.to_ascii_lowercase(), Identity { from, reply_to });
         }
+        let ca_file = s
+            .tls_ca_file
+            .as_deref()
+            .filter(|path| !path.as_os_str().is_empty());
+        let extra_roots = ca_file.map(root_certificates).transpose()?;
+        if ca_file.is_some() && s.tls == TlsMode::None {
+            tracing::warn!("HERALD_SMTP__TLS_CA_FILE is not used: HERALD_SMTP__TLS is none");
+        }
         let tls_parameters = || {
-            TlsParameters::new(s.host.clone()).map_err(|e| BuildError {
+            let mut builder = TlsParameters::builder(s.host.clone());
+            if let Some(roots) = &extra_roots {
+                builder = builder.add_root_certificate(roots.clone());
+            }
+            builder.build().map_err(|e| BuildError {
                 channel: Channel::Email,
-                reason: format!("TLS for {}: {e}", s.host),
+                reason: match ca_file {
+                    Some(path) => format!(
+                        "TLS for {} with HERALD_SMTP__TLS_CA_FILE {}: {e}",
+                        s.host,
+                        path.display()
+                    ),
+                    None => format!("TLS for {}: {e}", s.host),
+                },
             })
         };
         let tls = match s.tls {
@@ -237,6 +263,22 @@ impl ChannelSender for EmailSender {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// Reads `HERALD_SMTP__TLS_CA_FILE` at start, so that a wrong path stops the service instead
+/// of failing every send with a TLS error.
+fn root_certificates(path: &Path) -> Result<Certificate, BuildError> {
+    let error = |what: String| BuildError {
+        channel: Channel::Email,
+        reason: format!("HERALD_SMTP__TLS_CA_FILE {}: {what}", path.display()),
+    };
+    let pem = std::fs::read(path).map_err(|e| error(format!("cannot be read: {e}")))?;
+    // lettre takes a file without any certificate (a key, a DER file) as an empty list and
+    // would then trust nothing more, silently.
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(error("holds no PEM certificate".into()));
+    }
+    Certificate::from_pem(&pem).map_err(|e| error(format!("is not valid PEM: {e}")))
 }
 
 /// SMTP authentication failures: our account, not the recipient.

@@ -198,9 +198,14 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // The peer's address reaches handlers as `ConnectInfo` (the API limits failed logins per
+    // client address).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 #[cfg(test)]

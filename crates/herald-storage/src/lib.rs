@@ -12,7 +12,8 @@
 //!   [`subscriptions`] with their [`templates`], [`schedules`] and [`event_bindings`],
 //!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
 //!   [`deliveries`] and their [`tracking`] (attempts, address states, outcomes),
-//!   [`support`] tickets with their replies, and the help-desk [`rooms`] with their history.
+//!   [`support`] tickets with their replies, the help-desk [`rooms`] with their history, and
+//!   the API's shared [`rate_windows`].
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
@@ -29,6 +30,7 @@ pub mod messages;
 pub mod outbox;
 pub mod page;
 pub mod producers;
+pub mod rate_windows;
 pub mod registrations;
 pub mod relay;
 pub mod rooms;

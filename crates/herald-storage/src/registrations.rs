@@ -77,6 +77,20 @@ pub async fn count_for_user(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<i6
     )
 }
 
+/// How many enabled registrations a subscription has: the people a trigger reaches, as the
+/// API's per-tenant recipient limit counts them.
+pub async fn count_enabled(
+    db: impl PgExecutor<'_>,
+    subscription_id: Uuid,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM registrations WHERE subscription_id = $1 AND enabled",
+    )
+    .bind(subscription_id)
+    .fetch_one(db)
+    .await?)
+}
+
 /// The registration of this person to this subscription on this address, if there is one.
 pub async fn find(
     db: impl PgExecutor<'_>,

@@ -117,82 +117,105 @@ fn unavailable_or(error: StoreError, otherwise: ApiError) -> ApiError {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// Authenticates once per request: the rate-limit middleware may have done it already.
+    /// A client that failed too often lately is refused before anything is looked at, and
+    /// every failure counts toward that.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        if conflicting_credentials(&parts.headers) {
-            return Err(ApiError::unauthorized(
-                "Authorization and X-Api-Key name different credentials: send one",
-            ));
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
         }
-        let token = credential(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized("send an API key or a token: Authorization: Bearer …")
-        })?;
-        let mut caller = if token.starts_with("hk_") {
-            let unknown = || ApiError::unauthorized("unknown or revoked API key");
-            if state.limits.known_unknown_key(token) {
+        let client = state.limits.client(parts);
+        state.limits.refuse_failing(client)?;
+        match authenticate(parts, state).await {
+            Ok(caller) => {
+                parts.extensions.insert(caller.clone());
+                Ok(caller)
+            }
+            Err(error) => {
+                if error.status == axum::http::StatusCode::UNAUTHORIZED {
+                    state.limits.note_failure(client);
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    if conflicting_credentials(&parts.headers) {
+        return Err(ApiError::unauthorized(
+            "Authorization and X-Api-Key name different credentials: send one",
+        ));
+    }
+    let token = credential(&parts.headers).ok_or_else(|| {
+        ApiError::unauthorized("send an API key or a token: Authorization: Bearer …")
+    })?;
+    let mut caller = if token.starts_with("hk_") {
+        let unknown = || ApiError::unauthorized("unknown or revoked API key");
+        if state.limits.known_unknown_key(token) {
+            return Err(unknown());
+        }
+        let owner = match api_keys::authenticate(&state.pool, token).await {
+            Ok(owner) => owner,
+            Err(StoreError::NotFound) => {
+                state.limits.note_unknown_key(token);
                 return Err(unknown());
             }
-            let owner = match api_keys::authenticate(&state.pool, token).await {
-                Ok(owner) => owner,
-                Err(StoreError::NotFound) => {
-                    state.limits.note_unknown_key(token);
-                    return Err(unknown());
-                }
-                Err(other) => return Err(other.into()),
-            };
-            let role = owner.role;
-            Caller {
-                role,
-                tenant: owner
-                    .tenant_id
-                    .zip(owner.tenant_key)
-                    .map(|(id, key)| TenantRef { id, key }),
-                user_id: owner.user_id,
-                actor: format!("api-key:{}", owner.id),
-            }
-        } else {
-            let claims = state.jwt.decode(token).await?;
-            let tenant = match (&claims.tenant, claims.role) {
-                (_, Role::GlobalAdmin) => None,
-                (Some(key), _) => {
-                    let tenant = tenants::by_key(&state.pool, key).await.map_err(|e| {
-                        unavailable_or(
-                            e,
-                            ApiError::unauthorized("the token names an unknown tenant"),
-                        )
-                    })?;
-                    Some(TenantRef {
-                        id: tenant.id,
-                        key: tenant.key,
-                    })
-                }
-                (None, _) => return Err(ApiError::unauthorized("the token has no tenant claim")),
-            };
-            if claims.role == Role::User && claims.user_id.is_none() {
-                return Err(ApiError::unauthorized(
-                    "a user's token needs a user_id claim",
-                ));
-            }
-            Caller {
-                role: claims.role,
-                tenant,
-                user_id: claims.user_id,
-                actor: format!("jwt:{}", claims.sub),
-            }
+            Err(other) => return Err(other.into()),
         };
-        if caller.role == Role::GlobalAdmin
-            && let Some(key) = parts
-                .headers
-                .get(TENANT_HEADER)
-                .and_then(|v| v.to_str().ok())
-        {
-            let tenant = tenants::by_key(&state.pool, key.trim())
-                .await
-                .map_err(|e| unavailable_or(e, ApiError::not_found("tenant")))?;
-            caller.tenant = Some(TenantRef {
-                id: tenant.id,
-                key: tenant.key,
-            });
+        let role = owner.role;
+        Caller {
+            role,
+            tenant: owner
+                .tenant_id
+                .zip(owner.tenant_key)
+                .map(|(id, key)| TenantRef { id, key }),
+            user_id: owner.user_id,
+            actor: format!("api-key:{}", owner.id),
         }
-        Ok(caller)
+    } else {
+        let claims = state.jwt.decode(token).await?;
+        let tenant = match (&claims.tenant, claims.role) {
+            (_, Role::GlobalAdmin) => None,
+            (Some(key), _) => {
+                let tenant = tenants::by_key(&state.pool, key).await.map_err(|e| {
+                    unavailable_or(
+                        e,
+                        ApiError::unauthorized("the token names an unknown tenant"),
+                    )
+                })?;
+                Some(TenantRef {
+                    id: tenant.id,
+                    key: tenant.key,
+                })
+            }
+            (None, _) => return Err(ApiError::unauthorized("the token has no tenant claim")),
+        };
+        if claims.role == Role::User && claims.user_id.is_none() {
+            return Err(ApiError::unauthorized(
+                "a user's token needs a user_id claim",
+            ));
+        }
+        Caller {
+            role: claims.role,
+            tenant,
+            user_id: claims.user_id,
+            actor: format!("jwt:{}", claims.sub),
+        }
+    };
+    if caller.role == Role::GlobalAdmin
+        && let Some(key) = parts
+            .headers
+            .get(TENANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        let tenant = tenants::by_key(&state.pool, key.trim())
+            .await
+            .map_err(|e| unavailable_or(e, ApiError::not_found("tenant")))?;
+        caller.tenant = Some(TenantRef {
+            id: tenant.id,
+            key: tenant.key,
+        });
     }
+    Ok(caller)
 }

@@ -119,12 +119,31 @@ impl Default for AuthConfig {
 pub struct LimitsConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Requests per minute one credential (an API key, or one token) makes to the
-    /// subscription and registration routes (R18). Keyed by a hash of the credential as
-    /// sent, before authentication, so refused credentials are limited too.
+    /// Requests per minute one caller (an API key, or a token's subject) makes to the
+    /// subscription and registration routes (R18), counted after authentication over every
+    /// replica.
     pub caller_per_minute: u32,
     /// Triggers per minute of one subscription (R18).
     pub trigger_per_minute: u32,
+    /// Direct messages and triggers one tenant sends per minute, over every replica (0: no
+    /// limit).
+    pub tenant_messages_per_minute: u32,
+    /// Recipients one tenant reaches per minute: the people a direct message names, the
+    /// enabled registrations of a triggered subscription (0: no limit). A single request
+    /// bigger than the whole minute goes through when the tenant has sent nothing for a
+    /// minute, and the tenant then waits.
+    pub tenant_recipients_per_minute: u32,
+    /// Failed authentications per minute from one client address (IPv6: one /64) before
+    /// every request from it gets 429 for a while, without being looked at. Counted per
+    /// replica, before anything is looked up.
+    pub ip_failures_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (`10.0.0.0/8, 192.0.2.7`). A request
+    /// from anyone else is attributed to its own address, whatever it sends.
+    pub trusted_proxies: String,
+    /// How often each replica adds its counts to the shared ones and reads the others'
+    /// (milliseconds). Between two syncs, N replicas may together let through up to N times
+    /// what one of them counts.
+    pub limits_sync_ms: u64,
     /// How long a link code (R5) can be redeemed, in seconds.
     pub link_code_ttl_secs: u32,
     /// Addresses one person may have on one channel.
@@ -142,6 +161,20 @@ impl LimitsConfig {
         parse_country_codes(&self.sms_country_codes)
     }
 
+    /// [`LimitsConfig::trusted_proxies`] as networks (a bare address is a /32 or /128).
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("api.trusted_proxies: `{p}` is not an address or network"))
+            })
+            .collect()
+    }
+
     pub fn link_code_ttl(&self) -> chrono::Duration {
         chrono::Duration::seconds(i64::from(self.link_code_ttl_secs))
     }
@@ -153,6 +186,11 @@ impl Default for LimitsConfig {
             max_body_bytes: 256 * 1024,
             caller_per_minute: 60,
             trigger_per_minute: 60,
+            tenant_messages_per_minute: 60_000,
+            tenant_recipients_per_minute: 600_000,
+            ip_failures_per_minute: 60,
+            trusted_proxies: String::new(),
+            limits_sync_ms: 250,
             link_code_ttl_secs: 15 * 60,
             addresses_per_channel: 5,
             registrations_per_user: 200,
@@ -196,5 +234,22 @@ mod tests {
         assert!(parse_country_codes("4100").is_err());
         assert!(parse_country_codes("0").is_err());
         assert!(parse_country_codes("x1").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        let config = LimitsConfig {
+            trusted_proxies: " 10.0.0.0/8, 192.0.2.7 ,::1,".into(),
+            ..LimitsConfig::default()
+        };
+        let nets = config.trusted_proxies().unwrap();
+        assert_eq!(nets.len(), 3);
+        assert!(nets[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(nets[1].prefix_len(), 32);
+        let bad = LimitsConfig {
+            trusted_proxies: "proxy.local".into(),
+            ..LimitsConfig::default()
+        };
+        assert!(bad.trusted_proxies().is_err());
     }
 }

@@ -91,7 +91,7 @@ pub async fn serve() -> Result<(), StartError> {
         pool: pool.clone(),
         jwt: Arc::new(JwtKeys::from_config(&config.auth)?),
         names: service.topology.names().clone(),
-        limits: RateLimits::new(&config.api),
+        limits: RateLimits::new(&config.api, Some(pool.clone())).map_err(StartError::Settings)?,
         link_code_ttl: config.api.link_code_ttl(),
         websocket: Arc::new(config.websocket.clone()),
         verifier: Arc::new(

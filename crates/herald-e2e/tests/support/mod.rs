@@ -83,7 +83,7 @@ impl System {
             pool: pool.clone(),
             jwt: Arc::new(JwtKeys::from_config(&AuthConfig::default()).unwrap()),
             names: names.clone(),
-            limits: subscription_api::limits::RateLimits::new(&limits),
+            limits: subscription_api::limits::RateLimits::new(&limits, Some(pool.clone())).unwrap(),
             link_code_ttl: limits.link_code_ttl(),
             websocket: Arc::new(subscription_api::config::WebsocketTokenConfig {
                 token_secret: herald_runtime::config::Secret::new(WS_TOKEN_SECRET.into()),

@@ -1,30 +1,46 @@
-//! Request rate limits (R18): per caller on the subscription and registration routes, per
-//! subscription on triggers. Over the limit: 429 with `Retry-After`.
+//! Request rate limits (R18, issue #17). Over a limit: 429 with `Retry-After`.
 //!
-//! The buckets live in each replica's memory, so N replicas allow up to N times the rate.
+//! - Before authentication, per client address: failed authentications ([`clients`]), and
+//!   a negative cache of unknown API keys ([`UnknownKeys`]), so made-up credentials cost
+//!   neither a fresh bucket nor a database lookup each.
+//! - After it, per principal (the tenant and the API key or token subject): the
+//!   subscription and registration routes (R18). Per subscription: triggers (R18). Per
+//!   tenant: direct messages and triggers, and the recipients they reach.
+//!
+//! The limits after authentication hold for every API replica together ([`shared`]); the
+//! ones before it are per replica, so a client's made-up credentials never reach the
+//! database at all.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod clients;
+mod shared;
+mod window;
 
-use axum::extract::{Request, State};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use sha2::{Digest, Sha256};
+use herald_storage::PgPool;
 use uuid::Uuid;
 
+pub use clients::Client;
+
+use crate::auth::Caller;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
 pub struct RateLimits {
-    callers: DefaultKeyedRateLimiter<String>,
-    triggers: DefaultKeyedRateLimiter<(Uuid, String)>,
-    /// Checks since the idle buckets were last dropped.
-    checks: AtomicU64,
+    caller_per_minute: u64,
+    trigger_per_minute: u64,
+    tenant_messages_per_minute: u64,
+    tenant_recipients_per_minute: u64,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    shared: shared::SharedCounts,
+    failures: clients::Failures,
     unknown_keys: UnknownKeys,
 }
 
@@ -70,25 +86,35 @@ impl UnknownKeys {
     }
 }
 
-/// Every this many checks, buckets that are full again are dropped, so memory follows the
-/// callers of the last minute rather than every credential ever sent.
-const PRUNE_EVERY: u64 = 4096;
-
-fn per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
-}
-
 impl RateLimits {
-    pub fn new(config: &LimitsConfig) -> Arc<RateLimits> {
-        Arc::new(RateLimits {
-            callers: RateLimiter::keyed(per_minute(config.caller_per_minute)),
-            triggers: RateLimiter::keyed(per_minute(config.trigger_per_minute)),
-            checks: AtomicU64::new(0),
+    /// Limits shared through `pool` with the other replicas, synced every
+    /// [`LimitsConfig::limits_sync_ms`] in the background while they are in use; without a
+    /// pool, this process's own.
+    pub fn new(config: &LimitsConfig, pool: Option<PgPool>) -> Result<Arc<RateLimits>, String> {
+        let limits = Arc::new(RateLimits {
+            caller_per_minute: u64::from(config.caller_per_minute),
+            trigger_per_minute: u64::from(config.trigger_per_minute),
+            tenant_messages_per_minute: u64::from(config.tenant_messages_per_minute),
+            tenant_recipients_per_minute: u64::from(config.tenant_recipients_per_minute),
+            trusted_proxies: config.trusted_proxies()?,
+            shared: shared::SharedCounts::new(pool.clone()),
+            failures: clients::Failures::new(config.ip_failures_per_minute),
             unknown_keys: UnknownKeys {
                 hasher: std::hash::RandomState::new(),
                 seen: Default::default(),
             },
-        })
+        });
+        if pool.is_some() {
+            let interval = Duration::from_millis(config.limits_sync_ms.max(10));
+            sync_every(Arc::downgrade(&limits), interval);
+        }
+        Ok(limits)
+    }
+
+    /// Adds this replica's counts to the shared ones and reads the others' now (the
+    /// background sync does it every few hundred milliseconds anyway).
+    pub async fn sync_now(&self) {
+        self.shared.sync().await;
     }
 
     /// Whether this API key was looked up and not found a moment ago.
@@ -101,33 +127,99 @@ impl RateLimits {
         self.unknown_keys.note(token);
     }
 
-    fn forget_idle_now_and_then(&self) {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.callers.retain_recent();
-            self.callers.shrink_to_fit();
-            self.triggers.retain_recent();
-            self.triggers.shrink_to_fit();
+    /// The request's client, as the failure limit counts it.
+    pub fn client(&self, parts: &Parts) -> Option<Client> {
+        Client::of_request(parts, &self.trusted_proxies)
+    }
+
+    /// The 429 for a client that failed to authenticate too often lately.
+    pub fn refuse_failing(&self, client: Option<Client>) -> Result<(), ApiError> {
+        match client.and_then(|c| self.failures.blocked(c)) {
+            Some(wait) => Err(too_many(wait, "failed authentications from this address")),
+            None => Ok(()),
         }
     }
 
-    /// One trigger of a subscription, or the 429 to answer.
-    pub fn trigger(&self, tenant: Uuid, subscription: &str) -> Result<(), ApiError> {
-        self.forget_idle_now_and_then();
-        self.triggers
-            .check_key(&(tenant, subscription.to_owned()))
-            .map_err(|not_until| {
+    pub fn note_failure(&self, client: Option<Client>) {
+        if let Some(client) = client {
+            self.failures.note(client);
+        }
+    }
+
+    /// One request of an authenticated caller to the subscription and registration routes.
+    pub fn caller(&self, caller: &Caller) -> Result<(), ApiError> {
+        let key = match (&caller.tenant, caller.is_global_admin()) {
+            // A global admin is one caller whichever tenant it names.
+            (Some(tenant), false) => format!("caller:{}:{}", tenant.id, caller.actor),
+            _ => format!("caller:*:{}", caller.actor),
+        };
+        self.shared
+            .check(&[(&key, 1, self.caller_per_minute)])
+            .map_err(|wait| too_many(wait, "requests from this caller"))
+    }
+
+    /// One trigger of a subscription reaching `recipients` registrations: the subscription's
+    /// limit and the tenant's.
+    pub fn trigger(
+        &self,
+        tenant: Uuid,
+        subscription: &str,
+        recipients: u64,
+    ) -> Result<(), ApiError> {
+        let trigger = format!("trigger:{tenant}:{subscription}");
+        let (messages, reached) = tenant_keys(tenant);
+        self.shared
+            .check(&[
+                (&trigger, 1, self.trigger_per_minute),
+                (&messages, 1, self.tenant_messages_per_minute),
+                (&reached, recipients, self.tenant_recipients_per_minute),
+            ])
+            .map_err(|wait| {
                 too_many(
-                    not_until.wait_time_from(DefaultClock::default().now()),
-                    "triggers of this subscription",
+                    wait,
+                    "triggers of this subscription or messages of this tenant",
                 )
             })
     }
+
+    /// One direct message of a tenant to `recipients` people.
+    pub fn message(&self, tenant: Uuid, recipients: u64) -> Result<(), ApiError> {
+        let (messages, reached) = tenant_keys(tenant);
+        self.shared
+            .check(&[
+                (&messages, 1, self.tenant_messages_per_minute),
+                (&reached, recipients, self.tenant_recipients_per_minute),
+            ])
+            .map_err(|wait| too_many(wait, "messages or recipients of this tenant"))
+    }
 }
 
-fn too_many(wait: std::time::Duration, what: &str) -> ApiError {
+fn tenant_keys(tenant: Uuid) -> (String, String) {
+    (
+        format!("tenant-messages:{tenant}"),
+        format!("tenant-recipients:{tenant}"),
+    )
+}
+
+fn sync_every(limits: Weak<RateLimits>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(limits) = limits.upgrade() else {
+                return;
+            };
+            limits.shared.sync().await;
+        }
+    });
+}
+
+fn too_many(wait: Duration, what: &str) -> ApiError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
     ApiError {
-        retry_after: Some(seconds.max(1)),
+        retry_after: Some(seconds),
         ..ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests",
@@ -136,22 +228,19 @@ fn too_many(wait: std::time::Duration, what: &str) -> ApiError {
     }
 }
 
-/// Middleware for the subscription and registration routes. The key is a hash of the
-/// credential, so it is per caller without a database lookup; requests without one are left
-/// to authentication to refuse.
+/// Middleware for the subscription and registration routes: authenticates the caller (the
+/// handler then finds it in the request's extensions) and counts the request against the
+/// caller's limit.
 pub async fn per_caller(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(credential) = crate::auth::credential(request.headers()) {
-        let key = hex::encode(&Sha256::digest(credential.as_bytes())[..16]);
-        state.limits.forget_idle_now_and_then();
-        if let Err(not_until) = state.limits.callers.check_key(&key) {
-            return too_many(
-                not_until.wait_time_from(DefaultClock::default().now()),
-                "requests from this caller",
-            )
-            .into_response();
-        }
+    let (mut parts, body) = request.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = state.limits.caller(&caller) {
+        return error.into_response();
     }
-    next.run(request).await
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Adds `Retry-After` to a problem response (a 429, or an empty room pool's 503).
@@ -168,7 +257,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_remembered_and_bounded() {
-        let limits = RateLimits::new(&LimitsConfig::default());
+        let limits = RateLimits::new(&LimitsConfig::default(), None).unwrap();
         assert!(!limits.known_unknown_key("hk_made_up"));
         limits.note_unknown_key("hk_made_up");
         assert!(limits.known_unknown_key("hk_made_up"));

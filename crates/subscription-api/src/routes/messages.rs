@@ -158,9 +158,13 @@ async fn trigger(
             format!("{} is disabled; enable it to trigger it", subscription.key),
         ));
     }
-    state
-        .limits
-        .trigger(subscription.tenant_id, &subscription.key)?;
+    let recipients =
+        herald_storage::registrations::count_enabled(&state.pool, subscription.id).await?;
+    state.limits.trigger(
+        subscription.tenant_id,
+        &subscription.key,
+        recipients.max(0) as u64,
+    )?;
     let locale = body
         .locale
         .as_deref()
@@ -194,6 +198,9 @@ async fn send(
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let users = body.users()?;
+    state
+        .limits
+        .message(caller.tenant()?.id, users.len() as u64)?;
     let request = NotifyRequest {
         version: EnvelopeVersion,
         tenant: tenant_key(&caller)?,

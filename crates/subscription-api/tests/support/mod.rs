@@ -50,6 +50,9 @@ pub struct TestApp {
     pub pool: PgPool,
     /// The test's own exchange and queue names, for tests that use the broker.
     pub names: messaging_core::topology::Names,
+    /// The client address every request comes from (tests may change it).
+    pub peer: std::net::SocketAddr,
+    pub limits: Arc<subscription_api::limits::RateLimits>,
 }
 
 pub struct Response {
@@ -68,6 +71,7 @@ impl TestApp {
                 max_body_bytes: 16 * 1024,
                 caller_per_minute: 10_000,
                 trigger_per_minute: 10_000,
+                ip_failures_per_minute: 10_000,
                 sms_country_codes: "1,41,44,49".into(),
                 ..LimitsConfig::default()
             },
@@ -83,11 +87,13 @@ impl TestApp {
         .unwrap();
         let names =
             messaging_core::topology::Names::new(herald_testkit::broker::unique_prefix("api"));
+        let rate_limits =
+            subscription_api::limits::RateLimits::new(&limits, Some(pool.clone())).unwrap();
         let state = AppState {
             pool: pool.clone(),
             jwt: Arc::new(jwt),
             names: names.clone(),
-            limits: subscription_api::limits::RateLimits::new(&limits),
+            limits: rate_limits.clone(),
             link_code_ttl: limits.link_code_ttl(),
             websocket: Arc::new(subscription_api::config::WebsocketTokenConfig {
                 token_secret: herald_runtime::config::Secret::new(WS_TOKEN_SECRET.into()),
@@ -109,6 +115,8 @@ impl TestApp {
             router,
             pool,
             names,
+            peer: ([192, 0, 2, 10], 50_000).into(),
+            limits: rate_limits,
         }
     }
 
@@ -281,9 +289,13 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request
+        let mut request = request
             .body(body.map(Body::from).unwrap_or_else(Body::empty))
             .unwrap();
+        // What the server tells handlers about the connection (tests call in-process).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let content_type = response

@@ -473,6 +473,18 @@ fn rows() -> Vec<Row> {
             false,
         ),
         row("GET", "/users", None, ADMIN_LIST, true),
+        // An import creates people in the caller's own tenant: a foreign admin's are theirs.
+        row(
+            "POST",
+            "/user-imports",
+            Some(|f| {
+                json!({"users": [{"userId": format!("import-{}", f.n), "addresses": [
+                    {"channel": "email", "address": format!("import{}@example.com", f.n), "verified": true}
+                ]}]})
+            }),
+            [200, 200, 403, 200],
+            false,
+        ),
         row("GET", "/users/{user_id}", None, OWNER, false),
         // A user id names a person within the caller's tenant: another tenant's admin
         // creating "person-N" creates their own person, not acme's.

@@ -11,6 +11,7 @@ use herald_storage::page::PageRequest;
 
 pub mod api_keys;
 pub mod broker_producers;
+pub mod bulk;
 pub mod deliveries;
 pub mod event_bindings;
 pub mod help_desk;
@@ -37,6 +38,7 @@ fn limited() -> OpenApiRouter<AppState> {
         .merge(templates::router())
         .merge(registrations::router())
         .merge(users::router())
+        .merge(bulk::router())
         .merge(verification::router())
         .merge(support::router())
         .merge(websocket::router())

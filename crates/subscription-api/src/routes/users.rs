@@ -188,40 +188,68 @@ async fn put(
 ) -> Result<Json<UserView>, ApiError> {
     let person = person(&caller, &raw)?;
     let tenant = caller.tenant()?;
-    let locale = body
-        .locale
-        .as_deref()
-        .map(|l| Locale::parse(l).map_err(|e| ApiError::invalid("locale", e.to_string())))
-        .transpose()?;
-    let preferred = body
-        .preferred_channel
-        .as_deref()
-        .map(|c| {
-            parse_channel(c).map_err(|mut e| {
-                e.field = Some("preferredChannel".into());
-                e
-            })
-        })
-        .transpose()?;
-    let mode = body.delivery_mode.unwrap_or(DeliveryMode::All);
-    if mode == DeliveryMode::Preferred && preferred.is_none() {
-        return Err(ApiError::invalid(
-            "preferredChannel",
-            "delivering on the preferred channel needs one",
-        ));
-    }
+    let settings = body.parse()?;
     let user = users::put(
         &state.pool,
         tenant.id,
         person.as_str(),
-        Settings {
-            locale: locale.as_ref().map(|l| l.as_str()),
-            preferred_channel: preferred,
-            delivery_mode: mode,
-        },
+        settings.as_settings(),
     )
     .await?;
     Ok(Json(user.into()))
+}
+
+/// [`UserSettings`] checked.
+pub(super) struct ParsedSettings {
+    locale: Option<Locale>,
+    preferred: Option<Channel>,
+    mode: DeliveryMode,
+}
+
+impl ParsedSettings {
+    pub(super) fn as_settings(&self) -> Settings<'_> {
+        Settings {
+            locale: self.locale.as_ref().map(|l| l.as_str()),
+            preferred_channel: self.preferred,
+            delivery_mode: self.mode,
+        }
+    }
+}
+
+impl UserSettings {
+    pub(super) fn is_empty(&self) -> bool {
+        self.locale.is_none() && self.preferred_channel.is_none() && self.delivery_mode.is_none()
+    }
+
+    pub(super) fn parse(&self) -> Result<ParsedSettings, ApiError> {
+        let locale = self
+            .locale
+            .as_deref()
+            .map(|l| Locale::parse(l).map_err(|e| ApiError::invalid("locale", e.to_string())))
+            .transpose()?;
+        let preferred = self
+            .preferred_channel
+            .as_deref()
+            .map(|c| {
+                parse_channel(c).map_err(|mut e| {
+                    e.field = Some("preferredChannel".into());
+                    e
+                })
+            })
+            .transpose()?;
+        let mode = self.delivery_mode.unwrap_or(DeliveryMode::All);
+        if mode == DeliveryMode::Preferred && preferred.is_none() {
+            return Err(ApiError::invalid(
+                "preferredChannel",
+                "delivering on the preferred channel needs one",
+            ));
+        }
+        Ok(ParsedSettings {
+            locale,
+            preferred,
+            mode,
+        })
+    }
 }
 
 #[utoipa::path(delete, path = "/users/{user_id}", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person")), responses((status = 204, description = "Deleted with their addresses and registrations")))]
@@ -296,32 +324,73 @@ async fn add_address(
 ) -> Result<(StatusCode, Json<AddressView>), ApiError> {
     let person = person(&caller, &raw)?;
     let tenant = caller.tenant()?;
-    let channel = parse_channel(&body.channel)?;
-    let address = if body.room {
-        if channel != messaging_core::Channel::Xmpp {
-            return Err(ApiError::invalid(
-                "room",
-                "only XMPP addresses can be rooms",
-            ));
-        }
-        Address::XmppRoom(
-            Jid::parse(&body.address).map_err(|e| ApiError::invalid("address", e.to_string()))?,
-        )
-    } else {
-        Address::parse(channel, &body.address)
-            .map_err(|e| ApiError::invalid("address", e.to_string()))?
-    };
-    let proof = proof_for(&caller, &address, body.verified)?;
-    if let Some(name) = &body.display_name {
-        super::check_text("displayName", name, 200)?;
-    }
+    let checked = body.check(&caller)?;
     let tenant = tenants::by_id(&state.pool, tenant.id).await?;
-    let value = address.value();
-    if address.channel() == Channel::Sms {
-        state.verifier.check_sms_destination(&tenant, &value)?;
-    }
     let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
     let user = users::ensure(&mut *tx, tenant.id, person.as_str()).await?;
+    let (view, created) = add_checked(&state, &caller, &mut tx, &tenant, &user, &checked).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+/// A [`NewAddressRequest`] that passed the checks needing no database.
+pub(super) struct CheckedAddress {
+    address: Address,
+    proof: Option<Proof>,
+    display_name: Option<String>,
+}
+
+impl NewAddressRequest {
+    pub(super) fn check(&self, caller: &Caller) -> Result<CheckedAddress, ApiError> {
+        let channel = parse_channel(&self.channel)?;
+        let address = if self.room {
+            if channel != messaging_core::Channel::Xmpp {
+                return Err(ApiError::invalid(
+                    "room",
+                    "only XMPP addresses can be rooms",
+                ));
+            }
+            Address::XmppRoom(
+                Jid::parse(&self.address)
+                    .map_err(|e| ApiError::invalid("address", e.to_string()))?,
+            )
+        } else {
+            Address::parse(channel, &self.address)
+                .map_err(|e| ApiError::invalid("address", e.to_string()))?
+        };
+        let proof = proof_for(caller, &address, self.verified)?;
+        if let Some(name) = &self.display_name {
+            super::check_text("displayName", name, 200)?;
+        }
+        Ok(CheckedAddress {
+            address,
+            proof,
+            display_name: self.display_name.clone(),
+        })
+    }
+}
+
+/// Adds a checked address to `user` in `tx`: the per-channel cap, the SMS countries, and
+/// the proof (an import or a tenant's WebSocket client is proven at once; otherwise a code
+/// goes to it unless it is proven and in service already). Whether it is new.
+pub(super) async fn add_checked(
+    state: &AppState,
+    caller: &Caller,
+    tx: &mut sqlx::PgConnection,
+    tenant: &tenants::Tenant,
+    user: &User,
+    checked: &CheckedAddress,
+) -> Result<(AddressView, bool), ApiError> {
+    let address = &checked.address;
+    let value = address.value();
+    if address.channel() == Channel::Sms {
+        state.verifier.check_sms_destination(tenant, &value)?;
+    }
     let known = addresses::by_value(&mut *tx, user.id, address.channel(), &value).await?;
     if known.is_none() {
         let cap = state.verifier.addresses_per_channel;
@@ -342,15 +411,15 @@ async fn add_address(
             user_id: user.id,
             kind: address.kind(),
             value: &value,
-            display_name: body.display_name.as_deref(),
+            display_name: checked.display_name.as_deref(),
         },
     )
     .await?;
     let in_service = row.verified && row.state == AddressState::Active;
     let mut code = None;
-    match proof {
+    match checked.proof {
         Some(proof) if !in_service => {
-            verification::mark_verified(&mut tx, row.id, proof, &caller.actor).await?;
+            verification::mark_verified(tx, row.id, proof, &caller.actor).await?;
             tracing::info!(address_id = %row.id, how = proof.as_str(), actor = %caller.actor, "address verified without a code");
         }
         Some(_) => {}
@@ -360,22 +429,16 @@ async fn add_address(
             code = Some(
                 state
                     .verifier
-                    .send(&mut tx, &state.names, &tenant, &user, &row, &caller.actor)
+                    .send(tx, &state.names, tenant, user, &row, &caller.actor)
                     .await?,
             );
         }
         None => {}
     }
     let row = addresses::by_id(&mut *tx, tenant.id, user.id, row.id).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
     let mut view = AddressView::from(row);
     view.verification = code;
-    Ok((status, Json(view)))
+    Ok((view, created))
 }
 
 #[utoipa::path(delete, path = "/users/{user_id}/addresses/{address_id}", tag = "users", params(("user_id" = crate::schema::UserIdText, Path, description = "The tenant's own id for the person"), ("address_id" = Uuid, Path)), responses((status = 204, description = "Removed")))]

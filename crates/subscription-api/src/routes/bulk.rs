@@ -43,27 +43,49 @@ pub struct BulkRequest {
     pub users: Vec<BulkPerson>,
 }
 
+/// One person. The fields are described loosely on purpose: each entry is checked on its
+/// own, as the single routes check it, and a bad entry is reported in the results (`200`)
+/// rather than refusing the whole import.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BulkPerson {
-    #[schema(value_type = crate::schema::UserIdText)]
+    /// The tenant's own id for the person (1 to 255 bytes, no control characters).
     pub user_id: String,
     /// Given any of `locale`, `preferredChannel`, `deliveryMode`: the person's settings are
     /// replaced, as `PUT /users/{userId}` does. None: a known person's settings stay.
+    /// A locale (`de`, `de-CH`).
     #[serde(default)]
-    #[schema(value_type = Option<crate::schema::LocaleText>)]
     pub locale: Option<String>,
+    /// A channel name; needed with `deliveryMode: preferred`.
     #[serde(default)]
-    #[schema(value_type = Option<crate::schema::ChannelName>)]
     pub preferred_channel: Option<String>,
     #[serde(default)]
     #[schema(value_type = Option<crate::schema::DeliveryModeName>)]
     pub delivery_mode: Option<messaging_core::ingress::DeliveryMode>,
     /// Added as `POST /users/{userId}/addresses` adds them (`verified: true` imports one
-    /// as proven; otherwise a code goes to it). Up to 20.
+    /// as proven; otherwise a code goes to it). Up to 20; more fail the entry.
     #[serde(default)]
-    #[schema(value_type = Vec<crate::schema::NewAddressBody>, max_items = 20)]
+    #[schema(value_type = Vec<BulkAddress>)]
     pub addresses: Vec<NewAddressRequest>,
+}
+
+/// An address of an imported person, as `POST /users/{userId}/addresses` takes it
+/// (`NewAddressRequest`); checked per entry.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // Only its schema is used: the body is read as a `NewAddressRequest`.
+pub struct BulkAddress {
+    /// A channel name (`email`, `sms`, `xmpp`, `telegram`, ...).
+    channel: String,
+    address: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    /// For `xmpp`: a multi-user-chat room.
+    #[serde(default)]
+    room: bool,
+    /// An admin vouches that the address is the person's.
+    #[serde(default)]
+    verified: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

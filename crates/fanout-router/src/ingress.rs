@@ -413,7 +413,7 @@ impl IngressHandler {
         message: &RouterMessage,
     ) -> Result<Outcome, RouteError> {
         let request = work.request;
-        let Some(mut lease) = lease::try_lease(&self.pool, message.id).await? else {
+        let Some((mut lease, check)) = lease::try_lease(&self.pool, message.id).await? else {
             // The pass that holds it finishes the message, or dies and frees it; either way
             // this copy comes back later and finds out which.
             tracing::info!("another pass is fanning out this message; looking again later");
@@ -427,7 +427,7 @@ impl IngressHandler {
         // have taken the lease first), so the row is read again under the lease.
         let result = match lease.message(work.tenant.id).await {
             Ok(Some(leased)) if leased.message.status == MessageStatus::Accepted => {
-                self.fan_out(work, &leased.message, leased.has_deliveries)
+                self.fan_out(work, &leased.message, leased.has_deliveries, &check)
                     .await
             }
             Ok(Some(leased)) => self.repeated(&leased.message, request.source).await,
@@ -483,6 +483,7 @@ impl IngressHandler {
         work: &Work<'_>,
         message: &RouterMessage,
         resumed: bool,
+        lease: &lease::LeaseCheck,
     ) -> Result<Outcome, RouteError> {
         let Work {
             tenant,
@@ -551,6 +552,7 @@ impl IngressHandler {
                 audience,
                 body,
                 resumed,
+                lease: Some(lease),
             })
             .await?;
         self.fanned_out(message.id, request.source, &summary, false)

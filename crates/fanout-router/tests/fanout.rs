@@ -741,7 +741,7 @@ async fn two_copies_of_a_request_in_work_at_once_fan_out_once(pool: PgPool) {
 
     // While another pass holds the message, a copy waits (without spending an attempt) and
     // publishes nothing.
-    let held = herald_storage::lease::try_lease(&h.pool, id.parse().unwrap())
+    let (held, _) = herald_storage::lease::try_lease(&h.pool, id.parse().unwrap())
         .await
         .unwrap()
         .expect("the lease is free");
@@ -766,6 +766,65 @@ async fn two_copies_of_a_request_in_work_at_once_fan_out_once(pool: PgPool) {
     let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
     assert_eq!((jobs.len(), ids.len()), (1500, 1500), "each job once");
     assert_eq!(h.message().await.1, "fanned_out");
+    h.finish().await;
+}
+
+/// Issue #18: the lease's session ends while the pass works (a network cut, the server
+/// ending it). Its lock is gone, so a copy of the request could take over; the pass must stop
+/// publishing instead of sending what the other pass sends too.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_pass_that_loses_its_lease_stops_publishing(pool: PgPool) {
+    let h = Harness::with(pool, "lease_lost", 100, None).await;
+    news_with_registrations(&h, 5000).await;
+    let body = trigger("news", json!({"name": "all"}), None);
+    let id = Uuid::now_v7().to_string();
+
+    // As soon as the first jobs are out, the session holding the lease is ended.
+    let killer = {
+        let pool = h.pool.clone();
+        let message_id: Uuid = id.parse().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let published: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM deliveries
+                      WHERE message_id = $1 AND job_published_at IS NOT NULL",
+                )
+                .bind(message_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if published > 0 {
+                    let ended: Vec<bool> = sqlx::query_scalar(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks
+                          WHERE locktype = 'advisory' AND granted AND database =
+                                (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    return ended;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let outcome = h.handle(&body, Some(&id)).await;
+    let ended = killer.await.unwrap();
+    assert_eq!(ended, [true], "the lease's session was ended");
+    assert_ne!(outcome, Outcome::Ack, "the pass stopped");
+    let published_first = h.jobs(Channel::Email).await;
+    assert!(
+        published_first.len() < 5000,
+        "stopped before the end: {} of 5000",
+        published_first.len()
+    );
+
+    // The request comes back and finishes: each job once over both passes.
+    assert_eq!(h.handle(&body, Some(&id)).await, Outcome::Ack);
+    let mut jobs = published_first;
+    jobs.extend(h.jobs(Channel::Email).await);
+    let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    assert_eq!((jobs.len(), ids.len()), (5000, 5000), "each job once");
     h.finish().await;
 }
 

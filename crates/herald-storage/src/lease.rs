@@ -21,6 +21,50 @@ pub struct FanoutLease {
     message_id: Uuid,
 }
 
+/// Whether a lease is still held, asked before each chunk of jobs goes out (issue #18). The
+/// lease's session idles on a side connection while the pass works on others; if that
+/// connection drops (a network cut, the server ending the session), the lock is gone, a
+/// redelivered copy of the request may take it, and a pass that went on publishing would
+/// send jobs twice. A check per chunk narrows that to the chunk in flight when the lock
+/// went.
+///
+/// It asks on a connection of its own (the lease's is busy only between chunks, but is
+/// owned by the lease): the server's lock table says whether the lease's session still
+/// holds the lock.
+#[derive(Clone)]
+pub struct LeaseCheck {
+    pool: sqlx::PgPool,
+    key: i64,
+    /// The server process of the lease's session.
+    holder: i32,
+}
+
+impl LeaseCheck {
+    /// `Ok` while the lease's session holds the lock; [`StoreError::Unavailable`] (so the
+    /// request is tried again later) once it does not.
+    pub async fn still_held(&self) -> Result<(), StoreError> {
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (
+                 SELECT 1 FROM pg_locks
+                  WHERE locktype = 'advisory' AND granted AND pid = $1
+                    AND ((classid::bigint << 32) | objid::bigint) = $2
+                    AND objsubid = 1)",
+        )
+        .bind(self.holder)
+        .bind(self.key)
+        .fetch_one(&self.pool)
+        .await?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "the fan-out lease was lost (its database session ended); the request is tried again"
+                    .into(),
+            ))
+        }
+    }
+}
+
 /// The advisory lock key of a message's lease. Advisory locks take one bigint; two messages
 /// that share one merely wait for each other.
 fn key_of(message_id: Uuid) -> i64 {
@@ -64,18 +108,18 @@ pub async fn unlock_many(
     Ok(())
 }
 
-/// The lease on `message_id`, or `None` while another pass holds it.
+/// The lease on `message_id` with its [`LeaseCheck`], or `None` while another pass holds it.
 pub async fn try_lease(
     pool: &sqlx::PgPool,
     message_id: Uuid,
-) -> Result<Option<FanoutLease>, StoreError> {
+) -> Result<Option<(FanoutLease, LeaseCheck)>, StoreError> {
     let mut conn = pool.acquire().await?;
     let key = key_of(message_id);
     // The session idles while the pass works on other connections: keepalives (server side,
     // for this session) let the server notice within about a minute that a router host died,
     // and free the lock, instead of after the operating system's two hours.
-    let locked: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_lock($1)
+    let (locked, holder): (bool, i32) = sqlx::query_as(
+        "SELECT pg_try_advisory_lock($1), pg_backend_pid()
                 FROM (SELECT set_config('tcp_keepalives_idle', '30', false),
                              set_config('tcp_keepalives_interval', '10', false),
                              set_config('tcp_keepalives_count', '3', false)) k",
@@ -83,11 +127,18 @@ pub async fn try_lease(
     .bind(key)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(locked.then_some(FanoutLease {
-        conn: Some(conn),
-        key,
-        message_id,
-    }))
+    Ok(locked.then_some((
+        FanoutLease {
+            conn: Some(conn),
+            key,
+            message_id,
+        },
+        LeaseCheck {
+            pool: pool.clone(),
+            key,
+            holder,
+        },
+    )))
 }
 
 /// The leased message as the pass starts: read after the lock is taken (a statement of its own,

@@ -84,6 +84,9 @@ pub struct Plan<'a> {
     /// An earlier pass wrote delivery rows (found under the lease): this pass must look for
     /// its unpublished rows, and sweep those no recipient claims any more.
     pub resumed: bool,
+    /// The message's lease, asked before each chunk of jobs goes out: a pass whose lease
+    /// was lost stops (issue #18).
+    pub lease: Option<&'a herald_storage::lease::LeaseCheck>,
 }
 
 /// What a fan-out did.
@@ -137,6 +140,7 @@ impl FanOut {
             audience,
             mut body,
             resumed,
+            lease,
         } = plan;
         let choice = Choice {
             channels: request.channels.as_deref(),
@@ -162,6 +166,7 @@ impl FanOut {
             expires_at: request.expires_at,
             created_at: started,
             resumed,
+            lease,
             in_flight: Chunk::default(),
             summary: Summary {
                 new_rows: 0,
@@ -202,6 +207,7 @@ struct Pipeline<'a> {
     expires_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     resumed: bool,
+    lease: Option<&'a herald_storage::lease::LeaseCheck>,
     /// The last chunk of the page before, published while this page is written.
     in_flight: Chunk,
     summary: Summary,
@@ -300,8 +306,7 @@ impl Pipeline<'_> {
                 Some((channel, body)) => {
                     chunk.push(channel, body, delivery_id);
                     if chunk.bytes >= PUBLISH_CHUNK_BYTES {
-                        self.summary.published +=
-                            self.fanout.publish(std::mem::take(&mut chunk)).await?;
+                        self.summary.published += self.publish(std::mem::take(&mut chunk)).await?;
                     }
                 }
                 None => oversized.push(delivery_id),
@@ -314,6 +319,11 @@ impl Pipeline<'_> {
 
     /// Stage 5, for [`Pipeline::write`]: [`FanOut::publish`].
     async fn publish(&self, chunk: Chunk) -> Result<usize, FanOutError> {
+        if let Some(lease) = self.lease
+            && !chunk.ids.is_empty()
+        {
+            lease.still_held().await?;
+        }
         self.fanout.publish(chunk).await
     }
 }

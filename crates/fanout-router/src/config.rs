@@ -61,6 +61,11 @@ pub struct RouterConfig {
     pub group_linger_ms: u64,
     /// Groups in work at once; each holds a database connection.
     pub group_parallel: usize,
+    /// Issue #18: finished messages (and their deliveries) older than this many days are
+    /// deleted. 0: kept forever.
+    pub keep_finished_days: u32,
+    /// How often each router replica looks for messages to delete (seconds).
+    pub retention_every_secs: u64,
 }
 
 impl Default for RouterConfig {
@@ -82,6 +87,8 @@ impl Default for RouterConfig {
             group_max: 64,
             group_linger_ms: 0,
             group_parallel: 2,
+            keep_finished_days: 30,
+            retention_every_secs: 3600,
         }
     }
 }
@@ -170,6 +177,12 @@ impl RouterConfig {
     }
 
     /// How long a send queue may go without a consumer before it is drained; `None`: never.
+    /// How long finished messages are kept; `None`: forever.
+    pub fn keep_finished(&self) -> Option<chrono::Duration> {
+        (self.keep_finished_days > 0)
+            .then(|| chrono::Duration::days(i64::from(self.keep_finished_days)))
+    }
+
     pub fn no_sender_after(&self) -> Option<Duration> {
         (self.no_sender_after_ms > 0).then(|| Duration::from_millis(self.no_sender_after_ms))
     }

@@ -22,6 +22,8 @@
 //! - [`watchdog`]: send queues without a sender (no consumer, and none paused on the standby
 //!   queue): gauges, and after a while their jobs withdrawn and reported failed as
 //!   `unhealthy` / `no_sender` (R4 c).
+//! - [`retention`]: finished messages and their deliveries deleted after
+//!   `router.keep_finished_days`.
 //!
 //! [`run`] is the binary's whole life; [`start`] builds the work on a [`Service`] that tests
 //! create themselves: the ingress and events consumers, the scheduler, an outbox relay and the
@@ -34,6 +36,7 @@ pub mod ingress;
 pub mod outcome;
 pub mod producers;
 pub mod render;
+pub mod retention;
 pub mod rooms;
 pub mod scheduler;
 pub mod tracking;
@@ -210,6 +213,11 @@ pub fn start(
         Duration::from_millis(config.router.sender_check_ms),
         config.router.no_sender_after(),
     );
+    let retention = retention::Retention::new(
+        pool.clone(),
+        config.router.keep_finished(),
+        Duration::from_secs(config.router.retention_every_secs.max(1)),
+    );
     let shutdown = service.shutdown.clone();
     let health = service.health.clone();
     Ok(Box::pin(async move {
@@ -222,7 +230,12 @@ pub fn start(
                 scheduler.run(shutdown.clone()),
                 relay.run(shutdown.clone()),
                 watchdog.run(shutdown.clone()),
-                late_outcomes.sweep(OUTCOME_SWEEP, shutdown),
+                late_outcomes.sweep(OUTCOME_SWEEP, shutdown.clone()),
+                async {
+                    if let Some(retention) = retention {
+                        retention.run(shutdown.clone()).await;
+                    }
+                },
             );
         }
         jobs.close().await;

@@ -8,6 +8,7 @@
 //! - [`page`]: keyset pagination (`limit` + opaque cursor).
 //! - [`relay`]: the outbox relay, publishing accepted messages to the broker with confirms.
 //! - [`lease`]: a fan-out pass's exclusive hold on its message.
+//! - [`retention`]: finished messages and their deliveries deleted after a while.
 //! - one module per table group: [`tenants`], [`api_keys`], [`users`] and their [`addresses`],
 //!   [`subscriptions`] with their [`templates`], [`schedules`] and [`event_bindings`],
 //!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
@@ -33,6 +34,7 @@ pub mod producers;
 pub mod rate_windows;
 pub mod registrations;
 pub mod relay;
+pub mod retention;
 pub mod rooms;
 pub mod schedules;
 pub mod secret;

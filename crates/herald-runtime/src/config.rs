@@ -99,6 +99,14 @@ pub enum QueueType {
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost`. A secret: it holds the password.
     pub url: Secret<String>,
+    /// More nodes of the same cluster, `host:port` comma-separated (`rabbit-2:5672,
+    /// rabbit-3:5672`), reached with the URL's user, password, vhost and scheme. A service
+    /// connects to the node it last reached, and when that one fails, to the next that
+    /// answers. Empty: the URL's node only.
+    pub nodes: String,
+    /// How long one connection attempt to one node may take before the next node is tried
+    /// (a node cut off by the network does not refuse, it just never answers).
+    pub connect_timeout_ms: u64,
     /// Every exchange and queue name starts with this (`herald.send.email`).
     pub prefix: String,
     pub queue_type: QueueType,
@@ -149,6 +157,8 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            nodes: String::new(),
+            connect_timeout_ms: 5_000,
             prefix: "herald".into(),
             queue_type: QueueType::Quorum,
             delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000],
@@ -210,6 +220,59 @@ impl AmqpConfig {
     pub fn redacted_url(&self) -> String {
         redact_url(self.url.expose())
     }
+
+    /// Every node to connect to: the URL's first, then [`AmqpConfig::nodes`] in their order,
+    /// each once.
+    pub fn node_uris(&self) -> Result<Vec<lapin::uri::AMQPUri>, String> {
+        let first: lapin::uri::AMQPUri = self
+            .url
+            .expose()
+            .parse()
+            .map_err(|e| format!("amqp.url: {e}"))?;
+        let mut uris = vec![first.clone()];
+        for node in self
+            .nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let (host, port) = parse_node(node, first.authority.port)
+                .ok_or_else(|| format!("amqp.nodes: `{node}` is not host:port"))?;
+            let mut uri = first.clone();
+            uri.authority.host = host;
+            uri.authority.port = port;
+            if !uris.iter().any(|u| {
+                u.authority.host == uri.authority.host && u.authority.port == uri.authority.port
+            }) {
+                uris.push(uri);
+            }
+        }
+        Ok(uris)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.max(1))
+    }
+}
+
+/// `host:port`, `host` (the URL's port), `[v6]:port` or `[v6]`.
+fn parse_node(node: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = node.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        (host.to_owned(), port)
+    } else {
+        match node.rsplit_once(':') {
+            Some((host, port)) => (host.to_owned(), port.parse().ok()?),
+            None => (node.to_owned(), default_port),
+        }
+    };
+    let valid = !host.is_empty() && !host.contains(['/', '@', ' ', ',']) && port != 0;
+    valid.then_some((host, port))
 }
 
 /// `scheme://user:secret@host` -> `scheme://user:***@host`.
@@ -289,6 +352,39 @@ pub struct BaseConfig {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_share_the_urls_credentials_and_vhost() {
+        let config = AmqpConfig {
+            url: Secret::new("amqps://svc:pw@rabbit-1:5671/prod".into()),
+            nodes: " rabbit-2:5672, rabbit-3 ,[::1]:5673,rabbit-1:5671,".into(),
+            ..AmqpConfig::default()
+        };
+        let uris = config.node_uris().unwrap();
+        let nodes: Vec<(String, u16)> = uris
+            .iter()
+            .map(|u| (u.authority.host.clone(), u.authority.port))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("rabbit-1".to_owned(), 5671),
+                ("rabbit-2".to_owned(), 5672),
+                ("rabbit-3".to_owned(), 5671),
+                ("::1".to_owned(), 5673),
+            ]
+        );
+        assert!(uris.iter().all(|u| u.authority.userinfo.username == "svc"
+            && u.authority.userinfo.password == "pw"
+            && u.vhost == "prod"));
+        for bad in ["rabbit-2:x", "user@rabbit:5672", "[::1", ":5672"] {
+            let config = AmqpConfig {
+                nodes: bad.into(),
+                ..AmqpConfig::default()
+            };
+            assert!(config.node_uris().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn secrets_never_print() {

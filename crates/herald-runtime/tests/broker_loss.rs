@@ -308,3 +308,103 @@ async fn a_retry_that_cannot_be_republished_stays_in_hand_until_it_can() {
     publisher.close().await;
     h.cleanup().await;
 }
+
+/// Issue #18: with several nodes configured, a service whose node dies goes on on another
+/// one within seconds instead of waiting for its own to come back. Two nodes of the test's
+/// own that are not clustered: what is shown is the switch (the consumer declares its
+/// topology on the node it reaches); a cluster's quorum queues would also keep what the dead
+/// node held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_goes_on_on_another_node_when_its_node_dies() {
+    let (a, b) =
+        tokio::task::spawn_blocking(|| (RabbitNode::start("node_a"), RabbitNode::start("node_b")))
+            .await
+            .unwrap();
+    let mut h = Harness::on(&a.url(), "other_node").await;
+    h.config.nodes = format!("127.0.0.1:{}", b.port());
+    h.config.connect_timeout_ms = 2_000;
+    h.broker = herald_runtime::amqp::Broker::new(h.config.clone(), "test");
+    let (handler, _, mut finished) = Stuck::new(0);
+    let settings = h.settings();
+    let queue = settings.queue.clone();
+    let (consumer, stop) = run(Consumer::new(
+        h.broker.clone(),
+        h.topology.clone(),
+        settings,
+        handler,
+        h.health.clone(),
+    ));
+    wait_state(&h, &queue, true).await;
+    let publisher = h.publisher();
+    let bodies: Vec<Vec<u8>> = (0..5).map(numbered).collect();
+    let batch: Vec<Message> = bodies.iter().map(|b| h.message(b)).collect();
+    publisher.publish_batch(&batch).await.unwrap();
+    receive(5, &mut finished).await;
+
+    // Node A dies for good. The consumer is on B within seconds, and so is the publisher.
+    let a = tokio::task::spawn_blocking(move || {
+        a.kill();
+        a
+    })
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let on_b = herald_testkit::broker::Inspector::connect_to(&b.url()).await;
+    assert!(
+        consumed_on(on_b.connection(), &queue, Duration::from_secs(30)).await,
+        "a consumer on node B within 30 s"
+    );
+    let switched_in = started.elapsed();
+    println!("consuming on the other node {switched_in:?} after the kill");
+    wait_state(&h, &queue, true).await;
+    let bodies: Vec<Vec<u8>> = (5..10).map(numbered).collect();
+    let batch: Vec<Message> = bodies.iter().map(|b| h.message(b)).collect();
+    publisher.publish_batch(&batch).await.unwrap();
+    receive(5, &mut finished).await;
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer stops in time")
+        .unwrap();
+    publisher.close().await;
+    on_b.close().await;
+    drop((a, b));
+}
+
+/// Whether `queue` has a consumer on this connection's node within `timeout`. A fresh
+/// channel per look: a passive declare of a queue not there yet closes its channel.
+async fn consumed_on(connection: &lapin::Connection, queue: &str, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(channel) = connection.create_channel().await {
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok_and(|q| q.consumer_count() > 0) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Waits until `n` different numbers were handled.
+async fn receive(n: usize, finished: &mut mpsc::UnboundedReceiver<u32>) {
+    let mut seen = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while seen.len() < n {
+            seen.insert(finished.recv().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} handled"));
+}

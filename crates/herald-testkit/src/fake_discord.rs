@@ -174,7 +174,13 @@ struct FakeState {
     limits: Option<Windows>,
     next_id: u64,
     verify_key: String,
+    /// Messages created with `enforce_nonce`, by channel and nonce: what Discord answers
+    /// when the same nonce comes again within a few minutes.
+    nonces: HashMap<(u64, String), (Value, Instant)>,
 }
+
+/// How long Discord remembers an enforced nonce ("the past few minutes").
+const NONCE_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 impl FakeState {
     /// A new snowflake; they only need to be unique and increasing here.
@@ -739,7 +745,26 @@ async fn send_message(shared: &Shared, channel: &str, body: Value) -> Response {
     if content.trim().is_empty() && embeds.as_array().is_none_or(Vec::is_empty) {
         return discord_error(400, 50006, "Cannot send an empty message");
     }
+    let nonce = match &body["nonce"] {
+        Value::String(n) => Some(n.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    if nonce.as_ref().is_some_and(|n| n.chars().count() > 25) {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"code": 50035, "message": "Invalid Form Body", "errors": {"nonce": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 25 or fewer in length."}]}}}),
+        );
+    }
+    let enforced = nonce.filter(|_| body["enforce_nonce"].as_bool() == Some(true));
     let mut state = shared.state();
+    if let Some(nonce) = &enforced
+        && let Some((first, at)) = state.nonces.get(&(channel_id, nonce.clone()))
+        && at.elapsed() < NONCE_WINDOW
+    {
+        // The message made with this nonce, not a second one.
+        return json_response(StatusCode::OK, first.clone());
+    }
     let message_id = state.snowflake();
     state.sent.push(DiscordMessage {
         channel_id,
@@ -751,9 +776,7 @@ async fn send_message(shared: &Shared, channel: &str, body: Value) -> Response {
         at: Instant::now(),
     });
     // Every field serenity 0.12's `Message` requires, plus the usual nulls.
-    json_response(
-        StatusCode::OK,
-        json!({
+    let message = json!({
             "id": message_id.to_string(),
             "channel_id": channel_id.to_string(),
             "author": bot_user_json(shared.application_id),
@@ -771,8 +794,13 @@ async fn send_message(shared: &Shared, channel: &str, body: Value) -> Response {
             "flags": 0,
             "components": body.get("components").cloned().unwrap_or(json!([])),
             "nonce": body.get("nonce").cloned().unwrap_or(Value::Null),
-        }),
-    )
+    });
+    if let Some(nonce) = enforced {
+        state
+            .nonces
+            .insert((channel_id, nonce), (message.clone(), Instant::now()));
+    }
+    json_response(StatusCode::OK, message)
 }
 
 async fn overwrite_commands(

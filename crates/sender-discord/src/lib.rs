@@ -93,6 +93,7 @@ use sender_runtime::{BuildError, Built, ChannelSender, ChatChannel, Inbound, Rec
 use serde::Deserialize;
 use serenity::builder::{CreateAllowedMentions, CreateMessage};
 use serenity::http::{Http, HttpBuilder};
+use serenity::model::channel::Nonce;
 use serenity::model::id::{ApplicationId, ChannelId, UserId};
 
 use crate::errors::{ApiError, UNKNOWN_CHANNEL, api_error, send_error, timed_out};
@@ -354,7 +355,12 @@ impl DiscordSender {
             let message = CreateMessage::new()
                 .content(part.as_str())
                 // Texts are not allowed to ping anyone (`@everyone` in a text shows, silently).
-                .allowed_mentions(CreateAllowedMentions::new());
+                .allowed_mentions(CreateAllowedMentions::new())
+                // Discord drops a message whose nonce the bot used in the last few minutes
+                // and answers with the first one: a job redelivered after a crash, or to
+                // another replica, does not reach the person twice.
+                .nonce(Nonce::String(nonce_of(&key, progress.parts_sent)))
+                .enforce_nonce(true);
             match self.call(channel.send_message(&self.http, message)).await {
                 Ok(sent) => {
                     progress.parts_sent += 1;
@@ -376,6 +382,15 @@ impl DiscordSender {
         self.progress.remove(&key);
         Ok(progress.first_message_id)
     }
+}
+
+/// The nonce of part `part` of the message sent under `key` (`job:<delivery id>`): the same
+/// for every attempt and every replica, at most 25 characters as Discord allows. A hash, not
+/// the id itself, because a delivery id with its part number is longer than that.
+fn nonce_of(key: &str, part: usize) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{key}#{part}").as_bytes());
+    hex::encode(&digest[..12])
 }
 
 fn is_unknown_channel(failed: &Failed) -> bool {

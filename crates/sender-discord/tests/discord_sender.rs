@@ -15,6 +15,7 @@ use messaging_core::values::DiscordId;
 use messaging_core::{Address, Channel, EnvelopeVersion};
 use sender_discord::{DiscordConfig, DiscordSender, DiscordSettings};
 use sender_runtime::testing::{SenderHarness, quick_config};
+use sender_runtime::{Built, ChannelSender};
 use serde_json::json;
 
 const TOKEN: &str = "MTA5ODc2NTQzMjEwMDAwMDAwMQ.fake.token";
@@ -36,18 +37,17 @@ impl Bot {
     async fn start_with(test: &str, fake: FakeDiscord) -> Bot {
         let discord = InteractionClient::new(APP);
         fake.set_verify_key(&discord.public_key_hex());
-        let config = DiscordConfig {
-            discord: DiscordSettings {
-                bot_token: Secret::new(TOKEN.into()),
-                application_id: Some(APP.to_string()),
-                public_key: Some(discord.public_key_hex()),
-                api_proxy: Some(fake.proxy_url()),
-                request_timeout_ms: 2_000,
-                ..DiscordSettings::default()
-            },
-        };
+        let config = config(&fake, &discord);
         let h = SenderHarness::start_chat::<DiscordSender>(test, quick_config(), config).await;
         Bot { fake, discord, h }
+    }
+
+    /// Another replica of the sender, on the same bot and Discord: its caches start empty.
+    async fn another_replica(&self) -> DiscordSender {
+        match DiscordSender::build(config(&self.fake, &self.discord)).await {
+            Ok(Built::Ready(sender)) => sender,
+            _ => panic!("a second sender"),
+        }
     }
 
     fn url(&self) -> String {
@@ -61,6 +61,19 @@ impl Bot {
             .iter()
             .filter(|r| r.method == "POST" && r.path == "/users/@me/channels")
             .count()
+    }
+}
+
+fn config(fake: &FakeDiscord, discord: &InteractionClient) -> DiscordConfig {
+    DiscordConfig {
+        discord: DiscordSettings {
+            bot_token: Secret::new(TOKEN.into()),
+            application_id: Some(APP.to_string()),
+            public_key: Some(discord.public_key_hex()),
+            api_proxy: Some(fake.proxy_url()),
+            request_timeout_ms: 2_000,
+            ..DiscordSettings::default()
+        },
     }
 }
 
@@ -127,6 +140,45 @@ async fn messages_are_delivered_as_dms_opened_once_per_user() {
     assert_eq!(event.result.status(), "delivered");
     assert_eq!(bot.fake.sent().len(), 2);
     assert_eq!(bot.dm_opens(), 1, "the DM channel is cached");
+    bot.h.stop().await;
+}
+
+/// Issue #18: a job sent, then redelivered (the sender died before its ack) to a replica
+/// that never saw it. Discord's enforced nonce, derived from the delivery id, makes the
+/// second send answer with the first message instead of a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_redelivered_to_another_replica_reaches_the_person_once() {
+    let bot = Bot::start("discord_nonce").await;
+    let text = format!("{}\n{}", "a".repeat(1500), "b".repeat(1500));
+    let job = bot.h.job(user(42), &text);
+    bot.h.publish(&job).await;
+    let event = bot.h.next_event(WAIT).await.expect("an event");
+    let AttemptResult::Delivered {
+        provider_message_id: first,
+    } = &event.result
+    else {
+        panic!("{event:?}")
+    };
+    let sent = bot.fake.sent();
+    assert_eq!(sent.len(), 2, "two parts");
+    let nonces: Vec<&str> = sent
+        .iter()
+        .map(|m| m.body["nonce"].as_str().unwrap())
+        .collect();
+    assert!(nonces.iter().all(|n| n.len() <= 25) && nonces[0] != nonces[1]);
+    assert!(sent.iter().all(|m| m.body["enforce_nonce"] == json!(true)));
+
+    let other = bot.another_replica().await;
+    let receipt = other
+        .send(&job)
+        .await
+        .expect("answered with the first message");
+    assert_eq!(receipt.provider_message_id.as_ref(), first.as_ref());
+    assert_eq!(bot.fake.sent().len(), 2, "nothing new reached the person");
+    // Another job's text is a new message, of course.
+    let second = bot.h.job(user(42), "another");
+    other.send(&second).await.expect("sent");
+    assert_eq!(bot.fake.sent().len(), 3);
     bot.h.stop().await;
 }
 

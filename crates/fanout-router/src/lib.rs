@@ -176,7 +176,11 @@ pub fn start(
     match config.router.grouping() {
         // Events recorded in groups hold a connection per group; enough in work to fill them.
         Some(grouping) => {
-            tracker = tracker.with_grouping(grouping);
+            // The events of a failed group go alone together: no more at once than the
+            // connections the groups leave.
+            tracker = tracker
+                .with_grouping(grouping)
+                .with_alone_limit(connections.saturating_sub(grouping.parallel).max(1));
             events_settings.concurrency = events_settings
                 .concurrency
                 .max(grouping.max)

@@ -58,6 +58,9 @@ pub struct TrackingHandler {
     link_key: Arc<[u8]>,
     /// Delivery events are recorded in groups (issue #16); `None`: each alone.
     grouped: Option<Batcher<DeliveryEvent, Option<Outcome>>>,
+    /// Events recorded alone at once, at most: each holds a database connection, and when a
+    /// group fails all its events go alone together, more than the pool has.
+    alone: Arc<tokio::sync::Semaphore>,
 }
 
 impl TrackingHandler {
@@ -78,6 +81,21 @@ impl TrackingHandler {
             let recorder = recorder.clone();
             async move { recorder.record(events).await }
         }));
+        self
+    }
+
+    /// A turn to record an event alone; `Err` with the outcome to answer when the router is
+    /// stopping (the semaphore is closed only when the handler is dropped, which shutdown
+    /// does).
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Outcome> {
+        self.alone.acquire().await.map_err(|_| Outcome::Defer {
+            after: self.retry.base,
+        })
+    }
+
+    /// At most `n` events recorded alone at once (the rest wait for a turn).
+    pub fn with_alone_limit(mut self, n: usize) -> Self {
+        self.alone = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
         self
     }
 
@@ -105,6 +123,9 @@ impl TrackingHandler {
             producers: Arc::new(ProducerPolicy::new(pool.clone(), false)),
             link_key: Arc::from(&b""[..]),
             grouped: None,
+            alone: Arc::new(tokio::sync::Semaphore::new(
+                tokio::sync::Semaphore::MAX_PERMITS,
+            )),
             pool,
             outcomes,
             rooms,
@@ -574,27 +595,36 @@ impl Handler for TrackingHandler {
                 match grouped {
                     Some(Some(outcome)) => outcome,
                     // Alone: no grouping, or the group left it.
-                    _ => self.delivery(&event).instrument(span).await,
+                    _ => match self.turn().await {
+                        Ok(_turn) => self.delivery(&event).instrument(span).await,
+                        Err(later) => later,
+                    },
                 }
             }
-            RouterEvent::Contact(event) => {
-                let span = tracing::info_span!("contact_link", channel = %event.channel);
-                self.contact(&event, ctx.message_id.as_deref())
-                    .instrument(span)
-                    .await
-            }
-            RouterEvent::Seen(event) => {
-                let span = tracing::info_span!("chat_seen", channel = %event.channel);
-                self.seen(&event).instrument(span).await
-            }
-            RouterEvent::Support(event) => {
-                let span = tracing::info_span!("support_request", channel = %event.channel, request_id = %event.request_id);
-                self.support(&event).instrument(span).await
-            }
-            RouterEvent::Room(event) => {
-                let span = tracing::info_span!("room_event", room = %event.room, event_id = %event.event_id);
-                self.rooms.handle(&event).instrument(span).await
-            }
+            other => match self.turn().await {
+                Err(later) => later,
+                Ok(_turn) => match other {
+                    RouterEvent::Contact(event) => {
+                        let span = tracing::info_span!("contact_link", channel = %event.channel);
+                        self.contact(&event, ctx.message_id.as_deref())
+                            .instrument(span)
+                            .await
+                    }
+                    RouterEvent::Seen(event) => {
+                        let span = tracing::info_span!("chat_seen", channel = %event.channel);
+                        self.seen(&event).instrument(span).await
+                    }
+                    RouterEvent::Support(event) => {
+                        let span = tracing::info_span!("support_request", channel = %event.channel, request_id = %event.request_id);
+                        self.support(&event).instrument(span).await
+                    }
+                    RouterEvent::Room(event) => {
+                        let span = tracing::info_span!("room_event", room = %event.room, event_id = %event.event_id);
+                        self.rooms.handle(&event).instrument(span).await
+                    }
+                    RouterEvent::Delivery(event) => self.delivery(&event).await,
+                },
+            },
         };
         match outcome {
             Outcome::Retry { reason, .. } => Outcome::Retry {

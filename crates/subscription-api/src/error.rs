@@ -98,6 +98,9 @@ pub fn not_found_as(what: &'static str) -> impl FnOnce(StoreError) -> ApiError {
     }
 }
 
+/// `Retry-After` of a 503 for a database that cannot be reached.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
@@ -116,11 +119,16 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(reason) => {
                 tracing::error!(%reason, "database unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Database unavailable",
-                    "the database cannot be reached; nothing was changed, try again later",
-                )
+                ApiError {
+                    // A restart or a failover takes seconds: a client that waits this long
+                    // and tries again usually gets through (issue #18).
+                    retry_after: Some(DATABASE_RETRY_AFTER_SECS),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Database unavailable",
+                        "the database cannot be reached; nothing was changed, try again later",
+                    )
+                }
             }
             StoreError::Other(error) => {
                 tracing::error!(%error, "database error");

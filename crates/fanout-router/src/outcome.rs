@@ -139,16 +139,32 @@ impl Outcomes {
             .publish_batch(&events)
             .await
             .map_err(OutcomeError::Publish)?;
-        for (p, _, body) in &built {
-            self.reply(p, body).await?;
+        // One reply that cannot go out keeps only its own message's outcome unmarked (the
+        // sweep tries it again); the others are done, and their events are not sent twice.
+        let mut done = Vec::with_capacity(built.len());
+        let mut failed = None;
+        for (p, outcome, body) in &built {
+            match self.reply(p, body).await {
+                Ok(()) => done.push((p, outcome)),
+                Err(error) => {
+                    tracing::warn!(message_id = %p.id, %error, "cannot reply with the outcome; it is tried again later");
+                    failed.get_or_insert(error);
+                }
+            }
         }
-        tracking::mark_outcomes_published(&self.pool, &ids).await?;
-        for (p, outcome, _) in &built {
+        if done.is_empty()
+            && let Some(error) = failed
+        {
+            return Err(error);
+        }
+        let done_ids: Vec<Uuid> = done.iter().map(|(p, _)| p.id).collect();
+        tracking::mark_outcomes_published(&self.pool, &done_ids).await?;
+        for (p, outcome) in &done {
             metrics::counter!("herald_router_outcomes_total", "status" => p.status.as_str())
                 .increment(1);
             tracing::info!(message_id = %p.id, delivered = outcome.delivered, failed = outcome.failed, "outcome published");
         }
-        Ok(built.len())
+        Ok(done.len())
     }
 
     /// The reply to the request's `reply_to`, when it named one.

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -459,6 +459,92 @@ async fn an_outcome_nobody_published_goes_out_with_the_sweep(pool: PgPool) {
     assert_eq!(
         (error.class.as_str(), error.code.as_str()),
         ("unhealthy", "unroutable")
+    );
+    h.finish().await;
+}
+
+/// #16 review: outcomes are published for several messages at once; a reply that the
+/// broker refuses keeps only its own message's outcome for later.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_reply_the_broker_refuses_holds_back_only_its_own_outcome(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "outcome_reply_refused").await;
+    let outcomes = Outcomes::new(h.pool.clone(), h.publisher.clone(), h.names.clone());
+    let prefix = h.names.reply_queue_prefix("acme");
+    // A reply queue that is full for good: the broker nacks what is published to it.
+    let full = format!("{prefix}full");
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(0),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    h.inspector
+        .channel()
+        .queue_declare(
+            full.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    let fine = h
+        .inspector
+        .named_temporary_queue(&format!("{prefix}fine"))
+        .await;
+    let mut ids = Vec::new();
+    for reply_to in [&full, &fine] {
+        let (message, _) = herald_storage::messages::accept(
+            &mut pool.acquire().await.unwrap(),
+            herald_storage::messages::NewMessage {
+                tenant_id: h.tenant_id,
+                idempotency_key: None,
+                source: messaging_core::MessageSource::Api,
+                subscription_id: None,
+                request: &json!({}),
+                exchange: "nowhere",
+                routing_key: "api",
+            },
+        )
+        .await
+        .unwrap();
+        sqlx::query(
+            "UPDATE messages SET status = 'completed', completed_at = now(), reply_to = $2
+             WHERE id = $1",
+        )
+        .bind(message.id)
+        .bind(reply_to)
+        .execute(&pool)
+        .await
+        .unwrap();
+        ids.push(message.id);
+    }
+
+    assert_eq!(outcomes.publish_due(&ids).await.unwrap(), 1);
+    let published: Vec<(Uuid, bool)> = sqlx::query_as(
+        "SELECT id, outcome_published_at IS NOT NULL FROM messages WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let published: HashMap<Uuid, bool> = published.into_iter().collect();
+    assert!(
+        !published[&ids[0]],
+        "the refused reply's outcome waits for the sweep"
+    );
+    assert!(published[&ids[1]], "the other one is done");
+    assert!(
+        h.inspector
+            .wait_get(&fine, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the other reply arrived"
     );
     h.finish().await;
 }

@@ -537,7 +537,11 @@ async fn a_database_outage_answers_503_saying_so(pool: PgPool) {
             .unwrap()
             .contains("Database")
     );
-    assert_eq!(response.retry_after, Some(5), "a client is told when to try again");
+    assert_eq!(
+        response.retry_after,
+        Some(5),
+        "a client is told when to try again"
+    );
 }
 
 #[sqlx::test(migrations = "../../migrations")]

@@ -184,6 +184,11 @@ impl FanOut {
             page = next?;
         }
         let mut summary = pipeline.finish().await?;
+        // Finishing fails the rows no recipient claimed on a resumed pass: only while this
+        // pass still holds the message.
+        if let Some(lease) = lease {
+            lease.still_held().await?;
+        }
         let (status, abandoned) =
             messages::finish_fanout(&self.pool, message_id, started, resumed).await?;
         if abandoned > 0 {

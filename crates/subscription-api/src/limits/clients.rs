@@ -17,8 +17,8 @@ use ipnet::IpNet;
 
 use super::window::{Now, Window};
 
-/// Addresses remembered at most; past this, those without failures in the last minute go,
-/// then (a flood from more addresses than this) all of them.
+/// Addresses remembered at most; past this, those without failures in the last two minutes
+/// go, and new ones are not counted until there is room.
 const MAX_CLIENTS: usize = 100_000;
 
 /// A client as counted: an IPv4 address, or an IPv6 /64.
@@ -110,7 +110,14 @@ impl Failures {
         if seen.len() >= MAX_CLIENTS && !seen.contains_key(&client) {
             seen.retain(|_, w| w.minute >= now.minute - 1);
             if seen.len() >= MAX_CLIENTS {
-                seen.clear();
+                // Failing from more addresses than this within two minutes: the addresses
+                // already counted (the blocked ones among them) stay counted, and new ones
+                // are not, rather than letting a flood wipe the blocks.
+                tracing::warn!(
+                    clients = seen.len(),
+                    "too many addresses failing to authenticate; new ones are not counted for now"
+                );
+                return;
             }
         }
         let window = seen.entry(client).or_default();
@@ -188,5 +195,7 @@ mod tests {
             failures.note(Client::of(IpAddr::V4(i.into())));
         }
         assert!(failures.len() <= MAX_CLIENTS);
+        // A flood from many addresses does not lift a block.
+        assert!(failures.blocked(bad).is_some());
     }
 }

@@ -45,7 +45,7 @@ impl Entry {
 
     /// Rolls to `now`. Counts of the minute that ends and not yet added stay owed to it.
     fn roll(&mut self, key: &str, now: Now, owed: &mut Vec<(String, i64, i64)>) {
-        if self.window.minute == now.minute {
+        if now.minute <= self.window.minute {
             return;
         }
         if self.pending > 0 {
@@ -75,6 +75,33 @@ pub struct SharedCounts {
     state: Mutex<State>,
 }
 
+/// Makes room under [`MAX_KEYS`]: the keys used longest ago go, down to nine tenths, their
+/// unsent counts kept owed so nothing counted is lost.
+fn forget_least_used(
+    entries: &mut HashMap<String, Entry>,
+    owed: &mut Vec<(String, i64, i64)>,
+    now: Now,
+) {
+    let mut by_use: Vec<(i64, String)> = entries
+        .iter()
+        .map(|(key, entry)| (entry.used, key.clone()))
+        .collect();
+    by_use.sort_unstable();
+    let excess = entries.len().saturating_sub(MAX_KEYS * 9 / 10);
+    for (_, key) in by_use.into_iter().take(excess) {
+        if let Some(entry) = entries.remove(&key)
+            && entry.pending > 0
+        {
+            owed.push((key, entry.window.minute, entry.pending as i64));
+        }
+    }
+    tracing::warn!(
+        keys = entries.len(),
+        minute = now.minute,
+        "many rate-limit keys in use; the least used were forgotten"
+    );
+}
+
 /// One check of several limits, all or nothing: `(key, n, limit)`.
 pub type Check<'a> = (&'a str, u64, u64);
 
@@ -101,14 +128,7 @@ impl SharedCounts {
         let mut state = self.state();
         let State { entries, owed, .. } = &mut *state;
         if entries.len() >= MAX_KEYS {
-            entries.retain(|_, e| e.used >= now.minute || e.pending + e.adding > 0);
-            if entries.len() >= MAX_KEYS {
-                tracing::warn!(
-                    keys = entries.len(),
-                    "too many rate-limit keys in use; forgetting them all"
-                );
-                entries.clear();
-            }
+            forget_least_used(entries, owed, now);
         }
         let mut wait = None;
         for &(key, n, limit) in checks {
@@ -149,6 +169,9 @@ impl SharedCounts {
                 ..
             } = &mut *state;
             entries.retain(|_, e| e.used >= now.minute - 1 || e.pending + e.adding > 0);
+            // Counts of minutes no limit reads any more are not worth sending (during a long
+            // outage they would pile up).
+            owed.retain(|(_, minute, _)| *minute >= now.minute - 1);
             let mut adds = std::mem::take(owed);
             let mut keys = Vec::with_capacity(entries.len());
             for (key, entry) in entries.iter_mut() {
@@ -163,15 +186,20 @@ impl SharedCounts {
             let clear = *cleared != now.minute;
             (adds, keys, clear)
         };
-        let result = async {
-            rate_windows::add(pool, &adds).await?;
-            let counts = rate_windows::read(pool, &keys, now.minute).await?;
-            if clear {
-                rate_windows::forget_before(pool, now.minute).await?;
-            }
-            Ok::<_, herald_storage::StoreError>(counts)
+        let added = rate_windows::add(pool, &adds).await;
+        // Once added, the counts are sent, whatever happens to the reading.
+        let result = match added {
+            Ok(()) => rate_windows::read(pool, &keys, now.minute)
+                .await
+                .map_err(|e| (e, false)),
+            Err(e) => Err((e, true)),
+        };
+        if result.is_ok()
+            && clear
+            && let Err(error) = rate_windows::forget_before(pool, now.minute).await
+        {
+            tracing::debug!(%error, "cannot delete old rate-limit counts; next minute then");
         }
-        .await;
         let mut state = self.state();
         match result {
             Ok(counts) => {
@@ -217,8 +245,9 @@ impl SharedCounts {
                     *failing = false;
                 }
             }
-            Err(error) => {
-                // Keep the counts for the next sync; decide meanwhile from what is known here.
+            Err((error, unsent)) => {
+                // Keep unsent counts for the next sync; decide meanwhile from what is known
+                // here.
                 let State {
                     entries,
                     owed,
@@ -229,9 +258,15 @@ impl SharedCounts {
                     match entries.get_mut(&key) {
                         Some(entry) if minute == now.minute && entry.window.minute == minute => {
                             entry.adding = entry.adding.saturating_sub(n as u64);
-                            entry.pending += n as u64;
+                            if unsent {
+                                entry.pending += n as u64;
+                            } else {
+                                // Sent, but not read back: count it here until the next read.
+                                entry.window.current += n as u64;
+                            }
                         }
-                        _ => owed.push((key, minute, n)),
+                        _ if unsent => owed.push((key, minute, n)),
+                        _ => {}
                     }
                 }
                 if !*failing {

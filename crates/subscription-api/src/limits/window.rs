@@ -43,7 +43,9 @@ impl Window {
     /// Moves the window to `now.minute`: the current count becomes the previous one when the
     /// minutes are neighbours, and is forgotten when more time went by.
     pub fn roll(&mut self, now: Now) {
-        if now.minute == self.minute {
+        // A check that read the clock just before another one moved the window on (or a
+        // clock stepped back) leaves the window as it is rather than wiping it.
+        if now.minute <= self.minute {
             return;
         }
         self.previous = if now.minute == self.minute + 1 {
@@ -78,7 +80,12 @@ impl Window {
             n as f64,
             limit as f64,
         );
-        let seconds = if current + n <= limit && previous > 0.0 {
+        let seconds = if n > limit && current <= 0.0 && previous > 0.0 {
+            // Bigger than the limit: it needs the window empty, which happens within this
+            // minute once the previous one has all but slid out.
+            let fraction = 1.0 - 1.0 / previous;
+            (fraction - now.fraction) * 60.0
+        } else if current + n <= limit && previous > 0.0 {
             // Fits within this minute, once enough of the previous one has slid out.
             let fraction = 1.0 - (limit - n - current) / previous;
             (fraction - now.fraction) * 60.0
@@ -137,6 +144,20 @@ mod tests {
             (window.previous, window.current),
             (0, 0),
             "gone after two minutes"
+        );
+    }
+
+    #[test]
+    fn an_earlier_clock_reading_leaves_the_window_alone() {
+        let mut window = Window {
+            minute: 101,
+            previous: 7,
+            current: 3,
+        };
+        window.roll(at(100, 59.9));
+        assert_eq!(
+            (window.minute, window.previous, window.current),
+            (101, 7, 3)
         );
     }
 

@@ -158,13 +158,6 @@ async fn trigger(
             format!("{} is disabled; enable it to trigger it", subscription.key),
         ));
     }
-    let recipients =
-        herald_storage::registrations::count_enabled(&state.pool, subscription.id).await?;
-    state.limits.trigger(
-        subscription.tenant_id,
-        &subscription.key,
-        recipients.max(0) as u64,
-    )?;
     let locale = body
         .locale
         .as_deref()
@@ -186,6 +179,14 @@ async fn trigger(
         mode: None,
         expires_at: None,
     };
+    // Counted once the request is known to be valid: a refused one costs nothing.
+    let recipients =
+        herald_storage::registrations::count_enabled(&state.pool, subscription.id).await?;
+    state.limits.trigger(
+        subscription.tenant_id,
+        &subscription.key,
+        recipients.max(0) as u64,
+    )?;
     accept(&state, &caller, request, Some(subscription.id)).await
 }
 
@@ -198,9 +199,7 @@ async fn send(
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let users = body.users()?;
-    state
-        .limits
-        .message(caller.tenant()?.id, users.len() as u64)?;
+    let recipients = users.len() as u64;
     let request = NotifyRequest {
         version: EnvelopeVersion,
         tenant: tenant_key(&caller)?,
@@ -237,6 +236,8 @@ async fn send(
             Err(other) => return Err(other.into()),
         }
     }
+    // Counted once the request is known to be valid: a refused one costs nothing.
+    state.limits.message(caller.tenant()?.id, recipients)?;
     accept(&state, &caller, request, None).await
 }
 

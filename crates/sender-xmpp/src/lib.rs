@@ -68,6 +68,7 @@ use tokio_xmpp::parsers::message::{Message, MessageType};
 use tokio_xmpp::parsers::muc::user::{MucUser, Status};
 use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
 use tokio_xmpp::parsers::stanza_error::StanzaError;
+use tokio_xmpp::parsers::stanza_id::OriginId;
 use tokio_xmpp::stanzastream::StanzaStream;
 use tokio_xmpp::xmlstream::Timeouts;
 
@@ -262,6 +263,12 @@ impl ChannelSender for XmppSender {
                 ));
             }
         };
+        // XEP-0359: an id of ours that survives servers and rooms, the same for every
+        // attempt and every replica, so a client that knows it can show a redelivered copy
+        // once (issue #18). The stanza id stays new per send: it matches a bounce to its send.
+        let message = message.with_payload(OriginId {
+            id: job.delivery_id.to_string(),
+        });
         self.deliver(message).await
     }
 

@@ -40,6 +40,13 @@ async fn a_notification_reaches_the_persons_client() {
 
     let (message, body) = ann.next_body(MessageType::Chat).await;
     assert_eq!(body, "Order 7\n\nYour order has shipped.");
+    // The delivery id as XEP-0359 origin-id: the same on a redelivered copy.
+    let origin = message
+        .payloads
+        .iter()
+        .find_map(|p| tokio_xmpp::parsers::stanza_id::OriginId::try_from(p.clone()).ok())
+        .expect("an origin-id");
+    assert_eq!(origin.id, job.delivery_id.to_string());
     assert_eq!(
         message.from.unwrap().to_bare().to_string(),
         bot.jid,

@@ -410,17 +410,10 @@ async fn a_contact_link_makes_the_chat_a_verified_address_once(pool: PgPool) {
     h.finish().await;
 }
 
-#[sqlx::test(migrations = "../../migrations")]
-async fn an_outcome_nobody_published_goes_out_with_the_sweep(pool: PgPool) {
-    let h = Harness::new(pool.clone(), "outcome_sweep").await;
-    let outcomes = Outcomes::new(h.pool.clone(), h.publisher.clone(), h.names.clone());
-    let queue = h
-        .inspector
-        .temporary_queue(&h.names.events_exchange(), "outcome.acme")
-        .await;
-    // A message the outbox relay gave up: failed, its outcome never published.
+/// A message stored as the API stores one, to be given a state by the test.
+async fn api_message(h: &Harness) -> herald_storage::messages::Message {
     let (message, _) = herald_storage::messages::accept(
-        &mut pool.acquire().await.unwrap(),
+        &mut h.pool.acquire().await.unwrap(),
         herald_storage::messages::NewMessage {
             tenant_id: h.tenant_id,
             idempotency_key: None,
@@ -433,6 +426,19 @@ async fn an_outcome_nobody_published_goes_out_with_the_sweep(pool: PgPool) {
     )
     .await
     .unwrap();
+    message
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_outcome_nobody_published_goes_out_with_the_sweep(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "outcome_sweep").await;
+    let outcomes = Outcomes::new(h.pool.clone(), h.publisher.clone(), h.names.clone());
+    let queue = h
+        .inspector
+        .temporary_queue(&h.names.events_exchange(), "outcome.acme")
+        .await;
+    // A message the outbox relay gave up: failed, its outcome never published.
+    let message = api_message(&h).await;
     sqlx::query(
         "UPDATE messages SET status = 'failed', error_code = 'unroutable',
              error_message = 'no queue', completed_at = now() - interval '1 minute'
@@ -499,20 +505,7 @@ async fn a_reply_the_broker_refuses_holds_back_only_its_own_outcome(pool: PgPool
         .await;
     let mut ids = Vec::new();
     for reply_to in [&full, &fine] {
-        let (message, _) = herald_storage::messages::accept(
-            &mut pool.acquire().await.unwrap(),
-            herald_storage::messages::NewMessage {
-                tenant_id: h.tenant_id,
-                idempotency_key: None,
-                source: messaging_core::MessageSource::Api,
-                subscription_id: None,
-                request: &json!({}),
-                exchange: "nowhere",
-                routing_key: "api",
-            },
-        )
-        .await
-        .unwrap();
+        let message = api_message(&h).await;
         sqlx::query(
             "UPDATE messages SET status = 'completed', completed_at = now(), reply_to = $2
              WHERE id = $1",

@@ -95,6 +95,12 @@ bench-e2e *ARGS:
 # Every benchmark.
 bench: bench-broker bench-senders bench-e2e
 
+# The fault suite (issue #18): release services against a broker and a database of its own, faults under load, counted at the fake provider. `just chaos --only 1,4`; `just chaos --short` is the CI version; `--write-doc` records the table in docs/reliability.md.
+chaos *ARGS:
+    scripts/services.sh
+    cargo build -q --release -p subscription-api -p fanout-router -p sender-sms -p herald-chaos
+    target/release/herald-chaos "$@"
+
 # Regenerate docs/schemas from the message types.
 schemas:
     HERALD_UPDATE_SCHEMAS=1 cargo test -q -p messaging-core --test schemas_are_current

@@ -24,6 +24,8 @@
 //!   metadata and keys, and a client posting signed (or wrongly signed) activities to a bot.
 //! - [`http`]: a minimal HTTP/1.1 GET and JSON POST, for health endpoints, webhooks and
 //!   interactions.
+//! - [`pg_node`]: a PostgreSQL cluster of a test's own on a free port, to stop, crash and
+//!   start again (never the machine's shared one).
 //! - [`prosody`]: the XMPP tests' real Prosody (started by `scripts/prosody.sh` on
 //!   127.0.0.1:15222, MUC on `conference.localhost`): the bot account and a fresh account
 //!   per test.
@@ -45,6 +47,7 @@ pub mod fake_sms;
 pub mod fake_teams;
 pub mod fake_telegram;
 pub mod http;
+pub mod pg_node;
 pub mod prosody;
 pub mod provider_limits;
 pub mod rabbit_node;

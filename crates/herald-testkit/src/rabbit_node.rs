@@ -64,6 +64,20 @@ impl RabbitNode {
         self.port
     }
 
+    /// The Erlang node name (`herald-<test>-<port>@localhost`).
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// Makes this (fresh) node a member of `other`'s cluster, as the recipe in
+    /// ../shared/LOCAL_SERVICES.md does: stop the app, join, start it again. Quorum queues
+    /// declared afterwards have a member on every node of the cluster.
+    pub fn join(&self, other: &RabbitNode) {
+        self.ctl(&["stop_app"]);
+        self.ctl(&["join_cluster", &other.node]);
+        self.ctl(&["start_app"]);
+    }
+
     /// A broker user with every permission on the default vhost: `amqp://name:password@…`.
     pub fn add_user(&self, name: &str, password: &str) -> String {
         self.ctl(&["add_user", name, password]);

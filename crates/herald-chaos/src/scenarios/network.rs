@@ -1,0 +1,67 @@
+//! Scenario 5: a TCP proxy between the services and the broker adds 500 ms of latency in
+//! each direction for 20 s, then cuts every connection and refuses new ones for 30 s. The
+//! producers reach the broker directly, so load keeps arriving. Nothing accepted may be lost,
+//! the services must reconnect by themselves, and be back at the offered rate within 30 s of
+//! the heal.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Check, Ctx, Outcome, Run, at, delivery_checks};
+
+const WINDOW: usize = 3 * 64;
+const RECOVERY: Duration = Duration::from_secs(30);
+
+pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let mut options = ctx.options.clone();
+    options.via_proxy = true;
+    let mut run = Run::start("s5", &options).await?;
+    let rate = ctx.pick(80, 150);
+    let slow_at = Duration::from_secs(10);
+    let cut_at = slow_at + Duration::from_secs(20);
+    let heal_at = cut_at + Duration::from_secs(30);
+    let duration = heal_at + Duration::from_secs(40);
+    let start = Instant::now();
+    let load = run.load("s5", rate, duration);
+    let Some(proxy) = run.stack.proxy.as_ref() else {
+        anyhow::bail!("the stack has no proxy");
+    };
+    at(start, slow_at).await;
+    proxy.set_latency(Duration::from_millis(500));
+    at(start, cut_at).await;
+    proxy.cut();
+    proxy.set_latency(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let router_ready_during = run.stack.router.ready().await;
+    at(start, heal_at).await;
+    proxy.heal();
+    let healed = Instant::now();
+    let ledger = load.finish().await;
+    let tally = run.settle(&ledger, "s5").await;
+    let mut checks = delivery_checks(&tally, ledger.refused_other(), WINDOW);
+    checks.push(Check::new(
+        "router /readyz while cut off",
+        "not ready",
+        if router_ready_during {
+            "ready"
+        } else {
+            "not ready"
+        },
+        !router_ready_during,
+    ));
+    let back = run.sampler.back_to_speed(healed, f64::from(rate) * 0.9);
+    checks.push(Check::new(
+        "back to the offered rate after the heal",
+        &format!("<= {}s", RECOVERY.as_secs()),
+        back.map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
+        back.is_some_and(|d| d <= RECOVERY),
+    ));
+    checks.push(run.none_crashed());
+    run.stop().await;
+    Ok(Outcome {
+        tally: Some(tally),
+        checks,
+        notes: Vec::new(),
+    })
+}

@@ -1,0 +1,54 @@
+//! Scenario 2: the SMS sender killed with SIGKILL under load and started again. Its unacked
+//! jobs go back to the queue; the ones it had sent but not acked are sent again (the fake SMS
+//! provider, like Twilio, has no idempotency key), so duplicates are allowed up to the
+//! prefetch window per kill, and losses not at all.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Ctx, Outcome, Run, at, delivery_checks};
+use crate::stack::READY_TIMEOUT;
+
+const PREFETCH: usize = 64;
+
+pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let mut run = Run::start("s2", &ctx.options).await?;
+    let rate = ctx.pick(100, 200);
+    let kills: Vec<Duration> = ctx
+        .pick(vec![8], vec![15, 35])
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect();
+    let duration = ctx.pick(Duration::from_secs(22), Duration::from_secs(55));
+    let start = Instant::now();
+    let load = run.load("s2", rate, duration);
+    let mut notes = Vec::new();
+    let mut checks = Vec::new();
+    for kill in &kills {
+        at(start, *kill).await;
+        run.stack.senders[0].kill().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        run.stack.senders[0].start()?;
+        let ready = run.stack.senders[0].wait_ready(READY_TIMEOUT).await?;
+        notes.push(format!(
+            "killed at {}s, ready again {:.1}s after its start",
+            kill.as_secs(),
+            ready.as_secs_f64()
+        ));
+    }
+    let ledger = load.finish().await;
+    let tally = run.settle(&ledger, "s2").await;
+    checks.extend(delivery_checks(
+        &tally,
+        ledger.refused_other(),
+        PREFETCH * kills.len(),
+    ));
+    checks.push(run.none_crashed());
+    run.stop().await;
+    Ok(Outcome {
+        tally: Some(tally),
+        checks,
+        notes,
+    })
+}

@@ -133,6 +133,14 @@ struct Inner {
     user_id: ShortString,
 }
 
+/// Returns once the connection or the channel of `live` is no longer open (looked at every
+/// 100 ms).
+async fn connection_lost(live: &Live) {
+    while live.connection.status().connected() && live.channel.status().connected() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What one round of sending found.
 struct Sent {
     /// Indices not confirmed (nacked, or lost with the connection), to send again.
@@ -185,6 +193,7 @@ impl Publisher {
             self.inner.broker.config().reconnect_max(),
         );
         let mut last_error = String::new();
+        let mut nacks = 0u32;
         // Trace context and timestamp are fixed once, so a resend is the same message.
         let user = self.inner.user_id.clone();
         let prepared: Vec<BasicProperties> = messages
@@ -208,13 +217,24 @@ impl Publisher {
                 }
                 Ok(Err(error)) => last_error = error.to_string(),
                 Ok(Ok(live)) => {
-                    let sent = match tokio::time::timeout_at(
-                        deadline,
-                        self.send(&live, messages, &prepared, &pending),
-                    )
-                    .await
-                    {
-                        Ok(sent) => sent?,
+                    // The send races the connection's status: a publish or a confirm that
+                    // was in flight when the connection died is not always ended by the AMQP
+                    // client, and would otherwise hold this call (and the caller's slot)
+                    // until the publish timeout (seen in `just chaos` scenario 10, where a
+                    // producer waited the whole 120 s after its node was killed).
+                    let sent = tokio::time::timeout_at(deadline, async {
+                        tokio::select! {
+                            sent = self.send(&live, messages, &prepared, &pending) => Some(sent),
+                            () = connection_lost(&live) => None,
+                        }
+                    })
+                    .await;
+                    let sent = match sent {
+                        Ok(Some(sent)) => sent?,
+                        Ok(None) => Sent {
+                            unconfirmed: pending.clone(),
+                            broken: Some("the connection was lost while publishing".into()),
+                        },
                         Err(_) => {
                             self.discard(live.generation).await;
                             return Err(unavailable("no confirm within the publish timeout (is the broker blocking publishers?)".into()));
@@ -225,13 +245,25 @@ impl Publisher {
                         return Ok(());
                     }
                     match sent.broken {
-                        // Only a broken connection is replaced; a nack is retried on the
-                        // same one, which other publishers are using too.
                         Some(error) => {
                             last_error = error;
                             self.discard(live.generation).await;
                         }
-                        None => last_error = "the broker refused messages (nack)".into(),
+                        None => {
+                            // A nack is first retried on the same connection, which other
+                            // publishers are using too: a queue at its limit refuses on any.
+                            // But a channel that published to a quorum queue while its leader
+                            // moved to another node can keep refusing after a new leader was
+                            // elected (seen in `just chaos` scenario 10, RabbitMQ 3.10), while
+                            // a new connection is taken at once. So a third refusal in a row
+                            // replaces the connection.
+                            nacks += 1;
+                            last_error = "the broker refused messages (nack)".into();
+                            if nacks.is_multiple_of(3) {
+                                tracing::warn!(role = %self.inner.role, "the broker keeps refusing messages on this connection; reconnecting");
+                                self.discard(live.generation).await;
+                            }
+                        }
                     }
                 }
             }

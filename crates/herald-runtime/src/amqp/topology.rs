@@ -392,15 +392,13 @@ impl Topology {
         args
     }
 
-    /// Standby queues: a consumer count, never a message. Always classic, whatever
-    /// `queue_type` says: there is nothing to replicate, and a quorum queue would run a Raft
-    /// group per channel for an empty queue.
+    /// Standby queues: a consumer count, never a message. Of `queue_type` like the others:
+    /// a classic durable queue lives on one node of a cluster, and while that node is down
+    /// every declare of the queue fails with `NOT_FOUND` ("home node ... is down"), so no
+    /// service could declare its topology on the nodes that are left (issue #18, found by
+    /// `just chaos` scenario 10). An empty quorum queue costs a small Raft group per channel.
     fn standby_queue_args(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("classic".into()),
-        );
+        let mut args = self.base_args();
         // Should anything ever be published there by mistake, it is dropped at once instead
         // of piling up where nobody reads (the consumers take no messages, see consumer.rs).
         args.insert("x-max-length".into(), AMQPValue::LongInt(0));

@@ -12,6 +12,9 @@
 //! and, when nothing else of the message is pending, publishes its outcome; a sender that
 //! starts later never sends a job that was already reported failed.
 //!
+//! Each tick also records what it saw in `channel_health`, where the API finds why a
+//! delivery is still pending (its channel's senders are all paused, or none runs).
+//!
 //! The time without a consumer is remembered per replica, in memory: a replica that starts
 //! waits the whole period before it drains anything. Several replicas draining at once is
 //! harmless: each job reaches one of them, and tracking drops a repeated event for a delivery
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use herald_runtime::amqp::delivery_events::Events;
 use herald_runtime::amqp::{Broker, PublishError};
 use herald_storage::PgPool;
+use herald_storage::channel_health::{self, ChannelLook};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel as AmqpChannel, Connection};
@@ -174,6 +178,20 @@ impl SendQueueWatchdog {
                 }
             }
             reports.push(report);
+        }
+        // For the API (R4 c): a producer asking about a pending delivery learns that its
+        // channel's senders are paused or gone. A database outage does not stop the watch.
+        let looks: Vec<ChannelLook> = reports
+            .iter()
+            .map(|r| ChannelLook {
+                channel: r.channel,
+                senders: r.consumers,
+                paused: r.standby_consumers,
+                waiting: r.messages,
+            })
+            .collect();
+        if let Err(error) = channel_health::record(&self.pool, &looks).await {
+            tracing::warn!(%error, "send-queue watchdog: cannot record the channels' health");
         }
         Ok(reports)
     }

@@ -205,6 +205,22 @@ async fn a_sender_paused_on_the_standby_queue_keeps_its_jobs_queued(pool: PgPool
     let queue = h.names.send_queue(Channel::Telegram);
     assert_eq!(h.inspector.queue_len(&queue).await, 1);
     assert!(h.inspector.get(&events).await.is_none());
+    // What the API tells a producer about the waiting job (issue #18): the channel stalls
+    // because its provider does.
+    let health = herald_storage::channel_health::current(&h.pool, 60)
+        .await
+        .unwrap();
+    let tg = health
+        .iter()
+        .find(|c| c.channel == Channel::Telegram)
+        .unwrap();
+    assert_eq!((tg.senders, tg.paused, tg.waiting), (0, 1, 1));
+    assert_eq!(tg.stalled().unwrap().code, "provider_unavailable");
+    assert_eq!(
+        health.len(),
+        Channel::ALL.len(),
+        "every channel is recorded"
+    );
     let _ = paused.close(200, "done".into()).await;
     h.finish().await;
 }

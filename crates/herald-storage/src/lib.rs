@@ -14,13 +14,15 @@
 //!   [`registrations`], [`link_codes`], [`messages`] (with the [`outbox`] they go through),
 //!   [`deliveries`] and their [`tracking`] (attempts, address states, outcomes),
 //!   [`support`] tickets with their replies, the help-desk [`rooms`] with their history, and
-//!   the API's shared [`rate_windows`].
+//!   the API's shared [`rate_windows`], and the senders' [`channel_health`] as the router
+//!   sees it.
 //!
 //! Every query uses bound parameters; every tenant-owned query filters on `tenant_id`, so a
 //! caller cannot reach another tenant's rows even with a valid id.
 
 pub mod addresses;
 pub mod api_keys;
+pub mod channel_health;
 pub mod db;
 pub mod deliveries;
 pub mod error;

@@ -206,3 +206,92 @@ async fn another_tenant_sees_none_of_them(pool: PgPool) {
         .await
         .expect_problem(StatusCode::NOT_FOUND, None);
 }
+
+/// Issue #18 (R4 c while it happens): a pending delivery on a channel whose senders are all
+/// paused by their breakers, or gone, says so with class `unhealthy`, from the router's last
+/// look at the channel; a fresh look that finds a sender taking jobs, or a stale one, says
+/// nothing. Sent and failed deliveries keep their outcome.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_pending_delivery_says_why_while_its_channel_stalls(pool: PgPool) {
+    use herald_storage::channel_health::{self, ChannelLook};
+    use messaging_core::Channel;
+    let f = fixture(pool.clone()).await;
+    let message = format!("/api/messaging/messages/{}", f.message_id);
+    let look = |senders, paused| {
+        vec![
+            ChannelLook {
+                channel: Channel::Telegram,
+                senders,
+                paused,
+                waiting: 1,
+            },
+            ChannelLook {
+                channel: Channel::Email,
+                senders: 0,
+                paused: 1,
+                waiting: 0,
+            },
+        ]
+    };
+    let telegram = |body: &serde_json::Value| {
+        body["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["channel"] == "telegram")
+            .unwrap()
+            .clone()
+    };
+
+    channel_health::record(&pool, &look(0, 1)).await.unwrap();
+    let read = f.app.get(&message, &f.admin).await;
+    let body = read.expect(StatusCode::OK);
+    let pending = telegram(body);
+    assert_eq!(pending["status"], "pending");
+    assert_eq!(pending["failure"]["class"], "unhealthy");
+    assert_eq!(pending["failure"]["code"], "provider_unavailable");
+    for d in body["deliveries"].as_array().unwrap() {
+        match d["channel"].as_str().unwrap() {
+            "email" => assert!(d.get("failure").is_none(), "a sent delivery: {d}"),
+            "sms" => assert_eq!(d["failure"]["class"], "permanent", "its own: {d}"),
+            _ => {}
+        }
+    }
+    // The person reading their own deliveries learns the same.
+    let own = f
+        .app
+        .get("/api/messaging/deliveries?channel=telegram", &f.ann)
+        .await;
+    assert_eq!(
+        own.expect(StatusCode::OK)["items"][0]["failure"]["code"],
+        "provider_unavailable"
+    );
+
+    channel_health::record(&pool, &look(0, 0)).await.unwrap();
+    let read = f.app.get(&message, &f.admin).await;
+    assert_eq!(
+        telegram(read.expect(StatusCode::OK))["failure"]["code"],
+        "no_sender_running"
+    );
+
+    channel_health::record(&pool, &look(1, 0)).await.unwrap();
+    let read = f.app.get(&message, &f.admin).await;
+    assert!(
+        telegram(read.expect(StatusCode::OK))
+            .get("failure")
+            .is_none()
+    );
+
+    channel_health::record(&pool, &look(0, 1)).await.unwrap();
+    sqlx::query("UPDATE channel_health SET checked_at = now() - interval '5 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let read = f.app.get(&message, &f.admin).await;
+    assert!(
+        telegram(read.expect(StatusCode::OK))
+            .get("failure")
+            .is_none(),
+        "a look no router has renewed says nothing about now"
+    );
+}

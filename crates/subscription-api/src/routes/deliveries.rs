@@ -12,7 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::Paging;
-use super::messages::DeliveryView;
+use super::messages::{DeliveryView, explain_pending};
 use super::registrations::{Audience, parse_channel};
 use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
@@ -98,11 +98,11 @@ async fn list(
             Err(other) => return Err(other.into()),
         }
     }
-    Ok(Json(
-        deliveries::list(&state.pool, tenant.id, &filter, page)
-            .await?
-            .map(Into::into),
-    ))
+    let mut page: Page<DeliveryView> = deliveries::list(&state.pool, tenant.id, &filter, page)
+        .await?
+        .map(Into::into);
+    explain_pending(&state.pool, &mut page.items).await;
+    Ok(Json(page))
 }
 
 #[utoipa::path(get, path = "/deliveries/{delivery_id}", tag = "deliveries", params(("delivery_id" = Uuid, Path)), responses((status = 200, body = DeliveryView)))]
@@ -118,5 +118,7 @@ async fn read(
     if !caller.is_admin() && caller.user_id.as_deref() != delivery.user_external_id.as_deref() {
         return Err(ApiError::not_found("delivery"));
     }
-    Ok(Json(delivery.into()))
+    let mut view: DeliveryView = delivery.into();
+    explain_pending(&state.pool, std::slice::from_mut(&mut view)).await;
+    Ok(Json(view))
 }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use herald_storage::messages::{self, NewMessage};
-use herald_storage::{StoreError, deliveries};
+use herald_storage::{StoreError, channel_health, deliveries};
 use messaging_core::EnvelopeVersion;
 use messaging_core::channel::Channel;
 use messaging_core::ingress::{
@@ -375,6 +375,44 @@ impl From<deliveries::Delivery> for DeliveryView {
     }
 }
 
+/// How old the router's last look at a channel may be and still explain its pending
+/// deliveries (the router looks every 10 s by default).
+const CHANNEL_HEALTH_FRESH_SECS: i64 = 60;
+
+/// R4 (c) while it happens: a pending delivery whose channel's senders are all paused by
+/// their breakers (the provider is down) or gone gets a `failure` of class `unhealthy` that
+/// says so, from the router's last look at the channel (`channel_health`). It stays pending:
+/// the job is kept and sent when the sender can. This replaces the failure of its last
+/// attempt (a 503 is `temporary` on its own), because the stall is why it waits now. The
+/// explanation is best effort: without it the answer is still right, only less helpful, so
+/// a database error here is not the request's.
+pub(crate) async fn explain_pending(pool: &herald_storage::PgPool, views: &mut [DeliveryView]) {
+    let unexplained = |v: &DeliveryView| v.status == DeliveryStatus::Pending;
+    if !views.iter().any(unexplained) {
+        return;
+    }
+    let health = match channel_health::current(pool, CHANNEL_HEALTH_FRESH_SECS).await {
+        Ok(health) => health,
+        Err(error) => {
+            tracing::debug!(%error, "cannot read the channels' health; pending deliveries unexplained");
+            return;
+        }
+    };
+    for view in views.iter_mut().filter(|v| unexplained(v)) {
+        let stalled = health
+            .iter()
+            .find(|h| Some(h.channel) == view.channel)
+            .and_then(|h| h.stalled());
+        if let Some(stalled) = stalled {
+            view.failure = Some(serde_json::json!({
+                "class": messaging_core::FailureClass::Unhealthy,
+                "code": stalled.code,
+                "message": stalled.message,
+            }));
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/messages/{message_id}", tag = "messages", params(("message_id" = Uuid, Path), super::Paging), responses((status = 200, description = "The message with a page of its recipients' deliveries, each with its R4 class, and their counts", body = MessageView)))]
 async fn read(
     State(state): State<AppState>,
@@ -390,6 +428,8 @@ async fn read(
         .map_err(not_found_as("message"))?;
     let deliveries = deliveries::for_message_page(&state.pool, tenant.id, id, page).await?;
     let (total, sent, failed) = deliveries::counts_for_message(&state.pool, tenant.id, id).await?;
+    let mut views: Vec<DeliveryView> = deliveries.items.into_iter().map(Into::into).collect();
+    explain_pending(&state.pool, &mut views).await;
     let error = message
         .error_code
         .as_ref()
@@ -402,7 +442,7 @@ async fn read(
         completed_at: message.completed_at,
         error,
         request: message.request,
-        deliveries: deliveries.items.into_iter().map(Into::into).collect(),
+        deliveries: views,
         deliveries_next_cursor: deliveries.next_cursor,
         delivery_counts: DeliveryCounts {
             total,

@@ -31,6 +31,11 @@ pub struct SenderConfig {
     /// The recipient's sliding windows, `COUNT/SECONDS` comma-separated, or `none`.
     #[serde(deserialize_with = "herald_runtime::config::lenient_string")]
     pub recipient_windows: Option<String>,
+    /// Issue #18: replicas share the account's limit (each takes an equal part), counted as
+    /// the consumers of the channel's queues. Off: each replica has the whole limit.
+    pub share_account: bool,
+    /// How often the replicas are counted (milliseconds).
+    pub replica_check_ms: u64,
 }
 
 impl Default for SenderConfig {
@@ -48,6 +53,8 @@ impl Default for SenderConfig {
             recipient_interval_ms: None,
             recipient_burst: None,
             recipient_windows: None,
+            share_account: true,
+            replica_check_ms: 2_000,
         }
     }
 }
@@ -59,6 +66,10 @@ impl SenderConfig {
 
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
+    }
+
+    pub fn replica_check(&self) -> Duration {
+        Duration::from_millis(self.replica_check_ms.max(100))
     }
 
     pub fn breaker_probe(&self) -> Duration {

@@ -15,6 +15,8 @@
 //!   provider's retry-after for the whole account.
 //! - [`breaker`]: the circuit breaker that pauses consuming while the provider is down and
 //!   probes until it is back.
+//! - [`replicas`]: counting the sender's replicas, so each takes an equal share of the
+//!   provider account's limit.
 //! - [`recent`]: the recent-delivery cache that keeps a redelivered job from being sent twice.
 //! - [`config`]: `HERALD_SENDER__*` settings shared by all senders.
 //! - [`run`]: the sender binary's `main`: [`run::run_sender`].
@@ -28,6 +30,7 @@ pub mod config;
 pub mod limits;
 pub mod pipeline;
 pub mod recent;
+pub mod replicas;
 pub mod run;
 pub mod sender;
 #[cfg(feature = "test-support")]

@@ -13,17 +13,19 @@
 //! the provider closer together than the spacing. A job first only looks at its recipient's
 //! bucket ([`Limiter::recipient_wait`]), so a job that will be deferred takes no account token.
 //!
+//! The account's limit is the provider's, for the account as a whole: with several replicas
+//! of a sender, each takes an equal share of it ([`Limiter::set_replicas`]; `run.rs` counts
+//! the replicas as the consumers of the channel's queues), so together they stay within it.
+//!
 //! A provider that counts a recipient in several windows at once (Teams: 7 a second, 8 in
 //! 2 s, 60 in 30 s, 1,800 an hour per conversation) gets them as [`Window`]s on top of the
 //! bucket: each is a sliding window, so a recipient may use each window's whole allowance
 //! (60 in the first 30 s) and never more, which no single bucket can express.
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +75,7 @@ impl Window {
 }
 
 pub struct Limiter {
-    account: DefaultDirectRateLimiter,
+    account: Account,
     recipients: Mutex<Recipients>,
     /// A provider's retry-after for the whole account.
     blocked_until: Mutex<Option<Instant>>,
@@ -86,18 +88,18 @@ fn with_margin(interval: Duration) -> Duration {
     interval.mul_f64(1.01)
 }
 
-fn nonzero(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
-}
-
 impl Limiter {
     pub fn new(limits: RateLimits) -> Self {
         let per_second = limits.account_per_second.max(1);
-        let account = Quota::with_period(with_margin(Duration::from_secs(1) / per_second))
-            .unwrap_or_else(|| Quota::per_second(nonzero(per_second)))
-            .allow_burst(nonzero(limits.account_burst));
         Limiter {
-            account: RateLimiter::direct(account),
+            account: Account {
+                interval: with_margin(Duration::from_secs(1) / per_second),
+                burst: limits.account_burst.max(1),
+                state: Mutex::new(AccountState {
+                    replicas: 1,
+                    full_at: Instant::now(),
+                }),
+            },
             // No margin here: a deferred job comes back through a delay queue, whose level
             // is at least the wait (1 s for 1 s) and comes late by the broker's own delay,
             // while a wider wait would round up to the next level (5 s).
@@ -136,6 +138,16 @@ impl Limiter {
         self.account.until_ready().await;
     }
 
+    /// This many replicas of the sender share the account now: each takes `1/replicas` of
+    /// its rate and burst (at least one message of burst).
+    pub fn set_replicas(&self, replicas: u32) {
+        self.account.lock().replicas = replicas.max(1);
+    }
+
+    pub fn replicas(&self) -> u32 {
+        self.account.lock().replicas
+    }
+
     /// The provider said to wait (429 with retry-after) for the whole account.
     pub fn block_account(&self, wait: Duration) {
         let until = Instant::now() + wait;
@@ -148,6 +160,51 @@ impl Limiter {
     /// Forgets recipients whose buckets are full again, so memory follows active recipients.
     pub fn forget_idle_recipients(&self) {
         self.recipients().forget_idle(Instant::now());
+    }
+}
+
+/// The account's bucket, as GCRA (like [`Recipients`]): its "full again" time moves one
+/// interval further with each send, and a send conforms while that time is at most
+/// `burst - 1` intervals ahead. A share of `1/replicas` widens the interval and narrows the
+/// burst; a change applies to the next send.
+struct Account {
+    interval: Duration,
+    burst: u32,
+    state: Mutex<AccountState>,
+}
+
+struct AccountState {
+    replicas: u32,
+    full_at: Instant,
+}
+
+impl Account {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AccountState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a token, or says when to look again.
+    fn take(&self, now: Instant) -> Result<(), Instant> {
+        let mut state = self.lock();
+        let interval = self.interval * state.replicas;
+        let burst = (self.burst / state.replicas).max(1);
+        let full_at = state.full_at.max(now);
+        let tolerance = interval * (burst - 1);
+        if full_at.duration_since(now) <= tolerance {
+            state.full_at = full_at + interval;
+            Ok(())
+        } else {
+            Err(full_at - tolerance)
+        }
+    }
+
+    async fn until_ready(&self) {
+        loop {
+            match self.take(Instant::now()) {
+                Ok(()) => return,
+                Err(at) => tokio::time::sleep_until(at).await,
+            }
+        }
     }
 }
 
@@ -391,6 +448,58 @@ mod tests {
         let started = Instant::now();
         limiter.account().await;
         assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+
+    /// Sends the account allows in `span` when sending whenever allowed.
+    async fn account_sends_in(limiter: &Limiter, span: Duration) -> usize {
+        let end = Instant::now() + span;
+        let mut sent = 0;
+        loop {
+            limiter.account().await;
+            if Instant::now() >= end {
+                return sent;
+            }
+            sent += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_account_allows_its_burst_then_its_rate() {
+        let limiter = Limiter::new(RateLimits {
+            account_per_second: 100,
+            account_burst: 10,
+            ..limits()
+        });
+        let sent = account_sends_in(&limiter, Duration::from_secs(10)).await;
+        // 10 at once, then one every 10.1 ms (the margin) for 10 s.
+        assert!((1_000..=1_000 + 10).contains(&sent), "{sent}");
+    }
+
+    /// Issue #18: replicas share the account, so N of them together stay within it.
+    #[tokio::test(start_paused = true)]
+    async fn replicas_take_an_equal_share_of_the_account() {
+        let rate = RateLimits {
+            account_per_second: 100,
+            account_burst: 10,
+            ..limits()
+        };
+        let replicas: Vec<Limiter> = (0..4).map(|_| Limiter::new(rate.clone())).collect();
+        for replica in &replicas {
+            replica.set_replicas(4);
+        }
+        let counts = futures::future::join_all(
+            replicas
+                .iter()
+                .map(|r| account_sends_in(r, Duration::from_secs(10))),
+        )
+        .await;
+        let total: usize = counts.iter().sum();
+        // 4 x (burst 2 + one every 40.4 ms) = 4 x 249.
+        assert!(total <= 1_000 + 10, "{counts:?}");
+        assert!(total >= 950, "each still uses its share: {counts:?}");
+        assert_eq!(replicas[0].replicas(), 4);
+        replicas[0].set_replicas(0);
+        assert_eq!(replicas[0].replicas(), 1, "never less than itself");
     }
 
     /// Teams' windows: each one's whole allowance, never more, in any stretch of time.

@@ -18,6 +18,7 @@ use crate::limits::Limiter;
 use crate::limits::RateLimits;
 use crate::pipeline::Pipeline;
 use crate::recent::RecentDeliveries;
+use crate::replicas::Replicas;
 use crate::sender::{BuildError, Built, ChannelSender};
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +254,17 @@ fn start_sending<S: ChannelSender>(
     .with_pause(breaker.gate());
     let probe =
         tokio::spawn(breaker.probe_while_open(sender, config.breaker_probe(), shutdown.clone()));
+    let replicas = config.share_account.then(|| {
+        Replicas::new(
+            service.broker.clone(),
+            [
+                names.send_queue(S::CHANNEL),
+                names.standby_queue(S::CHANNEL),
+            ],
+            limiter.clone(),
+            config.replica_check(),
+        )
+    });
     let janitor = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -265,9 +277,19 @@ fn start_sending<S: ChannelSender>(
         }
     });
     Box::pin(async move {
+        let counting = match replicas {
+            Some(mut replicas) => {
+                replicas.join().await;
+                Some(tokio::spawn(replicas.keep_counting(shutdown.clone())))
+            }
+            None => None,
+        };
         consumer.run(shutdown).await;
         let _ = probe.await;
         let _ = janitor.await;
+        if let Some(counting) = counting {
+            let _ = counting.await;
+        }
         events.close().await;
     })
 }

@@ -37,7 +37,9 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     herald_runtime::install_crypto_provider();
     herald_runtime::telemetry::init_tracing(&herald_runtime::config::LogConfig {
-        filter: "warn".into(),
+        // The producers retry through a broker outage by design; their warnings would bury
+        // the results.
+        filter: "error,lapin=off".into(),
         ..Default::default()
     });
     let ctx = Ctx {

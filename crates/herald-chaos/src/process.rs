@@ -156,6 +156,25 @@ impl ServiceProcess {
         }
     }
 
+    /// SIGKILL, `pause`, a new start, and its readiness: a crash and the orchestrator's
+    /// restart. Returns a note for the scenario's output.
+    pub async fn crash_and_restart(
+        &mut self,
+        pause: Duration,
+        ready_within: Duration,
+    ) -> anyhow::Result<String> {
+        self.kill().await;
+        tokio::time::sleep(pause).await;
+        self.start()?;
+        let ready = self.wait_ready(ready_within).await?;
+        Ok(format!(
+            "{} killed, started again {:.0}s later, ready {:.1}s after its start",
+            self.name,
+            pause.as_secs_f64(),
+            ready.as_secs_f64()
+        ))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }

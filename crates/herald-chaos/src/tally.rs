@@ -114,6 +114,30 @@ impl Sampler {
         Sampler { samples, task }
     }
 
+    /// Arrivals a second between two instants (the last samples at or before each).
+    pub fn rate_between(&self, from: Instant, to: Instant) -> f64 {
+        let samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let at = |t: Instant| samples.iter().rev().find(|(s, _)| *s <= t).copied();
+        match (at(from), at(to)) {
+            (Some((a, n)), Some((b, m))) if b > a => {
+                (m - n) as f64 / b.duration_since(a).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// What "back to speed" means after a fault at `fault`: 90% of the offered rate, or of the
+    /// rate the provider got in the 10 s before the fault when that was lower (the stack's own
+    /// limit on this machine, which a recovery cannot beat).
+    pub fn full_speed(&self, fault: Instant, offered: u32) -> f64 {
+        let before = self.rate_between(fault - Duration::from_secs(10), fault);
+        0.9 * f64::from(offered).min(before)
+    }
+
     /// The time from `healed` until the first full second after it in which the provider got
     /// at least `rate` messages; `None` if that never happened.
     pub fn back_to_speed(&self, healed: Instant, rate: f64) -> Option<Duration> {

@@ -50,6 +50,10 @@ struct FakeState {
     next_faults: VecDeque<Fault>,
     outage: Option<Fault>,
     rejected_numbers: HashMap<String, (u32, String)>,
+    /// With [`FakeSms::enforce_account_limit`]: the account's sends in the last second.
+    account_limit: Option<crate::provider_limits::SlidingWindow>,
+    /// Sends answered 429 for being over that limit.
+    too_many: usize,
 }
 
 #[derive(Clone)]
@@ -119,6 +123,20 @@ impl FakeSms {
         self.state()
             .rejected_numbers
             .insert(number.to_owned(), (code, message.to_owned()));
+    }
+
+    /// Answers 429 (Twilio's error 20429, with `Retry-After`) to sends beyond
+    /// `per_second` in any second, as a provider enforcing an account's rate does.
+    pub fn enforce_account_limit(&self, per_second: usize) {
+        self.state().account_limit = Some(crate::provider_limits::SlidingWindow::new(
+            per_second,
+            Duration::from_secs(1),
+        ));
+    }
+
+    /// Sends answered 429 for being over the account's limit.
+    pub fn too_many_requests(&self) -> usize {
+        self.state().too_many
     }
 
     pub fn received(&self) -> Vec<ReceivedSms> {
@@ -251,6 +269,17 @@ async fn create_message(
     let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((code, message)) = state.rejected_numbers.get(&form.to) {
         return twilio_error(400, *code, message);
+    }
+    if let Some(Err(wait)) = state.account_limit.as_mut().map(|l| l.hit(Instant::now())) {
+        state.too_many += 1;
+        let mut response = twilio_error(429, 20429, "Too Many Requests");
+        if let Ok(value) = crate::provider_limits::whole_seconds(wait)
+            .to_string()
+            .parse()
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
     }
     let message_sid = format!("SM{}", uuid::Uuid::new_v4().simple());
     state.received.push(ReceivedSms {

@@ -47,6 +47,7 @@ pub mod fake_sms;
 pub mod fake_teams;
 pub mod fake_telegram;
 pub mod http;
+mod net;
 pub mod pg_node;
 pub mod prosody;
 pub mod provider_limits;

@@ -7,9 +7,10 @@
 //! The data survives [`PgNode::crash`] (SIGKILL of the postmaster, then the server's own crash
 //! recovery at the next start), as it would in production.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::net::{accepts, free_port};
 use std::time::{Duration, Instant};
 
 pub struct PgNode {
@@ -220,19 +221,4 @@ fn is_root() -> bool {
         .output()
         .map(|o| o.stdout.trim_ascii() == b"0")
         .unwrap_or(false)
-}
-
-fn accepts(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

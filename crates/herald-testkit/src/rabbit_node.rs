@@ -6,9 +6,10 @@
 //! Quorum queues and persistent messages live in the data directory, so a node killed with
 //! SIGKILL and started again has them back, as a production broker would.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+
+use crate::net::{accepts, free_port};
 use std::time::{Duration, Instant};
 
 pub struct RabbitNode {
@@ -161,19 +162,4 @@ impl Drop for RabbitNode {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn accepts(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

@@ -7,10 +7,11 @@
 //! certificate for `127.0.0.1` / `localhost` to give it (with the `openssl` command).
 
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use crate::net::free_port;
 
 pub struct SmtpSink {
     port: u16,
@@ -154,13 +155,6 @@ impl Drop for SmtpSink {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.maildir);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A throwaway PKI for TLS tests, in a temporary directory removed on drop: a CA, a server

@@ -2,13 +2,13 @@
 //! Quorum queues and persistent messages are on disk, publishers resend what was not
 //! confirmed, consumers reconnect. Nothing accepted may be lost; what was in flight may come
 //! twice (up to the prefetch windows on the path, per kill); and within 30 s of each restart
-//! the provider must get the offered rate again.
+//! the provider must be back at full speed (see `Sampler::full_speed`).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Check, Ctx, Outcome, Run, at, delivery_checks};
+use super::{Ctx, Outcome, Run, at, delivery_checks};
 
 /// The unacked messages a kill can put back: the router's ingress and events consumers and
 /// the sender's, 64 each.
@@ -38,26 +38,19 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             "killed at {second}s, accepting connections again after {:.1}s",
             up.duration_since(down).as_secs_f64()
         ));
-        restarts.push(up);
+        restarts.push((down, up));
     }
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s1").await;
     let mut checks = delivery_checks(&tally, ledger.refused_other(), WINDOW * kills.len());
-    for (i, up) in restarts.iter().enumerate() {
-        let back = run.sampler.back_to_speed(*up, f64::from(rate) * 0.9);
-        checks.push(Check::new(
-            &format!("back to the offered rate after restart {}", i + 1),
-            &format!("<= {}s", RECOVERY.as_secs()),
-            back.map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
-            back.is_some_and(|d| d <= RECOVERY),
+    for (i, (down, up)) in restarts.iter().enumerate() {
+        checks.push(run.back_to_speed(
+            &format!("back to full speed after restart {}", i + 1),
+            *down,
+            *up,
+            rate,
+            RECOVERY,
         ));
     }
-    let mut run = run;
-    checks.push(run.none_crashed());
-    run.stop().await;
-    Ok(Outcome {
-        tally: Some(tally),
-        checks,
-        notes,
-    })
+    Ok(run.finish(tally, checks, notes).await)
 }

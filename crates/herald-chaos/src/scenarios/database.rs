@@ -75,11 +75,5 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         recovered.map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
         recovered.is_some_and(|d| d <= RECOVERY),
     ));
-    checks.push(run.none_crashed());
-    run.stop().await;
-    Ok(Outcome {
-        tally: Some(tally),
-        checks,
-        notes: Vec::new(),
-    })
+    Ok(run.finish(tally, checks, Vec::new()).await)
 }

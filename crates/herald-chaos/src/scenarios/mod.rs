@@ -7,6 +7,7 @@ mod database;
 mod network;
 mod poison;
 mod provider_outage;
+mod replicas;
 mod rolling_update;
 mod router_kill;
 mod sender_kill;
@@ -89,6 +90,12 @@ pub const ALL: &[Scenario] = &[
         run: |ctx| Box::pin(provider_outage::run(ctx)),
     },
     Scenario {
+        number: 8,
+        title: "two replicas of a sender on one provider account",
+        short: false,
+        run: |ctx| Box::pin(replicas::run(ctx)),
+    },
+    Scenario {
         number: 9,
         title: "SIGTERM under load: a rolling update of the sender, the router and the API",
         short: true,
@@ -147,8 +154,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// Starts a stack; its services log to `<log dir>/<name>/`.
     pub async fn start(name: &str, options: &Options) -> anyhow::Result<Run> {
-        let stack = Stack::start(name, options).await?;
+        let mut options = options.clone();
+        options.log_dir = options.log_dir.join(name);
+        let stack = Stack::start(name, &options).await?;
         let producers = Producers::new(&stack)?;
         let sampler = Sampler::start(stack.sms.clone());
         Ok(Run {
@@ -204,6 +214,42 @@ impl Run {
             },
             down.is_empty(),
         )
+    }
+
+    /// "Back to full speed" after a fault at `fault`, healed at `healed`, within `within`
+    /// (see [`Sampler::full_speed`]).
+    pub fn back_to_speed(
+        &self,
+        what: &str,
+        fault: tokio::time::Instant,
+        healed: tokio::time::Instant,
+        offered: u32,
+        within: Duration,
+    ) -> Check {
+        let speed = self.sampler.full_speed(fault, offered);
+        let back = self.sampler.back_to_speed(healed, speed);
+        Check::new(
+            what,
+            &format!("<= {}s to {speed:.0}/s", within.as_secs()),
+            back.map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
+            back.is_some_and(|d| d <= within),
+        )
+    }
+
+    /// The end of a scenario: the "none crashed" check, the stack stopped, the outcome.
+    pub async fn finish(
+        mut self,
+        tally: Tally,
+        mut checks: Vec<Check>,
+        notes: Vec<String>,
+    ) -> Outcome {
+        checks.push(self.none_crashed());
+        self.stop().await;
+        Outcome {
+            tally: Some(tally),
+            checks,
+            notes,
+        }
     }
 
     pub async fn stop(self) {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{Check, Ctx, Outcome, Run, at, delivery_checks};
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut run = Run::start("s7", &ctx.options).await?;
+    let run = Run::start("s7", &ctx.options).await?;
     let rate = ctx.pick(50, 100);
     let outage = Duration::from_secs(ctx.pick(20, 60));
     let begin = Duration::from_secs(8);
@@ -24,12 +24,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let api_before = load.ledger.api_messages_len();
     run.stack.sms.set_outage(Some(Fault::Status(503)));
     let outage_started = Instant::now();
-    // A message accepted during the outage, as its producer sees it.
+    // The newest message accepted during the outage, as its producer sees it (an older one
+    // may be among the few the sender tried before its breaker opened).
     let mut status_seen = None;
+    let mut last_seen = Value::Null;
     let http = reqwest::Client::new();
     while outage_started.elapsed() < outage.saturating_sub(Duration::from_secs(2)) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let Some((_, location)) = load.ledger.api_messages(api_before).into_iter().next() else {
+        let Some((_, location)) = load.ledger.api_messages(api_before).into_iter().last() else {
             continue;
         };
         let url = format!("http://{}{location}", run.stack.api.addr);
@@ -40,7 +42,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             .await;
         if let Ok(answer) = answer {
             let body: Value = answer.json().await.unwrap_or(Value::Null);
-            let delivery = &body["deliveries"][0];
+            let delivery = body["deliveries"][0].clone();
             if delivery["failure"]["class"] == "unhealthy" {
                 status_seen = Some(format!(
                     "{} with class unhealthy ({}) after {:.1}s",
@@ -50,6 +52,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 ));
                 break;
             }
+            last_seen = body;
         }
     }
     at(start, begin + outage).await;
@@ -64,7 +67,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         "pending, class unhealthy (c)",
         status_seen
             .clone()
-            .unwrap_or_else(|| "never showed class unhealthy".into()),
+            .unwrap_or_else(|| format!("never showed class unhealthy; last answer {last_seen}")),
         status_seen.is_some(),
     ));
     // Without a breaker every offered message would be tried, and retried.
@@ -84,14 +87,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         },
         !sender_ready_during,
     ));
-    checks.push(run.none_crashed());
-    run.stop().await;
-    Ok(Outcome {
-        tally: Some(tally),
-        checks,
-        notes: vec![format!(
-            "{requests_during} requests reached the provider during the {}s outage, against {offered_during} messages offered",
-            outage.as_secs()
-        )],
-    })
+    let notes = vec![format!(
+        "{requests_during} requests reached the provider during the {}s outage, against {offered_during} messages offered",
+        outage.as_secs()
+    )];
+    Ok(run.finish(tally, checks, notes).await)
 }

@@ -82,7 +82,6 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s9").await;
     checks.extend(delivery_checks(&tally, ledger.refused_other(), 0));
-    checks.push(run.none_crashed());
     let default_deadline = herald_runtime::config::AmqpConfig::default().drain_deadline_ms / 1000;
     match grace_period() {
         Ok(grace) => checks.push(Check::new(
@@ -102,12 +101,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         "the API refused {} requests while it restarted (not accepted, so not counted as lost)",
         ledger.failed.load(std::sync::atomic::Ordering::Relaxed)
     ));
-    run.stop().await;
-    Ok(Outcome {
-        tally: Some(tally),
-        checks,
-        notes,
-    })
+    Ok(run.finish(tally, checks, notes).await)
 }
 
 /// The smallest `terminationGracePeriodSeconds` in the Kubernetes manifests.

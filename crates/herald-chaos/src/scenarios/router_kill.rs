@@ -33,15 +33,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut notes = Vec::new();
     for kill in &kills {
         at(start, *kill).await;
-        run.stack.router.kill().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        run.stack.router.start()?;
-        let ready = run.stack.router.wait_ready(READY_TIMEOUT).await?;
-        notes.push(format!(
-            "router killed at {}s, ready again {:.1}s after its start",
-            kill.as_secs(),
-            ready.as_secs_f64()
-        ));
+        notes.push(
+            run.stack
+                .router
+                .crash_and_restart(Duration::from_secs(1), READY_TIMEOUT)
+                .await?,
+        );
     }
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s3").await;
@@ -72,11 +69,5 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         duplicate_jobs,
         0,
     ));
-    checks.push(run.none_crashed());
-    run.stop().await;
-    Ok(Outcome {
-        tally: Some(tally),
-        checks,
-        notes,
-    })
+    Ok(run.finish(tally, checks, notes).await)
 }

@@ -27,15 +27,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut checks = Vec::new();
     for kill in &kills {
         at(start, *kill).await;
-        run.stack.senders[0].kill().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        run.stack.senders[0].start()?;
-        let ready = run.stack.senders[0].wait_ready(READY_TIMEOUT).await?;
-        notes.push(format!(
-            "killed at {}s, ready again {:.1}s after its start",
-            kill.as_secs(),
-            ready.as_secs_f64()
-        ));
+        notes.push(
+            run.stack.senders[0]
+                .crash_and_restart(Duration::from_secs(2), READY_TIMEOUT)
+                .await?,
+        );
     }
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s2").await;
@@ -44,11 +40,5 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         ledger.refused_other(),
         PREFETCH * kills.len(),
     ));
-    checks.push(run.none_crashed());
-    run.stop().await;
-    Ok(Outcome {
-        tally: Some(tally),
-        checks,
-        notes,
-    })
+    Ok(run.finish(tally, checks, notes).await)
 }

@@ -92,6 +92,19 @@ impl Ledger {
         lock(&self.through_api).len()
     }
 
+    /// What the producers were answered, other than yes.
+    pub fn answers(&self) -> Answers {
+        Answers {
+            refused: self.refused_other(),
+            unanswered: self.failed.load(Ordering::Relaxed),
+            errors: self
+                .errors()
+                .into_iter()
+                .map(|(what, n)| format!("{what} x{n}"))
+                .collect(),
+        }
+    }
+
     pub fn refused_other(&self) -> u64 {
         self.refused_other.load(Ordering::Relaxed)
     }
@@ -103,6 +116,25 @@ impl Ledger {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The answers other than yes that producers got, summed over loads.
+#[derive(Debug, Clone, Default)]
+pub struct Answers {
+    /// Other statuses than `202`, and `503` without `Retry-After`.
+    pub refused: u64,
+    /// No answer at all.
+    pub unanswered: u64,
+    /// The first distinct failure texts, with counts.
+    pub errors: Vec<String>,
+}
+
+impl Answers {
+    pub fn add(&mut self, other: Answers) {
+        self.refused += other.refused;
+        self.unanswered += other.unanswered;
+        self.errors.extend(other.errors);
+    }
 }
 
 /// The producers' side: a publisher on the suite's own connection (straight to the broker,
@@ -142,8 +174,18 @@ impl Producers {
 }
 
 pub struct Load {
-    task: tokio::task::JoinHandle<()>,
+    /// Aborted on drop: a scenario that ends early must not leave load running into the
+    /// next one.
+    task: Option<tokio::task::JoinHandle<()>>,
     pub ledger: Arc<Ledger>,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Load {
@@ -151,13 +193,18 @@ impl Load {
     pub fn start(producers: &Producers, spec: LoadSpec) -> Load {
         let ledger = Arc::new(Ledger::default());
         let task = tokio::spawn(offer(producers.clone(), spec, ledger.clone()));
-        Load { task, ledger }
+        Load {
+            task: Some(task),
+            ledger,
+        }
     }
 
     /// Waits until every message was offered and answered.
-    pub async fn finish(self) -> Arc<Ledger> {
-        let _ = self.task.await;
-        self.ledger
+    pub async fn finish(mut self) -> Arc<Ledger> {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.ledger.clone()
     }
 }
 

@@ -54,6 +54,24 @@ async fn main() -> ExitCode {
         },
         short: args.short,
     };
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|n| !ALL.iter().any(|s| s.number == **n))
+    {
+        eprintln!(
+            "chaos: there is no scenario {unknown} (they are {})",
+            ALL.iter()
+                .map(|s| s.number.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    if args.write_doc && (args.short || !args.only.is_empty()) {
+        eprintln!("chaos: --write-doc records a full run: without --short and --only");
+        return ExitCode::FAILURE;
+    }
     let chosen: Vec<_> = ALL
         .iter()
         .filter(|s| {
@@ -74,7 +92,15 @@ async fn main() -> ExitCode {
     for scenario in chosen {
         println!("\n== scenario {}: {}", scenario.number, scenario.title);
         let started = std::time::Instant::now();
-        let result = scenario.run(&ctx).await.map_err(|e| format!("{e:#}"));
+        // Ctrl-C or SIGTERM drops the scenario, and with it its stack: the services are
+        // killed and the broker and database of the run stopped, not left behind.
+        let result = tokio::select! {
+            result = scenario.run(&ctx) => result.map_err(|e| format!("{e:#}")),
+            () = interrupted() => {
+                eprintln!("chaos: interrupted; the scenario's services, broker and database are stopped");
+                return ExitCode::FAILURE;
+            }
+        };
         match &result {
             Ok(outcome) => report::print(scenario, outcome),
             Err(error) => println!("\n[ERROR] scenario {}: {error}", scenario.number),
@@ -116,5 +142,20 @@ async fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -81,13 +81,18 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, state: Arc<State>) 
             continue;
         }
         let state = state.clone();
+        // Subscribed before connecting, and the cut looked at again after: a cut that comes
+        // while this connection is being set up still closes it.
+        let mut closed = state.generation.subscribe();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
+            if state.cut.load(Ordering::SeqCst) || closed.has_changed().unwrap_or(true) {
+                return;
+            }
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
-            let mut closed = state.generation.subscribe();
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
             tokio::select! {

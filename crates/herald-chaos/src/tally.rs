@@ -63,8 +63,9 @@ fn arrivals(sms: &FakeSms, prefix: &str) -> HashMap<String, usize> {
     counts
 }
 
-/// Waits until every accepted message of the run reached the provider (then `linger` more,
-/// for late repeats), or nothing new arrived for `quiet`, or `max` passed.
+/// Waits until every accepted message of the run reached the provider (then 10 s more, for
+/// late repeats: the suite's longest retry delay is 5 s), or nothing new arrived for
+/// `quiet`, or `max` passed.
 pub async fn settle(ledger: &Ledger, sms: &FakeSms, prefix: &str, quiet: Duration, max: Duration) {
     let started = Instant::now();
     let mut last_len = sms.received_len();
@@ -73,7 +74,7 @@ pub async fn settle(ledger: &Ledger, sms: &FakeSms, prefix: &str, quiet: Duratio
         let accepted: HashSet<String> = ledger.accepted();
         let arrived = arrivals(sms, prefix);
         if accepted.iter().all(|k| arrived.contains_key(k)) {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
             return;
         }
         let len = sms.received_len();
@@ -114,28 +115,32 @@ impl Sampler {
         Sampler { samples, task }
     }
 
-    /// Arrivals a second between two instants (the last samples at or before each).
-    pub fn rate_between(&self, from: Instant, to: Instant) -> f64 {
+    /// Arrivals a second between two instants (from the first sample at or after `from`, to
+    /// the last at or before `to`); `None` with less than 3 s of samples between them.
+    pub fn rate_between(&self, from: Instant, to: Instant) -> Option<f64> {
         let samples = self
             .samples
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let at = |t: Instant| samples.iter().rev().find(|(s, _)| *s <= t).copied();
-        match (at(from), at(to)) {
-            (Some((a, n)), Some((b, m))) if b > a => {
-                (m - n) as f64 / b.duration_since(a).as_secs_f64()
-            }
-            _ => 0.0,
-        }
+        let (a, n) = *samples.iter().find(|(s, _)| *s >= from)?;
+        let (b, m) = *samples.iter().rev().find(|(s, _)| *s <= to)?;
+        let span = b.checked_duration_since(a)?;
+        (span >= Duration::from_secs(3)).then(|| (m - n) as f64 / span.as_secs_f64())
     }
 
     /// What "back to speed" means after a fault at `fault`: 90% of the offered rate, or of the
     /// rate the provider got in the 10 s before the fault when that was lower (the stack's own
-    /// limit on this machine, which a recovery cannot beat).
+    /// limit on this machine, which a recovery cannot beat). Without 3 s of arrivals before
+    /// the fault to measure, or with a rate below half the offered one (the stack was not
+    /// keeping up to begin with), the offered rate is the measure.
     pub fn full_speed(&self, fault: Instant, offered: u32) -> f64 {
-        let before = self.rate_between(fault - Duration::from_secs(10), fault);
-        0.9 * f64::from(offered).min(before)
+        let offered = f64::from(offered);
+        let before = self
+            .rate_between(fault - Duration::from_secs(10), fault)
+            .filter(|r| *r >= offered / 2.0)
+            .unwrap_or(offered);
+        0.9 * offered.min(before)
     }
 
     /// The time from `healed` until the first full second after it in which the provider got

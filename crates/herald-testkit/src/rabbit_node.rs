@@ -105,6 +105,8 @@ impl RabbitNode {
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill").args(["-9", &pid]).status();
         }
+        // The pid may be another process's by the time this node is dropped.
+        let _ = std::fs::remove_file(self.dir.join("pid"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while accepts(self.port) {
             assert!(Instant::now() < deadline, "node {} did not die", self.node);

@@ -139,7 +139,8 @@ impl Limiter {
     }
 
     /// This many replicas of the sender share the account now: each takes `1/replicas` of
-    /// its rate and burst (at least one message of burst).
+    /// its rate and burst. The burst part is at least one message, so with more replicas
+    /// than the burst allows they may together send one message each at once.
     pub fn set_replicas(&self, replicas: u32) {
         self.account.lock().replicas = replicas.max(1);
     }

@@ -5,8 +5,8 @@
 //! ([`Limiter::set_replicas`]).
 //!
 //! The count is read every `sender.replica_check_ms`, so a change takes up to that long to
-//! be seen by every replica. A replica that goes away leaves its share unused meanwhile (the
-//! safe side). A replica that comes while others run would add its share before they give
+//! be seen by every replica. A replica that goes away leaves its share unused for up to two
+//! counts (the safe side: a lower count must be seen twice). A replica that comes while others run would add its share before they give
 //! up theirs, so it first counts the others, takes its share, and sends nothing for one
 //! period, by which time they have seen its consumer.
 
@@ -65,31 +65,54 @@ impl Replicas {
         }
     }
 
-    /// Counts again every period until shutdown.
+    /// Counts again every period until shutdown. A larger count applies at once (a replica
+    /// came: narrow this one's part now); a smaller one only when the next count agrees,
+    /// because after a broker restart the replicas reconnect one by one, and a count taken
+    /// while the others are still away would hand this one the whole account.
     pub async fn keep_counting(mut self, shutdown: CancellationToken) {
+        let mut lower: Option<u32> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.every) => {}
             }
-            match self.count().await {
+            // Bounded, and given up at shutdown: a connection that hangs must not hold up the
+            // sender's stop.
+            let counted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                counted = tokio::time::timeout(self.every, self.count()) => counted,
+            };
+            match counted {
                 // This replica's own consumer is among them once it consumes; while it does
-                // not (a reconnect), it sends nothing, and at least one share is its own.
-                Ok(count) => {
+                // not (a reconnect), it sends nothing, and at least one part is its own.
+                Ok(Ok(count)) => {
                     let replicas = count.max(1);
-                    if replicas != self.limiter.replicas() {
+                    let current = self.limiter.replicas();
+                    let apply =
+                        replicas > current || (replicas < current && lower == Some(replicas));
+                    lower = (replicas < current).then_some(replicas);
+                    if apply {
                         tracing::info!(replicas, "replicas sharing the provider account changed");
                         self.limiter.set_replicas(replicas);
+                        lower = None;
                     }
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::debug!(%error, "cannot count the replicas; keeping the last count");
+                    self.link = None;
+                }
+                Err(_) => {
+                    tracing::debug!("counting the replicas timed out; keeping the last count");
                     self.link = None;
                 }
             }
         }
         if let Some((connection, _)) = self.link.take() {
-            let _ = connection.close(200, "shutdown".into()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                connection.close(200, "shutdown".into()),
+            )
+            .await;
         }
     }
 

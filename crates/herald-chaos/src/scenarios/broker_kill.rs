@@ -42,7 +42,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s1").await;
-    let mut checks = delivery_checks(&tally, ledger.refused_other(), WINDOW * kills.len());
+    let mut checks = delivery_checks(&tally, &ledger.answers(), WINDOW * kills.len(), 0);
     for (i, (down, up)) in restarts.iter().enumerate() {
         checks.push(run.back_to_speed(
             &format!("back to full speed after restart {}", i + 1),

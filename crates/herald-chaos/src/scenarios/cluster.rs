@@ -26,7 +26,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let killed = Instant::now();
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s10").await;
-    let mut checks = delivery_checks(&tally, ledger.refused_other(), 0);
+    let mut checks = delivery_checks(&tally, &ledger.answers(), 0, 0);
     checks.push(run.back_to_speed(
         "back to full speed on another node",
         killed,

@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s4").await;
-    let mut checks = delivery_checks(&tally, ledger.refused_other(), 0);
+    let mut checks = delivery_checks(&tally, &ledger.answers(), 0, 0);
     let told_later = ledger.refused_retry_after.load(Ordering::Relaxed);
     checks.push(Check::new(
         "API requests answered 503 + Retry-After during the outage",

@@ -14,7 +14,7 @@ mod sender_kill;
 
 use std::time::Duration;
 
-use crate::load::{Ledger, Load, LoadSpec, Producers};
+use crate::load::{Answers, Ledger, Load, LoadSpec, Producers};
 use crate::stack::{Options, Stack};
 use crate::tally::{Sampler, Tally, settle, tally};
 
@@ -260,8 +260,20 @@ impl Run {
 }
 
 /// The checks every loaded scenario makes: nothing accepted was lost, the duplicates stay
-/// within `max_duplicates`, and the API refused nothing except with `503` and `Retry-After`.
-pub fn delivery_checks(tally: &Tally, refused: u64, max_duplicates: usize) -> Vec<Check> {
+/// within `max_duplicates`, the API refused nothing except with `503` and `Retry-After`, and
+/// at most `max_unanswered` requests got no answer at all (a connection refused while the
+/// API restarts, a publish that ran out of time).
+pub fn delivery_checks(
+    tally: &Tally,
+    answers: &Answers,
+    max_duplicates: usize,
+    max_unanswered: u64,
+) -> Vec<Check> {
+    let Answers {
+        refused,
+        unanswered,
+        errors,
+    } = answers.clone();
     vec![
         Check::new(
             "accepted messages lost",
@@ -289,6 +301,16 @@ pub fn delivery_checks(tally: &Tally, refused: u64, max_duplicates: usize) -> Ve
             "0",
             refused,
             refused == 0,
+        ),
+        Check::new(
+            "producer requests without an answer",
+            &format!("<= {max_unanswered}"),
+            if errors.is_empty() {
+                unanswered.to_string()
+            } else {
+                format!("{unanswered} ({})", errors.join("; "))
+            },
+            unanswered <= max_unanswered,
         ),
     ]
 }

@@ -39,7 +39,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let healed = Instant::now();
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s5").await;
-    let mut checks = delivery_checks(&tally, ledger.refused_other(), WINDOW);
+    let mut checks = delivery_checks(&tally, &ledger.answers(), WINDOW, 0);
     checks.push(Check::new(
         "router /readyz while cut off",
         "not ready",

@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut poisoned = (0u64, Duration::ZERO);
     let mut total = Tally::default();
     let mut poison_sent = 0u64;
-    let mut refused = 0u64;
+    let mut answers = crate::load::Answers::default();
     for round in 0..4 {
         let with_poison = round % 2 == 1;
         let prefix = format!("s6r{round}");
@@ -57,7 +57,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         slot.0 += healthy;
         slot.1 += elapsed;
         poison_sent += ledger.poison.load(Ordering::Relaxed);
-        refused += ledger.refused_other.load(Ordering::Relaxed);
+        answers.add(ledger.answers());
         add(&mut total, &round_tally);
     }
     let rate_of = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64().max(0.001);
@@ -102,7 +102,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     inspector.close().await;
 
     // Healthy messages and their ledger checks, on the four rounds together.
-    let mut checks = delivery_checks(&total, refused, 0);
+    let mut checks = delivery_checks(&total, &answers, 0, 0);
     checks.push(Check::new(
         "poison messages dead-lettered",
         &format!("= {poison_sent} published"),

@@ -43,7 +43,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         if let Ok(answer) = answer {
             let body: Value = answer.json().await.unwrap_or(Value::Null);
             let delivery = body["deliveries"][0].clone();
-            if delivery["failure"]["class"] == "unhealthy" {
+            if delivery["status"] == "pending"
+                && delivery["failure"]["class"] == "unhealthy"
+                && delivery["failure"]["code"] == "provider_unavailable"
+            {
                 status_seen = Some(format!(
                     "{} with class unhealthy ({}) after {:.1}s",
                     delivery["status"].as_str().unwrap_or("?"),
@@ -61,10 +64,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     run.stack.sms.set_outage(None);
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s7").await;
-    let mut checks = delivery_checks(&tally, ledger.refused_other(), 0);
+    let mut checks = delivery_checks(&tally, &ledger.answers(), 0, 0);
     checks.push(Check::new(
         "a message's status during the outage",
-        "pending, class unhealthy (c)",
+        "pending, class unhealthy (c), provider_unavailable",
         status_seen
             .clone()
             .unwrap_or_else(|| format!("never showed class unhealthy; last answer {last_seen}")),

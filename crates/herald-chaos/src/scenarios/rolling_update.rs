@@ -81,7 +81,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let ledger = load.finish().await;
     let tally = run.settle(&ledger, "s9").await;
-    checks.extend(delivery_checks(&tally, ledger.refused_other(), 0));
+    // Requests to the API while it restarts get no answer (up to about a second's worth).
+    checks.extend(delivery_checks(
+        &tally,
+        &ledger.answers(),
+        0,
+        u64::from(rate),
+    ));
     let default_deadline = herald_runtime::config::AmqpConfig::default().drain_deadline_ms / 1000;
     match grace_period() {
         Ok(grace) => checks.push(Check::new(

@@ -63,7 +63,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         copies.len()
     ));
 
-    let mut checks = delivery_checks(&tally, ledger.refused_other(), 0);
+    let mut checks = delivery_checks(&tally, &ledger.answers(), 0, 0);
     checks.push(Check::at_most(
         "duplicate jobs (one message and address, two delivery ids)",
         duplicate_jobs,

@@ -37,8 +37,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let tally = run.settle(&ledger, "s2").await;
     checks.extend(delivery_checks(
         &tally,
-        ledger.refused_other(),
+        &ledger.answers(),
         PREFETCH * kills.len(),
+        0,
     ));
     Ok(run.finish(tally, checks, notes).await)
 }

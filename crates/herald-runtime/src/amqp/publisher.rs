@@ -247,6 +247,7 @@ impl Publisher {
                     match sent.broken {
                         Some(error) => {
                             last_error = error;
+                            nacks = 0;
                             self.discard(live.generation).await;
                         }
                         None => {
@@ -390,16 +391,24 @@ impl Publisher {
         }
     }
 
-    /// Forgets a broken connection, unless a newer one already replaced it.
+    /// Forgets a broken connection, unless a newer one already replaced it. It is closed
+    /// outside the lock and for at most a second: a connection that still looks healthy waits
+    /// for the broker's close-ok, which must not hold up the other publishers.
     async fn discard(&self, generation: u64) {
-        let mut live = self.inner.live.write().await;
-        if live.as_ref().is_some_and(|l| l.generation == generation)
-            && let Some(old) = live.take()
-        {
-            let _ = old
-                .connection
-                .close(320, "publisher reconnecting".into())
-                .await;
+        let old = {
+            let mut live = self.inner.live.write().await;
+            if live.as_ref().is_some_and(|l| l.generation == generation) {
+                live.take()
+            } else {
+                None
+            }
+        };
+        if let Some(old) = old {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.connection.close(320, "publisher reconnecting".into()),
+            )
+            .await;
         }
     }
 

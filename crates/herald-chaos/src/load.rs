@@ -64,10 +64,6 @@ impl Ledger {
         lock(&self.accepted).clone()
     }
 
-    pub fn accepted_len(&self) -> usize {
-        lock(&self.accepted).len()
-    }
-
     fn accept(&self, key: String) {
         lock(&self.accepted).insert(key);
     }

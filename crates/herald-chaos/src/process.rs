@@ -178,8 +178,4 @@ impl ServiceProcess {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }
-
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
 }

@@ -149,12 +149,6 @@ impl FakeSms {
         self.state().received.len()
     }
 
-    /// The accepted messages from index `from` on, in the order they came.
-    pub fn received_from(&self, from: usize) -> Vec<ReceivedSms> {
-        let state = self.state();
-        state.received.get(from..).unwrap_or_default().to_vec()
-    }
-
     /// Times of every Messages request, accepted or failed.
     pub fn request_times(&self) -> Vec<Instant> {
         self.state().requests.clone()

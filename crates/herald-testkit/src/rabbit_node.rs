@@ -65,11 +65,6 @@ impl RabbitNode {
         self.port
     }
 
-    /// The Erlang node name (`herald-<test>-<port>@localhost`).
-    pub fn node_name(&self) -> &str {
-        &self.node
-    }
-
     /// Makes this (fresh) node a member of `other`'s cluster, as the recipe in
     /// ../shared/LOCAL_SERVICES.md does: stop the app, join, start it again. Quorum queues
     /// declared afterwards have a member on every node of the cluster.

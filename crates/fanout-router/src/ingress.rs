@@ -168,9 +168,17 @@ impl IngressHandler {
     /// Fans out small direct requests in groups ([`crate::fanout::Grouped`]).
     pub fn with_grouping(mut self, settings: BatchSettings) -> Self {
         let fanout = self.fanout.clone();
+        let outcomes = self.outcomes.clone();
         self.grouped = Some(Batcher::spawn(settings, move |requests| {
             let fanout = fanout.clone();
-            async move { fanout.grouped(requests).await }
+            let outcomes = outcomes.clone();
+            async move {
+                let mut done = fanout.grouped(requests).await;
+                if let Some(outcomes) = outcomes {
+                    publish_final(&outcomes, &mut done).await;
+                }
+                done
+            }
         }));
         self
     }
@@ -357,38 +365,39 @@ impl IngressHandler {
         let Grouped::Done {
             message_id,
             summary,
+            outcome_sent,
         } = grouped.submit(item).await?
         else {
             return None;
         };
         tracing::Span::current().record("message_id", tracing::field::display(message_id));
         Some(
-            self.fanned_out(message_id, request.source, &summary, true)
+            self.fanned_out(message_id, request.source, &summary, !outcome_sent)
                 .await,
         )
     }
 
     /// The end of a fan-out, alone or in a group: logged and counted, and the outcome
-    /// published when the message is already final.
+    /// published when the message is already final and `outcome_due` (its group did not
+    /// publish it).
     async fn fanned_out(
         &self,
         message_id: Uuid,
         source: MessageSource,
         summary: &Summary,
-        grouped: bool,
+        outcome_due: bool,
     ) -> Result<Outcome, RouteError> {
         tracing::info!(
             new_deliveries = summary.new_rows,
             jobs = summary.published,
             failed = summary.failed,
             status = %summary.status,
-            grouped,
             "fanned out"
         );
         count(source, summary.status.as_str());
         // A message still `fanned_out` gets its outcome from tracking, when its last delivery
         // is final.
-        if summary.status != MessageStatus::FannedOut {
+        if outcome_due && summary.status != MessageStatus::FannedOut {
             self.publish_outcome(message_id).await?;
         }
         Ok(Outcome::Ack)
@@ -555,7 +564,7 @@ impl IngressHandler {
                 lease: Some(lease),
             })
             .await?;
-        self.fanned_out(message.id, request.source, &summary, false)
+        self.fanned_out(message.id, request.source, &summary, true)
             .await
     }
 
@@ -793,6 +802,36 @@ impl Handler for IngressHandler {
                     reason: error.to_string(),
                 }
             }
+        }
+    }
+}
+
+/// The outcomes of a group's messages that were final when the group ended them (the
+/// sender reported every delivery before the fan-out was marked done), in one publish: one
+/// per message would cost four round trips each. The messages whose outcome this could not
+/// publish are left to their handlers, which try again one by one.
+async fn publish_final(outcomes: &Outcomes, done: &mut [Grouped]) {
+    let finals: Vec<Uuid> = done
+        .iter()
+        .filter_map(|g| match g {
+            Grouped::Done {
+                message_id,
+                summary,
+                ..
+            } if summary.status != MessageStatus::FannedOut => Some(*message_id),
+            _ => None,
+        })
+        .collect();
+    if finals.is_empty() {
+        return;
+    }
+    if let Err(error) = outcomes.publish_due(&finals).await {
+        tracing::warn!(%error, messages = finals.len(), "cannot publish a group's outcomes; each is tried alone");
+        return;
+    }
+    for g in done.iter_mut() {
+        if let Grouped::Done { outcome_sent, .. } = g {
+            *outcome_sent = true;
         }
     }
 }

@@ -68,8 +68,13 @@ impl GroupedRequest {
 /// What became of one request of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grouped {
-    /// Fanned out with the group.
-    Done { message_id: Uuid, summary: Summary },
+    /// Fanned out with the group. `outcome_sent`: the message was final already (its
+    /// deliveries were reported before the group ended it) and the group published its outcome.
+    Done {
+        message_id: Uuid,
+        summary: Summary,
+        outcome_sent: bool,
+    },
     /// Left to the usual way: its message exists already, its lease is held elsewhere, or the
     /// group failed.
     Alone,
@@ -100,6 +105,7 @@ impl FanOut {
                     Some(summary) => Grouped::Done {
                         message_id: r.message_id,
                         summary,
+                        outcome_sent: false,
                     },
                     None => Grouped::Alone,
                 })

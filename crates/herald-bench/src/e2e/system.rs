@@ -66,6 +66,15 @@ pub struct Arrival {
     pub delivered: bool,
 }
 
+/// A section's defaults with what the environment sets under `prefix` (`HERALD_ROUTER__`,
+/// `HERALD_AMQP__`), as the services read it: lets a run try other settings without a build.
+fn overrides<T: serde::de::DeserializeOwned>(prefix: &str) -> anyhow::Result<T> {
+    figment::Figment::new()
+        .merge(figment::providers::Env::prefixed(prefix).split("__"))
+        .extract()
+        .with_context(|| format!("the {prefix}* settings"))
+}
+
 /// Settings of a run of the system.
 pub struct Settings {
     /// The router's `database.max_connections`.
@@ -110,7 +119,7 @@ impl System {
         let amqp = AmqpConfig {
             url: Secret::new(amqp_url()),
             prefix: unique_prefix("bench-e2e"),
-            ..AmqpConfig::default()
+            ..overrides::<AmqpConfig>("HERALD_AMQP__")?
         };
         let base = BaseConfig {
             amqp: amqp.clone(),
@@ -143,7 +152,8 @@ impl System {
         let config = fanout_router::config::Config {
             base: base.clone(),
             router: {
-                let mut router = fanout_router::config::RouterConfig::default();
+                let mut router =
+                    overrides::<fanout_router::config::RouterConfig>("HERALD_ROUTER__")?;
                 if let Some(size) = settings.batch_size {
                     router.batch_size = size;
                 }

@@ -768,3 +768,85 @@ async fn a_message_that_only_ever_waits_is_dead_lettered_in_the_end() {
     publisher.close().await;
     h.cleanup().await;
 }
+
+/// Acks go in runs (`multiple`) below the lowest message still in work. A slow message must
+/// not hold back the acks of those after it: the prefetch window would fill with finished
+/// messages the broker counts as unacked, and the consumer would stall until the slow one is
+/// done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_message_does_not_hold_back_the_acks_of_the_others() {
+    struct SlowFirst {
+        events: tokio::sync::mpsc::UnboundedSender<u32>,
+    }
+    impl herald_runtime::amqp::Handler for SlowFirst {
+        type Message = support::Numbered;
+        fn decode(&self, body: &[u8]) -> Result<support::Numbered, Rejection> {
+            herald_runtime::amqp::decode_json(body)
+        }
+        async fn handle(
+            &self,
+            message: support::Numbered,
+            _: &herald_runtime::amqp::Context,
+        ) -> Outcome {
+            if message.n == 0 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+            }
+            let _ = self.events.send(message.n);
+            Outcome::Ack
+        }
+    }
+
+    let h = Harness::new("slow_first").await;
+    let (events, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let mut settings = h.settings();
+    settings.prefetch = 10;
+    settings.concurrency = 10;
+    let stop = CancellationToken::new();
+    let consumer = herald_runtime::amqp::Consumer::new(
+        h.broker.clone(),
+        h.topology.clone(),
+        settings,
+        SlowFirst { events },
+        h.health.clone(),
+    );
+    let consumer = tokio::spawn(consumer.run(stop.clone()));
+
+    const TOTAL: u32 = 200;
+    let publisher = h.publisher();
+    let bodies: Vec<Vec<u8>> = (0..TOTAL).map(numbered).collect();
+    let batch: Vec<Message> = bodies.iter().map(|b| h.message(b)).collect();
+    publisher.publish_batch(&batch).await.unwrap();
+
+    // Everything but the slow one, well before it is done: their acks were not held for it.
+    let mut others = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(4), async {
+        while others.len() < TOTAL as usize - 1 {
+            let n = handled.recv().await.expect("handler alive");
+            assert!(others.insert(n), "{n} handled twice");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "only {} of the others handled while one was slow",
+            others.len()
+        )
+    });
+    assert!(!others.contains(&0));
+    let slow = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("the slow one ends");
+    assert_eq!(slow, Some(0));
+    // All acked, none delivered again.
+    let left = h
+        .inspector
+        .wait_queue_len(&h.queue(), Duration::from_secs(10), |left| left == 0)
+        .await;
+    assert_eq!(left, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(handled.try_recv().is_err(), "nothing comes twice");
+    stop.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    h.cleanup().await;
+}

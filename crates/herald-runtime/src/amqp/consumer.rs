@@ -4,7 +4,8 @@
 //!
 //! - per-consumer prefetch (quorum queues refuse global QoS) and at most `concurrency`
 //!   messages in work at once;
-//! - the ack only after the handler finished; a retry is republished to a delay queue (with a
+//! - the ack only after the handler finished, sent with the channel's other finished
+//!   deliveries as one `multiple` ack where it can ([`crate::amqp::acks`]); a retry is republished to a delay queue (with a
 //!   confirm) before the original is acked, a dead letter likewise to the dead-letter queue,
 //!   so no outcome can lose the message;
 //! - bodies that do not decode, are too large, or whose handler panics are dead-lettered
@@ -22,13 +23,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::amqp::acks::{self, Acks};
 use crate::amqp::backoff::Backoff;
 use crate::amqp::connection::Broker;
 use crate::amqp::headers;
@@ -494,6 +496,7 @@ impl<H: Handler> Consumer<H> {
 
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut in_flight = JoinSet::new();
+        let (acks, acking) = Acks::start(acks::HOLD);
         let mut pause = self.pause.clone();
         // The connection's own report of its death: while every slot is taken the consumer
         // stream is not polled, and a broker killed outright may never end it.
@@ -518,8 +521,10 @@ impl<H: Handler> Consumer<H> {
                             break Stop::Lost("the in-flight limit was closed".to_owned());
                         };
                         let worker = worker.clone();
+                        acks.taken(delivery.delivery_tag);
+                        let acks = acks.clone();
                         in_flight.spawn(async move {
-                            worker.process(delivery).await;
+                            worker.process(delivery, &acks).await;
                             drop(permit);
                         });
                     }
@@ -547,6 +552,9 @@ impl<H: Handler> Consumer<H> {
             ),
         }
         self.drain(&mut in_flight).await;
+        // The handlers are done or given up: the last acks go before the channel closes.
+        drop(acks);
+        let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, acking).await;
         let _ = tokio::time::timeout(
             TEARDOWN_TIMEOUT,
             channel.close(200, "consumer stopping".into()),
@@ -618,7 +626,7 @@ async fn paused(gate: &mut Option<PauseGate>) {
 }
 
 impl<H: Handler> Worker<H> {
-    async fn process(&self, delivery: Delivery) {
+    async fn process(&self, delivery: Delivery, acks: &Acks) {
         let props = &delivery.properties;
         let table = props.headers().clone().unwrap_or_default();
         let trace = headers::get_str(Some(&table), headers::TRACEPARENT)
@@ -666,11 +674,11 @@ impl<H: Handler> Worker<H> {
             outcome = tracing::field::Empty,
         );
         trace
-            .scope(self.process_in_span(delivery, ctx).instrument(span))
+            .scope(self.process_in_span(delivery, ctx, acks).instrument(span))
             .await;
     }
 
-    async fn process_in_span(&self, delivery: Delivery, ctx: Context) {
+    async fn process_in_span(&self, delivery: Delivery, ctx: Context, acks: &Acks) {
         let started = Instant::now();
         let decision = match self.decide(&delivery, &ctx).await {
             // A retry past the last attempt is a dead letter, and is counted as one.
@@ -716,11 +724,9 @@ impl<H: Handler> Worker<H> {
             tracing::error!(%error, retry_in_ms = wait.as_millis() as u64, "could not republish for retry or dead letter; keeping the message and trying again");
             tokio::time::sleep(wait).await;
         }
-        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-            // The channel is gone; the broker redelivers and the repeat is dropped downstream
-            // by its id.
-            tracing::warn!(%error, "ack failed; the message will be redelivered");
-        }
+        // Acked with the channel's other done deliveries (`acks`); a failed ack means the
+        // channel is gone, and the broker redelivers (the repeat is dropped by its id).
+        acks.done(delivery.delivery_tag, delivery.acker);
         metrics::counter!("herald_messages_total", "queue" => self.queue.to_string(), "outcome" => label).increment(1);
         metrics::histogram!("herald_message_seconds", "queue" => self.queue.to_string())
             .record(started.elapsed().as_secs_f64());

@@ -5,6 +5,7 @@
 //! acks fail harmlessly, and the broker redelivers (at least once; idempotency keys and
 //! delivery ids drop the repeats).
 
+pub mod acks;
 pub mod backoff;
 pub mod connection;
 pub mod consumer;

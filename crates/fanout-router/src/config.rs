@@ -129,11 +129,12 @@ pub struct LegacyDestination {
 
 impl RouterConfig {
     /// The grouping of small requests, `None` when it is off.
-    pub fn grouping(&self) -> Option<crate::batching::BatchSettings> {
-        (self.group_max > 1).then(|| crate::batching::BatchSettings {
+    pub fn grouping(&self) -> Option<herald_runtime::batching::BatchSettings> {
+        (self.group_max > 1).then(|| herald_runtime::batching::BatchSettings {
             max: self.group_max,
             linger: Duration::from_millis(self.group_linger_ms),
             parallel: self.group_parallel.max(1),
+            name: "router_requests",
         })
     }
 

@@ -38,12 +38,12 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::batching::{BatchSettings, Batcher};
 use crate::config::{LegacyDestination, RetryPolicy};
 use crate::fanout::{Audience, Body, FanOut, FanOutError, Grouped, GroupedRequest, Plan, Summary};
 use crate::outcome::{OutcomeError, Outcomes};
 use crate::producers::ProducerPolicy;
 use crate::render::Templates;
+use herald_runtime::batching::{BatchSettings, Batcher};
 
 pub struct IngressHandler {
     pool: PgPool,

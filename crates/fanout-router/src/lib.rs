@@ -29,7 +29,6 @@
 //! create themselves: the ingress and events consumers, the scheduler, an outbox relay and the
 //! send-queue watchdog, under the service's one shutdown token.
 
-pub mod batching;
 pub mod config;
 pub mod fanout;
 pub mod ingress;
@@ -272,7 +271,7 @@ async fn migrate_until_done(pool: &PgPool, health: &Health, shutdown: &Cancellat
 /// run small and each pays its round trips for a few requests (issue #16: bench-e2e went
 /// from about 1,400 to 1,900 notifications/s with half the groups' capacity in work and
 /// twice that prefetched). The configured values win where they are larger.
-fn fill_groups(settings: &mut ConsumerSettings, grouping: crate::batching::BatchSettings) {
+fn fill_groups(settings: &mut ConsumerSettings, grouping: herald_runtime::batching::BatchSettings) {
     let in_work = (grouping.max * grouping.parallel / 2).max(1);
     settings.concurrency = settings.concurrency.max(in_work);
     let prefetch = u16::try_from(settings.concurrency * 2).unwrap_or(u16::MAX);

@@ -10,9 +10,9 @@
 
 mod grouped;
 
-use crate::batching::{BatchSettings, Batcher};
 use crate::producers::ProducerPolicy;
 use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
+use herald_runtime::batching::{BatchSettings, Batcher};
 use herald_storage::addresses::{self, NewAddress};
 use herald_storage::tracking::{
     self, Attempt, AttemptOutcome, FailureRef, Recorded, RemovalPolicy,
@@ -21,7 +21,7 @@ use herald_storage::verification::{self, Proof};
 use herald_storage::{PgPool, StoreError, link_codes, messages, outbox, support};
 use messaging_core::events::{
     Answer, AttemptResult, ChatAnswer, ChatReference, ChatSeenEvent, ContactLinkEvent,
-    DeliveryEvent, RoomEvent, SupportRequestEvent, short_id,
+    DeliveryEvent, DeliveryEventBundle, RoomEvent, SupportRequestEvent, short_id,
 };
 use messaging_core::ingress::{Content, Ingress, NotifyRequest, Recipients, TemplateContent};
 use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey};
@@ -40,6 +40,9 @@ use crate::rooms::Rooms;
 #[derive(Debug)]
 pub enum RouterEvent {
     Delivery(Box<DeliveryEvent>),
+    /// A sender's bundle of `delivered` events (issue #16): each item decoded on its own, so
+    /// one that does not decode is split out and dead-lettered alone.
+    Bundle(Vec<Result<DeliveryEvent, Value>>),
     Contact(Box<ContactLinkEvent>),
     Seen(Box<ChatSeenEvent>),
     Support(Box<SupportRequestEvent>),
@@ -76,6 +79,10 @@ impl TrackingHandler {
             pool: self.pool.clone(),
             outcomes: self.outcomes.clone(),
             policy: self.policy,
+        };
+        let settings = BatchSettings {
+            name: "router_events",
+            ..settings
         };
         self.grouped = Some(Batcher::spawn(settings, move |events| {
             let recorder = recorder.clone();
@@ -152,6 +159,110 @@ impl TrackingHandler {
             )),
             other => self.retry(other),
         }
+    }
+
+    /// One delivery event: with its group when events are grouped, else (or when the group
+    /// left it) alone.
+    async fn delivery_event(&self, event: DeliveryEvent) -> Outcome {
+        let span = tracing::info_span!(
+            "delivery_event",
+            delivery_id = %event.delivery_id,
+            message_id = %event.message_id,
+            tenant = %event.tenant.as_str(),
+            attempt = event.attempt,
+            status = event.result.status(),
+        );
+        let grouped = match &self.grouped {
+            Some(groups) => groups.submit(event.clone()).instrument(span.clone()).await,
+            None => None,
+        };
+        match grouped {
+            Some(Some(outcome)) => outcome,
+            // Alone: no grouping, or the group left it.
+            _ => match self.turn().await {
+                Ok(_turn) => self.delivery(&event).instrument(span).await,
+                Err(later) => later,
+            },
+        }
+    }
+
+    /// A bundle's events, each as if it had come alone. Recording is idempotent (a second
+    /// record of the same event is stale), so an event that must be tried again takes the
+    /// whole bundle with it through the delay queue, and the others are found done then. An
+    /// event that is refused for good, or an item that is no event, is split out: published
+    /// alone, where the consumer dead-letters it with its own reason, and the rest is acked.
+    async fn bundle(&self, items: Vec<Result<DeliveryEvent, Value>>) -> Outcome {
+        let (events, mut refused): (Vec<_>, Vec<_>) = items.into_iter().partition(Result::is_ok);
+        let events: Vec<DeliveryEvent> = events.into_iter().flatten().collect();
+        let outcomes =
+            futures::future::join_all(events.iter().map(|e| self.delivery_event(e.clone()))).await;
+        let mut later: Option<Outcome> = None;
+        for (event, outcome) in events.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Ack => {}
+                Outcome::DeadLetter(_) => refused.push(Ok(event)),
+                Outcome::Retry { after, reason } => {
+                    let after = match &later {
+                        Some(Outcome::Retry { after: before, .. }) => after.max(*before),
+                        _ => after,
+                    };
+                    later = Some(Outcome::Retry { after, reason });
+                }
+                Outcome::Defer { after } => {
+                    if later.is_none() {
+                        later = Some(Outcome::Defer { after });
+                    }
+                }
+            }
+        }
+        if let Some(later) = later {
+            return later;
+        }
+        if refused.is_empty() {
+            return Outcome::Ack;
+        }
+        match self.split_out(&refused).await {
+            Ok(()) => Outcome::Ack,
+            Err(error) => self.retry(format!(
+                "cannot split refused events out of a bundle: {error}"
+            )),
+        }
+    }
+
+    /// Publishes each item alone on the events exchange, back to this queue.
+    async fn split_out(
+        &self,
+        items: &[Result<DeliveryEvent, Value>],
+    ) -> Result<(), herald_runtime::amqp::PublishError> {
+        let exchange = self.outcomes.names().events_exchange();
+        let bodies: Vec<(String, Vec<u8>)> = items
+            .iter()
+            .map(|item| match item {
+                Ok(event) => (
+                    messaging_core::topology::routing::delivery_event(
+                        event.channel,
+                        event.result.status(),
+                    ),
+                    serde_json::to_vec(event).unwrap_or_default(),
+                ),
+                Err(value) => (
+                    "delivery.bundle.invalid".to_owned(),
+                    serde_json::to_vec(value).unwrap_or_default(),
+                ),
+            })
+            .collect();
+        tracing::warn!(
+            events = bodies.len(),
+            "bundled events refused; each goes alone to be dead-lettered with its reason"
+        );
+        let messages: Vec<herald_runtime::amqp::Message> = bodies
+            .iter()
+            .map(|(key, body)| {
+                herald_runtime::amqp::Message::new(&exchange, key.clone(), body)
+                    .kind("herald.delivery_event.v1")
+            })
+            .collect();
+        self.outcomes.publisher().publish_batch(&messages).await
     }
 
     async fn delivery(&self, event: &DeliveryEvent) -> Outcome {
@@ -539,7 +650,24 @@ impl Handler for TrackingHandler {
     fn decode(&self, body: &[u8]) -> Result<RouterEvent, Rejection> {
         let value: Value = decode_json(body)?;
         let invalid = |e: serde_json::Error| Rejection::new("invalid", e.to_string());
-        if value.get("deliveryId").is_some() {
+        if let Some(Value::Array(items)) = value.get("events") {
+            if items.len() > DeliveryEventBundle::MAX_EVENTS {
+                return Err(Rejection::new(
+                    "invalid",
+                    format!(
+                        "a bundle of {} events; at most {}",
+                        items.len(),
+                        DeliveryEventBundle::MAX_EVENTS
+                    ),
+                ));
+            }
+            Ok(RouterEvent::Bundle(
+                items
+                    .iter()
+                    .map(|item| serde_json::from_value(item.clone()).map_err(|_| item.clone()))
+                    .collect(),
+            ))
+        } else if value.get("deliveryId").is_some() {
             serde_json::from_value(value)
                 .map(|e| RouterEvent::Delivery(Box::new(e)))
                 .map_err(invalid)
@@ -574,33 +702,8 @@ impl Handler for TrackingHandler {
             return refused;
         }
         let outcome = match event {
-            RouterEvent::Delivery(event) => {
-                let span = tracing::info_span!(
-                    "delivery_event",
-                    delivery_id = %event.delivery_id,
-                    message_id = %event.message_id,
-                    tenant = %event.tenant.as_str(),
-                    attempt = event.attempt,
-                    status = event.result.status(),
-                );
-                let grouped = match &self.grouped {
-                    Some(groups) => {
-                        groups
-                            .submit((*event).clone())
-                            .instrument(span.clone())
-                            .await
-                    }
-                    None => None,
-                };
-                match grouped {
-                    Some(Some(outcome)) => outcome,
-                    // Alone: no grouping, or the group left it.
-                    _ => match self.turn().await {
-                        Ok(_turn) => self.delivery(&event).instrument(span).await,
-                        Err(later) => later,
-                    },
-                }
-            }
+            RouterEvent::Delivery(event) => self.delivery_event(*event).await,
+            RouterEvent::Bundle(items) => self.bundle(items).await,
             other => match self.turn().await {
                 Err(later) => later,
                 Ok(_turn) => match other {
@@ -623,6 +726,7 @@ impl Handler for TrackingHandler {
                         self.rooms.handle(&event).instrument(span).await
                     }
                     RouterEvent::Delivery(event) => self.delivery(&event).await,
+                    RouterEvent::Bundle(items) => self.bundle(items).await,
                 },
             },
         };

@@ -936,10 +936,11 @@ async fn the_last_attempt_records_the_give_up_on_the_message(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations")]
 async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(pool: PgPool) {
     let h = Harness::new(pool.clone(), "grouped").await.grouped(
-        fanout_router::batching::BatchSettings {
+        herald_runtime::batching::BatchSettings {
             max: 32,
             linger: std::time::Duration::from_millis(200),
             parallel: 1,
+            name: "test",
         },
     );
     ann_with_three_addresses(&h).await;

@@ -875,10 +875,11 @@ async fn a_teams_chat_seen_at_a_new_service_url_moves_its_addresses_there(pool: 
 async fn delivery_events_waiting_together_are_recorded_as_a_group(pool: PgPool) {
     const MESSAGES: usize = 20;
     let h = Harness::new(pool.clone(), "tracking_grouped").await;
-    let t = tracker(&h, LENIENT).with_grouping(fanout_router::batching::BatchSettings {
+    let t = tracker(&h, LENIENT).with_grouping(herald_runtime::batching::BatchSettings {
         max: 128,
         linger: Duration::from_millis(200),
         parallel: 1,
+        name: "test",
     });
     let ann = h.user("ann", None, None, "all").await;
     h.address(ann, "email", "ann@example.org").await;
@@ -965,5 +966,95 @@ async fn delivery_events_waiting_together_are_recorded_as_a_group(pool: PgPool) 
         );
     }
     assert_eq!(published.len(), MESSAGES);
+    h.finish().await;
+}
+
+/// Issue #16: a sender's bundle of `delivered` events is recorded as if each had come alone
+/// (grouped here), and acked; an event the router refuses for good and an item that is no
+/// event are split out, published alone on the events exchange, where the consumer
+/// dead-letters each with its own reason, and they hold nothing else back.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_bundle_of_delivered_events_is_recorded_and_what_is_refused_is_split_out(pool: PgPool) {
+    const MESSAGES: usize = 6;
+    let h = Harness::new(pool.clone(), "tracking_bundle").await;
+    let t = tracker(&h, LENIENT).with_grouping(herald_runtime::batching::BatchSettings {
+        max: 128,
+        linger: Duration::from_millis(50),
+        parallel: 1,
+        name: "test",
+    });
+    let ann = h.user("ann", None, None, "all").await;
+    h.address(ann, "sms", "+41791234567").await;
+    for i in 0..MESSAGES {
+        let body = json!({
+            "version": 1, "kind": "notify", "tenant": "acme", "idempotencyKey": format!("b-{i}"),
+            "to": {"users": ["ann"]}, "content": {"direct": {"body": "Hello"}}
+        });
+        assert_eq!(h.handle(&body, None).await, Outcome::Ack);
+    }
+    let jobs = h.all_jobs().await;
+    assert_eq!(jobs.len(), MESSAGES);
+    let outcomes = h
+        .inspector
+        .temporary_queue(&h.names.events_exchange(), "outcome.acme")
+        .await;
+    let split = h
+        .inspector
+        .temporary_queue(&h.names.events_exchange(), "delivery.#")
+        .await;
+
+    let mut items: Vec<Value> = jobs.iter().map(|j| delivered(j, 1)).collect();
+    let mut stranger = jobs[0].clone();
+    stranger.delivery_id = Uuid::now_v7();
+    items.push(delivered(&stranger, 1));
+    items.push(json!({"deliveryId": "not-a-uuid"}));
+    let bundle = json!({"version": 1, "events": items});
+    assert_eq!(event(&t, bundle.clone()).await, Outcome::Ack);
+
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'sent'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, MESSAGES as i64);
+    let mut published = HashSet::new();
+    while let Some(outcome) = h
+        .inspector
+        .wait_get(&outcomes, Duration::from_millis(500))
+        .await
+    {
+        let outcome: MessageOutcome = serde_json::from_slice(&outcome.delivery.data).unwrap();
+        assert!(
+            published.insert(outcome.message_id),
+            "one outcome per message"
+        );
+    }
+    assert_eq!(published.len(), MESSAGES);
+
+    // The two refused items, each alone, and each refused alone with its reason.
+    let mut reasons = Vec::new();
+    while let Some(item) = h
+        .inspector
+        .wait_get(&split, Duration::from_millis(500))
+        .await
+    {
+        let body: Value = serde_json::from_slice(&item.delivery.data).unwrap();
+        assert!(body.get("events").is_none(), "split out alone: {body}");
+        match event(&t, body).await {
+            Outcome::DeadLetter(r) => reasons.push(r.code),
+            other => panic!("a refused item comes back refused, not {other:?}"),
+        }
+    }
+    reasons.sort();
+    assert_eq!(reasons, ["invalid", "unknown_delivery"]);
+
+    // The same bundle again (the sender's confirm was lost): nothing changes, no outcome
+    // twice; its refused items are split out again, to be dead-lettered again.
+    assert_eq!(event(&t, bundle).await, Outcome::Ack);
+    assert!(
+        h.inspector
+            .wait_get(&outcomes, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
     h.finish().await;
 }

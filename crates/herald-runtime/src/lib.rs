@@ -14,6 +14,7 @@
 //! - [`service`]: the start-up sequence every service shares.
 
 pub mod amqp;
+pub mod batching;
 pub mod config;
 pub mod health;
 pub mod service;

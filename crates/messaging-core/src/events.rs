@@ -28,6 +28,23 @@ pub struct DeliveryEvent {
     pub result: AttemptResult,
 }
 
+/// Several `delivered` events of one channel in one message (issue #16): a sender bundles
+/// the successes that are ready together, so the broker carries, and the router takes, one
+/// message for many. Routing key `delivery.<channel>.bundle`, AMQP `type`
+/// `herald.delivery_event_bundle.v1`. Failures and retries are never bundled: they keep their
+/// own routing keys (`delivery.<channel>.failed`, ...), for whoever watches those.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryEventBundle {
+    pub version: EnvelopeVersion,
+    pub events: Vec<DeliveryEvent>,
+}
+
+impl DeliveryEventBundle {
+    /// The most events one bundle carries.
+    pub const MAX_EVENTS: usize = 100;
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     tag = "status",

@@ -3,8 +3,8 @@
 use schemars::{JsonSchema, Schema, generate::SchemaSettings};
 
 use crate::events::{
-    ChatAnswer, ChatSeenEvent, ContactLinkEvent, DeliveryEvent, MessageOutcome, RoomEvent,
-    RoomRoster, SupportRequestEvent, TicketRoom,
+    ChatAnswer, ChatSeenEvent, ContactLinkEvent, DeliveryEvent, DeliveryEventBundle,
+    MessageOutcome, RoomEvent, RoomRoster, SupportRequestEvent, TicketRoom,
 };
 use crate::ingress::{EventTrigger, LegacyMessage, NotifyRequest};
 use crate::job::SendJob;
@@ -41,6 +41,10 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("legacy-message.json", schema_for::<LegacyMessage>(None)),
         ("send-job.v1.json", schema_for::<SendJob>(None)),
         ("delivery-event.v1.json", schema_for::<DeliveryEvent>(None)),
+        (
+            "delivery-event-bundle.v1.json",
+            schema_for::<DeliveryEventBundle>(None),
+        ),
         (
             "contact-link-event.v1.json",
             schema_for::<ContactLinkEvent>(None),

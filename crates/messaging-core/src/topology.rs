@@ -138,6 +138,12 @@ pub mod routing {
         format!("delivery.{}.{status}", channel.as_str())
     }
 
+    /// `delivery.<channel>.bundle`: several `delivered` events in one message
+    /// ([`crate::events::DeliveryEventBundle`]).
+    pub fn delivery_event_bundle(channel: Channel) -> String {
+        format!("delivery.{}.bundle", channel.as_str())
+    }
+
     /// `contact.<channel>`: a chat bot linked a chat to a user (R5).
     pub fn contact_link(channel: Channel) -> String {
         format!("contact.{}", channel.as_str())

@@ -34,6 +34,10 @@ pub struct SenderConfig {
     /// Issue #18: replicas share the account's limit (each takes an equal part), counted as
     /// the consumers of the channel's queues. Off: each replica has the whole limit.
     pub share_account: bool,
+    /// Issue #16: `delivered` events ready at the same time go to the router as one bundle
+    /// (`delivery.<channel>.bundle`). Off: one message per event, for a consumer of the events
+    /// exchange that reads only single events.
+    pub bundle_events: bool,
     /// How often the replicas are counted (milliseconds).
     pub replica_check_ms: u64,
 }
@@ -54,6 +58,7 @@ impl Default for SenderConfig {
             recipient_burst: None,
             recipient_windows: None,
             share_account: true,
+            bundle_events: true,
             replica_check_ms: 2_000,
         }
     }

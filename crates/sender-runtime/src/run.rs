@@ -223,10 +223,12 @@ fn start_sending<S: ChannelSender>(
         service.health.clone(),
     ));
     let limiter = Arc::new(Limiter::new(limits));
-    let events = Arc::new(Events::new(
-        Publisher::new(service.broker.clone(), "events"),
-        &names,
-    ));
+    let events = Events::new(Publisher::new(service.broker.clone(), "events"), &names);
+    let events = Arc::new(if config.bundle_events {
+        events.bundling()
+    } else {
+        events
+    });
     let mut settings =
         ConsumerSettings::from_config(names.send_queue(S::CHANNEL), service.broker.config());
     // A sender gives up by age (`sender.max_age_secs`) and reports it as a failed delivery;

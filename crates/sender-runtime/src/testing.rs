@@ -15,7 +15,7 @@ use herald_runtime::service::Service;
 use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
 use herald_testkit::http;
 use lapin::options::BasicGetOptions;
-use messaging_core::events::DeliveryEvent;
+use messaging_core::events::{DeliveryEvent, DeliveryEventBundle};
 use messaging_core::job::{RenderedContent, SendJob};
 use messaging_core::topology::Names;
 use messaging_core::values::TenantKey;
@@ -49,6 +49,8 @@ pub struct SenderHarness {
     pub inspector: Inspector,
     publisher: Publisher,
     events_queue: String,
+    /// Events of a bundle read but not yet handed out.
+    bundled: std::sync::Mutex<std::collections::VecDeque<DeliveryEvent>>,
     health_addr: SocketAddr,
     shutdown: CancellationToken,
     running: JoinHandle<std::io::Result<()>>,
@@ -206,6 +208,7 @@ impl SenderHarness {
             inspector,
             publisher,
             events_queue,
+            bundled: Default::default(),
             health_addr,
             shutdown,
             running,
@@ -325,11 +328,22 @@ impl SenderHarness {
         self.publisher.publish(&message).await.expect("publish job");
     }
 
-    /// The next delivery event, waiting up to `timeout`.
+    /// The next delivery event, waiting up to `timeout`; the events of a bundle
+    /// (`delivery.<channel>.bundle`) one by one.
     pub async fn next_event(&self, timeout: Duration) -> Option<DeliveryEvent> {
-        self.next_body(&self.events_queue, timeout)
-            .await
-            .map(|body| serde_json::from_slice(&body).expect("a delivery event"))
+        if let Some(event) = self.bundled.lock().expect("not poisoned").pop_front() {
+            return Some(event);
+        }
+        let body = self.next_body(&self.events_queue, timeout).await?;
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        if value.get("events").is_some() {
+            let bundle: DeliveryEventBundle =
+                serde_json::from_value(value).expect("a bundle of delivery events");
+            let mut bundled = self.bundled.lock().expect("not poisoned");
+            bundled.extend(bundle.events);
+            return bundled.pop_front();
+        }
+        Some(serde_json::from_value(value).expect("a delivery event"))
     }
 
     /// Events until `done` says the last one completes the set, or panics after `timeout`.

@@ -100,7 +100,7 @@ impl Harness {
     }
 
     /// The same harness fanning out small direct requests in groups (issue #16).
-    pub fn grouped(self, settings: fanout_router::batching::BatchSettings) -> Harness {
+    pub fn grouped(self, settings: herald_runtime::batching::BatchSettings) -> Harness {
         Harness {
             handler: self.handler.with_grouping(settings),
             ..self

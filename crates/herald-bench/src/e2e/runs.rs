@@ -150,9 +150,11 @@ pub struct Latency {
 }
 
 /// `n` requests paced at `rate` per second (each published on its own, with its confirm);
-/// latency is the outcome's arrival minus the moment its publish began.
+/// latency is the outcome's arrival minus the moment its publish began. `run` names the
+/// requests' keys (`lat<run>-<i>`), so each run's are new.
 pub async fn latency(
     system: &mut System,
+    run: usize,
     rate: f64,
     n: u64,
     users: u64,
@@ -163,7 +165,8 @@ pub async fn latency(
         "latency: no rate to pace at"
     );
     system.drain_outcomes();
-    let requests = requests("lat", n, users)?;
+    let prefix = format!("lat{run}");
+    let requests = requests(&prefix, n, users)?;
     let sent: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
     let pacer = {
         let (publisher, exchange, sent) = (
@@ -204,7 +207,7 @@ pub async fn latency(
         let Some(arrival) = system.next_outcome(deadline).await else {
             bail!("latency: {} of {n} outcomes in time", seen.len());
         };
-        let Some(i) = index(&arrival.key, "lat") else {
+        let Some(i) = index(&arrival.key, &prefix) else {
             continue;
         };
         let Some(at) = sent.get(i).and_then(OnceLock::get) else {

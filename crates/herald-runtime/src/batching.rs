@@ -1,6 +1,7 @@
 //! Group commit (issue #16): many handlers hand their work to one collector, which handles
 //! what is waiting together (one transaction, one publish with confirms) and answers each
-//! handler with its own result.
+//! handler with its own result. The router groups requests and delivery events this way, the
+//! sender runtime its `delivered` events.
 //!
 //! A batch closes when nothing more is waiting, when it is full, or after `linger`, so a lone
 //! request is not held up for company: under load the requests that arrive while a batch is
@@ -22,6 +23,8 @@ pub struct BatchSettings {
     pub linger: Duration,
     /// Batches in work at once.
     pub parallel: usize,
+    /// `herald_batch_size{batcher=...}`: what the batches are of, for the histogram.
+    pub name: &'static str,
 }
 
 /// Hands items to the collector; cheap to clone.
@@ -104,7 +107,8 @@ async fn collect<I, O, W, F>(
         let work = work.clone();
         tokio::spawn(async move {
             let (items, answers): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
-            metrics::histogram!("herald_router_batch_size").record(items.len() as f64);
+            metrics::histogram!("herald_batch_size", "batcher" => settings.name)
+                .record(items.len() as f64);
             let outputs = work(items).await;
             // A handler that stopped waiting (its task was cancelled) drops its receiver.
             for (answer, output) in answers.into_iter().zip(outputs) {
@@ -129,6 +133,7 @@ mod tests {
                 max: 10,
                 linger: Duration::ZERO,
                 parallel: 1,
+                name: "test",
             },
             move |items: Vec<u32>| {
                 let seen = seen.clone();
@@ -157,6 +162,7 @@ mod tests {
                 max: 4,
                 linger: Duration::ZERO,
                 parallel: 2,
+                name: "test",
             },
             |items: Vec<u32>| async move {
                 assert!(!items.contains(&13), "thirteen");

@@ -178,7 +178,11 @@ pub fn start(
                 .with_alone_limit(connections.saturating_sub(grouping.parallel).max(1));
             fill_groups(&mut events_settings, grouping);
         }
-        None => events_settings.concurrency = events_settings.concurrency.min(connections),
+        None => {
+            events_settings.concurrency = events_settings.concurrency.min(connections);
+            // A bundle's events are recorded at once: no more alone than the pool has.
+            tracker = tracker.with_alone_limit(connections);
+        }
     }
     let events = Consumer::new(
         service.broker.clone(),

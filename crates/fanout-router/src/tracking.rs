@@ -191,17 +191,21 @@ impl TrackingHandler {
     /// whole bundle with it through the delay queue, and the others are found done then. An
     /// event that is refused for good, or an item that is no event, is split out: published
     /// alone, where the consumer dead-letters it with its own reason, and the rest is acked.
-    async fn bundle(&self, items: Vec<Result<DeliveryEvent, Value>>) -> Outcome {
+    /// On the bundle's last attempt the events still to be retried are split out too, each
+    /// to go on with attempts of its own, rather than the whole bundle dead-lettered.
+    async fn bundle(&self, items: Vec<Result<DeliveryEvent, Value>>, ctx: &Context) -> Outcome {
         let (events, mut refused): (Vec<_>, Vec<_>) = items.into_iter().partition(Result::is_ok);
         let events: Vec<DeliveryEvent> = events.into_iter().flatten().collect();
         let outcomes =
             futures::future::join_all(events.iter().map(|e| self.delivery_event(e.clone()))).await;
         let mut later: Option<Outcome> = None;
+        let mut retrying = Vec::new();
         for (event, outcome) in events.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Ack => {}
                 Outcome::DeadLetter(_) => refused.push(Ok(event)),
                 Outcome::Retry { after, reason } => {
+                    retrying.push(Ok(event));
                     let after = match &later {
                         Some(Outcome::Retry { after: before, .. }) => after.max(*before),
                         _ => after,
@@ -215,8 +219,10 @@ impl TrackingHandler {
                 }
             }
         }
-        if let Some(later) = later {
-            return later;
+        match later {
+            Some(Outcome::Retry { .. }) if ctx.is_last_attempt() => refused.extend(retrying),
+            Some(later) => return later,
+            None => {}
         }
         if refused.is_empty() {
             return Outcome::Ack;
@@ -235,7 +241,9 @@ impl TrackingHandler {
         items: &[Result<DeliveryEvent, Value>],
     ) -> Result<(), herald_runtime::amqp::PublishError> {
         let exchange = self.outcomes.names().events_exchange();
-        let bodies: Vec<(String, Vec<u8>)> = items
+        // As a sender names a single event (`<deliveryId>/<attempt>/<status>`); an item that
+        // is no event gets an id of its own.
+        let bodies: Vec<(String, String, Vec<u8>)> = items
             .iter()
             .map(|item| match item {
                 Ok(event) => (
@@ -243,10 +251,17 @@ impl TrackingHandler {
                         event.channel,
                         event.result.status(),
                     ),
+                    format!(
+                        "{}/{}/{}",
+                        event.delivery_id,
+                        event.attempt,
+                        event.result.status()
+                    ),
                     serde_json::to_vec(event).unwrap_or_default(),
                 ),
                 Err(value) => (
                     "delivery.bundle.invalid".to_owned(),
+                    format!("invalid/{}", Uuid::now_v7()),
                     serde_json::to_vec(value).unwrap_or_default(),
                 ),
             })
@@ -257,8 +272,9 @@ impl TrackingHandler {
         );
         let messages: Vec<herald_runtime::amqp::Message> = bodies
             .iter()
-            .map(|(key, body)| {
+            .map(|(key, id, body)| {
                 herald_runtime::amqp::Message::new(&exchange, key.clone(), body)
+                    .message_id(id.clone())
                     .kind("herald.delivery_event.v1")
             })
             .collect();
@@ -703,7 +719,7 @@ impl Handler for TrackingHandler {
         }
         let outcome = match event {
             RouterEvent::Delivery(event) => self.delivery_event(*event).await,
-            RouterEvent::Bundle(items) => self.bundle(items).await,
+            RouterEvent::Bundle(items) => self.bundle(items, ctx).await,
             other => match self.turn().await {
                 Err(later) => later,
                 Ok(_turn) => match other {
@@ -726,7 +742,7 @@ impl Handler for TrackingHandler {
                         self.rooms.handle(&event).instrument(span).await
                     }
                     RouterEvent::Delivery(event) => self.delivery(&event).await,
-                    RouterEvent::Bundle(items) => self.bundle(items).await,
+                    RouterEvent::Bundle(items) => self.bundle(items, ctx).await,
                 },
             },
         };

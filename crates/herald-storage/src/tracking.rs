@@ -377,10 +377,12 @@ pub async fn complete_if_done(
 /// [`complete_if_done`] for many messages in one statement (the router's grouped events);
 /// returns those it completed. The same rule: call it with the message rows locked.
 ///
-/// The pending deliveries are looked up once, by the messages' ids, rather than with a
-/// correlated `NOT EXISTS`: on a young database (no statistics yet) the planner estimated
-/// one pending row and scanned the whole `deliveries_pending` index for every message, 340
-/// ms a statement at 12,000 pending rows in bench-e2e, against 0.35 ms this way.
+/// Each message is asked for one pending delivery, in a lateral subquery with `LIMIT 1`,
+/// rather than with a correlated `NOT EXISTS`: on a young database (no statistics yet) the
+/// planner turned that into an anti-join that scanned the whole `deliveries_pending` index
+/// for every message (340 ms a statement at 12,000 pending rows in bench-e2e, 0.35 ms this
+/// way). The limit matters as much: collecting every pending row of the messages took 151
+/// ms for a group holding one broadcast with 200,000 pending deliveries, against 0.67 ms.
 pub async fn complete_all_if_done(
     db: impl PgExecutor<'_>,
     message_ids: &[Uuid],
@@ -388,8 +390,11 @@ pub async fn complete_all_if_done(
     Ok(sqlx::query_scalar(
         "UPDATE messages m SET status = 'completed', completed_at = now()
          WHERE m.id = ANY($1) AND m.status = 'fanned_out'
-           AND m.id <> ALL (ARRAY(SELECT d.message_id FROM deliveries d
-                                  WHERE d.message_id = ANY($1) AND d.status = 'pending'))
+           AND m.id <> ALL (ARRAY(
+                 SELECT x.id FROM unnest($1::uuid[]) AS x(id)
+                 CROSS JOIN LATERAL (SELECT 1 FROM deliveries d
+                                     WHERE d.message_id = x.id AND d.status = 'pending'
+                                     LIMIT 1) p))
          RETURNING m.id",
     )
     .bind(message_ids)

@@ -105,22 +105,46 @@ impl Events {
     }
 }
 
-/// One bundle per channel (a sender has one; the watchdog does not bundle), all published
-/// together with confirms.
+/// The most bytes of events one bundle carries: far below what a consumer accepts
+/// (`MAX_MESSAGE_BYTES`, 256 KiB), so a bundle of events with long provider ids is never
+/// refused whole as oversized.
+const MAX_BUNDLE_BYTES: usize = 64 * 1024;
+
+/// The events in bundles: by channel (a sender has one; the watchdog does not bundle), each
+/// at most [`MAX_BUNDLE_BYTES`] of events, in the order they came.
+fn bundles(events: Vec<DeliveryEvent>) -> Vec<(Channel, Vec<DeliveryEvent>)> {
+    let mut by_channel: BTreeMap<Channel, Vec<Vec<DeliveryEvent>>> = BTreeMap::new();
+    let mut bytes: BTreeMap<Channel, usize> = BTreeMap::new();
+    for event in events {
+        let size = serde_json::to_vec(&event).map_or(0, |b| b.len()) + 1;
+        let bundles = by_channel.entry(event.channel).or_default();
+        let used = bytes.entry(event.channel).or_default();
+        if bundles.is_empty() || *used + size > MAX_BUNDLE_BYTES {
+            bundles.push(Vec::new());
+            *used = 0;
+        }
+        *used += size;
+        if let Some(bundle) = bundles.last_mut() {
+            bundle.push(event);
+        }
+    }
+    by_channel
+        .into_iter()
+        .flat_map(|(channel, bundles)| bundles.into_iter().map(move |events| (channel, events)))
+        .collect()
+}
+
+/// The [`bundles`], all published together with confirms.
 async fn publish_bundles(
     publisher: &Publisher,
     exchange: &str,
     events: Vec<DeliveryEvent>,
 ) -> Result<(), PublishError> {
-    let mut by_channel: BTreeMap<Channel, Vec<DeliveryEvent>> = BTreeMap::new();
-    for event in events {
-        by_channel.entry(event.channel).or_default().push(event);
-    }
-    let bodies: Vec<(Channel, String, Vec<u8>)> = by_channel
+    let bodies: Vec<(Channel, String, Vec<u8>)> = bundles(events)
         .into_iter()
         .map(|(channel, events)| {
-            // Named after its first event, so a resend after a reconnect is the same message.
-            let id = format!("bundle/{}/{}", events[0].delivery_id, events.len());
+            // Its own id, fixed here, so a resend after a reconnect is the same message.
+            let id = format!("bundle/{}", uuid::Uuid::now_v7());
             let bundle = DeliveryEventBundle {
                 version: EnvelopeVersion,
                 events,
@@ -137,4 +161,59 @@ async fn publish_bundles(
         })
         .collect();
     publisher.publish_batch(&messages).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messaging_core::values::TenantKey;
+
+    fn delivered(channel: Channel, provider_id_bytes: usize) -> DeliveryEvent {
+        DeliveryEvent {
+            version: EnvelopeVersion,
+            delivery_id: uuid::Uuid::now_v7(),
+            message_id: uuid::Uuid::now_v7(),
+            tenant: TenantKey::parse("acme").expect("a key"),
+            channel,
+            attempt: 1,
+            occurred_at: Utc::now(),
+            result: AttemptResult::Delivered {
+                provider_message_id: Some("x".repeat(provider_id_bytes)),
+            },
+        }
+    }
+
+    #[test]
+    fn bundles_hold_one_channel_and_a_bounded_size_each() {
+        let events = vec![
+            delivered(Channel::Sms, 30_000),
+            delivered(Channel::Email, 10),
+            delivered(Channel::Sms, 30_000),
+            delivered(Channel::Sms, 30_000),
+            delivered(Channel::Sms, 10),
+        ];
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.delivery_id).collect();
+        let bundles = bundles(events);
+        let shape: Vec<(Channel, usize)> = bundles.iter().map(|(c, e)| (*c, e.len())).collect();
+        // Two 30 kB events fill a bundle; the third starts the next, the small one joins it.
+        assert_eq!(
+            shape,
+            [(Channel::Email, 1), (Channel::Sms, 2), (Channel::Sms, 2)]
+        );
+        for (_, events) in &bundles {
+            let body = serde_json::to_vec(&DeliveryEventBundle {
+                version: EnvelopeVersion,
+                events: events.clone(),
+            })
+            .expect("JSON");
+            assert!(body.len() < MAX_BUNDLE_BYTES + 1024, "{} bytes", body.len());
+        }
+        // Every event once, in its order within its channel.
+        let sms: Vec<uuid::Uuid> = bundles
+            .iter()
+            .filter(|(c, _)| *c == Channel::Sms)
+            .flat_map(|(_, e)| e.iter().map(|e| e.delivery_id))
+            .collect();
+        assert_eq!(sms, [ids[0], ids[2], ids[3], ids[4]]);
+    }
 }

@@ -830,7 +830,13 @@ async fn publish_final(outcomes: &Outcomes, done: &mut [Grouped]) {
         return;
     }
     for g in done.iter_mut() {
-        if let Grouped::Done { outcome_sent, .. } = g {
+        if let Grouped::Done {
+            message_id,
+            outcome_sent,
+            ..
+        } = g
+            && finals.contains(message_id)
+        {
             *outcome_sent = true;
         }
     }

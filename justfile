@@ -87,9 +87,9 @@ bench-senders *ARGS:
     cargo build -q --release -p sender-email -p sender-sms -p sender-telegram -p sender-discord -p sender-xmpp -p sender-teams -p sender-websocket -p herald-bench
     target/release/bench-senders "$@"
 
-# End to end: producer -> router -> no-op sender -> outcome (rate, p50/p99 at 10% and 50% load, PostgreSQL transactions per notification, ratio to the broker baseline) and a 100,000-registration fan-out, release build. HERALD_ROUTER__* and HERALD_AMQP__* try other settings.
+# End to end: producer -> router -> no-op sender -> outcome (rate, p50/p99 at 10% and 50% load, PostgreSQL transactions per notification, ratio to the broker baseline), the REST ingress under wrk, and a 100,000-registration fan-out, release build. HERALD_ROUTER__* and HERALD_AMQP__* try other settings.
 bench-e2e *ARGS:
-    scripts/services.sh
+    scripts/bench-tools.sh
     cargo run -q --release -p herald-bench --bin bench-e2e -- "$@"
 
 # Every benchmark.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What the sender benchmark needs besides the services: postfix's smtp-sink (a fast SMTP
-# server that discards mail) and Apprise (the comparison). Idempotent.
+# What the benchmarks need besides the services: postfix's smtp-sink (a fast SMTP server that
+# discards mail) and smtp-source (its load generator, the email ceiling), Apprise (the
+# comparison), and wrk (bench-e2e's HTTP load generator). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -8,5 +9,10 @@ if ! command -v smtp-sink >/dev/null; then
   echo "[bench-tools] installing postfix (for smtp-sink)" >&2
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+if ! command -v wrk >/dev/null; then
+  echo "[bench-tools] installing wrk" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 fi
 python3 -c "import apprise" 2>/dev/null || python3 -m pip install -q apprise 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true

@@ -88,6 +88,95 @@ pub async fn accept(
     }
 }
 
+/// [`accept`] for many messages in one transaction, as the API's group commit hands them
+/// over: one multi-row insert, one for the outbox rows, one `NOTIFY`. Each answer is in the
+/// order of `news`. Two messages with the same tenant and key in one call store the first;
+/// the second gets it back, as if it came after.
+pub async fn accept_many(
+    tx: &mut PgConnection,
+    news: &[NewMessage<'_>],
+) -> Result<Vec<(Message, bool)>, StoreError> {
+    let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
+    let inserted: Vec<Message> = sqlx::query_as(
+        "INSERT INTO messages (id, tenant_id, idempotency_key, source, subscription_id, request)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[])
+         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+         RETURNING *",
+    )
+    .bind(&ids)
+    .bind(news.iter().map(|n| n.tenant_id).collect::<Vec<_>>())
+    .bind(news.iter().map(|n| n.idempotency_key).collect::<Vec<_>>())
+    .bind(news.iter().map(|n| n.source.as_str()).collect::<Vec<_>>())
+    .bind(news.iter().map(|n| n.subscription_id).collect::<Vec<_>>())
+    .bind(news.iter().map(|n| n.request).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut inserted: std::collections::HashMap<Uuid, Message> =
+        inserted.into_iter().map(|m| (m.id, m)).collect();
+    let fresh: Vec<usize> = (0..news.len())
+        .filter(|i| inserted.contains_key(&ids[*i]))
+        .collect();
+    if !fresh.is_empty() {
+        let rows: Vec<outbox::NewRow<'_>> = fresh
+            .iter()
+            .map(|&i| outbox::NewRow {
+                kind: outbox::NOTIFY_KIND,
+                exchange: news[i].exchange,
+                routing_key: news[i].routing_key,
+                message_id: ids[i].to_string(),
+                payload: serde_json::to_vec(news[i].request).unwrap_or_default(),
+            })
+            .collect();
+        outbox::enqueue_many(&mut *tx, &rows).await?;
+    }
+    // The others used a key the tenant used before (or earlier in this call).
+    let repeated: Vec<usize> = (0..news.len())
+        .filter(|i| !inserted.contains_key(&ids[*i]))
+        .collect();
+    let mut first: std::collections::HashMap<(Uuid, String), Message> =
+        std::collections::HashMap::new();
+    if !repeated.is_empty() {
+        let found: Vec<Message> = sqlx::query_as(
+            "SELECT m.* FROM messages m
+             JOIN UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, idempotency_key)
+               ON m.tenant_id = k.tenant_id AND m.idempotency_key = k.idempotency_key",
+        )
+        .bind(
+            repeated
+                .iter()
+                .map(|&i| news[i].tenant_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            repeated
+                .iter()
+                .map(|&i| news[i].idempotency_key.unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for m in found {
+            if let Some(key) = m.idempotency_key.clone() {
+                first.insert((m.tenant_id, key), m);
+            }
+        }
+    }
+    news.iter()
+        .zip(&ids)
+        .map(|(new, id)| match inserted.remove(id) {
+            Some(message) => Ok((message, true)),
+            None => first
+                .get(&(
+                    new.tenant_id,
+                    new.idempotency_key.unwrap_or_default().to_owned(),
+                ))
+                .cloned()
+                .map(|m| (m, false))
+                .ok_or(StoreError::NotFound),
+        })
+        .collect()
+}
+
 pub async fn by_id(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,

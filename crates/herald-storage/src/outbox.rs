@@ -37,15 +37,47 @@ pub async fn enqueue(
     message_id: &str,
     payload: &[u8],
 ) -> Result<(), StoreError> {
-    enqueue_kind(
-        tx,
-        "herald.notify.v1",
-        exchange,
-        routing_key,
-        message_id,
-        payload,
+    enqueue_kind(tx, NOTIFY_KIND, exchange, routing_key, message_id, payload).await
+}
+
+/// The AMQP `type` of a notify request.
+pub const NOTIFY_KIND: &str = "herald.notify.v1";
+
+/// One row for [`enqueue_many`].
+pub struct NewRow<'a> {
+    pub kind: &'a str,
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub message_id: String,
+    pub payload: Vec<u8>,
+}
+
+/// [`enqueue_kind`] for many rows: one insert and one notification.
+pub async fn enqueue_many(tx: &mut PgConnection, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (exchange, routing_key, message_id, payload, kind)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])",
     )
-    .await
+    .bind(rows.iter().map(|r| r.exchange).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.routing_key).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.message_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.payload.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// [`enqueue`] for a payload whose AMQP `type` is `kind` (a send job, say).

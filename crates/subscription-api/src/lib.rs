@@ -5,6 +5,7 @@
 //! - [`cli`]: `serve` (the default) and `bootstrap` (first tenant and global admin key).
 //! - [`config`]: `database.*`, `auth.*`, `api.*` settings.
 //! - [`startup`]: builds the router and runs the service on the shared runtime.
+//! - [`accepts`]: group commit of accepted messages: many requests, one transaction.
 //! - [`auth`]: who is calling: API keys (hashed) or JWT bearer tokens, their role and tenant.
 //! - [`error`]: every error as `application/problem+json`, naming the field when there is one.
 //! - [`json`]: the JSON body extractor whose rejections are problem documents too.
@@ -16,6 +17,7 @@
 //! - [`metrics`]: requests by route and status, and their latency, for `/metrics`.
 //! - [`verification`]: which addresses may be added, and the codes that prove them.
 
+pub mod accepts;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -38,6 +38,8 @@ pub struct AppState {
     pub websocket: Arc<crate::config::WebsocketTokenConfig>,
     /// How addresses are proven, and which may be added (issue #17).
     pub verifier: Arc<crate::verification::Verifier>,
+    /// Stores accepted messages in groups (issue #16).
+    pub accepts: crate::accepts::Accepts,
 }
 
 /// The API routes with their limits, the OpenAPI document and its viewer; `/healthz`,
@@ -98,6 +100,7 @@ pub async fn serve() -> Result<(), StartError> {
             crate::verification::Verifier::from_config(&config.verification, &config.api)
                 .map_err(StartError::Settings)?,
         ),
+        accepts: crate::accepts::Accepts::spawn(pool.clone()),
     };
     service
         .health

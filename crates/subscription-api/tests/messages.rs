@@ -492,3 +492,66 @@ async fn a_messages_deliveries_are_paged_and_counted(pool: PgPool) {
         .await
         .expect_problem(StatusCode::UNPROCESSABLE_ENTITY, Some("limit"));
 }
+
+/// Requests at once are stored in groups (issue #16): each still gets its own answer, a key
+/// repeated in the same group gets the first message, and a request the database refuses
+/// (a NUL character, which `jsonb` cannot hold) fails alone while its group is stored.
+#[sqlx::test(migrations = "../../migrations")]
+async fn requests_at_once_are_stored_together_each_with_its_own_answer(pool: PgPool) {
+    let (app, admin) = setup(pool.clone()).await;
+    let send = |key: String, body: &'static str| {
+        let app = &app;
+        let admin = &admin;
+        async move {
+            app.call_with(
+                "POST",
+                "/api/messaging/messages",
+                Some(admin),
+                &[("idempotency-key", key.as_str())],
+                Some(
+                    json!({"userIds": ["u-1"], "content": {"direct": {"body": body}}}).to_string(),
+                ),
+            )
+            .await
+        }
+    };
+    // 30 keys, the first 10 twice, and one poison request among them.
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        calls.push(send(format!("k-{i}"), "Hello"));
+    }
+    for i in 0..10 {
+        calls.push(send(format!("k-{i}"), "Hello"));
+    }
+    calls.push(send("poison".into(), "a\u{0}b"));
+    let responses = futures::future::join_all(calls).await;
+    let (poison, responses) = responses.split_last().unwrap();
+    assert!(
+        !poison.status.is_success(),
+        "a body jsonb cannot hold is refused: {}",
+        poison.status
+    );
+    let mut ids = std::collections::HashMap::new();
+    for (i, response) in responses.iter().enumerate() {
+        let body = response.expect(StatusCode::ACCEPTED);
+        let key = format!("k-{}", i % 30);
+        let id = body["messageId"].as_str().unwrap().to_owned();
+        let first = ids.entry(key.clone()).or_insert_with(|| id.clone());
+        assert_eq!(*first, id, "{key}: one message");
+    }
+    let repeated = responses
+        .iter()
+        .filter(|r| r.body["repeated"].as_bool() == Some(true))
+        .count();
+    assert_eq!(
+        repeated, 10,
+        "each repeated key is answered as a repeat once"
+    );
+    assert_eq!(ids.len(), 30);
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(messages, 30);
+    assert_eq!(unpublished(&pool).await, 30, "one outbox row per message");
+}

@@ -13,7 +13,10 @@
 //! 5. the ratio: e2e rate / (baseline rate / broker hops), a notification taking 4 hops
 //!    (producer -> ingress queue, router -> send queue, sender -> router's events queue,
 //!    router -> outcome queue);
-//! 6. fan-out: one request to a subscription with 100,000 registrations, the sender stopped;
+//! 6. REST ingress: the real subscription API (with its outbox relay) loaded by `wrk` with
+//!    `POST /api/messaging/messages` for 10 s on 32 connections: accepted messages/s and
+//!    p50/p99, every accepted message followed to its outcome;
+//! 7. fan-out: one request to a subscription with 100,000 registrations, the sender stopped;
 //!    jobs/s until the send queue holds them all.
 //!
 //! The database and the queues are removed at the end, also after a failed run.
@@ -26,6 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use e2e::db::{BenchDb, STATS_DELAY};
+use e2e::rest::{self, Rest};
 use e2e::runs::{self, FanOut, Latency, Throughput};
 use e2e::system::{self, System};
 use herald_bench::baseline;
@@ -40,6 +44,9 @@ const FANOUT_TARGET: Duration = Duration::from_secs(6);
 const LATENCY_TARGET_LOAD: f64 = 0.5;
 const LATENCY_TARGET_P50: Duration = Duration::from_millis(10);
 const LATENCY_TARGET_P99: Duration = Duration::from_millis(25);
+/// The REST ingress's targets (issue #16): accepted messages/s and p99.
+const REST_TARGET_RATE: f64 = 2_000.0;
+const REST_TARGET_P99: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
 #[command(about = "Herald end to end: producer -> router -> no-op sender -> outcome")]
@@ -86,6 +93,15 @@ struct Args {
     /// Skip the fan-out run.
     #[arg(long)]
     no_fanout: bool,
+    /// `wrk`'s connections in the REST run.
+    #[arg(long, default_value_t = 32)]
+    rest_connections: u32,
+    /// Seconds of the REST run [default: 10; quick: 2].
+    #[arg(long)]
+    rest_secs: Option<u64>,
+    /// Skip the REST run (it needs `wrk`, which `scripts/bench-tools.sh` installs).
+    #[arg(long)]
+    no_rest: bool,
     /// How long one run may take before the benchmark gives up.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -104,6 +120,7 @@ struct Plan {
     latency_notifications: u64,
     warm_up: u64,
     history: u64,
+    rest: Duration,
     baseline: baseline::Settings,
     timeout: Duration,
 }
@@ -121,6 +138,7 @@ impl Plan {
             latency_notifications: pick(args.latency_notifications, 1_000, 50),
             warm_up: pick(args.warm_up, 100, 20),
             history: pick(args.history, 100_000, 1_000),
+            rest: Duration::from_secs(pick(args.rest_secs, 10, 2)),
             // bench-broker's settings.
             baseline: baseline::Settings {
                 messages: pick(args.baseline_messages, 30_000, 2_000),
@@ -142,6 +160,7 @@ struct Results {
     /// PostgreSQL transactions per notification in the throughput run.
     transactions: f64,
     latencies: Vec<Latency>,
+    rest: Option<Rest>,
     fan_out: Option<FanOut>,
 }
 
@@ -176,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     println!(
-        "[1/5] broker baseline: plain lapin, {} messages x {} rounds, confirm window {}, prefetch {}",
+        "[1/6] broker baseline: plain lapin, {} messages x {} rounds, confirm window {}, prefetch {}",
         plan.baseline.messages, plan.baseline.rounds, plan.baseline.window, plan.baseline.prefetch
     );
     let (baseline, rounds) = baseline::measure(&plan.baseline)
@@ -199,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("create the bench database")?;
     println!(
-        "[2/5] database {}: seeding {users} users with one SMS address each, {} registrations, {} finished messages as history",
+        "[2/6] database {}: seeding {users} users with one SMS address each, {} registrations, {} finished messages as history",
         db.name,
         if args.no_fanout {
             0
@@ -224,24 +243,29 @@ async fn main() -> anyhow::Result<()> {
     }
     .await;
     db.drop_database().await;
-    let (throughput, transactions, latencies, fan_out) = result?;
+    let measured = result?;
     report(&Results {
         baseline,
-        throughput,
-        transactions,
-        latencies,
-        fan_out,
+        throughput: measured.throughput,
+        transactions: measured.transactions,
+        latencies: measured.latencies,
+        rest: measured.rest,
+        fan_out: measured.fan_out,
     });
     Ok(())
 }
 
+/// What [`measure`] found; the baseline is measured before.
+struct Measured {
+    throughput: Throughput,
+    transactions: f64,
+    latencies: Vec<Latency>,
+    rest: Option<Rest>,
+    fan_out: Option<FanOut>,
+}
+
 /// Starts Herald's path, runs the measurements, and stops it again (also after an error).
-async fn measure(
-    args: &Args,
-    plan: &Plan,
-    db: &BenchDb,
-    users: u64,
-) -> anyhow::Result<(Throughput, f64, Vec<Latency>, Option<FanOut>)> {
+async fn measure(args: &Args, plan: &Plan, db: &BenchDb, users: u64) -> anyhow::Result<Measured> {
     let settings = system::Settings {
         db_connections: args.db_connections,
         batch_size: args.batch_size,
@@ -261,7 +285,7 @@ async fn measure(
             .context("warm-up")?;
 
         println!(
-            "[3/5] throughput: {} notifications as fast as confirms allow",
+            "[3/6] throughput: {} notifications as fast as confirms allow",
             plan.notifications
         );
         // The warm-up's transactions counted first, then the run's (see `STATS_DELAY`).
@@ -278,7 +302,7 @@ async fn measure(
         for (run, load) in args.latency_loads.iter().enumerate() {
             let rate = throughput.rate * load;
             println!(
-                "[4/5] latency: {} notifications paced at {rate:.1}/s ({:.0}% of {:.0}/s)",
+                "[4/6] latency: {} notifications paced at {rate:.1}/s ({:.0}% of {:.0}/s)",
                 plan.latency_notifications,
                 load * 100.0,
                 throughput.rate
@@ -297,12 +321,35 @@ async fn measure(
             );
         }
 
-        let fan_out = if args.no_fanout {
-            println!("[5/5] fan-out: skipped");
+        let rest = if args.no_rest {
+            println!("[5/6] REST ingress: skipped");
             None
         } else {
             println!(
-                "[5/5] fan-out: one request to {} registrations, sender stopped",
+                "[5/6] REST ingress: wrk, {} connections for {} s, POST /api/messaging/messages",
+                args.rest_connections,
+                plan.rest.as_secs()
+            );
+            Some(
+                rest::run(
+                    &mut system,
+                    db,
+                    args.rest_connections,
+                    plan.rest,
+                    users,
+                    plan.timeout,
+                )
+                .await
+                .context("REST run")?,
+            )
+        };
+
+        let fan_out = if args.no_fanout {
+            println!("[6/6] fan-out: skipped");
+            None
+        } else {
+            println!(
+                "[6/6] fan-out: one request to {} registrations, sender stopped",
                 plan.registrations
             );
             Some(
@@ -311,7 +358,13 @@ async fn measure(
                     .context("fan-out run")?,
             )
         };
-        anyhow::Ok((throughput, transactions, latencies, fan_out))
+        anyhow::Ok(Measured {
+            throughput,
+            transactions,
+            latencies,
+            rest,
+            fan_out,
+        })
     };
     // Ctrl-C still removes the queues (here) and the database (in `main`).
     let result = tokio::select! {
@@ -423,6 +476,43 @@ fn report(r: &Results) {
                 target(l.p99, LATENCY_TARGET_P99)
             ),
         );
+    }
+    match &r.rest {
+        Some(rest) => {
+            row(
+                "REST ingress accepted",
+                &format!("{:.0} msg/s", rest.accepted_rate),
+                &format!(
+                    "wrk, {} connections, {} accepted in {:.1} s; target >= {REST_TARGET_RATE:.0}: {}",
+                    rest.connections,
+                    rest.accepted,
+                    rest.duration.as_secs_f64(),
+                    verdict(rest.accepted_rate >= REST_TARGET_RATE)
+                ),
+            );
+            row(
+                "REST latency p50",
+                &format!("{:.1} ms", ms(rest.p50)),
+                &format!("{:.0} answers/s as wrk counted them", rest.rate),
+            );
+            row(
+                "REST latency p99",
+                &format!("{:.1} ms", ms(rest.p99)),
+                &format!(
+                    "max {:.1} ms; target <= {:.0} ms: {}",
+                    ms(rest.max),
+                    ms(REST_TARGET_P99),
+                    verdict(rest.p99 <= REST_TARGET_P99)
+                ),
+            );
+            if rest.refused + rest.socket_errors > 0 || rest.delivered < rest.accepted {
+                println!(
+                    "WARNING: REST run: {} answers not 2xx, {} socket errors, {} of {} accepted delivered",
+                    rest.refused, rest.socket_errors, rest.delivered, rest.accepted
+                );
+            }
+        }
+        None => row("REST ingress", "skipped", ""),
     }
     match &r.fan_out {
         Some(f) => row(

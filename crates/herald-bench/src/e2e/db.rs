@@ -165,6 +165,14 @@ impl BenchDb {
         .await?)
     }
 
+    /// Messages stored by the REST API (`source = 'api'`).
+    pub async fn api_messages(&self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE source = 'api'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
     pub async fn drop_database(&self) {
         self.pool.close().await;
         let dropped = async {

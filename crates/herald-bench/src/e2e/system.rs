@@ -104,6 +104,8 @@ impl Running {
 
 pub struct System {
     pub names: Names,
+    /// The broker settings every part of the run shares (prefix included).
+    amqp: AmqpConfig,
     topology: Topology,
     pub inspector: Inspector,
     pub producer: Publisher,
@@ -206,9 +208,10 @@ impl System {
             task: tokio::spawn(sender_service.run(axum::Router::new(), work)),
         };
 
-        let producer = Publisher::new(Broker::new(amqp, "bench-producer"), "producer");
+        let producer = Publisher::new(Broker::new(amqp.clone(), "bench-producer"), "producer");
         let system = System {
             names,
+            amqp: amqp.clone(),
             topology,
             inspector,
             producer,
@@ -250,6 +253,11 @@ impl System {
             .publish_batch(&batch)
             .await
             .context("publish requests")
+    }
+
+    /// The broker settings of the run, for another service on the same prefix.
+    pub fn amqp(&self) -> &AmqpConfig {
+        &self.amqp
     }
 
     /// The next outcome, or `None` at `deadline`.

@@ -99,6 +99,7 @@ impl System {
                 )
                 .unwrap(),
             ),
+            accepts: subscription_api::accepts::Accepts::spawn(pool.clone()),
         };
         let api = subscription_api::startup::app(state, &limits);
 

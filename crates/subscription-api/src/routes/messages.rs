@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use herald_storage::messages::{self, NewMessage};
+use herald_storage::messages;
 use herald_storage::{StoreError, channel_health, deliveries};
 use messaging_core::EnvelopeVersion;
 use messaging_core::channel::Channel;
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::accepts::Accept;
 use crate::auth::Caller;
 use crate::error::{ApiError, not_found_as};
 use crate::json::{ApiJson, ApiPath, ApiQuery};
@@ -255,21 +256,19 @@ async fn accept(
     let tenant = caller.tenant()?;
     let encoded: Value =
         serde_json::from_slice(&Ingress::Notify(request.clone()).encode()).unwrap_or_default();
-    let mut tx = state.pool.begin().await.map_err(StoreError::from)?;
-    let (message, new) = messages::accept(
-        &mut tx,
-        NewMessage {
+    let (message, new) = state
+        .accepts
+        .accept(Accept {
             tenant_id: tenant.id,
-            idempotency_key: request.idempotency_key.as_ref().map(|k| k.as_str()),
-            source: MessageSource::Api,
+            idempotency_key: request
+                .idempotency_key
+                .as_ref()
+                .map(|k| k.as_str().to_owned()),
             subscription_id,
-            request: &encoded,
-            exchange: &state.names.ingress_exchange(),
-            routing_key: "api",
-        },
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+            request: encoded.clone(),
+            exchange: state.names.ingress_exchange(),
+        })
+        .await?;
     // A key names one request. The same key with another request is a client bug (a reused
     // counter, a key derived from too little): answering the first message would silently
     // drop the second one, so say so instead.

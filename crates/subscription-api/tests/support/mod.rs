@@ -109,6 +109,7 @@ impl TestApp {
                 )
                 .expect("verification settings"),
             ),
+            accepts: subscription_api::accepts::Accepts::spawn(pool.clone()),
         };
         let router = subscription_api::startup::app(state, &limits);
         TestApp {

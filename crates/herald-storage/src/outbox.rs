@@ -116,13 +116,22 @@ pub async fn claim(
     lease: std::time::Duration,
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let mut rows: Vec<OutboxRow> = sqlx::query_as(
-        "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2)
-         WHERE id IN (SELECT id FROM outbox
-                      WHERE published_at IS NULL AND failed_at IS NULL
-                        AND (retry_at IS NULL OR retry_at <= now())
-                        AND (claimed_until IS NULL OR claimed_until < now())
-                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, exchange, routing_key, message_id, payload, reply_to, kind, created_at",
+        // The locked rows are picked in a materialized CTE and joined, not with
+        // `id IN (SELECT ... FOR UPDATE SKIP LOCKED)`: there, a row another relay updated
+        // since the statement's snapshot (its claim or its mark) sent the UPDATE into
+        // EvalPlanQual, which runs the sort-and-lock subquery again for that row. With two
+        // relays on a backlog of thousands of rows (the API's and the router's, under load)
+        // one claim ran for minutes, and the other relay's mark waited on it.
+        "WITH picked AS MATERIALIZED (
+             SELECT id FROM outbox
+             WHERE published_at IS NULL AND failed_at IS NULL
+               AND (retry_at IS NULL OR retry_at <= now())
+               AND (claimed_until IS NULL OR claimed_until < now())
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE outbox o SET claimed_until = now() + make_interval(secs => $2)
+         FROM picked WHERE o.id = picked.id
+         RETURNING o.id, o.exchange, o.routing_key, o.message_id, o.payload, o.reply_to, o.kind,
+                   o.created_at",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())

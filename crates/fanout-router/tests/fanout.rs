@@ -1029,3 +1029,106 @@ async fn requests_waiting_together_are_fanned_out_as_a_group_each_exactly_once(p
     assert!(groups <= 2, "{groups} groups for 13 requests");
     h.finish().await;
 }
+
+/// Issue #16: messages the API stored (with their outbox rows) are fanned out in groups too,
+/// under their own ids, each once; one whose lease another pass holds waits for it, and one
+/// an earlier pass began is resumed alone, adding nothing.
+#[sqlx::test(migrations = "../../migrations")]
+async fn messages_stored_by_the_api_are_fanned_out_in_groups(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "grouped_api").await.grouped(
+        herald_runtime::batching::BatchSettings {
+            max: 32,
+            linger: std::time::Duration::from_millis(200),
+            parallel: 1,
+            name: "test",
+        },
+    );
+    ann_with_three_addresses(&h).await;
+    let mut stored = Vec::new();
+    for i in 0..10 {
+        let key = format!("api-{i}");
+        let body = notify_users(&["ann"], Some(&key));
+        let mut tx = h.pool.begin().await.unwrap();
+        let (message, _) = messages::accept(
+            &mut tx,
+            NewMessage {
+                tenant_id: h.tenant_id,
+                idempotency_key: Some(&key),
+                source: messaging_core::MessageSource::Api,
+                subscription_id: None,
+                request: &body,
+                exchange: &h.names.ingress_exchange(),
+                routing_key: "api",
+            },
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        stored.push((body, message.id));
+    }
+    // The first was fanned out before, alone: its copy in the group adds nothing.
+    let (first_body, first) = stored[0].clone();
+    assert_eq!(
+        h.handle(&first_body, Some(&first.to_string())).await,
+        Outcome::Ack
+    );
+    assert_eq!(h.all_jobs().await.len(), 3);
+    // Another pass holds the second's lease.
+    let (busy_body, busy) = stored[1].clone();
+    let (lease, _) = herald_storage::lease::try_lease(&pool, busy)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+
+    let amqp_ids: Vec<String> = stored.iter().map(|(_, id)| id.to_string()).collect();
+    let outcomes = futures::future::join_all(
+        stored
+            .iter()
+            .zip(&amqp_ids)
+            .map(|((body, _), id)| h.handle(body, Some(id.as_str()))),
+    )
+    .await;
+    assert_eq!(outcomes[0], Outcome::Ack);
+    assert!(
+        matches!(outcomes[1], Outcome::Defer { .. }),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        outcomes[2..].iter().all(|o| *o == Outcome::Ack),
+        "{outcomes:?}"
+    );
+    lease.release().await.unwrap();
+    assert_eq!(
+        h.handle(&busy_body, Some(&busy.to_string())).await,
+        Outcome::Ack
+    );
+
+    // Ten messages, no more: three jobs each, once, under the API's ids (the first's were
+    // taken off the queue above).
+    let jobs = h.all_jobs().await;
+    let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    let messages: HashSet<Uuid> = jobs.iter().map(|j| j.message_id).collect();
+    assert_eq!((jobs.len(), ids.len()), (27, 27));
+    assert_eq!(
+        messages,
+        stored.iter().skip(1).map(|(_, id)| *id).collect(),
+        "the first's three were taken above"
+    );
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM messages GROUP BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, [("fanned_out".to_owned(), 10)]);
+    // The eight the group took share its transaction's start time.
+    let groups: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT created_at) FROM deliveries WHERE message_id <> ALL($1)",
+    )
+    .bind(vec![first, busy])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(groups <= 2, "{groups} groups for 8 requests");
+    h.finish().await;
+}

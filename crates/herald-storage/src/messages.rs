@@ -305,6 +305,31 @@ pub async fn insert_new(
     .await?)
 }
 
+/// Of the messages named (id, tenant), those a grouped fan-out may take over: the tenant's,
+/// still `accepted`, and without a delivery row, as the API stores a message before the
+/// router sees it. Call it holding their leases, so no other pass writes rows meanwhile. A
+/// message with rows was begun by an earlier pass and is resumed alone.
+pub async fn not_begun(
+    db: &mut PgConnection,
+    messages: &[(Uuid, Uuid)],
+) -> Result<Vec<Uuid>, StoreError> {
+    let ids: Vec<Uuid> = messages.iter().map(|(id, _)| *id).collect();
+    let tenants: Vec<Uuid> = messages.iter().map(|(_, tenant)| *tenant).collect();
+    // The ids on the table itself (`m.id = ANY`), so the plan starts from the primary key
+    // whatever the statistics say (see `complete_all_if_done`).
+    Ok(sqlx::query_scalar(
+        "SELECT m.id FROM messages m
+         JOIN unnest($1::uuid[], $2::uuid[]) AS x(id, tenant_id)
+           ON x.id = m.id AND x.tenant_id = m.tenant_id
+         WHERE m.id = ANY($1) AND m.status = 'accepted'
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .fetch_all(&mut *db)
+    .await?)
+}
+
 /// Records why a request could not be fanned out (`unknown_subscription`, `no_template`,
 /// `retries_exhausted`, ...): `GET /messages/{id}` shows it to the producer (R4, R13). Only an
 /// accepted message changes. Returns its status afterwards.

@@ -4,9 +4,11 @@
 //! about eight round trips to the database; a group of 64 takes about ten in all.
 //!
 //! Only a request to named people with its text given ([`GroupedRequest::fits`]) goes here,
-//! and only while it is new: a request whose message exists already (a repeat, a redelivery
-//! after a crash), or whose lease another pass holds, is answered [`Grouped::Alone`] and goes
-//! the usual way, alone ([`crate::ingress`]). So does every request of a group that fails
+//! and only while it is new: its row is written here, or it was stored before the router saw
+//! it and no pass has begun it (the API stores each message with its outbox row; the group
+//! takes it over under its lease, as the lone path would). A request whose message was begun
+//! already (a repeat, a redelivery after a crash), or whose lease another pass holds, is
+//! answered [`Grouped::Alone`] and goes the usual way, alone ([`crate::ingress`]). So does every request of a group that fails
 //! (the database or the broker refused): one bad request cannot fail its neighbours, each is
 //! tried again on its own.
 //!
@@ -133,11 +135,33 @@ impl FanOut {
             .await?
             .into_iter()
             .collect();
-        let ids: Vec<Uuid> = new.keys().copied().collect();
+        // The rest may be messages stored before the router saw them (the API's): their
+        // leases are tried too, and those not begun yet are taken over.
+        let mut ids: Vec<Uuid> = new.keys().copied().collect();
+        let stored: HashMap<Uuid, Uuid> = requests
+            .iter()
+            .filter(|r| !new.contains_key(&r.message_id))
+            .map(|r| (r.message_id, r.tenant_id))
+            .collect();
+        ids.extend(stored.keys());
         let locked: HashSet<Uuid> = lease::try_lock_many(&mut tx, &ids)
             .await?
             .into_iter()
             .collect();
+        let held_stored: Vec<(Uuid, Uuid)> = stored
+            .iter()
+            .filter(|(id, _)| locked.contains(id))
+            .map(|(id, tenant)| (*id, *tenant))
+            .collect();
+        let adopted: HashMap<Uuid, Uuid> = if held_stored.is_empty() {
+            HashMap::new()
+        } else {
+            messages::not_begun(&mut tx, &held_stored)
+                .await?
+                .into_iter()
+                .filter_map(|id| stored.get(&id).map(|tenant| (id, *tenant)))
+                .collect()
+        };
         // A message id twice in one group (a request and its copy, or two tenants' requests
         // with one id): only the first request of the tenant whose row it is.
         let mut seen = HashSet::new();
@@ -145,7 +169,8 @@ impl FanOut {
             .iter()
             .enumerate()
             .filter(|(_, r)| {
-                new.get(&r.message_id) == Some(&r.tenant_id)
+                let owner = new.get(&r.message_id).or(adopted.get(&r.message_id));
+                owner == Some(&r.tenant_id)
                     && locked.contains(&r.message_id)
                     && seen.insert(r.message_id)
             })
@@ -207,7 +232,9 @@ impl FanOut {
         self.fail_unsendable(&oversized).await?;
         let ids: Vec<Uuid> = members.iter().map(|m| m.request.message_id).collect();
         let finished = messages::finish_fanouts(&mut *held.conn, &ids, started).await?;
-        lease::unlock_many(&mut held.conn, &ids).await?;
+        // Every lease taken, the members' and those of stored messages left alone.
+        let locked: Vec<Uuid> = locked.into_iter().collect();
+        lease::unlock_many(&mut held.conn, &locked).await?;
         held.release();
 
         let mut done = HashMap::new();

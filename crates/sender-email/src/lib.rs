@@ -1,4 +1,5 @@
-//! The email channel: async SMTP (lettre) with a connection pool.
+//! The email channel: async SMTP (lettre) over a connection pool of its own
+//! ([`connections`]: bounded, reused, `TCP_NODELAY`).
 //!
 //! Plain, STARTTLS or implicit TLS by config, always with certificate checks (public roots,
 //! plus a private CA from `HERALD_SMTP__TLS_CA_FILE`); a text body with an HTML alternative
@@ -18,17 +19,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald_runtime::config::Secret;
+use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use messaging_core::job::SendJob;
 use messaging_core::{Address, Channel};
 use sender_runtime::limits::RateLimits;
 use sender_runtime::{BuildError, Built, ChannelSender, Receipt, SendError};
 use serde::Deserialize;
+
+mod connections;
+use connections::{Connections, Security, Server, SmtpError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,7 +106,7 @@ struct Identity {
 }
 
 pub struct EmailSender {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    connections: Connections,
     default: Identity,
     tenants: HashMap<String, Identity>,
 }
@@ -190,21 +193,24 @@ impl ChannelSender for EmailSender {
                 },
             })
         };
-        let tls = match s.tls {
-            TlsMode::None => Tls::None,
-            TlsMode::Starttls => Tls::Required(tls_parameters()?),
-            TlsMode::Tls => Tls::Wrapper(tls_parameters()?),
+        let security = match s.tls {
+            TlsMode::None => Security::None,
+            TlsMode::Starttls => Security::Starttls(tls_parameters()?),
+            TlsMode::Tls => Security::Implicit(tls_parameters()?),
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
-            .port(s.port)
-            .tls(tls)
-            .timeout(Some(Duration::from_millis(s.timeout_ms)))
-            .pool_config(PoolConfig::new().max_size(s.pool_max_size.max(1)));
-        if let Some(username) = s.username.filter(|u| !u.is_empty()) {
-            builder = builder.credentials(Credentials::new(username, s.password.expose().clone()));
-        }
+        let credentials = s
+            .username
+            .filter(|u| !u.is_empty())
+            .map(|username| Credentials::new(username, s.password.expose().clone()));
+        let server = Server {
+            host: s.host.clone(),
+            port: s.port,
+            security,
+            credentials,
+            timeout: Duration::from_millis(s.timeout_ms),
+        };
         Ok(Built::Ready(EmailSender {
-            transport: builder.build(),
+            connections: Connections::new(server, s.pool_max_size),
             default,
             tenants,
         }))
@@ -247,21 +253,24 @@ impl ChannelSender for EmailSender {
             SendError::permanent("invalid_message", format!("cannot build the email: {e}"))
         })?;
 
-        match self.transport.send(message).await {
+        let envelope = message.envelope().clone();
+        match self.connections.send(&envelope, &message.formatted()).await {
             Ok(response) => Ok(Receipt {
                 provider_message_id: Some(response.message().collect::<Vec<_>>().join(" "))
                     .filter(|m| !m.is_empty()),
             }),
-            Err(error) => Err(classify(&error)),
+            Err(SmtpError::Smtp(error)) => Err(classify(&error)),
+            Err(error @ SmtpError::Timeout(_)) => {
+                Err(SendError::provider_fault("timeout", error.to_string()))
+            }
+            Err(error @ SmtpError::Connect(..)) => {
+                Err(SendError::unhealthy("smtp_unavailable", error.to_string()))
+            }
         }
     }
 
     async fn probe(&self) -> Result<(), String> {
-        match self.transport.test_connection().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("the server did not accept NOOP".into()),
-            Err(e) => Err(e.to_string()),
-        }
+        self.connections.probe().await.map_err(|e| e.to_string())
     }
 }
 

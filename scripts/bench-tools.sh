@@ -15,4 +15,15 @@ if ! command -v wrk >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null ||
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 fi
-python3 -c "import apprise" 2>/dev/null || python3 -m pip install -q apprise 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+# Apprise in a virtual environment of the build's own (Debian refuses a system-wide pip
+# install); bench-senders runs target/bench-venv/bin/python3.
+VENV=target/bench-venv
+if ! "$VENV/bin/python3" -c "import apprise" 2>/dev/null; then
+  echo "[bench-tools] installing apprise into $VENV" >&2
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q apprise
+fi

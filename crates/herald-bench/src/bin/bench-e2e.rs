@@ -17,7 +17,9 @@
 //!    `POST /api/messaging/messages` for 10 s on 32 connections: accepted messages/s and
 //!    p50/p99, every accepted message followed to its outcome;
 //! 7. fan-out: one request to a subscription with 100,000 registrations, the sender stopped;
-//!    jobs/s until the send queue holds them all.
+//!    jobs/s until the send queue holds them all; then one to 1,000,000 registrations, with
+//!    the process's peak resident memory (the router runs in it) and the longest transaction
+//!    the database saw.
 //!
 //! The database and the queues are removed at the end, also after a failed run.
 
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use e2e::db::{BenchDb, STATS_DELAY};
+use e2e::db::{BenchDb, STATS_DELAY, SUBSCRIPTION, SUBSCRIPTION_LARGE};
 use e2e::rest::{self, Rest};
 use e2e::runs::{self, FanOut, Latency, Throughput};
 use e2e::system::{self, System};
@@ -40,6 +42,9 @@ const HOPS: u32 = 4;
 const RATIO_TARGET: f64 = 0.5;
 /// The longest a fan-out to every registration may take (issue #16).
 const FANOUT_TARGET: Duration = Duration::from_secs(6);
+/// The large fan-out's bounds (issue #16): the router's memory and the longest transaction.
+const LARGE_RSS_TARGET: u64 = 200 * 1024 * 1024;
+const LARGE_TRANSACTION_TARGET: Duration = Duration::from_secs(2);
 /// Latency targets at half the measured throughput (issue #16): p50 and p99.
 const LATENCY_TARGET_LOAD: f64 = 0.5;
 const LATENCY_TARGET_P50: Duration = Duration::from_millis(10);
@@ -60,6 +65,10 @@ struct Args {
     /// Registrations of the fan-out run's subscription [default: 100000; quick: 2000].
     #[arg(long, env = "HERALD_BENCH_REGISTRATIONS")]
     registrations: Option<u64>,
+    /// Registrations of the large fan-out's subscription; 0 skips it
+    /// [default: 1000000; quick: 5000].
+    #[arg(long, env = "HERALD_BENCH_LARGE_REGISTRATIONS")]
+    large_registrations: Option<u64>,
     /// Notifications in each latency run, paced at a fraction of the throughput
     /// [default: 1000; quick: 50].
     #[arg(long, env = "HERALD_BENCH_LATENCY_NOTIFICATIONS")]
@@ -117,6 +126,8 @@ struct Args {
 struct Plan {
     notifications: u64,
     registrations: u64,
+    /// 0: no large fan-out.
+    large_registrations: u64,
     latency_notifications: u64,
     warm_up: u64,
     history: u64,
@@ -135,6 +146,11 @@ impl Plan {
         Plan {
             notifications: pick(args.notifications, 5_000, 200),
             registrations: pick(args.registrations, 100_000, 2_000),
+            large_registrations: args.large_registrations.unwrap_or(if args.quick {
+                5_000
+            } else {
+                1_000_000
+            }),
             latency_notifications: pick(args.latency_notifications, 1_000, 50),
             warm_up: pick(args.warm_up, 100, 20),
             history: pick(args.history, 100_000, 1_000),
@@ -162,6 +178,7 @@ struct Results {
     latencies: Vec<Latency>,
     rest: Option<Rest>,
     fan_out: Option<FanOut>,
+    large_fan_out: Option<FanOut>,
 }
 
 #[tokio::main]
@@ -172,14 +189,18 @@ async fn main() -> anyhow::Result<()> {
         args.latency_loads.iter().all(|l| *l > 0.0 && *l <= 1.0),
         "--latency-loads are fractions in (0, 1]"
     );
-    let plan = Plan::from(&args);
+    let mut plan = Plan::from(&args);
     let build = if cfg!(debug_assertions) {
         "DEBUG build: a smoke test, not the benchmark (run `just bench-e2e` for release)"
     } else {
         "release build"
     };
+    if args.no_fanout {
+        plan.registrations = 0;
+        plan.large_registrations = 0;
+    }
     println!(
-        "bench-e2e: {} notifications, latency {} at each of {} load, fan-out to {} registrations; {build}",
+        "bench-e2e: {} notifications, latency {} at each of {} load, fan-out to {} and {} registrations (0: skipped); {build}",
         plan.notifications,
         plan.latency_notifications,
         args.latency_loads
@@ -187,11 +208,8 @@ async fn main() -> anyhow::Result<()> {
             .map(|l| format!("{:.0}%", l * 100.0))
             .collect::<Vec<_>>()
             .join(", "),
-        if args.no_fanout {
-            "no (skipped)".to_owned()
-        } else {
-            plan.registrations.to_string()
-        }
+        plan.registrations,
+        plan.large_registrations,
     );
 
     println!(
@@ -209,32 +227,20 @@ async fn main() -> anyhow::Result<()> {
         .notifications
         .max(plan.latency_notifications)
         .max(plan.warm_up)
-        .max(if args.no_fanout {
-            0
-        } else {
-            plan.registrations
-        });
+        .max(plan.registrations)
+        .max(plan.large_registrations);
     let db = BenchDb::create(&args.database_url)
         .await
         .context("create the bench database")?;
     println!(
-        "[2/6] database {}: seeding {users} users with one SMS address each, {} registrations, {} finished messages as history",
-        db.name,
-        if args.no_fanout {
-            0
-        } else {
-            plan.registrations
-        },
-        plan.history
+        "[2/6] database {}: seeding {users} users with one SMS address each, {} and {} registrations, {} finished messages as history",
+        db.name, plan.registrations, plan.large_registrations, plan.history
     );
     let result = async {
         db.seed(
             users,
-            if args.no_fanout {
-                0
-            } else {
-                plan.registrations
-            },
+            plan.registrations,
+            plan.large_registrations,
             plan.history,
         )
         .await
@@ -251,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
         latencies: measured.latencies,
         rest: measured.rest,
         fan_out: measured.fan_out,
+        large_fan_out: measured.large_fan_out,
     });
     Ok(())
 }
@@ -262,6 +269,7 @@ struct Measured {
     latencies: Vec<Latency>,
     rest: Option<Rest>,
     fan_out: Option<FanOut>,
+    large_fan_out: Option<FanOut>,
 }
 
 /// Starts Herald's path, runs the measurements, and stops it again (also after an error).
@@ -344,7 +352,7 @@ async fn measure(args: &Args, plan: &Plan, db: &BenchDb, users: u64) -> anyhow::
             )
         };
 
-        let fan_out = if args.no_fanout {
+        let fan_out = if plan.registrations == 0 {
             println!("[6/6] fan-out: skipped");
             None
         } else {
@@ -353,9 +361,34 @@ async fn measure(args: &Args, plan: &Plan, db: &BenchDb, users: u64) -> anyhow::
                 plan.registrations
             );
             Some(
-                runs::fan_out(&mut system, plan.registrations, plan.timeout)
-                    .await
-                    .context("fan-out run")?,
+                runs::fan_out(
+                    &mut system,
+                    db,
+                    SUBSCRIPTION,
+                    plan.registrations,
+                    plan.timeout,
+                )
+                .await
+                .context("fan-out run")?,
+            )
+        };
+        let large_fan_out = if plan.large_registrations == 0 {
+            None
+        } else {
+            println!(
+                "[6/6] large fan-out: one request to {} registrations, sender stopped",
+                plan.large_registrations
+            );
+            Some(
+                runs::fan_out(
+                    &mut system,
+                    db,
+                    SUBSCRIPTION_LARGE,
+                    plan.large_registrations,
+                    plan.timeout,
+                )
+                .await
+                .context("large fan-out run")?,
             )
         };
         anyhow::Ok(Measured {
@@ -364,6 +397,7 @@ async fn measure(args: &Args, plan: &Plan, db: &BenchDb, users: u64) -> anyhow::
             latencies,
             rest,
             fan_out,
+            large_fan_out,
         })
     };
     // Ctrl-C still removes the queues (here) and the database (in `main`).
@@ -379,6 +413,10 @@ async fn measure(args: &Args, plan: &Plan, db: &BenchDb, users: u64) -> anyhow::
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -515,17 +553,57 @@ fn report(r: &Results) {
         None => row("REST ingress", "skipped", ""),
     }
     match &r.fan_out {
-        Some(f) => row(
-            &format!("fan-out to {} registrations", f.registrations),
-            &format!("{:.0} jobs/s", f.rate),
-            &format!(
-                "all jobs queued in {:.2} s; target <= {} s: {}",
-                f.elapsed.as_secs_f64(),
-                FANOUT_TARGET.as_secs(),
-                verdict(f.elapsed <= FANOUT_TARGET)
-            ),
-        ),
+        Some(f) => {
+            row(
+                &format!("fan-out to {} registrations", f.registrations),
+                &format!("{:.0} jobs/s", f.rate),
+                &format!(
+                    "all jobs queued in {:.2} s; target <= {} s: {}",
+                    f.elapsed.as_secs_f64(),
+                    FANOUT_TARGET.as_secs(),
+                    verdict(f.elapsed <= FANOUT_TARGET)
+                ),
+            );
+            row(
+                "  peak RSS, longest transaction",
+                &format!("{:.0} MiB", mib(f.rss_peak)),
+                &format!(
+                    "{:.0} MiB before; longest transaction {:.2} s",
+                    mib(f.rss_before),
+                    f.longest_transaction.as_secs_f64()
+                ),
+            );
+        }
         None => row("fan-out", "skipped", ""),
+    }
+    match &r.large_fan_out {
+        Some(f) => {
+            row(
+                &format!("fan-out to {} registrations", f.registrations),
+                &format!("{:.0} jobs/s", f.rate),
+                &format!("all jobs queued in {:.2} s", f.elapsed.as_secs_f64()),
+            );
+            row(
+                "  peak RSS (the router's process)",
+                &format!("{:.0} MiB", mib(f.rss_peak)),
+                &format!(
+                    "{:.0} MiB before; router, stopped sender and bench together; target <= {:.0} MiB: {}",
+                    mib(f.rss_before),
+                    mib(LARGE_RSS_TARGET),
+                    verdict(f.rss_peak <= LARGE_RSS_TARGET)
+                ),
+            );
+            row(
+                "  longest transaction",
+                &format!("{:.2} s", f.longest_transaction.as_secs_f64()),
+                &format!(
+                    "pg_stat_activity sampled every 100 ms; target <= {} s: {}",
+                    LARGE_TRANSACTION_TARGET.as_secs(),
+                    verdict(f.longest_transaction <= LARGE_TRANSACTION_TARGET)
+                ),
+            );
+        }
+        None => row("large fan-out", "skipped", ""),
     }
     let latency_failed: u64 = r.latencies.iter().map(|l| l.failed).sum();
     if t.failed + latency_failed > 0 {

@@ -4,7 +4,8 @@
 //! the real broker, and measures:
 //! - email throughput: N send jobs published -> N `delivered` events, through a local SMTP
 //!   sink (postfix's `smtp-sink`), and in the same run the same N mails sent by Apprise
-//!   (Python) to the same sink: both figures and their ratio;
+//!   (Python) to the same sink, and the sink's ceiling (postfix's `smtp-source` with as many
+//!   sessions as Herald's pool): the figures and Herald's ratio to each;
 //! - SMS throughput against the fake Twilio-compatible provider;
 //! - Telegram and Discord throughput against their fakes, with the rate limits raised;
 //! - Telegram and Discord with their default limits, against fakes that enforce the
@@ -101,7 +102,31 @@ async fn main() -> anyhow::Result<()> {
         .context("email run")?;
         // The same mails through Apprise.
         let apprise = apprise_rate(args.messages, sink.port).context("apprise run")?;
+        // The sink's own ceiling: postfix's load generator with as many sessions as Herald's
+        // pool holds, as issue #16 measured it (a connection per mail), and with each session
+        // keeping its connection, as the pool does (-d).
+        let ceiling_mails = args.messages.max(CEILING_MAILS);
+        let ceiling = smtp_source_rate(ceiling_mails, SMTP_POOL, sink.port, false)
+            .context("smtp-source run")?;
+        let kept = smtp_source_rate(ceiling_mails, SMTP_POOL, sink.port, true)
+            .context("smtp-source -d run")?;
         println!("email  herald:  {:>8.0} mails/s", email.rate);
+        println!(
+            "email  smtp-source: {ceiling:>4.0} mails/s ({ceiling_mails} mails of 600 bytes, {SMTP_POOL} sessions, a connection per mail: the ceiling of issue #16)"
+        );
+        let share = email.rate / ceiling;
+        println!(
+            "ratio herald/smtp-source: {share:.2} (target >= {CEILING_TARGET}: {})",
+            if share >= CEILING_TARGET {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+        println!(
+            "email  smtp-source -d: {kept:>.0} mails/s (the same, each session keeping its connection); ratio herald/that: {:.2}",
+            email.rate / kept
+        );
         println!(
             "email  apprise: {:>8.0} mails/s (its default 5.5 s pause between mails switched off)",
             apprise
@@ -1174,16 +1199,16 @@ impl Started {
                 bail!("event stream ended")
             };
             message.acker.ack(BasicAckOptions::default()).await?;
-            let event: messaging_core::events::DeliveryEvent =
-                serde_json::from_slice(&message.data)?;
-            if matches!(
-                event.result,
-                messaging_core::events::AttemptResult::Delivered { .. }
-            ) {
-                delivered += 1;
-                first_delivery.get_or_insert_with(Instant::now);
-            } else if event.result.is_final() {
-                bail!("a delivery failed: {event:?}");
+            for event in delivery_events(&message.data)? {
+                if matches!(
+                    event.result,
+                    messaging_core::events::AttemptResult::Delivered { .. }
+                ) {
+                    delivered += 1;
+                    first_delivery.get_or_insert_with(Instant::now);
+                } else if event.result.is_final() {
+                    bail!("a delivery failed: {event:?}");
+                }
             }
             if sampled.elapsed() > Duration::from_millis(20) {
                 peak_mib = peak_mib.max(rss_mib(pid)?);
@@ -1205,6 +1230,16 @@ impl Started {
             peak_mib,
         })
     }
+}
+
+/// The events of one message on the events exchange: a delivery event, or a bundle of
+/// `delivered` ones (the sender runtime bundles those, `sender.bundle_events`).
+fn delivery_events(data: &[u8]) -> anyhow::Result<Vec<messaging_core::events::DeliveryEvent>> {
+    if let Ok(bundle) = serde_json::from_slice::<messaging_core::events::DeliveryEventBundle>(data)
+    {
+        return Ok(bundle.events);
+    }
+    Ok(vec![serde_json::from_slice(data)?])
 }
 
 /// `n` addresses on a channel that has no rate limits in the fakes (email, SMS).
@@ -1308,6 +1343,41 @@ impl Drop for SmtpSink {
     }
 }
 
+/// Herald's SMTP pool (`smtp.pool_max_size`'s default): the sessions of the ceiling run.
+const SMTP_POOL: usize = 10;
+/// Mails in the ceiling run, at least (it is over in about half a second).
+const CEILING_MAILS: usize = 4_000;
+/// Herald's share of the sink's ceiling to reach (issue #16).
+const CEILING_TARGET: f64 = 0.5;
+
+/// postfix's `smtp-source` putting `n` mails of 600 bytes into the sink over `sessions`
+/// parallel sessions, a connection per mail or (`keep`, `-d`) one per session: mails/s.
+fn smtp_source_rate(n: usize, sessions: usize, port: u16, keep: bool) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let output = Command::new("smtp-source")
+        .args(keep.then_some("-d"))
+        .args([
+            "-s",
+            &sessions.to_string(),
+            "-m",
+            &n.to_string(),
+            "-l",
+            "600",
+            "-f",
+            "noreply@herald.test",
+            "-t",
+            "bench@example.org",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .context("smtp-source (Debian package postfix; scripts/bench-tools.sh installs it)")?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        bail!("smtp-source: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(stats::rate(n as u64, elapsed))
+}
+
 /// Apprise sending `n` mails to the sink through its Python API (one notify per mail), with
 /// its built-in 5.5 s pause between mails switched off.
 fn apprise_rate(n: usize, port: u16) -> anyhow::Result<f64> {
@@ -1324,7 +1394,12 @@ for i in range(n):
     assert a.notify(title=f"Order {i}", body="Your order has shipped."), "apprise failed"
 print(n / (time.perf_counter() - start))
 "#;
-    let output = Command::new("python3")
+    // scripts/bench-tools.sh installs Apprise into target/bench-venv.
+    let venv = std::env::current_exe()?
+        .parent()
+        .map(|bin| bin.join("../bench-venv/bin/python3"))
+        .filter(|python| python.is_file());
+    let output = Command::new(venv.as_deref().unwrap_or("python3".as_ref()))
         .args(["-c", script, &n.to_string(), &port.to_string()])
         .output()?;
     if !output.status.success() {

@@ -13,6 +13,8 @@ use uuid::Uuid;
 pub const TENANT: &str = "bench";
 /// The subscription the fan-out run triggers.
 pub const SUBSCRIPTION: &str = "bench_fanout";
+/// The subscription of the large fan-out (memory and transaction length, issue #16).
+pub const SUBSCRIPTION_LARGE: &str = "bench_fanout_large";
 
 /// How long PostgreSQL may take to count a backend's transactions in `pg_stat_database`
 /// (`PGSTAT_IDLE_INTERVAL`, 10 s, and a margin).
@@ -64,17 +66,23 @@ impl BenchDb {
     }
 
     /// The tenant, `users` people `u1..=u<users>` with one SMS address each, a subscription
-    /// with the first `registrations` of them registered by SMS, and `history` finished
-    /// messages of a day ago with one sent delivery each.
+    /// with the first `registrations` of them registered by SMS, another with the first
+    /// `large` of them, and `history` finished messages of a day ago with one sent delivery
+    /// each.
     ///
     /// The history is what a running system has: without it `messages` and `deliveries`
     /// start empty, the planner's statistics say so, and for the first minute (until
     /// autovacuum analyses them) it scans them sequentially, which measures a fresh install
     /// rather than Herald.
-    pub async fn seed(&self, users: u64, registrations: u64, history: u64) -> anyhow::Result<()> {
+    pub async fn seed(
+        &self,
+        users: u64,
+        registrations: u64,
+        large: u64,
+        history: u64,
+    ) -> anyhow::Result<()> {
         let tenant = tenants::create(&self.pool, TENANT, "Benchmark").await?;
         let users = i64::try_from(users)?;
-        let registrations = i64::try_from(registrations)?;
         anyhow::ensure!(
             users <= 9_999_999,
             "at most 9,999,999 users (their numbers have 7 digits)"
@@ -98,33 +106,38 @@ impl BenchDb {
         .execute(&self.pool)
         .await
         .context("seed addresses")?;
-        let subscription = subscriptions::create(
-            &self.pool,
-            tenant.id,
-            NewSubscription {
-                key: SUBSCRIPTION,
-                label: "Benchmark fan-out",
-                description: "",
-                system: false,
-                enabled: true,
-                fallback_locale: "en",
-                actor: "bench-e2e",
-            },
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
-             SELECT gen_random_uuid(), u.tenant_id, $2, u.id, 'sms',
-                    '+4179' || lpad(substr(u.external_id, 2), 7, '0')
-             FROM users u
-             WHERE u.tenant_id = $1 AND substr(u.external_id, 2)::bigint <= $3",
-        )
-        .bind(tenant.id)
-        .bind(subscription.id)
-        .bind(registrations)
-        .execute(&self.pool)
-        .await
-        .context("seed registrations")?;
+        for (key, label, registrations) in [
+            (SUBSCRIPTION, "Benchmark fan-out", registrations),
+            (SUBSCRIPTION_LARGE, "Benchmark large fan-out", large),
+        ] {
+            let subscription = subscriptions::create(
+                &self.pool,
+                tenant.id,
+                NewSubscription {
+                    key,
+                    label,
+                    description: "",
+                    system: false,
+                    enabled: true,
+                    fallback_locale: "en",
+                    actor: "bench-e2e",
+                },
+            )
+            .await?;
+            sqlx::query(
+                "INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
+                 SELECT gen_random_uuid(), u.tenant_id, $2, u.id, 'sms',
+                        '+4179' || lpad(substr(u.external_id, 2), 7, '0')
+                 FROM users u
+                 WHERE u.tenant_id = $1 AND substr(u.external_id, 2)::bigint <= $3",
+            )
+            .bind(tenant.id)
+            .bind(subscription.id)
+            .bind(i64::try_from(registrations)?)
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("seed the registrations of {key}"))?;
+        }
         sqlx::query(
             "WITH m AS (
                  INSERT INTO messages (id, tenant_id, source, request, status, created_at,

@@ -11,7 +11,7 @@ use messaging_core::values::{IdempotencyKey, SubscriptionKey, TenantKey, UserId}
 use messaging_core::{Channel, EnvelopeVersion};
 use tokio::task::JoinSet;
 
-use super::db::{SUBSCRIPTION, TENANT};
+use super::db::{BenchDb, TENANT};
 use super::system::System;
 
 /// Requests published per confirm window by the throughput producer.
@@ -235,12 +235,21 @@ pub struct FanOut {
     pub registrations: u64,
     pub elapsed: Duration,
     pub rate: f64,
+    /// This process's resident memory before the run and at its highest during it (the
+    /// router runs in this process; see [`Watch`]).
+    pub rss_before: u64,
+    pub rss_peak: u64,
+    /// The longest any transaction on the bench database was open during the run.
+    pub longest_transaction: Duration,
 }
 
-/// One request to the subscription with `registrations` registrations, the sender stopped:
-/// the clock runs from the publish until the send queue holds every job.
+/// One request to `subscription` (with `registrations` registrations), the sender stopped:
+/// the clock runs from the publish until the send queue holds every job. The queue is
+/// emptied afterwards, for the next run.
 pub async fn fan_out(
     system: &mut System,
+    db: &BenchDb,
+    subscription: &str,
     registrations: u64,
     timeout: Duration,
 ) -> anyhow::Result<FanOut> {
@@ -251,12 +260,15 @@ pub async fn fan_out(
         before == 0,
         "fan-out: {before} jobs already wait in {queue}"
     );
+    let key = format!("fanout-{subscription}");
     let body = request(
-        "fanout-0",
-        Recipients::Subscription(SubscriptionKey::parse(SUBSCRIPTION)?),
+        &key,
+        Recipients::Subscription(SubscriptionKey::parse(subscription)?),
     )?;
+    let watch = Watch::start(db);
+    let rss_before = watch.rss_before;
     let started = Instant::now();
-    system.publish(&[("fanout-0".to_owned(), body)]).await?;
+    system.publish(&[(key, body)]).await?;
     let mut reported = Instant::now();
     loop {
         let queued = u64::from(system.inspector.queue_len(&queue).await);
@@ -276,9 +288,88 @@ pub async fn fan_out(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
+    // The router ends the fan-out (its last transaction) after the last publish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_peak, longest_transaction) = watch.stop().await;
+    system
+        .inspector
+        .channel()
+        .queue_purge(queue.as_str().into(), Default::default())
+        .await
+        .context("empty the send queue")?;
     Ok(FanOut {
         registrations,
         elapsed,
         rate: herald_bench::stats::rate(registrations, elapsed),
+        rss_before,
+        rss_peak,
+        longest_transaction,
     })
+}
+
+/// Samples, every 100 ms, this process's resident memory (`VmRSS`) and the age of the
+/// oldest open transaction on the bench database (`pg_stat_activity.xact_start`), keeping
+/// the highest of each (autovacuum's are not the router's, and are left out). The router runs in this process, so its memory is at most the
+/// process's; the sampling can miss a peak or a transaction shorter than 100 ms, which is far
+/// below the 2 s the transactions are held to.
+struct Watch {
+    rss_before: u64,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<(u64, Duration)>,
+}
+
+impl Watch {
+    fn start(db: &BenchDb) -> Watch {
+        let rss_before = rss().unwrap_or(0);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (pool, name, stopped) = (db.pool.clone(), db.name.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let (mut rss_peak, mut longest) = (rss_before, Duration::ZERO);
+            loop {
+                rss_peak = rss_peak.max(rss().unwrap_or(0));
+                let oldest: Option<f64> = sqlx::query_scalar(
+                    "SELECT max(extract(epoch FROM clock_timestamp() - xact_start))::float8
+                     FROM pg_stat_activity
+                     WHERE datname = $1 AND backend_type = 'client backend'
+                       AND xact_start IS NOT NULL AND pid <> pg_backend_pid()",
+                )
+                .bind(&name)
+                .fetch_one(&pool)
+                .await
+                .ok()
+                .flatten();
+                if let Some(secs) = oldest.filter(|s| s.is_finite() && *s > 0.0) {
+                    longest = longest.max(Duration::from_secs_f64(secs));
+                }
+                tokio::select! {
+                    _ = stopped.cancelled() => return (rss_peak, longest),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+        Watch {
+            rss_before,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) -> (u64, Duration) {
+        self.stop.cancel();
+        self.task.await.unwrap_or((0, Duration::ZERO))
+    }
+}
+
+/// This process's resident memory in bytes (`VmRSS` in `/proc/self/status`).
+fn rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }

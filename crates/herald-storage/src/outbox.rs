@@ -73,6 +73,7 @@ pub async fn enqueue_many(tx: &mut PgConnection, rows: &[NewRow<'_>]) -> Result<
     .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
+    // Delivered at commit, so the relay never wakes for a row it cannot see yet.
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(NOTIFY_CHANNEL)
         .execute(&mut *tx)
@@ -89,22 +90,17 @@ pub async fn enqueue_kind(
     message_id: &str,
     payload: &[u8],
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO outbox (exchange, routing_key, message_id, payload, kind) VALUES ($1, $2, $3, $4, $5)",
+    enqueue_many(
+        tx,
+        &[NewRow {
+            kind,
+            exchange,
+            routing_key,
+            message_id: message_id.to_owned(),
+            payload: payload.to_vec(),
+        }],
     )
-    .bind(exchange)
-    .bind(routing_key)
-    .bind(message_id)
-    .bind(payload)
-    .bind(kind)
-    .execute(&mut *tx)
-    .await?;
-    // Delivered at commit, so the relay never wakes for a row it cannot see yet.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    .await
 }
 
 /// Claims up to `limit` unpublished rows, oldest first, for `lease`: other relays skip them

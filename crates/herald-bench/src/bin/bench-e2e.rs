@@ -216,24 +216,18 @@ async fn main() -> anyhow::Result<()> {
         .notifications
         .max(plan.latency_notifications)
         .max(plan.warm_up)
-        .max(plan.registrations)
-        .max(plan.large_registrations);
+        .max(plan.registrations);
     let db = BenchDb::create(&args.database_url)
         .await
         .context("create the bench database")?;
     println!(
-        "[2/6] database {}: seeding {users} users with one SMS address each, {} and {} registrations, {} finished messages as history",
-        db.name, plan.registrations, plan.large_registrations, plan.history
+        "[2/6] database {}: seeding {users} users with one SMS address each, {} registrations, {} finished messages as history (the large fan-out's people later)",
+        db.name, plan.registrations, plan.history
     );
     let result = async {
-        db.seed(
-            users,
-            plan.registrations,
-            plan.large_registrations,
-            plan.history,
-        )
-        .await
-        .context("seed the database")?;
+        db.seed(users, plan.registrations, plan.history)
+            .await
+            .context("seed the database")?;
         measure(&args, &plan, &db, users).await
     }
     .await;
@@ -357,6 +351,13 @@ async fn measure(args: &Args, plan: &Plan, db: &BenchDb, users: u64) -> anyhow::
         let large_fan_out = if plan.large_registrations == 0 {
             None
         } else {
+            println!(
+                "[6/6] large fan-out: seeding people up to u{} and their registrations",
+                plan.large_registrations
+            );
+            db.seed_large(users, plan.large_registrations)
+                .await
+                .context("seed the large fan-out")?;
             println!(
                 "[6/6] large fan-out: one request to {} registrations, sender stopped",
                 plan.large_registrations

@@ -66,78 +66,18 @@ impl BenchDb {
     }
 
     /// The tenant, `users` people `u1..=u<users>` with one SMS address each, a subscription
-    /// with the first `registrations` of them registered by SMS, another with the first
-    /// `large` of them, and `history` finished messages of a day ago with one sent delivery
-    /// each.
+    /// with the first `registrations` of them registered by SMS, and `history` finished
+    /// messages of a day ago with one sent delivery each.
     ///
     /// The history is what a running system has: without it `messages` and `deliveries`
     /// start empty, the planner's statistics say so, and for the first minute (until
     /// autovacuum analyses them) it scans them sequentially, which measures a fresh install
     /// rather than Herald.
-    pub async fn seed(
-        &self,
-        users: u64,
-        registrations: u64,
-        large: u64,
-        history: u64,
-    ) -> anyhow::Result<()> {
+    pub async fn seed(&self, users: u64, registrations: u64, history: u64) -> anyhow::Result<()> {
         let tenant = tenants::create(&self.pool, TENANT, "Benchmark").await?;
-        let users = i64::try_from(users)?;
-        anyhow::ensure!(
-            users <= 9_999_999,
-            "at most 9,999,999 users (their numbers have 7 digits)"
-        );
-        sqlx::query(
-            "INSERT INTO users (id, tenant_id, external_id)
-             SELECT gen_random_uuid(), $1, 'u' || i FROM generate_series(1, $2::bigint) AS i",
-        )
-        .bind(tenant.id)
-        .bind(users)
-        .execute(&self.pool)
-        .await
-        .context("seed users")?;
-        sqlx::query(
-            "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
-             SELECT gen_random_uuid(), tenant_id, id, 'sms', 'sms',
-                    '+4179' || lpad(substr(external_id, 2), 7, '0'), true
-             FROM users WHERE tenant_id = $1",
-        )
-        .bind(tenant.id)
-        .execute(&self.pool)
-        .await
-        .context("seed addresses")?;
-        for (key, label, registrations) in [
-            (SUBSCRIPTION, "Benchmark fan-out", registrations),
-            (SUBSCRIPTION_LARGE, "Benchmark large fan-out", large),
-        ] {
-            let subscription = subscriptions::create(
-                &self.pool,
-                tenant.id,
-                NewSubscription {
-                    key,
-                    label,
-                    description: "",
-                    system: false,
-                    enabled: true,
-                    fallback_locale: "en",
-                    actor: "bench-e2e",
-                },
-            )
+        self.people(tenant.id, 1, users).await?;
+        self.subscription(tenant.id, SUBSCRIPTION, "Benchmark fan-out", registrations)
             .await?;
-            sqlx::query(
-                "INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
-                 SELECT gen_random_uuid(), u.tenant_id, $2, u.id, 'sms',
-                        '+4179' || lpad(substr(u.external_id, 2), 7, '0')
-                 FROM users u
-                 WHERE u.tenant_id = $1 AND substr(u.external_id, 2)::bigint <= $3",
-            )
-            .bind(tenant.id)
-            .bind(subscription.id)
-            .bind(i64::try_from(registrations)?)
-            .execute(&self.pool)
-            .await
-            .with_context(|| format!("seed the registrations of {key}"))?;
-        }
         sqlx::query(
             "WITH m AS (
                  INSERT INTO messages (id, tenant_id, source, request, status, created_at,
@@ -162,6 +102,99 @@ impl BenchDb {
             .execute(&self.pool)
             .await
             .context("analyze")?;
+        Ok(())
+    }
+
+    /// The large fan-out's subscription with `u1..=u<large>` registered, adding the people
+    /// above `u<users>` first. Seeded only before that run, so the runs before it measure
+    /// the same database whatever its size.
+    pub async fn seed_large(&self, users: u64, large: u64) -> anyhow::Result<()> {
+        let tenant = tenants::by_key(&self.pool, TENANT).await?;
+        if large > users {
+            self.people(tenant.id, users + 1, large).await?;
+        }
+        self.subscription(
+            tenant.id,
+            SUBSCRIPTION_LARGE,
+            "Benchmark large fan-out",
+            large,
+        )
+        .await?;
+        sqlx::query("ANALYZE")
+            .execute(&self.pool)
+            .await
+            .context("analyze")?;
+        Ok(())
+    }
+
+    /// People `u<from>..=u<to>`, each with a proven SMS address (`+4179` and the number).
+    async fn people(&self, tenant_id: Uuid, from: u64, to: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            to <= 9_999_999,
+            "at most 9,999,999 users (their numbers have 7 digits)"
+        );
+        let (from, to) = (i64::try_from(from)?, i64::try_from(to)?);
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, external_id)
+             SELECT gen_random_uuid(), $1, 'u' || i FROM generate_series($2::bigint, $3::bigint) AS i",
+        )
+        .bind(tenant_id)
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await
+        .context("seed users")?;
+        sqlx::query(
+            "INSERT INTO addresses (id, tenant_id, user_id, channel, kind, value, verified)
+             SELECT gen_random_uuid(), tenant_id, id, 'sms', 'sms',
+                    '+4179' || lpad(substr(external_id, 2), 7, '0'), true
+             FROM users
+             WHERE tenant_id = $1 AND substr(external_id, 2)::bigint BETWEEN $2 AND $3",
+        )
+        .bind(tenant_id)
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await
+        .context("seed addresses")?;
+        Ok(())
+    }
+
+    /// A subscription with `u1..=u<registrations>` registered by SMS.
+    async fn subscription(
+        &self,
+        tenant_id: Uuid,
+        key: &str,
+        label: &str,
+        registrations: u64,
+    ) -> anyhow::Result<()> {
+        let subscription = subscriptions::create(
+            &self.pool,
+            tenant_id,
+            NewSubscription {
+                key,
+                label,
+                description: "",
+                system: false,
+                enabled: true,
+                fallback_locale: "en",
+                actor: "bench-e2e",
+            },
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO registrations (id, tenant_id, subscription_id, user_id, channel, address)
+             SELECT gen_random_uuid(), u.tenant_id, $2, u.id, 'sms',
+                    '+4179' || lpad(substr(u.external_id, 2), 7, '0')
+             FROM users u
+             WHERE u.tenant_id = $1 AND substr(u.external_id, 2)::bigint <= $3",
+        )
+        .bind(tenant_id)
+        .bind(subscription.id)
+        .bind(i64::try_from(registrations)?)
+        .execute(&self.pool)
+        .await
+        .with_context(|| format!("seed the registrations of {key}"))?;
         Ok(())
     }
 

@@ -97,18 +97,23 @@ pub async fn accept_many(
     news: &[NewMessage<'_>],
 ) -> Result<Vec<(Message, bool)>, StoreError> {
     let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
+    // Written in (tenant, key) order, so two groups in work at once take the keys' index
+    // entries in the same order and cannot deadlock; stable, so the first of a repeated key
+    // stays first.
+    let mut order: Vec<usize> = (0..news.len()).collect();
+    order.sort_by_key(|&i| (news[i].tenant_id, news[i].idempotency_key));
     let inserted: Vec<Message> = sqlx::query_as(
         "INSERT INTO messages (id, tenant_id, idempotency_key, source, subscription_id, request)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[])
          ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
          RETURNING *",
     )
-    .bind(&ids)
-    .bind(news.iter().map(|n| n.tenant_id).collect::<Vec<_>>())
-    .bind(news.iter().map(|n| n.idempotency_key).collect::<Vec<_>>())
-    .bind(news.iter().map(|n| n.source.as_str()).collect::<Vec<_>>())
-    .bind(news.iter().map(|n| n.subscription_id).collect::<Vec<_>>())
-    .bind(news.iter().map(|n| n.request).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| ids[i]).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| news[i].tenant_id).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| news[i].idempotency_key).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| news[i].source.as_str()).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| news[i].subscription_id).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| news[i].request).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     let mut inserted: std::collections::HashMap<Uuid, Message> =

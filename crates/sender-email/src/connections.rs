@@ -9,6 +9,8 @@
 //! - Its pool bounds only the idle connections it keeps: a send finding none idle opens one
 //!   more, and the surplus is closed on return.
 //!
+//! As in lettre's pool, an idle connection answers `NOOP` before it carries a mail.
+//!
 //! lettre offers no way to set the socket option on its transport, so this module opens the
 //! TCP connection itself, sets `TCP_NODELAY`, and lets lettre speak SMTP on it
 //! ([`AsyncSmtpConnection::connect_with_transport`], then `STARTTLS` and `AUTH` as lettre's
@@ -19,7 +21,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
@@ -34,11 +36,6 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-
-/// A connection idle for longer than this is asked `NOOP` before it carries a mail: servers
-/// close idle sessions (after a minute or more), and a mail must not be the one that finds
-/// out. One used within this time is taken as it is.
-const FRESH: Duration = Duration::from_secs(2);
 
 /// How the connection is secured.
 #[derive(Clone)]
@@ -76,7 +73,7 @@ pub enum SmtpError {
 pub struct Connections {
     server: Server,
     hello: ClientId,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<AsyncSmtpConnection>>,
     /// One permit per connection that may be open.
     open: Semaphore,
 }
@@ -96,50 +93,47 @@ impl Connections {
         // Never closed, so acquiring cannot fail; the permit is the connection's turn.
         let _turn = self.open.acquire().await;
         let mut connection = self.take().await?;
-        let sent = self
-            .timed(connection.send(envelope, mail))
-            .await
-            .and_then(|sent| sent.map_err(SmtpError::from));
-        // A refused mail (4xx, 5xx) leaves the session usable; a broken one is closed.
-        if connection.has_broken() || matches!(sent, Err(SmtpError::Timeout(_))) {
-            self.close(connection).await;
-        } else {
-            self.lock().push((connection, Instant::now()));
+        let sent = self.timed(connection.send(envelope, mail)).await;
+        match &sent {
+            // Stopped mid-command: the session is out of step, and a QUIT now could land in
+            // the mail's text. Dropped, which closes the socket.
+            Err(_) => drop(connection),
+            // lettre ends the session itself on a refusal (4xx, 5xx) or a broken connection.
+            Ok(_) if connection.has_broken() => self.close(connection).await,
+            Ok(_) => self.lock().push(connection),
         }
-        sent
+        sent.and_then(|sent| sent.map_err(SmtpError::from))
     }
 
-    /// `NOOP` on a connection: whether the server answers (the sender's health probe).
+    /// Whether the server answers: an idle connection's `NOOP`, or a new connection's
+    /// greeting (and `STARTTLS`, `AUTH`). The sender's health probe.
     pub async fn probe(&self) -> Result<(), SmtpError> {
         let _turn = self.open.acquire().await;
-        let mut connection = self.take().await?;
-        if self.timed(connection.test_connected()).await? {
-            self.lock().push((connection, Instant::now()));
-            Ok(())
-        } else {
-            self.close(connection).await;
-            Err(SmtpError::Connect(
-                format!("{}:{}", self.server.host, self.server.port),
-                io::Error::other("the server did not accept NOOP"),
-            ))
-        }
+        let connection = self.take().await?;
+        self.lock().push(connection);
+        Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(AsyncSmtpConnection, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AsyncSmtpConnection>> {
         // A panic while holding the list leaves it whole: keep using it.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle connection that still answers, the most recently used first, or a new one.
+    /// An idle connection that still answers `NOOP`, the most recently used first, or a new
+    /// one. Asked every time, as lettre's pool does: a server may close a session at any
+    /// moment (idle, or after so many mails), and a mail must not be the one that finds out,
+    /// which would count against the server's health.
     async fn take(&self) -> Result<AsyncSmtpConnection, SmtpError> {
         loop {
-            let Some((mut connection, since)) = self.lock().pop() else {
+            let Some(mut connection) = self.lock().pop() else {
                 return self.connect().await;
             };
-            if since.elapsed() < FRESH || self.timed(connection.test_connected()).await? {
-                return Ok(connection);
+            match self.timed(connection.test_connected()).await {
+                Ok(true) => return Ok(connection),
+                Ok(false) => self.close(connection).await,
+                // No answer in time: out of step, dropped without QUIT.
+                Err(_) => drop(connection),
             }
-            self.close(connection).await;
         }
     }
 
@@ -181,7 +175,8 @@ impl Connections {
         Ok(connection)
     }
 
-    /// `QUIT` (unless the session is broken) and close, not waiting on a dead server.
+    /// `QUIT` (unless lettre ended the session already) and close, not waiting on a dead
+    /// server for longer than the timeout.
     async fn close(&self, mut connection: AsyncSmtpConnection) {
         let _ = self.timed(connection.abort()).await;
     }

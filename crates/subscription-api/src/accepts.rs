@@ -89,29 +89,59 @@ impl Accepts {
     }
 }
 
-/// Stores a group in one transaction, or, when that fails, each message alone.
+/// Stores a group in one transaction, or, when the database refused a statement of it, each
+/// message alone.
+///
+/// Two failures are not retried alone, and every request of the group is told to repeat
+/// (503): a database that cannot be reached (each retry would wait for the pool again, one
+/// after the other), and a commit whose outcome is unknown (the connection lost while
+/// committing). There, storing again would give a request without an idempotency key a
+/// second message; the client's repeat with its key cannot.
 async fn store(pool: &PgPool, items: &[Accept]) -> Vec<Stored> {
     let news: Vec<NewMessage<'_>> = items.iter().map(Accept::new_message).collect();
-    let together = async {
+    let written = async {
         let mut tx = pool.begin().await?;
         let stored = messages::accept_many(&mut tx, &news).await?;
-        tx.commit().await?;
-        Ok::<_, StoreError>(stored)
+        Ok::<_, StoreError>((tx, stored))
     }
     .await;
-    match together {
-        Ok(stored) => stored.into_iter().map(Ok).collect(),
-        Err(error) => {
-            if items.len() > 1 {
-                tracing::warn!(%error, messages = items.len(), "a group of accepted messages failed: storing each alone");
-            }
-            let mut each = Vec::with_capacity(items.len());
-            for new in news {
-                each.push(alone(pool, new).await);
-            }
-            each
+    let error = match written {
+        Ok((tx, stored)) => {
+            return match tx.commit().await {
+                Ok(()) => stored.into_iter().map(Ok).collect(),
+                Err(error) => {
+                    tracing::warn!(%error, messages = items.len(), "the commit of a group of accepted messages failed: its outcome is unknown");
+                    unavailable(
+                        items.len(),
+                        "the database did not confirm storing the message",
+                    )
+                }
+            };
         }
+        Err(error) => error,
+    };
+    if let StoreError::Unavailable(reason) = &error {
+        return unavailable(items.len(), reason);
     }
+    if items.len() > 1 {
+        tracing::warn!(%error, messages = items.len(), "a group of accepted messages failed: storing each alone");
+    }
+    let mut each = Vec::with_capacity(items.len());
+    for new in news {
+        each.push(alone(pool, new).await);
+    }
+    each
+}
+
+/// The same 503 for `n` requests.
+fn unavailable(n: usize, reason: &str) -> Vec<Stored> {
+    (0..n)
+        .map(|_| {
+            Err(StoreError::Unavailable(format!(
+                "{reason}; repeat the request with its Idempotency-Key"
+            )))
+        })
+        .collect()
 }
 
 async fn alone(pool: &PgPool, new: NewMessage<'_>) -> Stored {

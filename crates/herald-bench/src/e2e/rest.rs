@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use herald_runtime::amqp::Publisher;
-use herald_runtime::config::{AmqpConfig, BaseConfig, LogConfig, Secret};
-use herald_runtime::service::Service;
+use herald_runtime::config::{BaseConfig, Secret};
 use herald_storage::api_keys::{self, NewKey};
 use herald_storage::db::DatabaseConfig;
 use herald_storage::relay::OutboxRelay;
@@ -63,7 +62,7 @@ struct Api {
 }
 
 impl Api {
-    async fn start(database_url: &str, amqp: &AmqpConfig, connections: u32) -> anyhow::Result<Api> {
+    async fn start(database_url: &str, base: &BaseConfig, connections: u32) -> anyhow::Result<Api> {
         let database = DatabaseConfig {
             url: Secret::new(database_url.to_owned()),
             max_connections: connections,
@@ -78,21 +77,7 @@ impl Api {
             tenant_recipients_per_minute: 100_000_000,
             ..LimitsConfig::default()
         };
-        let base = BaseConfig {
-            amqp: amqp.clone(),
-            log: LogConfig {
-                filter: "warn".into(),
-                ..LogConfig::default()
-            },
-            ..BaseConfig::default()
-        };
-        let stop = CancellationToken::new();
-        let service = Service::with_parts(
-            "bench-api",
-            base,
-            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-            stop.clone(),
-        );
+        let (service, stop) = super::system::service("bench-api", base.clone()).await?;
         let url = format!("http://{}", service.local_addr()?);
         let state = AppState {
             pool: pool.clone(),
@@ -217,7 +202,7 @@ pub async fn run(
     // The API's pool as deployed (`database.max_connections`' default).
     let api = Api::start(
         &db.url,
-        system.amqp(),
+        system.base(),
         DatabaseConfig::default().max_connections,
     )
     .await

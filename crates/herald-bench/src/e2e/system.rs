@@ -104,8 +104,8 @@ impl Running {
 
 pub struct System {
     pub names: Names,
-    /// The broker settings every part of the run shares (prefix included).
-    amqp: AmqpConfig,
+    /// The settings every service of the run shares (the broker's prefix included).
+    base: BaseConfig,
     topology: Topology,
     pub inspector: Inspector,
     pub producer: Publisher,
@@ -172,13 +172,7 @@ impl System {
             verification: Default::default(),
         };
         let router_pool = herald_storage::db::pool(&config.database)?;
-        let router_stop = CancellationToken::new();
-        let router_service = Service::with_parts(
-            "bench-router",
-            base.clone(),
-            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-            router_stop.clone(),
-        );
+        let (router_service, router_stop) = service("bench-router", base.clone()).await?;
         let work = fanout_router::start(&router_service, &config, router_pool.clone())
             .context("start the router")?;
         let router = Running {
@@ -186,13 +180,7 @@ impl System {
             task: tokio::spawn(router_service.run(axum::Router::new(), work)),
         };
 
-        let sender_stop = CancellationToken::new();
-        let sender_service = Service::with_parts(
-            "bench-sender-noop",
-            base,
-            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-            sender_stop.clone(),
-        );
+        let (sender_service, sender_stop) = service("bench-sender-noop", base.clone()).await?;
         let sender_config = SenderConfig {
             account_per_second: Some(1_000_000),
             account_burst: Some(1_000_000),
@@ -211,7 +199,7 @@ impl System {
         let producer = Publisher::new(Broker::new(amqp.clone(), "bench-producer"), "producer");
         let system = System {
             names,
-            amqp: amqp.clone(),
+            base: base.clone(),
             topology,
             inspector,
             producer,
@@ -255,9 +243,9 @@ impl System {
             .context("publish requests")
     }
 
-    /// The broker settings of the run, for another service on the same prefix.
-    pub fn amqp(&self) -> &AmqpConfig {
-        &self.amqp
+    /// The settings of the run, for another service on the same prefix.
+    pub fn base(&self) -> &BaseConfig {
+        &self.base
     }
 
     /// The next outcome, or `None` at `deadline`.
@@ -299,6 +287,19 @@ impl System {
         self.inspector.close().await;
         result.and(deleted)
     }
+}
+
+/// A service of the run on a free port of loopback, and the token that stops it.
+pub async fn service(
+    name: &'static str,
+    base: BaseConfig,
+) -> std::io::Result<(Service, CancellationToken)> {
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok((
+        Service::with_parts(name, base, listener, stop.clone()),
+        stop,
+    ))
 }
 
 /// Binds a server-named queue to `outcome.<tenant>` and forwards every outcome.

@@ -43,6 +43,18 @@ pub struct DeliveryEventBundle {
 impl DeliveryEventBundle {
     /// The most events one bundle carries.
     pub const MAX_EVENTS: usize = 100;
+
+    /// The events of one message read from the events exchange: a bundle's, or a lone
+    /// event. For readers that take a sender's events as they come (tests, benchmarks); the
+    /// router decodes a bundle's items one by one, so one bad item does not refuse the rest.
+    pub fn events_of(body: &[u8]) -> Result<Vec<DeliveryEvent>, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_slice(body)?;
+        if value.get("events").is_some() {
+            Ok(serde_json::from_value::<DeliveryEventBundle>(value)?.events)
+        } else {
+            Ok(vec![serde_json::from_value(value)?])
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -340,6 +352,22 @@ mod tests {
             panic!()
         };
         assert_eq!(failure.class, FailureClass::Temporary);
+    }
+
+    #[test]
+    fn a_lone_event_and_a_bundle_both_read_as_their_events() {
+        let event = json!({
+            "version": 1, "deliveryId": Uuid::nil(), "messageId": Uuid::nil(),
+            "tenant": "acme", "channel": "sms", "attempt": 1,
+            "occurredAt": "2026-01-01T00:00:00Z", "result": {"status": "delivered"}
+        });
+        let lone = DeliveryEventBundle::events_of(event.to_string().as_bytes()).unwrap();
+        assert_eq!(lone.len(), 1);
+        let bundle = json!({"version": 1, "events": [event, event]});
+        let both = DeliveryEventBundle::events_of(bundle.to_string().as_bytes()).unwrap();
+        assert_eq!(both, vec![lone[0].clone(), lone[0].clone()]);
+        assert!(DeliveryEventBundle::events_of(b"{\"events\": 1}").is_err());
+        assert!(DeliveryEventBundle::events_of(b"not json").is_err());
     }
 }
 

@@ -335,15 +335,11 @@ impl SenderHarness {
             return Some(event);
         }
         let body = self.next_body(&self.events_queue, timeout).await?;
-        let value: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-        if value.get("events").is_some() {
-            let bundle: DeliveryEventBundle =
-                serde_json::from_value(value).expect("a bundle of delivery events");
-            let mut bundled = self.bundled.lock().expect("not poisoned");
-            bundled.extend(bundle.events);
-            return bundled.pop_front();
-        }
-        Some(serde_json::from_value(value).expect("a delivery event"))
+        let events =
+            DeliveryEventBundle::events_of(&body).expect("a delivery event or a bundle of them");
+        let mut bundled = self.bundled.lock().expect("not poisoned");
+        bundled.extend(events);
+        bundled.pop_front()
     }
 
     /// Events until `done` says the last one completes the set, or panics after `timeout`.

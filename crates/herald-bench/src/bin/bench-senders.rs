@@ -1199,7 +1199,7 @@ impl Started {
                 bail!("event stream ended")
             };
             message.acker.ack(BasicAckOptions::default()).await?;
-            for event in delivery_events(&message.data)? {
+            for event in messaging_core::events::DeliveryEventBundle::events_of(&message.data)? {
                 if matches!(
                     event.result,
                     messaging_core::events::AttemptResult::Delivered { .. }
@@ -1230,16 +1230,6 @@ impl Started {
             peak_mib,
         })
     }
-}
-
-/// The events of one message on the events exchange: a delivery event, or a bundle of
-/// `delivered` ones (the sender runtime bundles those, `sender.bundle_events`).
-fn delivery_events(data: &[u8]) -> anyhow::Result<Vec<messaging_core::events::DeliveryEvent>> {
-    if let Ok(bundle) = serde_json::from_slice::<messaging_core::events::DeliveryEventBundle>(data)
-    {
-        return Ok(bundle.events);
-    }
-    Ok(vec![serde_json::from_slice(data)?])
 }
 
 /// `n` addresses on a channel that has no rate limits in the fakes (email, SMS).

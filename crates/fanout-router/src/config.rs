@@ -61,6 +61,10 @@ pub struct RouterConfig {
     pub group_linger_ms: u64,
     /// Groups in work at once; each holds a database connection.
     pub group_parallel: usize,
+    /// Issue #16: the send jobs of one publish (a fan-out's batch, a group's requests) that
+    /// go to the same send queue travel as bundles of up to this many (at most 100), so the
+    /// broker carries one message per bundle. 1: every job alone.
+    pub bundle_jobs: usize,
     /// Issue #18: finished messages (and their deliveries) older than this many days are
     /// deleted. 0: kept forever.
     pub keep_finished_days: u32,
@@ -89,6 +93,7 @@ impl Default for RouterConfig {
             group_max: 128,
             group_linger_ms: 0,
             group_parallel: 4,
+            bundle_jobs: messaging_core::job::SendJobBundle::MAX_JOBS,
             keep_finished_days: 30,
             retention_every_secs: 3600,
         }
@@ -160,6 +165,12 @@ impl RouterConfig {
             return Err(InvalidConfig(
                 "router.batch_size must be between 1 and 10000".into(),
             ));
+        }
+        if !(1..=messaging_core::job::SendJobBundle::MAX_JOBS).contains(&self.bundle_jobs) {
+            return Err(InvalidConfig(format!(
+                "router.bundle_jobs must be between 1 and {}",
+                messaging_core::job::SendJobBundle::MAX_JOBS
+            )));
         }
         if self.address_removal_failures == 0 {
             return Err(InvalidConfig(

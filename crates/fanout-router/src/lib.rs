@@ -102,7 +102,8 @@ pub fn start(
         jobs.clone(),
         names.clone(),
         config.router.batch_size,
-    );
+    )
+    .with_bundles(config.router.bundle_jobs);
     let retry_after = config.router.retry_policy();
     let outcomes = Outcomes::new(
         pool.clone(),

@@ -202,7 +202,8 @@ impl TrackingHandler {
         let mut retrying = Vec::new();
         for (event, outcome) in events.into_iter().zip(outcomes) {
             match outcome {
-                Outcome::Ack => {}
+                // One event's handling never splits.
+                Outcome::Ack | Outcome::Split(_) => {}
                 Outcome::DeadLetter(_) => refused.push(Ok(event)),
                 Outcome::Retry { after, reason } => {
                     retrying.push(Ok(event));

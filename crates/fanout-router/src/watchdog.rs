@@ -33,15 +33,16 @@ use lapin::{Channel as AmqpChannel, Connection};
 use messaging_core::Channel;
 use messaging_core::events::AttemptResult;
 use messaging_core::failure::Failure;
-use messaging_core::job::SendJob;
+use messaging_core::job::{SendJob, SendJobBundle};
 use messaging_core::topology::Names;
 use tokio_util::sync::CancellationToken;
 
-/// Jobs withdrawn from one queue per tick: bounds a tick's length, so the other channels'
-/// gauges (and shutdown) do not wait for a backlog of millions.
+/// Messages (a job or a bundle of up to 100) withdrawn from one queue per tick: bounds a
+/// tick's length, so the other channels' gauges (and shutdown) do not wait for a backlog of
+/// millions.
 const DRAIN_CAP: usize = 1000;
 
-/// Jobs withdrawn between two looks at the queues' consumers: a sender that starts (or
+/// Messages withdrawn between two looks at the queues' consumers: a sender that starts (or
 /// pauses) during a drain takes over after at most this many.
 const RECHECK_EVERY: usize = 100;
 
@@ -289,8 +290,9 @@ impl SendQueueWatchdog {
                 return Ok(());
             };
             let delivery = message.delivery;
-            let job: SendJob = match serde_json::from_slice(&delivery.data) {
-                Ok(job) => job,
+            // A lone job or a bundle of them (issue #16).
+            let jobs = match SendJobBundle::jobs_of(&delivery.data) {
+                Ok(jobs) => jobs,
                 Err(error) => {
                     // As a sender would: the queue's dead-letter queue keeps it for a person
                     // to look at; it can never be delivered or reported.
@@ -308,23 +310,33 @@ impl SendQueueWatchdog {
             )
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(1);
-            let attempt = match next_attempt(&self.pool, &job).await {
-                Ok(attempt) => attempt.max(queued_attempt),
-                Err(error) => {
-                    delivery.acker.nack(nack(true)).await?;
-                    return Err(error.into());
+            let mut attempts = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                match next_attempt(&self.pool, job).await {
+                    Ok(attempt) => attempts.push(attempt.max(queued_attempt)),
+                    Err(error) => {
+                        delivery.acker.nack(nack(true)).await?;
+                        return Err(error.into());
+                    }
                 }
-            };
+            }
             let result = AttemptResult::Failed {
                 failure: failure.clone(),
             };
-            if let Err(error) = self.events.emit(&job, attempt, result).await {
-                // Unreported, so not withdrawn: the job stays for a sender or the next tick.
+            let emitted = futures::future::join_all(
+                jobs.iter()
+                    .zip(attempts)
+                    .map(|(job, attempt)| self.events.emit(job, attempt, result.clone())),
+            )
+            .await;
+            if let Some(Err(error)) = emitted.into_iter().find(Result::is_err) {
+                // Unreported, so not withdrawn: the jobs stay for a sender or the next tick
+                // (a bundle's jobs reported already are recorded once).
                 delivery.acker.nack(nack(true)).await?;
                 return Err(error.into());
             }
             delivery.acker.ack(BasicAckOptions::default()).await?;
-            report.withdrawn += 1;
+            report.withdrawn += jobs.len();
         }
         Ok(())
     }

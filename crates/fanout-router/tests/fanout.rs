@@ -645,7 +645,27 @@ async fn five_thousand_registrations_fan_out_in_batches_with_every_job_published
         .await;
     assert_eq!(outcome, Outcome::Ack);
 
-    let jobs = h.jobs(Channel::Email).await;
+    // Issue #16: the jobs travel in bundles of up to 100, each batch's on its own (8
+    // batches, the last of 100 jobs): 50 messages for 5,000 jobs.
+    let queue = h.names.send_queue(Channel::Email);
+    let mut jobs = Vec::new();
+    let mut messages = 0;
+    while let Some(message) = h.inspector.get(&queue).await {
+        messages += 1;
+        let kind = message.delivery.properties.kind().clone();
+        assert_eq!(
+            kind.as_ref().map(|k| k.as_str()),
+            Some(messaging_core::job::SendJobBundle::KIND)
+        );
+        let bundle: messaging_core::job::SendJobBundle =
+            serde_json::from_slice(&message.delivery.data).unwrap();
+        assert!(bundle.jobs.len() <= 100);
+        jobs.extend(bundle.jobs);
+    }
+    assert_eq!(
+        messages, 50,
+        "7 batches of 700 in 7 bundles each, one of 100"
+    );
     assert_eq!(jobs.len(), 5000);
     let ids: HashSet<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
     assert_eq!(ids.len(), 5000, "every delivery once");

@@ -51,7 +51,8 @@ async fn telegram_jobs(h: &Harness, chats: &[&str]) {
     });
     assert_eq!(h.handle(&body, None).await, Outcome::Ack);
     let queue = h.names.send_queue(Channel::Telegram);
-    assert_eq!(h.inspector.queue_len(&queue).await, chats.len() as u32);
+    // One request's jobs for one channel travel as one bundle (issue #16).
+    assert_eq!(h.inspector.queue_len(&queue).await, 1);
 }
 
 /// A queue that receives every delivery event published under the test's prefix.
@@ -142,11 +143,50 @@ async fn jobs_nothing_consumes_are_reported_failed_as_unhealthy_and_the_message_
     h.finish().await;
 }
 
+/// Issue #16: a bundle of jobs is withdrawn as its jobs, each reported failed.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_bundle_nothing_consumes_is_withdrawn_job_by_job(pool: PgPool) {
+    let h = Harness::new(pool.clone(), "watchdog_bundle").await;
+    let events = delivery_events(&h).await;
+    telegram_jobs(&h, &["4242", "4343", "4444"]).await;
+    let mut dog = watchdog(&h, Duration::from_millis(1));
+    let [_, second]: [Vec<QueueReport>; 2] = ticks(&mut dog, 2).await.try_into().unwrap();
+    assert_eq!(telegram(&second).withdrawn, 3);
+    let queue = h.names.send_queue(Channel::Telegram);
+    assert_eq!(h.inspector.queue_len(&queue).await, 0);
+    let (message_id, _, _, _) = h.message().await;
+    let deliveries: std::collections::HashSet<uuid::Uuid> = h
+        .deliveries(message_id)
+        .await
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
+    let mut reported = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let published = h
+            .inspector
+            .wait_get(&events, Duration::from_secs(5))
+            .await
+            .expect("a delivery event");
+        let event: DeliveryEvent = serde_json::from_slice(&published.delivery.data).unwrap();
+        assert_eq!(event.result.status(), "failed");
+        reported.insert(event.delivery_id);
+    }
+    assert_eq!(reported, deliveries, "each job of the bundle reported once");
+    assert!(h.inspector.get(&events).await.is_none());
+    h.finish().await;
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_queue_with_a_consumer_is_not_drained(pool: PgPool) {
     let h = Harness::new(pool, "watchdog_consumed").await;
     let events = delivery_events(&h).await;
-    telegram_jobs(&h, &["4242", "4343"]).await;
+    telegram_jobs(&h, &["4242"]).await;
+    let again = json!({
+        "version": 1, "kind": "notify", "tenant": "acme", "idempotencyKey": "m-2",
+        "to": {"users": ["ann"]}, "content": {"direct": {"body": "Hello again"}}
+    });
+    assert_eq!(h.handle(&again, None).await, Outcome::Ack);
     // A sender that holds one job at a time: the other stays ready in the queue.
     let queue = h.names.send_queue(Channel::Telegram);
     let sender = h.inspector.connection().create_channel().await.unwrap();

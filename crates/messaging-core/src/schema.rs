@@ -7,7 +7,7 @@ use crate::events::{
     MessageOutcome, RoomEvent, RoomRoster, SupportRequestEvent, TicketRoom,
 };
 use crate::ingress::{EventTrigger, LegacyMessage, NotifyRequest};
-use crate::job::SendJob;
+use crate::job::{SendJob, SendJobBundle};
 
 fn schema_for<T: JsonSchema>(kind: Option<&str>) -> Schema {
     let mut schema = SchemaSettings::draft2020_12()
@@ -40,6 +40,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ),
         ("legacy-message.json", schema_for::<LegacyMessage>(None)),
         ("send-job.v1.json", schema_for::<SendJob>(None)),
+        ("send-job-bundle.v1.json", schema_for::<SendJobBundle>(None)),
         ("delivery-event.v1.json", schema_for::<DeliveryEvent>(None)),
         (
             "delivery-event-bundle.v1.json",

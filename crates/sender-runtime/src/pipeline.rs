@@ -9,16 +9,22 @@
 //! 6. the send, bounded by a timeout;
 //! 7. one delivery event for the attempt, confirmed, and only then the outcome (ack, or
 //!    retry through a delay queue).
+//!
+//! A bundle of jobs (`SendJobBundle`, issue #16) takes each job this way at once, at most
+//! `amqp.concurrency` sends of the sender in work together; the jobs that are not done
+//! (retried, deferred, refused) go back to the queue alone, and the bundle is acked.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use herald_runtime::amqp::delivery_events::Events;
-use herald_runtime::amqp::{Context, Handler, Outcome, Rejection, decode_json};
+use herald_runtime::amqp::{Context, Handler, Outcome, Part, Rejection, decode_json};
 use messaging_core::events::AttemptResult;
 use messaging_core::failure::{Failure, FailureClass};
-use messaging_core::job::SendJob;
+use messaging_core::job::{SendJob, SendJobBundle};
+use messaging_core::version::EnvelopeVersion;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
@@ -43,23 +49,118 @@ pub struct Pipeline<S: ChannelSender> {
     pub recent: Arc<RecentDeliveries>,
     pub events: Arc<Events>,
     pub shutdown: CancellationToken,
+    /// Jobs in work at once, alone or from bundles (`amqp.concurrency`): a bundle counts as
+    /// one message for the consumer, its jobs count here.
+    pub sends: Arc<Semaphore>,
 }
 
-impl<S: ChannelSender> Handler for Pipeline<S> {
-    type Message = SendJob;
+/// What a send queue carries.
+pub enum Work {
+    One(SendJob),
+    /// A bundle's jobs; an item that does not decode keeps its bytes and why, to be
+    /// dead-lettered alone.
+    Bundle(Vec<Result<SendJob, (Vec<u8>, Rejection)>>),
+}
 
-    fn decode(&self, body: &[u8]) -> Result<SendJob, Rejection> {
-        decode_json(body)
+/// A bundle read item by item, when one of its jobs does not decode.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LooseBundle {
+    #[allow(dead_code)]
+    version: EnvelopeVersion,
+    jobs: Vec<serde_json::Value>,
+}
+
+/// The AMQP `type` of a job that goes on alone out of a bundle.
+const JOB_KIND: &str = "herald.send_job.v1";
+
+impl<S: ChannelSender> Handler for Pipeline<S> {
+    type Message = Work;
+
+    fn decode(&self, body: &[u8]) -> Result<Work, Rejection> {
+        let lone = match decode_json::<SendJob>(body) {
+            Ok(job) => return Ok(Work::One(job)),
+            Err(lone) => lone,
+        };
+        if let Ok(bundle) = serde_json::from_slice::<SendJobBundle>(body) {
+            return Ok(Work::Bundle(bundle.jobs.into_iter().map(Ok).collect()));
+        }
+        match serde_json::from_slice::<LooseBundle>(body) {
+            Ok(bundle) => Ok(Work::Bundle(
+                bundle
+                    .jobs
+                    .into_iter()
+                    .map(|item| {
+                        serde_json::from_value::<SendJob>(item.clone()).map_err(|e| {
+                            let rejection = Rejection::new("invalid", e.to_string());
+                            (item.to_string().into_bytes(), rejection)
+                        })
+                    })
+                    .collect(),
+            )),
+            // Neither a job nor a bundle: the lone job's error says more.
+            Err(_) => Err(lone),
+        }
     }
 
-    async fn handle(&self, job: SendJob, ctx: &Context) -> Outcome {
+    async fn handle(&self, work: Work, ctx: &Context) -> Outcome {
         // Only Herald writes send jobs (the router after its checks, the API's verification
         // messages): a job from anyone else could reach an address nobody proved.
         if let Some(refused) = ctx.origin.refuse_unless_herald() {
             return refused;
         }
+        match work {
+            Work::One(job) => self.one(job, ctx).await,
+            Work::Bundle(items) => self.bundle(items, ctx).await,
+        }
+    }
+}
+
+impl<S: ChannelSender> Pipeline<S> {
+    /// Every job of a bundle as if it had come alone; those not done go on alone.
+    async fn bundle(
+        &self,
+        items: Vec<Result<SendJob, (Vec<u8>, Rejection)>>,
+        ctx: &Context,
+    ) -> Outcome {
+        let handled = futures::future::join_all(items.into_iter().map(|item| async move {
+            let job = match item {
+                Ok(job) => job,
+                Err((body, rejection)) => {
+                    tracing::warn!(code = %rejection.code, reason = %rejection.reason, "undecodable job in a bundle");
+                    return Some(Part {
+                        body,
+                        message_id: None,
+                        kind: Some(JOB_KIND.to_owned()),
+                        outcome: Outcome::DeadLetter(rejection),
+                    });
+                }
+            };
+            let delivery_id = job.delivery_id;
+            let body = serde_json::to_vec(&job);
+            match self.one(job, ctx).await {
+                Outcome::Ack | Outcome::Split(_) => None,
+                outcome => Some(Part {
+                    // A job read from JSON writes back to JSON.
+                    body: body.unwrap_or_default(),
+                    message_id: Some(delivery_id.to_string()),
+                    kind: Some(JOB_KIND.to_owned()),
+                    outcome,
+                }),
+            }
+        }))
+        .await;
+        Outcome::Split(handled.into_iter().flatten().collect())
+    }
+
+    /// One job's attempt, its event and the outcome for the runner.
+    async fn one(&self, job: SendJob, ctx: &Context) -> Outcome {
         let channel = S::CHANNEL.as_str();
-        let (outcome, result) = self.attempt(&job, ctx).await;
+        let (outcome, result) = {
+            // Never closed: the pipeline owns the semaphore.
+            let _send = self.sends.acquire().await;
+            self.attempt(&job, ctx).await
+        };
         let label = match (&outcome, &result) {
             (_, Some(result)) => result.status(),
             (Outcome::Defer { .. }, None) => "deferred",
@@ -88,9 +189,7 @@ impl<S: ChannelSender> Handler for Pipeline<S> {
             }
         }
     }
-}
 
-impl<S: ChannelSender> Pipeline<S> {
     /// The outcome for the runner, and the event to emit (none when the job is deferred).
     async fn attempt(&self, job: &SendJob, ctx: &Context) -> (Outcome, Option<AttemptResult>) {
         if job.channel() != S::CHANNEL {

@@ -245,6 +245,7 @@ fn start_sending<S: ChannelSender>(
         events: events.clone(),
         shutdown: shutdown.clone(),
         config: config.clone(),
+        sends: Arc::new(tokio::sync::Semaphore::new(settings.concurrency)),
     };
     let consumer = Consumer::new(
         service.broker.clone(),

@@ -430,3 +430,91 @@ async fn an_unconfigured_sender_says_so_and_leaves_its_queue_alone() {
     );
     h.stop().await;
 }
+
+/// Issue #16: the router sends a fan-out's jobs in bundles. Each job of a bundle is handled
+/// as if it had come alone: sent once, its event published; one that must wait (the
+/// recipient's limit) or cannot be read goes on alone, and the bundle itself is settled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_of_a_bundle_is_sent_and_one_that_must_wait_goes_on_alone() {
+    use messaging_core::job::SendJobBundle;
+    let config = SenderConfig {
+        recipient_interval_ms: Some(600),
+        recipient_burst: Some(1),
+        ..quick_config()
+    };
+    let (fake, h) = start("sms_bundle", config).await;
+    let sent_before = h.job(number(74), "sent before");
+    h.publish(&sent_before).await;
+    assert_eq!(
+        h.next_event(WAIT).await.unwrap().delivery_id,
+        sent_before.delivery_id
+    );
+
+    let first = h.job(number(70), "first to 70");
+    let second = h.job(number(70), "second to 70");
+    let others = [h.job(number(71), "to 71"), h.job(number(72), "to 72")];
+    let mut unreadable = serde_json::to_value(h.job(number(73), "x")).unwrap();
+    unreadable["to"]["value"] = "12345".into();
+    let unreadable = serde_json::to_vec(&unreadable).unwrap();
+    let items: Vec<Vec<u8>> = [&first, &second, &others[0], &others[1], &sent_before]
+        .iter()
+        .map(|job| serde_json::to_vec(job).unwrap())
+        .chain([unreadable.clone()])
+        .collect();
+    h.publish_raw(&SendJobBundle::encode(items.iter().map(Vec::as_slice)))
+        .await;
+
+    // Five events: four sends (one of them after its wait) and the repeat of the one sent
+    // before, which the provider does not see again.
+    let events = h.events_until(WAIT, |e| e.len() == 5).await;
+    assert!(
+        events.iter().all(|e| e.result.status() == "delivered"),
+        "{events:?}"
+    );
+    let reported: HashSet<_> = events.iter().map(|e| e.delivery_id).collect();
+    let expected: HashSet<_> = [&first, &second, &others[0], &others[1], &sent_before]
+        .iter()
+        .map(|job| job.delivery_id)
+        .collect();
+    assert_eq!(reported, expected);
+    let received = fake.received();
+    let to: Vec<&str> = received.iter().map(|m| m.to.as_str()).collect();
+    assert_eq!(received.len(), 5, "{to:?}");
+    let mut to_70: Vec<_> = received
+        .iter()
+        .filter(|m| m.to == "+41790000070")
+        .map(|m| m.at)
+        .collect();
+    to_70.sort();
+    assert_eq!(to_70.len(), 2);
+    assert!(to_70[1].duration_since(to_70[0]) >= Duration::from_millis(550));
+
+    // The unreadable job is dead-lettered alone, as a job, with its reason.
+    let dead = h
+        .inspector
+        .wait_get(&h.dead_letter_queue(), WAIT)
+        .await
+        .expect("dead letter");
+    assert_eq!(dead.delivery.data, unreadable);
+    assert_eq!(
+        dead.delivery.properties.kind().as_ref().map(|k| k.as_str()),
+        Some("herald.send_job.v1")
+    );
+    let table = dead.delivery.properties.headers().clone();
+    assert!(
+        headers::get_str(table.as_ref(), headers::REASON)
+            .unwrap()
+            .contains("phone number")
+    );
+    let queue = h.names.send_queue(Channel::Sms);
+    // The bundle split once; the job that waited came back alone and was acked.
+    wait_settled(&queue, "split", 1, WAIT).await;
+    wait_settled(&queue, "ack", 2, WAIT).await;
+    assert_eq!(settled(&queue, "split"), 1);
+    assert_eq!(h.queued().await, 0);
+    assert!(
+        h.inspector.get(&h.dead_letter_queue()).await.is_none(),
+        "nothing else dead-lettered"
+    );
+    h.stop().await;
+}

@@ -37,7 +37,7 @@ use herald_storage::deliveries::{self, DeliveryKey, NewDelivery, UnpublishedDeli
 use herald_storage::messages;
 use herald_storage::{PgPool, StoreError};
 use messaging_core::ingress::{Content, NotifyRequest};
-use messaging_core::job::{RenderedContent, SendJob};
+use messaging_core::job::{RenderedContent, SendJob, SendJobBundle};
 use messaging_core::topology::Names;
 use messaging_core::values::TenantKey;
 use messaging_core::{Channel, EnvelopeVersion, MessageStatus};
@@ -109,6 +109,8 @@ pub struct FanOut {
     publisher: Publisher,
     names: Names,
     batch_size: usize,
+    /// The most jobs in one broker message (`router.bundle_jobs`); 1: every job alone.
+    bundle_jobs: usize,
 }
 
 impl FanOut {
@@ -122,7 +124,14 @@ impl FanOut {
             publisher,
             names,
             batch_size: batch_size.max(1),
+            bundle_jobs: SendJobBundle::MAX_JOBS,
         }
+    }
+
+    /// At most `jobs` send jobs in one broker message (1: no bundles).
+    pub fn with_bundles(mut self, jobs: usize) -> Self {
+        self.bundle_jobs = jobs.clamp(1, SendJobBundle::MAX_JOBS);
+        self
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -340,14 +349,33 @@ impl FanOut {
             return Ok(0);
         }
         let exchange = self.names.send_exchange();
-        let messages: Vec<Message> = chunk
-            .jobs
+        let outgoing = bundles(&chunk, self.bundle_jobs);
+        let bundled: Vec<Vec<u8>> = outgoing
             .iter()
-            .zip(&chunk.ids)
-            .map(|((channel, body), id)| {
-                Message::new(&exchange, channel.as_str(), body)
-                    .message_id(id.to_string())
-                    .kind(JOB_KIND)
+            .filter_map(|o| match o {
+                Outgoing::One(_) => None,
+                Outgoing::Bundle(_, indexes) => Some(SendJobBundle::encode(
+                    indexes.iter().map(|&i| chunk.jobs[i].1.as_slice()),
+                )),
+            })
+            .collect();
+        let mut bundled = bundled.iter();
+        let messages: Vec<Message> = outgoing
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::One(index) => {
+                    let (channel, body) = &chunk.jobs[*index];
+                    Some(
+                        Message::new(&exchange, channel.as_str(), body)
+                            .message_id(chunk.ids[*index].to_string())
+                            .kind(JOB_KIND),
+                    )
+                }
+                Outgoing::Bundle(channel, _) => bundled.next().map(|body| {
+                    Message::new(&exchange, channel.as_str(), body)
+                        .message_id(Uuid::now_v7().to_string())
+                        .kind(SendJobBundle::KIND)
+                }),
             })
             .collect();
         self.publisher.publish_batch(&messages).await?;
@@ -428,6 +456,50 @@ fn jobs_by_key(planned: Vec<Planned>) -> HashMap<DeliveryKey, PlannedJob> {
         .collect()
 }
 
+/// One broker message of a chunk: a job alone, or a bundle of one channel's jobs (indexes
+/// into the chunk).
+#[derive(Debug, PartialEq, Eq)]
+enum Outgoing {
+    One(usize),
+    Bundle(Channel, Vec<usize>),
+}
+
+/// A chunk's jobs as broker messages: each channel's jobs in bundles of at most `max` and at
+/// most a send queue's message size; a job left alone goes alone.
+fn bundles(chunk: &Chunk, max: usize) -> Vec<Outgoing> {
+    if max <= 1 {
+        return (0..chunk.jobs.len()).map(Outgoing::One).collect();
+    }
+    let mut by_channel: Vec<(Channel, Vec<usize>)> = Vec::new();
+    for (index, (channel, _)) in chunk.jobs.iter().enumerate() {
+        match by_channel.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, indexes)) => indexes.push(index),
+            None => by_channel.push((*channel, vec![index])),
+        }
+    }
+    let mut out = Vec::new();
+    let mut close = |channel: Channel, bundle: &mut Vec<usize>| match bundle.len() {
+        0 => {}
+        1 => out.push(Outgoing::One(bundle[0])),
+        _ => out.push(Outgoing::Bundle(channel, std::mem::take(bundle))),
+    };
+    for (channel, indexes) in by_channel {
+        let mut bundle = Vec::new();
+        let mut bytes = SendJobBundle::FRAME_BYTES;
+        for index in indexes {
+            let size = chunk.jobs[index].1.len() + SendJobBundle::ITEM_OVERHEAD;
+            if bundle.len() >= max || bytes + size > messaging_core::MAX_MESSAGE_BYTES {
+                close(channel, &mut bundle);
+                bytes = SendJobBundle::FRAME_BYTES;
+            }
+            bundle.push(index);
+            bytes += size;
+        }
+        close(channel, &mut bundle);
+    }
+    out
+}
+
 /// Encoded send jobs on their way to the broker, with their delivery ids.
 #[derive(Default)]
 struct Chunk {
@@ -441,5 +513,72 @@ impl Chunk {
         self.bytes += body.len();
         self.jobs.push((channel, body));
         self.ids.push(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(jobs: &[(Channel, usize)]) -> Chunk {
+        let mut chunk = Chunk::default();
+        for (i, (channel, size)) in jobs.iter().enumerate() {
+            chunk.push(*channel, vec![b'x'; *size], Uuid::from_u128(i as u128));
+        }
+        chunk
+    }
+
+    #[test]
+    fn each_channels_jobs_go_in_bundles_and_a_job_left_alone_goes_alone() {
+        use Channel::{Email, Sms, Telegram};
+        let c = chunk(&[
+            (Sms, 10),
+            (Email, 10),
+            (Sms, 10),
+            (Telegram, 10),
+            (Sms, 10),
+            (Email, 10),
+            (Sms, 10),
+            (Sms, 10),
+        ]);
+        assert_eq!(
+            bundles(&c, 3),
+            vec![
+                Outgoing::Bundle(Sms, vec![0, 2, 4]),
+                Outgoing::Bundle(Sms, vec![6, 7]),
+                Outgoing::Bundle(Email, vec![1, 5]),
+                Outgoing::One(3),
+            ]
+        );
+        assert_eq!(
+            bundles(&c, 1),
+            (0..8).map(Outgoing::One).collect::<Vec<_>>(),
+            "one message per job, in order, without bundles"
+        );
+        let c = chunk(&[(Sms, 10), (Sms, 10), (Sms, 10), (Sms, 10), (Sms, 10)]);
+        assert_eq!(
+            bundles(&c, 2),
+            vec![
+                Outgoing::Bundle(Sms, vec![0, 1]),
+                Outgoing::Bundle(Sms, vec![2, 3]),
+                Outgoing::One(4),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bundle_stays_within_a_send_queues_message_size() {
+        let big = messaging_core::MAX_MESSAGE_BYTES / 3;
+        let c = chunk(&[(Channel::Sms, big); 7]);
+        let out = bundles(&c, 100);
+        assert_eq!(
+            out,
+            vec![
+                Outgoing::Bundle(Channel::Sms, vec![0, 1]),
+                Outgoing::Bundle(Channel::Sms, vec![2, 3]),
+                Outgoing::Bundle(Channel::Sms, vec![4, 5]),
+                Outgoing::One(6),
+            ]
+        );
     }
 }

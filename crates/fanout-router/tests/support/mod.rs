@@ -18,7 +18,7 @@ use herald_storage::subscriptions::{self, NewSubscription};
 use herald_storage::{tenants, users};
 use herald_testkit::broker::{Inspector, amqp_url, unique_prefix};
 use messaging_core::Channel;
-use messaging_core::job::SendJob;
+use messaging_core::job::{SendJob, SendJobBundle};
 use messaging_core::topology::Names;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -130,12 +130,14 @@ impl Harness {
         self.handler.handle(message, &ctx).await
     }
 
-    /// Takes every job waiting in a channel's send queue.
+    /// Takes every job waiting in a channel's send queue, alone or in bundles.
     pub async fn jobs(&self, channel: Channel) -> Vec<SendJob> {
         let queue = self.names.send_queue(channel);
         let mut jobs = Vec::new();
         while let Some(message) = self.inspector.get(&queue).await {
-            jobs.push(serde_json::from_slice(&message.delivery.data).expect("a send job"));
+            jobs.extend(
+                SendJobBundle::jobs_of(&message.delivery.data).expect("a send job or a bundle"),
+            );
         }
         jobs
     }

@@ -2,6 +2,8 @@
 //! (`fanout_router::start`), a no-op SMS sender on the real sender runtime, a producer, and
 //! a listener for outcomes (`outcome.<tenant>` on the events exchange).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -25,16 +27,51 @@ use sender_runtime::{BuildError, Built, ChannelSender, Receipt, SendError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::db::TENANT;
 
 /// The "provider" of the benchmark: accepts every job at once, so the sender runtime emits
-/// a real `delivered` event for it and nothing but Herald is measured.
-pub struct NoopSender;
+/// a real `delivered` event for it and nothing but Herald is measured. It notes when each
+/// message's first job reached it (the latency runs measure publish -> sender, issue #16).
+pub struct NoopSender {
+    arrivals: Arrivals,
+}
+
+/// When the first job of each message reached the no-op sender.
+#[derive(Clone, Default)]
+pub struct Arrivals(Arc<Mutex<HashMap<Uuid, Instant>>>);
+
+impl Arrivals {
+    fn note(&self, message_id: Uuid) {
+        let now = Instant::now();
+        if let Ok(mut seen) = self.0.lock() {
+            seen.entry(message_id).or_insert(now);
+        }
+    }
+
+    /// When the first job of `message_id` reached the sender.
+    pub fn of(&self, message_id: Uuid) -> Option<Instant> {
+        self.0.lock().ok()?.get(&message_id).copied()
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.clear();
+        }
+    }
+}
+
+/// The no-op sender's "configuration": where it notes arrivals.
+#[derive(Default, serde::Deserialize)]
+pub struct NoopConfig {
+    #[serde(skip)]
+    arrivals: Arrivals,
+}
 
 impl ChannelSender for NoopSender {
     const CHANNEL: Channel = Channel::Sms;
-    type Config = ();
+    type Config = NoopConfig;
 
     fn default_limits() -> RateLimits {
         // Rate limits are policy; this measures capacity.
@@ -47,12 +84,14 @@ impl ChannelSender for NoopSender {
         }
     }
 
-    async fn build(_: ()) -> Result<Built<Self>, BuildError> {
-        Ok(Built::Ready(NoopSender))
+    async fn build(config: NoopConfig) -> Result<Built<Self>, BuildError> {
+        Ok(Built::Ready(NoopSender {
+            arrivals: config.arrivals,
+        }))
     }
 
     async fn send(&self, job: &SendJob) -> Result<Receipt, SendError> {
-        std::hint::black_box(job);
+        self.arrivals.note(job.message_id);
         Ok(Receipt::default())
     }
 }
@@ -61,6 +100,7 @@ impl ChannelSender for NoopSender {
 pub struct Arrival {
     /// The request's idempotency key (`tp-17`, `lat-3`, ...).
     pub key: String,
+    pub message_id: Uuid,
     pub at: Instant,
     /// Delivered to its one recipient, with no failure.
     pub delivered: bool,
@@ -114,6 +154,8 @@ pub struct System {
     router_pool: PgPool,
     outcomes: mpsc::UnboundedReceiver<Arrival>,
     listener: Connection,
+    /// When each message's first job reached the no-op sender.
+    pub at_sender: Arrivals,
 }
 
 impl System {
@@ -188,7 +230,11 @@ impl System {
             recipient_burst: Some(1_000_000),
             ..SenderConfig::default()
         };
-        let work = sender_runtime::run::start::<NoopSender>(&sender_service, sender_config, ())
+        let at_sender = Arrivals::default();
+        let noop = NoopConfig {
+            arrivals: at_sender.clone(),
+        };
+        let work = sender_runtime::run::start::<NoopSender>(&sender_service, sender_config, noop)
             .await
             .context("start the no-op sender")?;
         let sender = Running {
@@ -208,6 +254,7 @@ impl System {
             router_pool,
             outcomes,
             listener,
+            at_sender,
         };
         for queue in [
             system.names.ingress_queue(),
@@ -354,6 +401,7 @@ async fn listen(
             };
             let arrival = Arrival {
                 key: key.as_str().to_owned(),
+                message_id: outcome.message_id,
                 at,
                 delivered: outcome.delivered == 1 && outcome.failed == 0 && outcome.error.is_none(),
             };

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use herald_testkit::broker::Inspector;
-use messaging_core::job::SendJob;
+use messaging_core::job::SendJobBundle;
 use tokio::time::Instant;
 
 use super::{Check, Ctx, Outcome, Run, at, delivery_checks};
@@ -47,12 +47,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut per_target: HashMap<(uuid::Uuid, String), HashSet<uuid::Uuid>> = HashMap::new();
     let mut copies: HashMap<uuid::Uuid, usize> = HashMap::new();
     while let Some(message) = tap.get(&tap_queue).await {
-        let job: SendJob = serde_json::from_slice(&message.delivery.data)?;
-        per_target
-            .entry((job.message_id, job.to.value().to_owned()))
-            .or_default()
-            .insert(job.delivery_id);
-        *copies.entry(job.delivery_id).or_default() += 1;
+        // A lone job or a bundle of them (issue #16).
+        for job in SendJobBundle::jobs_of(&message.delivery.data)? {
+            per_target
+                .entry((job.message_id, job.to.value().to_owned()))
+                .or_default()
+                .insert(job.delivery_id);
+            *copies.entry(job.delivery_id).or_default() += 1;
+        }
     }
     tap.close().await;
     let duplicate_jobs: usize = per_target.values().map(|ids| ids.len() - 1).sum();

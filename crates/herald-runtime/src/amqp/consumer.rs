@@ -69,6 +69,24 @@ pub enum Outcome {
     /// (a per-recipient rate limit, say). The message waits in a delay queue, not in a
     /// consumer slot, so other messages go ahead.
     Defer { after: Duration },
+    /// A message carrying several items (a bundle of send jobs) is done, except for these
+    /// items: each goes on alone with its own outcome (retried, deferred or dead-lettered as
+    /// a message of its own, with the bundle's headers), and then the bundle is acked. An
+    /// empty list is an ack.
+    Split(Vec<Part>),
+}
+
+/// One item of a [`Outcome::Split`] message that goes on alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The item's own body.
+    pub body: Vec<u8>,
+    /// The `message_id` it goes on with (the bundle's own otherwise).
+    pub message_id: Option<String>,
+    /// Its AMQP `type` (the bundle's otherwise).
+    pub kind: Option<String>,
+    /// Retry, Defer or DeadLetter; Ack (or a nested Split) means the part is done.
+    pub outcome: Outcome,
 }
 
 /// Who published a message, as far as the broker vouches for it (issue #17). RabbitMQ checks
@@ -706,6 +724,8 @@ impl<H: Handler> Worker<H> {
         };
         let label = match &decision {
             Decision::Handled(Outcome::Ack) => "ack",
+            Decision::Handled(Outcome::Split(parts)) if parts.is_empty() => "ack",
+            Decision::Handled(Outcome::Split(_)) => "split",
             Decision::Handled(Outcome::Retry { .. }) => "retry",
             Decision::Handled(Outcome::DeadLetter(_)) => "dead_letter",
             Decision::Handled(Outcome::Defer { .. }) | Decision::NotYet(_) => "deferred",
@@ -716,13 +736,31 @@ impl<H: Handler> Worker<H> {
         // delivery limit, so a broker refusing publishes for a while would end up
         // dead-lettering healthy messages. A lost connection or shutdown ends the wait (the
         // drain deadline); the broker then delivers the message again.
-        let mut backoff = Backoff::new(REPUBLISH_PAUSE, REPUBLISH_PAUSE_MAX);
-        while let Err(error) = self.settle(&delivery, &ctx, &decision).await {
-            let wait = backoff.next_delay();
-            metrics::counter!("herald_republish_failures_total", "queue" => self.queue.to_string())
-                .increment(1);
-            tracing::error!(%error, retry_in_ms = wait.as_millis() as u64, "could not republish for retry or dead letter; keeping the message and trying again");
-            tokio::time::sleep(wait).await;
+        match &decision {
+            // Each part is republished once: a failure retries that part, not those before.
+            Decision::Handled(Outcome::Split(parts)) => {
+                for part in parts {
+                    let mut part_ctx = ctx.clone();
+                    if let Some(id) = &part.message_id {
+                        part_ctx.message_id = Some(id.clone());
+                    }
+                    let outcome = Decision::Handled(self.limit(part.outcome.clone(), &ctx));
+                    let item = Item {
+                        body: &part.body,
+                        kind: part.kind.as_deref(),
+                    };
+                    self.settle_until_done(&delivery, item, &part_ctx, &outcome)
+                        .await;
+                }
+            }
+            decision => {
+                let item = Item {
+                    body: &delivery.data,
+                    kind: None,
+                };
+                self.settle_until_done(&delivery, item, &ctx, decision)
+                    .await;
+            }
         }
         // Acked with the channel's other done deliveries (`acks`); a failed ack means the
         // channel is gone, and the broker redelivers (the repeat is dropped by its id).
@@ -732,26 +770,78 @@ impl<H: Handler> Worker<H> {
             .record(started.elapsed().as_secs_f64());
     }
 
+    /// [`Self::settle`] until it is done.
+    async fn settle_until_done(
+        &self,
+        delivery: &Delivery,
+        item: Item<'_>,
+        ctx: &Context,
+        decision: &Decision,
+    ) {
+        let mut backoff = Backoff::new(REPUBLISH_PAUSE, REPUBLISH_PAUSE_MAX);
+        while let Err(error) = self.settle(delivery, item, ctx, decision).await {
+            let wait = backoff.next_delay();
+            metrics::counter!("herald_republish_failures_total", "queue" => self.queue.to_string())
+                .increment(1);
+            tracing::error!(%error, retry_in_ms = wait.as_millis() as u64, "could not republish for retry or dead letter; keeping the message and trying again");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A part's outcome under the same limits as a whole message's: a retry past the last
+    /// attempt, or one wait too many, is a dead letter.
+    fn limit(&self, outcome: Outcome, ctx: &Context) -> Outcome {
+        match outcome {
+            Outcome::Retry { reason, .. } if ctx.attempt >= self.settings.max_attempts => {
+                Outcome::DeadLetter(Rejection::new(
+                    "retries_exhausted",
+                    format!(
+                        "gave up after {} attempts; last error: {reason}",
+                        ctx.attempt
+                    ),
+                ))
+            }
+            Outcome::Defer { .. } if deferrals(ctx) >= self.settings.max_deferrals => {
+                Outcome::DeadLetter(Rejection::new(
+                    "too_many_deferrals",
+                    format!("waited {} times without being handled", deferrals(ctx)),
+                ))
+            }
+            other => other,
+        }
+    }
+
     /// Publishes what the decision needs before the ack: the retry or deferral to its delay
     /// queue, the dead letter to its queue; nothing for an ack.
     async fn settle(
         &self,
         delivery: &Delivery,
+        item: Item<'_>,
         ctx: &Context,
         decision: &Decision,
     ) -> Result<(), crate::amqp::PublishError> {
         match decision {
-            Decision::Handled(Outcome::Ack) => Ok(()),
+            // A split's parts are settled one by one by the caller; a part is never split.
+            Decision::Handled(Outcome::Ack | Outcome::Split(_)) => Ok(()),
             Decision::Handled(Outcome::Retry { after, reason }) => {
-                self.delay(delivery, ctx, *after, ctx.attempt + 1, Some(reason), false)
-                    .await
+                self.delay(
+                    delivery,
+                    item,
+                    ctx,
+                    *after,
+                    ctx.attempt + 1,
+                    Some(reason),
+                    false,
+                )
+                .await
             }
             Decision::Handled(Outcome::DeadLetter(rejection)) => {
-                self.dead_letter(delivery, ctx, rejection).await
+                self.dead_letter(delivery, item, ctx, rejection).await
             }
             Decision::Handled(Outcome::Defer { after }) | Decision::NotYet(after) => {
                 self.delay(
                     delivery,
+                    item,
                     ctx,
                     *after,
                     ctx.attempt,
@@ -834,9 +924,11 @@ impl<H: Handler> Worker<H> {
 
     /// Republishes to the delay queue that fits `after`; the broker returns it to this
     /// queue when it expires.
+    #[allow(clippy::too_many_arguments)]
     async fn delay(
         &self,
         delivery: &Delivery,
+        item: Item<'_>,
         ctx: &Context,
         after: Duration,
         attempt: u32,
@@ -875,9 +967,9 @@ impl<H: Handler> Worker<H> {
         let message = Message::new(
             self.topology.names().delay_exchange(),
             self.queue.to_string(),
-            &delivery.data,
+            item.body,
         )
-        .with_properties(delivery.properties.clone().with_headers(table));
+        .with_properties(item.properties(delivery).with_headers(table));
         let message = match &ctx.message_id {
             Some(id) => message.message_id(id.clone()),
             None => message,
@@ -895,6 +987,7 @@ impl<H: Handler> Worker<H> {
     async fn dead_letter(
         &self,
         delivery: &Delivery,
+        item: Item<'_>,
         ctx: &Context,
         rejection: &Rejection,
     ) -> Result<(), crate::amqp::PublishError> {
@@ -912,9 +1005,13 @@ impl<H: Handler> Worker<H> {
         let message = Message::new(
             self.topology.names().dead_letter_exchange(),
             self.queue.to_string(),
-            &delivery.data,
+            item.body,
         )
-        .with_properties(delivery.properties.clone().with_headers(table));
+        .with_properties(item.properties(delivery).with_headers(table));
+        let message = match &ctx.message_id {
+            Some(id) => message.message_id(id.clone()),
+            None => message,
+        };
         self.republisher.publish(&message).await?;
         tracing::warn!(code = %rejection.code, reason = %rejection.reason, "dead-lettered");
         Ok(())
@@ -930,6 +1027,24 @@ const REPUBLISH_PAUSE_MAX: Duration = Duration::from_secs(30);
 fn deferrals(ctx: &Context) -> u32 {
     headers::get_u64(Some(&ctx.headers), headers::DEFERRALS)
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// What a retry or dead letter republishes: the delivery's body, or a part of it.
+#[derive(Clone, Copy)]
+struct Item<'a> {
+    body: &'a [u8],
+    /// A part's own AMQP `type`; `None`, the delivery's.
+    kind: Option<&'a str>,
+}
+
+impl Item<'_> {
+    fn properties(&self, delivery: &Delivery) -> lapin::BasicProperties {
+        let properties = delivery.properties.clone();
+        match self.kind {
+            Some(kind) => properties.with_type(kind.into()),
+            None => properties,
+        }
+    }
 }
 
 enum Decision {

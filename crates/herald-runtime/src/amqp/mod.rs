@@ -17,7 +17,7 @@ pub mod trace;
 
 pub use connection::Broker;
 pub use consumer::{
-    Consumer, ConsumerSettings, Context, Handler, Origin, Outcome, Rejection, decode_json,
+    Consumer, ConsumerSettings, Context, Handler, Origin, Outcome, Part, Rejection, decode_json,
 };
 pub use publisher::{Message, PublishError, Publisher};
 pub use topology::Topology;

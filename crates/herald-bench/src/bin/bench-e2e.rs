@@ -189,6 +189,10 @@ async fn main() -> anyhow::Result<()> {
         plan.registrations = 0;
         plan.large_registrations = 0;
     }
+    // Before minutes of other runs: a missing load generator fails the run at once.
+    if !args.no_rest {
+        e2e::rest::which_wrk()?;
+    }
     println!(
         "bench-e2e: {} notifications, latency {} at each of {} load, fan-out to {} and {} registrations (0: skipped); {build}",
         plan.notifications,
@@ -503,6 +507,20 @@ fn report(baseline: f64, r: &Measured) {
                 ms(l.to_sender.max),
                 target(l.to_sender.p99, LATENCY_TARGET_P99)
             ),
+        );
+        row(
+            "  publish -> fan-out begins p50 / p99",
+            &format!("{:.1} / {:.1} ms", ms(l.to_router.p50), ms(l.to_router.p99)),
+            "the ingress queue and the wait for a group (the job's createdAt)",
+        );
+        row(
+            "  fan-out begins -> sender p50 / p99",
+            &format!(
+                "{:.1} / {:.1} ms",
+                ms(l.router_to_sender.p50),
+                ms(l.router_to_sender.p99)
+            ),
+            "the group's transaction, the job's publish, the send queue",
         );
         row(
             "  to the outcome p50 / p99",

@@ -292,7 +292,7 @@ async fn wait_for_outcomes(
 }
 
 /// `wrk` is installed by `scripts/bench-tools.sh` (`just bench-e2e` runs it).
-fn which_wrk() -> anyhow::Result<PathBuf> {
+pub fn which_wrk() -> anyhow::Result<PathBuf> {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)

@@ -40,18 +40,29 @@ pub struct NoopSender {
 
 /// When the first job of each message reached the no-op sender.
 #[derive(Clone, Default)]
-pub struct Arrivals(Arc<Mutex<HashMap<Uuid, Instant>>>);
+pub struct Arrivals(Arc<Mutex<HashMap<Uuid, Arrived>>>);
+
+/// A message's first job at the sender.
+#[derive(Clone, Copy)]
+pub struct Arrived {
+    pub at: Instant,
+    /// The job's `createdAt`: when the router began the fan-out (a group's start).
+    pub fan_out_began: chrono::DateTime<chrono::Utc>,
+}
 
 impl Arrivals {
-    fn note(&self, message_id: Uuid) {
-        let now = Instant::now();
+    fn note(&self, job: &SendJob) {
+        let arrived = Arrived {
+            at: Instant::now(),
+            fan_out_began: job.created_at,
+        };
         if let Ok(mut seen) = self.0.lock() {
-            seen.entry(message_id).or_insert(now);
+            seen.entry(job.message_id).or_insert(arrived);
         }
     }
 
     /// When the first job of `message_id` reached the sender.
-    pub fn of(&self, message_id: Uuid) -> Option<Instant> {
+    pub fn of(&self, message_id: Uuid) -> Option<Arrived> {
         self.0.lock().ok()?.get(&message_id).copied()
     }
 
@@ -91,7 +102,7 @@ impl ChannelSender for NoopSender {
     }
 
     async fn send(&self, job: &SendJob) -> Result<Receipt, SendError> {
-        self.arrivals.note(job.message_id);
+        self.arrivals.note(job);
         Ok(Receipt::default())
     }
 }

@@ -37,13 +37,13 @@ use messaging_core::job::{SendJob, SendJobBundle};
 use messaging_core::topology::Names;
 use tokio_util::sync::CancellationToken;
 
-/// Messages (a job or a bundle of up to 100) withdrawn from one queue per tick: bounds a
-/// tick's length, so the other channels' gauges (and shutdown) do not wait for a backlog of
+/// Jobs withdrawn from one queue per tick (a bundle's all together, so up to 99 more): bounds
+/// a tick's length, so the other channels' gauges (and shutdown) do not wait for a backlog of
 /// millions.
 const DRAIN_CAP: usize = 1000;
 
-/// Messages withdrawn between two looks at the queues' consumers: a sender that starts (or
-/// pauses) during a drain takes over after at most this many.
+/// Jobs withdrawn between two looks at the queues' consumers: a sender that starts (or
+/// pauses) during a drain takes over after about this many (a bundle is taken whole).
 const RECHECK_EVERY: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
@@ -272,13 +272,18 @@ impl SendQueueWatchdog {
         report: &mut QueueReport,
     ) -> Result<(), WatchdogError> {
         let queue = self.names.send_queue(kind);
-        for taken in 0..DRAIN_CAP {
+        // Jobs, not messages: a bundle holds up to 100.
+        let (mut taken, mut since_look) = (0, 0);
+        while taken < DRAIN_CAP {
             if self.shutdown.is_cancelled() {
                 return Ok(());
             }
-            if taken > 0 && taken % RECHECK_EVERY == 0 && self.look(kind).await?.has_sender() {
-                tracing::info!(channel = %kind, "a sender started consuming, or is up and paused; drain stopped");
-                return Ok(());
+            if since_look >= RECHECK_EVERY {
+                since_look = 0;
+                if self.look(kind).await?.has_sender() {
+                    tracing::info!(channel = %kind, "a sender started consuming, or is up and paused; drain stopped");
+                    return Ok(());
+                }
             }
             // Each job is acked before the next is taken, so a channel replaced by a look
             // holds nothing unacked.
@@ -290,18 +295,31 @@ impl SendQueueWatchdog {
                 return Ok(());
             };
             let delivery = message.delivery;
-            // A lone job or a bundle of them (issue #16).
-            let jobs = match SendJobBundle::jobs_of(&delivery.data) {
-                Ok(jobs) => jobs,
-                Err(error) => {
-                    // As a sender would: the queue's dead-letter queue keeps it for a person
-                    // to look at; it can never be delivered or reported.
-                    tracing::warn!(channel = %kind, %error, "undecodable send job; dead-lettered");
-                    delivery.acker.nack(nack(false)).await?;
-                    report.dead_lettered += 1;
-                    continue;
-                }
+            // A lone job or a bundle of them (issue #16). A bundle's items that are not jobs
+            // (none the router writes) are kept for a person with the message: its jobs are
+            // reported first, and then it is dead-lettered.
+            let (jobs, unreadable) = match SendJobBundle::jobs_of(&delivery.data) {
+                Ok(jobs) => (jobs, 0),
+                Err(error) => match SendJobBundle::items_of(&delivery.data) {
+                    Some(items) => {
+                        let (jobs, bad): (Vec<_>, Vec<_>) =
+                            items.into_iter().partition(Result::is_ok);
+                        (jobs.into_iter().flatten().collect(), bad.len())
+                    }
+                    None => {
+                        // As a sender would: the queue's dead-letter queue keeps it for a
+                        // person to look at; it can never be delivered or reported.
+                        tracing::warn!(channel = %kind, %error, "undecodable send job; dead-lettered");
+                        delivery.acker.nack(nack(false)).await?;
+                        report.dead_lettered += 1;
+                        taken += 1;
+                        since_look += 1;
+                        continue;
+                    }
+                },
             };
+            taken += jobs.len().max(1);
+            since_look += jobs.len().max(1);
             // The attempt the sender would have made next, by the header its retries carry:
             // tracking may not have recorded the sender's last event yet.
             let queued_attempt = herald_runtime::amqp::headers::get_u64(
@@ -335,8 +353,14 @@ impl SendQueueWatchdog {
                 delivery.acker.nack(nack(true)).await?;
                 return Err(error.into());
             }
-            delivery.acker.ack(BasicAckOptions::default()).await?;
             report.withdrawn += jobs.len();
+            if unreadable > 0 {
+                tracing::warn!(channel = %kind, unreadable, reported = jobs.len(), "a bundle with items that are not send jobs; its jobs reported, the bundle dead-lettered");
+                delivery.acker.nack(nack(false)).await?;
+                report.dead_lettered += unreadable;
+            } else {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
         }
         Ok(())
     }

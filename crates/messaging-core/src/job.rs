@@ -78,6 +78,32 @@ impl SendJobBundle {
     /// The bytes of a bundle around its jobs.
     pub const FRAME_BYTES: usize = r#"{"version":1,"jobs":[]}"#.len();
 
+    /// A bundle read item by item: each job, or the item that does not decode (its JSON, as
+    /// read) with the reason; `None` when the body is not a bundle at all. One bad item
+    /// leaves the others readable.
+    pub fn items_of(body: &[u8]) -> Option<Vec<Result<SendJob, BadItem>>> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Loose {
+            #[allow(dead_code)]
+            version: EnvelopeVersion,
+            jobs: Vec<serde_json::Value>,
+        }
+        let loose: Loose = serde_json::from_slice(body).ok()?;
+        Some(
+            loose
+                .jobs
+                .into_iter()
+                .map(|item| {
+                    serde_json::from_value::<SendJob>(item.clone()).map_err(|error| BadItem {
+                        reason: error.to_string(),
+                        item,
+                    })
+                })
+                .collect(),
+        )
+    }
+
     /// The jobs of one message read from a send queue: a bundle's, or a lone job. For
     /// readers that take the queue's messages as they come (tests, the router's watchdog); a
     /// sender decodes a bundle's items one by one, so one bad item does not refuse the rest.
@@ -91,6 +117,14 @@ impl SendJobBundle {
             },
         }
     }
+}
+
+/// An item of a bundle that is not a send job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadItem {
+    /// The item as read (its keys may come out in another order when written again).
+    pub item: serde_json::Value,
+    pub reason: String,
 }
 
 /// Text ready for one channel, rendered from direct content or the subscription's templates.
@@ -136,5 +170,22 @@ mod tests {
         let err = SendJobBundle::jobs_of(br#"{"version":1,"deliveryId":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("UUID"), "{err}");
         assert!(SendJobBundle::jobs_of(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_bundle_with_a_bad_item_reads_item_by_item() {
+        let mut bad = job(2);
+        bad["to"]["value"] = "12345".into();
+        let body = json!({"version": 1, "jobs": [job(1), bad, job(3)]}).to_string();
+        assert!(SendJobBundle::jobs_of(body.as_bytes()).is_err());
+        let items = SendJobBundle::items_of(body.as_bytes()).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].as_ref().unwrap().delivery_id, Uuid::from_u128(1));
+        let refused = items[1].as_ref().unwrap_err();
+        assert_eq!(refused.item, bad);
+        assert!(refused.reason.contains("phone"), "{}", refused.reason);
+        assert_eq!(items[2].as_ref().unwrap().delivery_id, Uuid::from_u128(3));
+        assert!(SendJobBundle::items_of(job(1).to_string().as_bytes()).is_none());
+        assert!(SendJobBundle::items_of(b"{\"version\": 2, \"jobs\": []}").is_none());
     }
 }

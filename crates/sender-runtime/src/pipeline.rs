@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use herald_runtime::amqp::delivery_events::Events;
 use herald_runtime::amqp::{Context, Handler, Outcome, Part, Rejection, decode_json};
 use messaging_core::events::AttemptResult;
 use messaging_core::failure::{Failure, FailureClass};
 use messaging_core::job::{SendJob, SendJobBundle};
-use messaging_core::version::EnvelopeVersion;
-use tokio::sync::Semaphore;
+use std::panic::AssertUnwindSafe;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
@@ -40,6 +41,11 @@ const EVENT_RETRY: Duration = Duration::from_secs(1);
 
 /// A copy of a delivery that is being sent right now comes back after this.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest a job of a bundle waits for a send slot before it goes back to the queue
+/// alone (deferred): bounds a bundle's time in the consumer runner (its handler timeout)
+/// while many bundles share the sender's slots behind a slow provider or an account limit.
+const BUNDLE_SLOT_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Pipeline<S: ChannelSender> {
     pub sender: Arc<S>,
@@ -62,15 +68,6 @@ pub enum Work {
     Bundle(Vec<Result<SendJob, (Vec<u8>, Rejection)>>),
 }
 
-/// A bundle read item by item, when one of its jobs does not decode.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LooseBundle {
-    #[allow(dead_code)]
-    version: EnvelopeVersion,
-    jobs: Vec<serde_json::Value>,
-}
-
 /// The AMQP `type` of a job that goes on alone out of a bundle.
 const JOB_KIND: &str = "herald.send_job.v1";
 
@@ -85,21 +82,20 @@ impl<S: ChannelSender> Handler for Pipeline<S> {
         if let Ok(bundle) = serde_json::from_slice::<SendJobBundle>(body) {
             return Ok(Work::Bundle(bundle.jobs.into_iter().map(Ok).collect()));
         }
-        match serde_json::from_slice::<LooseBundle>(body) {
-            Ok(bundle) => Ok(Work::Bundle(
-                bundle
-                    .jobs
+        match SendJobBundle::items_of(body) {
+            Some(items) => Ok(Work::Bundle(
+                items
                     .into_iter()
                     .map(|item| {
-                        serde_json::from_value::<SendJob>(item.clone()).map_err(|e| {
-                            let rejection = Rejection::new("invalid", e.to_string());
-                            (item.to_string().into_bytes(), rejection)
+                        item.map_err(|bad| {
+                            let rejection = Rejection::new("invalid", bad.reason);
+                            (bad.item.to_string().into_bytes(), rejection)
                         })
                     })
                     .collect(),
             )),
             // Neither a job nor a bundle: the lone job's error says more.
-            Err(_) => Err(lone),
+            None => Err(lone),
         }
     }
 
@@ -137,29 +133,74 @@ impl<S: ChannelSender> Pipeline<S> {
                 }
             };
             let delivery_id = job.delivery_id;
-            let body = serde_json::to_vec(&job);
-            match self.one(job, ctx).await {
-                Outcome::Ack | Outcome::Split(_) => None,
-                outcome => Some(Part {
+            let part = |outcome| {
+                Some(Part {
                     // A job read from JSON writes back to JSON.
-                    body: body.unwrap_or_default(),
+                    body: serde_json::to_vec(&job).unwrap_or_default(),
                     message_id: Some(delivery_id.to_string()),
                     kind: Some(JOB_KIND.to_owned()),
                     outcome,
-                }),
+                })
+            };
+            // The consumer runner times the bundle as one message, while its jobs share the
+            // sender's slots with every other bundle in work: a job that finds no slot soon
+            // goes back to the queue alone, and the bundle ends in bounded time.
+            let Ok(Ok(slot)) = tokio::time::timeout(BUNDLE_SLOT_WAIT, self.sends.acquire()).await
+            else {
+                return part(Outcome::Defer {
+                    after: Duration::ZERO,
+                });
+            };
+            // One job's panic fails that job alone, as a lone job's would.
+            match AssertUnwindSafe(self.holding(slot, &job, ctx))
+                .catch_unwind()
+                .await
+            {
+                Ok(Outcome::Ack | Outcome::Split(_)) => None,
+                Ok(outcome) => part(outcome),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(panic = %what, %delivery_id, "a job of a bundle panicked; dead-lettering it");
+                    part(Outcome::DeadLetter(Rejection::new("handler_panic", what)))
+                }
             }
         }))
         .await;
         Outcome::Split(handled.into_iter().flatten().collect())
     }
 
-    /// One job's attempt, its event and the outcome for the runner.
+    /// A lone job: its slot, then [`Self::holding`].
     async fn one(&self, job: SendJob, ctx: &Context) -> Outcome {
-        let channel = S::CHANNEL.as_str();
-        let (outcome, result) = {
+        match self.sends.acquire().await {
+            Ok(slot) => self.holding(slot, &job, ctx).await,
             // Never closed: the pipeline owns the semaphore.
-            let _send = self.sends.acquire().await;
-            self.attempt(&job, ctx).await
+            Err(_) => Outcome::Defer {
+                after: Duration::ZERO,
+            },
+        }
+    }
+
+    /// One job's attempt in its slot, its event and the outcome for the runner.
+    async fn holding(&self, slot: SemaphorePermit<'_>, job: &SendJob, ctx: &Context) -> Outcome {
+        let channel = S::CHANNEL.as_str();
+        let (outcome, result) = if self.shutdown.is_cancelled() {
+            // Stopping: what has not begun goes back to wait (a bundle's jobs too, so the
+            // bundle is settled before the drain deadline instead of sent again whole).
+            drop(slot);
+            (
+                Outcome::Defer {
+                    after: Duration::ZERO,
+                },
+                None,
+            )
+        } else {
+            let attempted = self.attempt(job, ctx).await;
+            drop(slot);
+            attempted
         };
         let label = match (&outcome, &result) {
             (_, Some(result)) => result.status(),
@@ -171,7 +212,7 @@ impl<S: ChannelSender> Pipeline<S> {
         let Some(result) = result else {
             return outcome;
         };
-        match self.events.emit(&job, ctx.attempt, result).await {
+        match self.events.emit(job, ctx.attempt, result).await {
             Ok(()) => outcome,
             Err(error) => {
                 tracing::error!(%error, delivery_id = %job.delivery_id, "could not publish the delivery event; retrying the job");
@@ -231,9 +272,10 @@ impl<S: ChannelSender> Pipeline<S> {
             return (Outcome::Defer { after: wait }, None);
         }
         tokio::select! {
-            _ = self.limiter.account() => {}
+            biased;
             // Stopping: the job goes back to wait, not to fail.
             _ = self.shutdown.cancelled() => return (Outcome::Defer { after: Duration::ZERO }, None),
+            _ = self.limiter.account() => {}
         }
         // Taken only now, right before the send (see `limits`): another job for this
         // recipient may have gone while this one waited for the account.

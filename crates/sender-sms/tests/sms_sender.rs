@@ -518,3 +518,45 @@ async fn each_job_of_a_bundle_is_sent_and_one_that_must_wait_goes_on_alone() {
     );
     h.stop().await;
 }
+
+/// A bundle is one message to the consumer runner, timed as one: its jobs that find no send
+/// slot within 10 s (here the 8 slots are held by slow sends) go back to the queue alone and
+/// are sent from there, instead of the whole bundle running into the handler timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundles_job_that_waits_too_long_for_a_slot_goes_back_alone() {
+    use messaging_core::job::SendJobBundle;
+    let config = SenderConfig {
+        send_timeout_ms: 20_000,
+        ..quick_config()
+    };
+    let fake = FakeSms::start(SID, TOKEN).await;
+    let mut slow_provider = sms_config(&fake);
+    slow_provider.sms.timeout_ms = 20_000;
+    let h = SenderHarness::start::<SmsSender>("sms_bundle_slots", config, slow_provider).await;
+    // The harness runs 8 sends at once: the first 8 take 11 s.
+    fake.fail_next(vec![Fault::Slow(Duration::from_secs(11)); 8]);
+    let jobs: Vec<_> = (0..10).map(|i| h.job(number(80 + i), "slow")).collect();
+    let items: Vec<Vec<u8>> = jobs
+        .iter()
+        .map(|j| serde_json::to_vec(j).unwrap())
+        .collect();
+    h.publish_raw(&SendJobBundle::encode(items.iter().map(Vec::as_slice)))
+        .await;
+
+    let events = h
+        .events_until(Duration::from_secs(40), |e| e.len() == 10)
+        .await;
+    assert!(
+        events.iter().all(|e| e.result.status() == "delivered"),
+        "{events:?}"
+    );
+    let reported: HashSet<_> = events.iter().map(|e| e.delivery_id).collect();
+    assert_eq!(reported.len(), 10);
+    assert_eq!(fake.received().len(), 10, "each job sent once");
+    let queue = h.names.send_queue(Channel::Sms);
+    // The bundle split (its two last jobs deferred), and those two were acked alone.
+    wait_settled(&queue, "split", 1, WAIT).await;
+    wait_settled(&queue, "ack", 2, WAIT).await;
+    assert_eq!(h.queued().await, 0);
+    h.stop().await;
+}

@@ -20,7 +20,9 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::FutureExt;
 use herald_runtime::amqp::delivery_events::Events;
-use herald_runtime::amqp::{Context, Handler, Outcome, Part, Rejection, decode_json};
+use herald_runtime::amqp::{
+    Context, Handler, Outcome, Part, Rejection, decode_json, panic_message,
+};
 use messaging_core::events::AttemptResult;
 use messaging_core::failure::{Failure, FailureClass};
 use messaging_core::job::{SendJob, SendJobBundle};
@@ -159,11 +161,7 @@ impl<S: ChannelSender> Pipeline<S> {
                 Ok(Outcome::Ack | Outcome::Split(_)) => None,
                 Ok(outcome) => part(outcome),
                 Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let what = panic_message(panic.as_ref());
                     tracing::error!(panic = %what, %delivery_id, "a job of a bundle panicked; dead-lettering it");
                     part(Outcome::DeadLetter(Rejection::new("handler_panic", what)))
                 }

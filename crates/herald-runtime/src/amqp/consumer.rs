@@ -911,11 +911,7 @@ impl<H: Handler> Worker<H> {
         match handled {
             Ok(outcome) => Decision::Handled(outcome),
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = panic_message(panic.as_ref());
                 tracing::error!(panic = %what, "handler panicked; dead-lettering the message");
                 Decision::Handled(Outcome::DeadLetter(Rejection::new("handler_panic", what)))
             }
@@ -1016,6 +1012,15 @@ impl<H: Handler> Worker<H> {
         tracing::warn!(code = %rejection.code, reason = %rejection.reason, "dead-lettered");
         Ok(())
     }
+}
+
+/// What a caught panic said, for the dead letter's reason.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The first and the longest wait before a retry or dead letter that could not be published

@@ -18,6 +18,7 @@ pub mod trace;
 pub use connection::Broker;
 pub use consumer::{
     Consumer, ConsumerSettings, Context, Handler, Origin, Outcome, Part, Rejection, decode_json,
+    panic_message,
 };
 pub use publisher::{Message, PublishError, Publisher};
 pub use topology::Topology;

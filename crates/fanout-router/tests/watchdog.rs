@@ -62,6 +62,16 @@ async fn delivery_events(h: &Harness) -> String {
         .await
 }
 
+/// The next delivery event on `queue`, within 5 s.
+async fn next_event(h: &Harness, queue: &str) -> DeliveryEvent {
+    let published = h
+        .inspector
+        .wait_get(queue, Duration::from_secs(5))
+        .await
+        .expect("a delivery event");
+    serde_json::from_slice(&published.delivery.data).expect("a delivery event")
+}
+
 /// `n` looks a second apart: the first starts the clock, every later one is past the
 /// watchdog's 1 ms limit.
 async fn ticks(dog: &mut SendQueueWatchdog, n: u64) -> Vec<Vec<QueueReport>> {
@@ -163,12 +173,7 @@ async fn a_bundle_nothing_consumes_is_withdrawn_job_by_job(pool: PgPool) {
         .collect();
     let mut reported = std::collections::HashSet::new();
     for _ in 0..3 {
-        let published = h
-            .inspector
-            .wait_get(&events, Duration::from_secs(5))
-            .await
-            .expect("a delivery event");
-        let event: DeliveryEvent = serde_json::from_slice(&published.delivery.data).unwrap();
+        let event = next_event(&h, &events).await;
         assert_eq!(event.result.status(), "failed");
         reported.insert(event.delivery_id);
     }
@@ -360,12 +365,7 @@ async fn a_withdrawn_retry_is_reported_as_the_attempt_its_sender_would_have_made
     let mut dog = watchdog(&h, Duration::from_millis(1));
     let drained = ticks(&mut dog, 2).await.remove(1);
     assert_eq!(telegram(&drained).withdrawn, 1);
-    let published = h
-        .inspector
-        .wait_get(&events, Duration::from_secs(5))
-        .await
-        .expect("a delivery event");
-    let event: DeliveryEvent = serde_json::from_slice(&published.delivery.data).unwrap();
+    let event = next_event(&h, &events).await;
     // Not 1 (the recorded attempts plus one): tracking would take that for a repeat of the
     // sender's first attempt and drop the withdrawal.
     assert_eq!(event.attempt, 3);
